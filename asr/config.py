@@ -1,0 +1,130 @@
+"""Typed configuration: one dataclass per section, filled from YAML and `key=value` overrides.
+
+OmegaConf structured configs do the merging and type checking: an unknown key or a value of
+the wrong type is a ConfigError naming it. The resolved config is saved in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class FeatureConfig:
+    kind: str = "fbank"  # "fbank" (log-mel filterbank) or "mfcc"
+    sample_rate: int = 16000  # Hz
+    num_mel_bins: int = 80  # mel filters
+    num_ceps: int = 13  # cepstra kept, for kind=mfcc
+    frame_length_ms: float = 25.0  # analysis window, ms
+    frame_shift_ms: float = 10.0  # hop, ms
+    low_freq: float = 20.0  # Hz, lowest mel filter edge
+    high_freq: float = 0.0  # Hz; 0 = Nyquist, negative = offset below Nyquist (as Kaldi)
+    kaldi_compat: bool = False  # povey window, pre-emphasis, DC removal, snip-edges: matches Kaldi's fbank
+    dither: float = 0.0  # Gaussian dither amplitude (in int16 units, as Kaldi); 0 = off
+    cmvn: str = "utterance"  # "utterance" mean/variance normalization, or "none"
+    deltas: int = 0  # append delta features up to this order (0 = none, 2 = deltas + delta-deltas)
+    stack_frames: int = 1  # concatenate this many consecutive frames ...
+    subsample: int = 1  # ... and keep every n-th stacked frame (3 + 3 = 30 ms frames)
+
+
+@dataclass
+class ModelConfig:
+    cell: str = "lstm"  # recurrent cell; "lstm" (nn.LSTM / cuDNN) or "gru"
+    hidden_size: int = 320  # units per direction
+    num_layers: int = 3  # stacked recurrent layers
+    bidirectional: bool = True
+    dropout: float = 0.1  # between recurrent layers and before the output layer
+    frontend_size: int = 0  # width of a linear+ReLU layer before the LSTMs; 0 = none
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # path to train manifest (JSON lines)
+    dev: str = ""  # path to dev manifest; empty = no validation
+    test: str = ""  # path to test manifest, used by `asr demo` / evaluate defaults
+    unit: str = "char"  # label unit: "char"
+    max_duration: float = 30.0  # s, longer utterances are skipped in training
+    batch_seconds: float = 160.0  # s of audio per training batch (length-bucketed)
+    num_workers: int = 0  # DataLoader workers that load and resample audio
+    on_unknown_char: str = "error"  # "error" or "drop" characters outside the vocabulary
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-3  # peak learning rate
+    weight_decay: float = 1e-2  # AdamW decoupled weight decay
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    warmup_steps: int = 200  # linear warm-up, optimizer steps
+    min_lr_ratio: float = 0.05  # cosine decay ends at lr * min_lr_ratio
+    grad_clip: float = 5.0  # max global gradient norm
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/demo"  # checkpoints and metrics log go here
+    epochs: int = 10
+    seed: int = 1234
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    amp: bool = True  # mixed precision (bf16 autocast) on CUDA; ignored on CPU
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    log_every: int = 20  # steps between metrics-log lines
+    eval_every_epochs: int = 1  # dev evaluation period, epochs
+    max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
+    time_limit_s: float = 0.0  # stop training after this many seconds (0 = no limit); epochs set the schedule
+
+
+@dataclass
+class DecodeConfig:
+    decoder: str = "greedy"  # "greedy"
+    batch_size: int = 32  # utterances per decoding batch
+
+
+@dataclass
+class Config:
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Schema defaults <- YAML file <- `section.key=value` overrides. Unknown keys are errors."""
+    schema = OmegaConf.structured(Config)
+    try:
+        merged = schema
+        if path is not None:
+            merged = OmegaConf.merge(merged, OmegaConf.load(str(path)))
+        if overrides:
+            for item in overrides:
+                if "=" not in item:
+                    raise ConfigError(f"override {item!r} is not of the form section.key=value")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        where = f" in {path}" if path is not None else ""
+        raise ConfigError(f"bad config{where}: {e}".splitlines()[0]) from e
+    assert isinstance(config, Config)
+    return config
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return asdict(config)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config from `config_to_dict` output (e.g. from a checkpoint)."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad config: {e}".splitlines()[0]) from e
