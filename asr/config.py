@@ -80,6 +80,7 @@ class TrainConfig:
     eval_every_epochs: int = 1  # dev evaluation period, epochs
     max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
     time_limit_s: float = 0.0  # stop training after this many seconds (0 = no limit); epochs set the schedule
+    save_every_steps: int = 0  # also checkpoint (last.pt) every this many steps, mid-epoch (0 = epoch ends only)
 
 
 @dataclass

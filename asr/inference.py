@@ -1,0 +1,169 @@
+"""Recognition with a trained model: audio → features → model → greedy decode → text, batched,
+all on one device; and the dataset-level loop that `evaluate`, `transcribe` and the trainer's
+dev check share."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import torch
+from tqdm import tqdm
+
+from asr.audio import AudioError, load_audio
+from asr.checkpoint import load_checkpoint
+from asr.config import Config
+from asr.data.loader import UtteranceDataset, make_loader
+from asr.data.manifest import Utterance
+from asr.decode import decode_greedy
+from asr.features import FeatureExtractor
+from asr.fileio import atomic_write
+from asr.metrics import ErrorCounts, score_cer, score_wer
+from asr.models import build_model
+from asr.text import CharTokenizer
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """The one device decision: "auto" is CUDA when there is one, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Recognizer:
+    """A model with its feature extractor and tokenizer, on one device, in eval mode."""
+
+    def __init__(self, model: torch.nn.Module, features: FeatureExtractor, tokenizer: CharTokenizer, config: Config):
+        self.model, self.features, self.tokenizer, self.config = model, features, tokenizer, config
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto") -> "Recognizer":
+        state = load_checkpoint(path)
+        config: Config = state["config"]
+        tokenizer: CharTokenizer = state["tokenizer"]
+        features = FeatureExtractor(config.features)
+        model = build_model(config.model, features.output_dim, tokenizer.vocab_size)
+        model.load_state_dict(state["model"])
+        target = resolve_device(device)
+        return cls(model.to(target), features.to(target), tokenizer, config)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.features.sample_rate
+
+    @torch.inference_mode()
+    def transcribe_batch(self, audio: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        """audio (batch, samples) float32 at `sample_rate`, lengths (batch,) -> one text each."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            feats, frame_lengths = self.features(audio.to(self.device), lengths.to(self.device))  # (batch, frames, dim)
+            log_probs, frame_lengths = self.model(feats, frame_lengths)  # (batch, frames, vocab)
+            return [self.tokenizer.decode(ids) for ids in decode_greedy(log_probs, frame_lengths)]
+        finally:
+            self.model.train(was_training)
+
+    def transcribe_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 16) -> Iterator[tuple[str, str | None, str | None]]:
+        """Yield (path, text, error) per file, in order; a bad file yields its error and the rest go on."""
+        for start in range(0, len(paths), batch_size):
+            chunk = [str(p) for p in paths[start : start + batch_size]]
+            loaded: dict[str, torch.Tensor] = {}
+            errors: dict[str, str] = {}
+            for p in chunk:
+                try:
+                    loaded[p] = torch.from_numpy(load_audio(p, self.sample_rate))
+                except AudioError as e:
+                    errors[p] = str(e)
+            texts: dict[str, str] = {}
+            if loaded:
+                names = list(loaded)
+                lengths = torch.tensor([len(loaded[n]) for n in names])  # (batch,)
+                audio = torch.nn.utils.rnn.pad_sequence([loaded[n] for n in names], batch_first=True)  # (batch, samples)
+                texts = dict(zip(names, self.transcribe_batch(audio, lengths)))
+            for p in chunk:
+                yield p, texts.get(p), errors.get(p)
+
+
+@dataclass
+class Recognition:
+    id: str
+    reference: str
+    hypothesis: str
+
+
+@dataclass
+class EvaluationResult:
+    recognitions: list[Recognition]
+    failed: list[tuple[str, str]]  # (utterance id, reason) that could not be decoded
+    words: ErrorCounts
+    chars: ErrorCounts
+    hours: float
+
+    @property
+    def wer(self) -> float:
+        return self.words.rate
+
+    @property
+    def cer(self) -> float:
+        return self.chars.rate
+
+
+def decode_dataset(
+    recognizer: Recognizer, utterances: Sequence[Utterance], batch_size: int = 32, progress: bool = False
+) -> EvaluationResult:
+    """Decode every utterance and score it against its text. Utterances that fail to load or
+    tokenize are listed in `failed`, not fatal."""
+    dataset = UtteranceDataset(utterances, recognizer.tokenizer, recognizer.sample_rate)
+    loader = make_loader(dataset, sampler=None, batch_size=batch_size)
+    recognitions: list[Recognition] = []
+    failed = list(dataset.rejected)
+    for batch in tqdm(loader, desc="decode", unit="batch", disable=not progress, leave=False):
+        failed.extend(batch.bad)
+        if len(batch):
+            hyps = recognizer.transcribe_batch(batch.audio, batch.audio_lengths)
+            recognitions.extend(Recognition(i, t, h) for i, t, h in zip(batch.ids, batch.texts, hyps))
+    normalize = recognizer.tokenizer.normalize
+    refs = [normalize(r.reference) for r in recognitions]
+    hyps = [r.hypothesis for r in recognitions]
+    decoded = {r.id for r in recognitions}
+    hours = sum(u.duration for u in utterances if u.id in decoded) / 3600
+    return EvaluationResult(recognitions, failed, score_wer(refs, hyps), score_cer(refs, hyps), hours)
+
+
+def write_recognitions(path: str | os.PathLike, result: EvaluationResult, normalize=lambda t: t) -> None:
+    """One JSON line per utterance: id, ref, hyp, and its word-level S/D/I counts; atomically."""
+    with atomic_write(path) as f:
+        for r in result.recognitions:
+            ref = normalize(r.reference)
+            counts = score_wer([ref], [r.hypothesis])
+            f.write(
+                json.dumps(
+                    {
+                        "id": r.id,
+                        "ref": ref,
+                        "hyp": r.hypothesis,
+                        "sub": counts.substitutions,
+                        "del": counts.deletions,
+                        "ins": counts.insertions,
+                        "ref_words": counts.reference_length,
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
+        for utt_id, reason in result.failed:
+            f.write(json.dumps({"id": utt_id, "error": reason}, ensure_ascii=False) + "\n")
+
+
+def summary_table(rows: Iterable[tuple[str, str]]) -> str:
+    """Two-column text table."""
+    rows = list(rows)
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

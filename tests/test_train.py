@@ -1,0 +1,56 @@
+import json
+
+import torch
+
+from asr.checkpoint import load_checkpoint
+from asr.config import load_config
+from asr.train import BEST, LAST, METRICS, train
+from conftest import TINY_OVERRIDES
+
+
+def config_for(manifests, out_dir, *extra):
+    return load_config(
+        "configs/demo.yaml",
+        [*TINY_OVERRIDES, f"data.train={manifests['train']}", f"data.dev={manifests['dev']}", f"train.out_dir={out_dir}", *extra],
+    )
+
+
+def test_resume_mid_epoch_is_exact(noise_corpus, tmp_path):
+    straight = train(config_for(noise_corpus, tmp_path / "a"), show_progress=False)
+    # a time limit that stops after the first step, then --resume finishes the same schedule
+    interrupted = config_for(noise_corpus, tmp_path / "b", "train.time_limit_s=1e-9")
+    train(interrupted, show_progress=False)
+    stopped = load_checkpoint(tmp_path / "b" / LAST)["training_state"]["progress"]
+    assert stopped["step"] == 1 and stopped["epoch"] == 0 and stopped["batch_in_epoch"] == 1
+    train(config_for(noise_corpus, tmp_path / "b"), resume=True, show_progress=False)
+
+    a = load_checkpoint(straight / LAST)
+    b = load_checkpoint(tmp_path / "b" / LAST)
+    assert a["training_state"]["progress"]["step"] == b["training_state"]["progress"]["step"] > 1
+    for name, weight in a["model"].items():
+        torch.testing.assert_close(b["model"][name], weight, rtol=0, atol=0)
+
+
+def test_training_reduces_loss_and_logs(noise_corpus, tmp_path):
+    out = train(config_for(noise_corpus, tmp_path / "r", "train.epochs=6", "optim.lr=0.01"), show_progress=False)
+    records = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses[-1] < losses[0]
+    assert any("dev_wer" in r for r in records)
+    assert (out / BEST).is_file() and (out / LAST).is_file()
+
+
+def test_bad_audio_and_infeasible_labels_are_skipped_and_counted(noise_corpus, tmp_path):
+    lines = noise_corpus["train"].read_text().splitlines()
+    broken = json.loads(lines[0]) | {"id": "broken", "audio": "wav/missing.wav"}
+    too_long = json.loads(lines[1]) | {"id": "too_long", "text": "a" * 200}  # 200 labels cannot fit ~1 s
+    noise_corpus["train"].write_text("\n".join(lines + [json.dumps(broken), json.dumps(too_long)]) + "\n")
+    out = train(config_for(noise_corpus, tmp_path / "s", "train.epochs=1"), show_progress=False)
+    progress = load_checkpoint(out / LAST)["training_state"]["progress"]
+    assert progress["skipped_bad_audio"] == 1
+    assert progress["skipped_infeasible"] == 1
+    assert progress["skipped_nonfinite_steps"] == 0
+    events = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
+    assert any(e.get("event") == "bad_audio" and e["id"] == "broken" for e in events)
+    state = load_checkpoint(out / LAST)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
