@@ -1,0 +1,349 @@
+"""Features: log-mel filterbank and MFCC in pure torch, batched, on the model's device.
+
+    audio (batch, samples) ──► frames ──► window ──► |rfft|² ──► mel ──► log ──► [DCT + lifter]
+        ──► per-utterance CMVN ──► [deltas] ──► [stack + subsample] ──► feats (batch, frames, dim)
+
+Scale: the API takes float samples in [-1, 1] (what `asr.audio.load_audio` returns) and
+multiplies them by 32768 internally, in both modes, so that energies, the log floor and the
+dither amplitude are in int16 units as in Kaldi. In Kaldi mode the log-mel output therefore
+equals Kaldi's `compute-fbank` on the same 16-bit file.
+
+Two framings, chosen by `FeatureConfig.kaldi_compat`:
+
+- Kaldi (`kaldi_compat=True`): Kaldi's "snip edges" framing: frame t covers samples
+  [t * shift, t * shift + length) and only whole frames are kept, so
+  num_frames = 1 + (samples - length) // shift (0 when samples < length). Each frame has its
+  DC offset removed, is pre-emphasized (0.97) and multiplied by the Povey window
+  (Kaldi's "povey" window: a Hann window raised to the power 0.85).
+- Default: centered frames, as `torch.stft(center=True)` and Whisper: frame t is centred on
+  sample t * shift, and the signal is extended by reflection at both ends of each utterance
+  (within its own length, never into the batch padding), so num_frames = 1 + samples // shift.
+  No DC removal or pre-emphasis; a periodic Hann window.
+
+Both modes share Kaldi's mel filterbank (triangles equally spaced on the HTK/Kaldi mel scale
+1127 ln(1 + f / 700); Young et al., The HTK Book, sec. 5.4) and log floor
+(max(energy, float32 epsilon)).
+
+Dither (Gaussian, `FeatureConfig.dither` int16 units per sample) is added only in training mode,
+like dropout, so evaluation and decoding are deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import astuple
+
+import torch
+from torch import Tensor
+
+from asr.config import ConfigError, FeatureConfig
+
+INT16_SCALE = 32768.0  # float [-1, 1] samples -> int16 units, Kaldi's input scale
+PREEMPHASIS = 0.97  # Kaldi's default pre-emphasis coefficient
+POVEY_EXPONENT = 0.85  # Kaldi's Povey window = Hann ** 0.85
+LOG_FLOOR = torch.finfo(torch.float32).eps  # Kaldi floors mel energies at float epsilon before the log
+CEPSTRAL_LIFTER = 22.0  # Kaldi's default MFCC lifter coefficient Q
+DELTA_WINDOW = 2  # frames each side in the delta regression (Kaldi add-deltas default)
+CMVN_VARIANCE_FLOOR = 1e-10  # keeps constant features (digital silence) finite under CMVN
+FEATURE_KINDS = ("fbank", "mfcc")
+CMVN_KINDS = ("utterance", "none")
+
+
+def mel_scale(hz: Tensor) -> Tensor:
+    """Kaldi's (and HTK's) mel scale: 1127 ln(1 + f / 700), f in Hz."""
+    return 1127.0 * torch.log1p(hz / 700.0)
+
+
+def mel_filterbank(
+    num_bins: int, n_fft: int, sample_rate: int, low_freq: float, high_freq: float
+) -> Tensor:
+    """Triangular filters over the rfft bins, (n_fft // 2 + 1, num_bins), float64.
+
+    Kaldi's definition: num_bins + 2 edges equally spaced in mel between low_freq and
+    high_freq (Hz; high_freq <= 0 is an offset below Nyquist); filter m rises linearly in mel
+    from edge m to edge m + 1 and falls to edge m + 2, with zero weight at and outside its
+    edges. Kaldi weighs only the bins below Nyquist, so the Nyquist row is zero.
+    """
+    nyquist = 0.5 * sample_rate
+    if high_freq <= 0.0:
+        high_freq = nyquist + high_freq
+    if not 0.0 <= low_freq < high_freq <= nyquist:
+        raise ConfigError(
+            f"features: need 0 <= low_freq < high_freq <= {nyquist:g} Hz, "
+            f"got low_freq={low_freq:g}, high_freq={high_freq:g}"
+        )
+    mel_low, mel_high = mel_scale(torch.tensor([low_freq, high_freq], dtype=torch.float64)).tolist()
+    mel_step = (mel_high - mel_low) / (num_bins + 1)
+    left = mel_low + mel_step * torch.arange(num_bins, dtype=torch.float64)  # (num_bins,)
+    center, right = left + mel_step, left + 2 * mel_step
+    bin_hz = sample_rate / n_fft * torch.arange(n_fft // 2 + 1, dtype=torch.float64)  # (n_fft // 2 + 1,)
+    mel = mel_scale(bin_hz)[:, None]  # (n_fft // 2 + 1, 1)
+    rising = (mel - left) / (center - left)
+    falling = (right - mel) / (right - center)
+    weights = torch.minimum(rising, falling).clamp_min(0.0)  # (n_fft // 2 + 1, num_bins)
+    weights[-1] = 0.0
+    return weights
+
+
+def dct_matrix(num_bins: int, num_ceps: int, lifter: float = CEPSTRAL_LIFTER) -> Tensor:
+    """Orthonormal DCT-II times Kaldi's cepstral lifter, (num_bins, num_ceps), float64.
+
+    c_k = w_k sqrt(2 / N) sum_n x_n cos(pi k (n + 1/2) / N), with sqrt(1 / N) for k = 0;
+    lifter w_k = 1 + (Q / 2) sin(pi k / Q) (Juang et al. 1987, as Kaldi's ComputeLifterCoeffs).
+    """
+    n = torch.arange(num_bins, dtype=torch.float64)[:, None]  # (num_bins, 1)
+    k = torch.arange(num_ceps, dtype=torch.float64)[None, :]  # (1, num_ceps)
+    dct = torch.cos(math.pi / num_bins * (n + 0.5) * k) * math.sqrt(2.0 / num_bins)
+    dct[:, 0] = math.sqrt(1.0 / num_bins)
+    liftering = 1.0 + 0.5 * lifter * torch.sin(math.pi * k / lifter) if lifter else torch.ones_like(k)
+    return dct * liftering  # (num_bins, num_ceps)
+
+
+def delta_scales(order: int, window: int = DELTA_WINDOW) -> list[Tensor]:
+    """Filter taps for delta orders 0..order, as Kaldi's add-deltas defines them (Furui 1986).
+
+    Order 1 is the regression d_t = sum_{n=-W}^{W} n c_{t+n} / sum_n n², and order i is the
+    order-(i-1) filter convolved with that regression filter (so order 2 has 4W + 1 taps,
+    applied to the static features). Returns float64 tensors of length 2 * i * W + 1.
+    """
+    regression = torch.arange(-window, window + 1, dtype=torch.float64)
+    regression /= regression.square().sum()
+    scales = [torch.ones(1, dtype=torch.float64)]
+    for _ in range(order):
+        previous = scales[-1]
+        taps = torch.zeros(len(previous) + 2 * window, dtype=torch.float64)
+        for j, weight in enumerate(regression):
+            taps[j : j + len(previous)] += weight * previous
+        scales.append(taps)
+    return scales
+
+
+def gather_frames(feats: Tensor, index: Tensor, frame_lengths: Tensor) -> Tensor:
+    """feats[b, clamp(index[b, t], 0, frame_lengths[b] - 1)] -> (batch, len(t), dim).
+
+    Clamping to each utterance's own last frame replicates its edges without reading padding.
+    """
+    last = (frame_lengths - 1).clamp_min(0)[:, None]  # (batch, 1)
+    index = torch.minimum(index.clamp_min(0), last)  # (batch, out_frames)
+    return torch.gather(feats, 1, index[:, :, None].expand(-1, -1, feats.shape[2]))
+
+
+def frame_mask(frame_lengths: Tensor, num_frames: int) -> Tensor:
+    """(batch, num_frames, 1) bool, True on each utterance's valid frames."""
+    return (torch.arange(num_frames, device=frame_lengths.device) < frame_lengths[:, None])[:, :, None]
+
+
+class FeatureExtractor(torch.nn.Module):
+    """Waveforms to features, as configured by a FeatureConfig; see the module docstring.
+
+    The window, mel and DCT matrices are non-persistent buffers: `.to(device)` and
+    `.to(torch.float64)` move them, and they are rebuilt from the config (saved with every
+    checkpoint) instead of being stored in state dicts.
+    """
+
+    def __init__(self, config: FeatureConfig):
+        super().__init__()
+        if config.kind not in FEATURE_KINDS:
+            raise ConfigError(f"features.kind must be one of {FEATURE_KINDS}, got {config.kind!r}")
+        if config.cmvn not in CMVN_KINDS:
+            raise ConfigError(f"features.cmvn must be one of {CMVN_KINDS}, got {config.cmvn!r}")
+        if config.kind == "mfcc" and not 0 < config.num_ceps <= config.num_mel_bins:
+            raise ConfigError(
+                f"features.num_ceps must be in 1..num_mel_bins={config.num_mel_bins}, got {config.num_ceps}"
+            )
+        if config.deltas < 0 or config.stack_frames < 1 or config.subsample < 1 or config.dither < 0:
+            raise ConfigError("features: deltas >= 0, stack_frames >= 1, subsample >= 1 and dither >= 0 are required")
+        self.config = config
+        self.frame_length = int(config.sample_rate * config.frame_length_ms / 1000)  # samples
+        self.frame_shift = int(config.sample_rate * config.frame_shift_ms / 1000)  # samples
+        if self.frame_length < 2 or self.frame_shift < 1:
+            raise ConfigError(
+                f"features: frame_length_ms={config.frame_length_ms} / frame_shift_ms={config.frame_shift_ms} "
+                f"give {self.frame_length} / {self.frame_shift} samples at {config.sample_rate} Hz"
+            )
+        self.n_fft = 1 << (self.frame_length - 1).bit_length()  # next power of two >= frame_length
+
+        if config.kaldi_compat:
+            hann = 0.5 - 0.5 * torch.cos(
+                2 * math.pi / (self.frame_length - 1) * torch.arange(self.frame_length, dtype=torch.float64)
+            )
+            window = hann.pow(POVEY_EXPONENT)  # (frame_length,)
+        else:
+            window = torch.hann_window(self.frame_length, periodic=True, dtype=torch.float64)  # (frame_length,)
+        mel = mel_filterbank(config.num_mel_bins, self.n_fft, config.sample_rate, config.low_freq, config.high_freq)
+        self.register_buffer("window", window.float(), persistent=False)
+        self.register_buffer("mel_weights", mel.float(), persistent=False)  # (n_fft // 2 + 1, num_mel_bins)
+        if config.kind == "mfcc":
+            dct = dct_matrix(config.num_mel_bins, config.num_ceps)
+            self.register_buffer("dct", dct.float(), persistent=False)  # (num_mel_bins, num_ceps)
+        else:
+            self.dct = None
+        for order, taps in enumerate(delta_scales(config.deltas)):
+            self.register_buffer(f"delta_taps_{order}", taps.float(), persistent=False)
+
+    @property
+    def static_dim(self) -> int:
+        """Features per frame before deltas and stacking."""
+        return self.config.num_ceps if self.config.kind == "mfcc" else self.config.num_mel_bins
+
+    @property
+    def output_dim(self) -> int:
+        """Features per output frame, after deltas and stacking."""
+        return self.static_dim * (self.config.deltas + 1) * self.config.stack_frames
+
+    def num_raw_frames(self, num_samples: int | Tensor) -> int | Tensor:
+        """Analysis frames for `num_samples` samples, before stacking and subsampling."""
+        if self.config.kaldi_compat:
+            frames = 1 + (num_samples - self.frame_length) // self.frame_shift
+            return frames.clamp_min(0) if isinstance(frames, Tensor) else max(frames, 0)
+        frames = 1 + num_samples // self.frame_shift
+        return frames * (num_samples > 0)
+
+    def num_frames(self, num_samples: int | Tensor) -> int | Tensor:
+        """Output frames (after stacking and subsampling) for `num_samples` samples.
+
+        Stacking pads each utterance with copies of its own last frame, so no frame is lost:
+        ceil(raw frames / subsample).
+        """
+        raw = self.num_raw_frames(num_samples)
+        return (raw + self.config.subsample - 1) // self.config.subsample
+
+    def frame(self, audio: Tensor, lengths: Tensor) -> Tensor:
+        """Cut (batch, samples) audio into (batch, frames, frame_length) analysis frames.
+
+        Frames of an utterance that reach past its length hold padding; the caller masks them.
+        """
+        if self.num_raw_frames(audio.shape[1]) == 0:
+            return audio.new_zeros(audio.shape[0], 0, self.frame_length)
+        if self.config.kaldi_compat:
+            return audio.unfold(1, self.frame_length, self.frame_shift)  # (batch, frames, frame_length)
+        # Centered frames: extend each utterance by reflection about its own first and last
+        # sample (clamped, so utterances shorter than half a window still work).
+        left = self.frame_length // 2
+        right = self.frame_length - left
+        position = torch.arange(-left, audio.shape[1] + right, device=audio.device)  # (padded_samples,)
+        last = (lengths - 1).clamp_min(0)[:, None]  # (batch, 1)
+        position = position.abs()[None, :]  # (1, padded_samples), reflects the start
+        position = torch.where(position > last, 2 * last - position, position).clamp(min=0)  # (batch, padded_samples)
+        position = torch.minimum(position, last)
+        padded = torch.gather(audio, 1, position)  # (batch, samples + frame_length)
+        return padded.unfold(1, self.frame_length, self.frame_shift)  # (batch, frames, frame_length)
+
+    @staticmethod
+    def remove_dc_and_preemphasize(frames: Tensor) -> Tensor:
+        """Kaldi's per-frame DC removal, then pre-emphasis y[n] = x[n] - 0.97 x[n - 1] with
+        x[-1] := x[0], so y[0] = 0.03 x[0]. (batch, frames, frame_length) -> same shape."""
+        frames = frames - frames.mean(dim=2, keepdim=True)
+        first = (1.0 - PREEMPHASIS) * frames[:, :, :1]  # (batch, frames, 1)
+        rest = frames[:, :, 1:] - PREEMPHASIS * frames[:, :, :-1]  # (batch, frames, frame_length - 1)
+        return torch.cat([first, rest], dim=2)
+
+    def compute_log_mel(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Raw log-mel energies: audio (batch, samples) in [-1, 1], lengths (batch,) in samples
+        -> (batch, frames, num_mel_bins) with padded frames zeroed, frame lengths (batch,) int64.
+
+        frames = num_raw_frames(audio.shape[1]), known without a device sync; lengths beyond
+        audio.shape[1] are clamped to it. Runs in the buffers' dtype, with autocast off: a bf16
+        mel matmul would cost ~1e-2 in log-mel.
+        """
+        with torch.autocast(audio.device.type, enabled=False):
+            return self._compute_log_mel(audio, lengths)
+
+    def _compute_log_mel(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        audio = audio.to(self.window.dtype) * INT16_SCALE  # (batch, samples), int16 units
+        lengths = lengths.to(device=audio.device, dtype=torch.int64).clamp(0, audio.shape[1])  # (batch,)
+        frame_lengths = self.num_raw_frames(lengths)  # (batch,)
+        frames = self.frame(audio, lengths)  # (batch, frames, frame_length)
+        if frames.shape[1] == 0:  # MKL's FFT rejects an empty batch
+            return audio.new_zeros(audio.shape[0], 0, self.config.num_mel_bins), frame_lengths
+        if self.training and self.config.dither > 0:
+            frames = frames + self.config.dither * torch.randn_like(frames)
+        if self.config.kaldi_compat:
+            frames = self.remove_dc_and_preemphasize(frames)
+        spectrum = torch.fft.rfft(frames * self.window, n=self.n_fft)  # (batch, frames, n_fft // 2 + 1)
+        power = spectrum.real.square() + spectrum.imag.square()  # (batch, frames, n_fft // 2 + 1)
+        log_mel = torch.matmul(power, self.mel_weights).clamp_min(LOG_FLOOR).log()  # (batch, frames, num_mel_bins)
+        log_mel = log_mel.masked_fill(~frame_mask(frame_lengths, log_mel.shape[1]), 0.0)
+        return log_mel, frame_lengths
+
+    def normalize(self, feats: Tensor, frame_lengths: Tensor) -> Tensor:
+        """Per-utterance mean and variance normalization over valid frames only; padding stays 0."""
+        mask = frame_mask(frame_lengths, feats.shape[1])  # (batch, frames, 1)
+        count = frame_lengths.clamp_min(1)[:, None, None].to(feats.dtype)  # (batch, 1, 1)
+        mean = feats.masked_fill(~mask, 0.0).sum(dim=1, keepdim=True) / count  # (batch, 1, dim)
+        centered = (feats - mean).masked_fill(~mask, 0.0)  # (batch, frames, dim)
+        variance = centered.square().sum(dim=1, keepdim=True) / count  # (batch, 1, dim)
+        return centered * torch.rsqrt(variance + CMVN_VARIANCE_FLOOR)
+
+    def add_deltas(self, feats: Tensor, frame_lengths: Tensor) -> Tensor:
+        """Append deltas up to config.deltas: (batch, frames, dim) -> (batch, frames, dim * (order + 1)).
+
+        Each order is its Kaldi filter (see `delta_scales`) over the static features, with
+        frame indices clamped to the utterance's own [0, length - 1] (edges replicated).
+        """
+        order = self.config.deltas
+        reach = order * DELTA_WINDOW  # frames each side the widest filter reads
+        time = torch.arange(feats.shape[1], device=feats.device)[None, :].expand(feats.shape[0], -1)  # (batch, frames)
+        outputs = [feats] + [torch.zeros_like(feats) for _ in range(order)]
+        for offset in range(-reach, reach + 1):
+            shifted = gather_frames(feats, time + offset, frame_lengths)  # (batch, frames, dim)
+            for i in range(1, order + 1):
+                taps: Tensor = getattr(self, f"delta_taps_{i}")
+                tap = offset + i * DELTA_WINDOW  # index into this order's 2 * i * W + 1 taps
+                if 0 <= tap < len(taps):
+                    outputs[i] = outputs[i] + taps[tap] * shifted
+        return torch.cat(outputs, dim=2)
+
+    def stack_and_subsample(self, feats: Tensor, frame_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Output frame t = concat(feats[t * s], ..., feats[t * s + k - 1]), k = stack_frames,
+        s = subsample; frames past an utterance's end repeat its last frame.
+        (batch, frames, dim) -> (batch, ceil(frames / s), dim * k)."""
+        stack, step = self.config.stack_frames, self.config.subsample
+        num_out = (feats.shape[1] + step - 1) // step
+        start = step * torch.arange(num_out, device=feats.device)[None, :].expand(feats.shape[0], -1)  # (batch, out)
+        stacked = torch.cat([gather_frames(feats, start + j, frame_lengths) for j in range(stack)], dim=2)
+        return stacked, (frame_lengths + step - 1) // step  # (batch, out, dim * k), (batch,)
+
+    def forward(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """audio (batch, samples) float in [-1, 1], lengths (batch,) in samples
+        -> feats (batch, frames, output_dim), frame_lengths (batch,) int64.
+
+        frames = num_frames(audio.shape[1]); frames past an utterance's length are zero, and each
+        utterance's features are those it would get alone.
+        """
+        with torch.autocast(audio.device.type, enabled=False):
+            return self._forward(audio, lengths)
+
+    def _forward(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        feats, frame_lengths = self.compute_log_mel(audio, lengths)  # (batch, frames, num_mel_bins)
+        if self.dct is not None:
+            feats = torch.matmul(feats, self.dct)  # (batch, frames, num_ceps)
+        if self.config.cmvn == "utterance":
+            feats = self.normalize(feats, frame_lengths)
+        if self.config.deltas:
+            feats = self.add_deltas(feats, frame_lengths)  # (batch, frames, static_dim * (deltas + 1))
+        if self.config.stack_frames > 1 or self.config.subsample > 1:
+            feats, frame_lengths = self.stack_and_subsample(feats, frame_lengths)  # (batch, out, output_dim)
+        feats = feats.masked_fill(~frame_mask(frame_lengths, feats.shape[1]), 0.0)
+        return feats, frame_lengths
+
+
+_extractors: dict[tuple, FeatureExtractor] = {}
+
+
+def compute_fbank(audio: Tensor, config: FeatureConfig | None = None) -> Tensor:
+    """Raw log-mel filterbank of one utterance: (samples,) in [-1, 1] -> (frames, num_mel_bins).
+
+    No CMVN, deltas or stacking; `config.kind` is ignored. With `kaldi_compat=True` this is
+    Kaldi's fbank (use_energy=false) of the same samples as int16.
+    """
+    if audio.dim() != 1:
+        raise ValueError(f"compute_fbank takes one utterance of shape (samples,), got {tuple(audio.shape)}")
+    config = config or FeatureConfig()
+    key = astuple(config)
+    if key not in _extractors:
+        _extractors[key] = FeatureExtractor(config).eval()
+    extractor = _extractors[key].to(audio.device)
+    lengths = torch.tensor([audio.shape[0]], device=audio.device)
+    log_mel, _ = extractor.compute_log_mel(audio[None, :], lengths)  # (1, frames, num_mel_bins)
+    return log_mel[0]
