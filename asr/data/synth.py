@@ -1,0 +1,563 @@
+"""The built-in corpus: English sentences spoken by eSpeak NG, with held-out voices and sentences.
+
+eSpeak NG is a formant synthesizer: it speaks any text in a few milliseconds, so a corpus of
+thousands of utterances is made in seconds with no download. The `espeakng-loader` wheel carries
+the library and its voice data; we drive the C API (speak_lib.h, API revision 12) with ctypes.
+
+The corpus is built to test generalization, not memorization:
+  - train uses TRAIN_VOICES; dev and test use only HELDOUT_VOICES (unseen speakers);
+  - every sentence is unique across the three splits (unseen sentences);
+  - the sentence generator deals its vocabulary in shuffled passes, so a corpus of ~3000
+    utterances uses every VOCABULARY word in train: test words are known, test sentences are not.
+
+Each utterance records the phones eSpeak actually spoke and when each one starts, taken from
+the synthesizer's own phoneme events (not a separate text-to-phoneme pass).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from asr.audio import SAMPLE_RATE
+from asr.data.manifest import Utterance, write_manifest
+
+SPLITS = ("train", "dev", "test")
+
+# eSpeak names: "<language voice>+<variant>". The language voice "en" is English (Great Britain);
+# eSpeak does not accept "en-gb" as a name. Variants live in <data>/voices/!v/; only the plain
+# male (m*) and female (f*) ones are used, not whisper, croak or the robotic ones.
+TRAIN_VOICES: tuple[str, ...] = (
+    "en-us+m1", "en-us+m2", "en-us+m3", "en-us+m4", "en-us+f1", "en-us+f2", "en-us+f3",
+    "en+m1", "en+m2", "en+m3", "en+f1", "en+f2",
+)  # fmt: skip
+HELDOUT_VOICES: tuple[str, ...] = ("en-us+m7", "en-us+f4", "en+m6")  # dev and test only
+
+RATE_WPM = (140, 200)  # words per minute, drawn per utterance
+# eSpeak accepts 80..450 wpm, but from 450 on it speeds speech up with `sonic`, whose output no
+# longer matches the phoneme events' sample positions (checked with espeak-ng 1.52).
+RATE_LIMITS = (80, 449)
+PITCH = (30, 70)  # eSpeak's base pitch control, 0..100 (50 = the voice's own)
+PITCH_RANGE = (35, 65)  # eSpeak's intonation range control, 0..100 (50 = the voice's own)
+PAD_SECONDS = (0.05, 0.15)  # s of silence added before and after the speech, drawn per side
+HELDOUT_FRACTION = 0.05  # of num_utterances, for dev and again for test
+MIN_HELDOUT = 3  # utterances in dev and in test, however small the corpus
+SHARD_SIZE = 250  # utterances synthesized per fresh worker process (see synthesize_corpus)
+
+
+class VoiceError(ValueError):
+    """An eSpeak voice name that does not exist; the message names it."""
+
+
+class SynthError(RuntimeError):
+    """eSpeak NG failed to load, initialize or speak."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Sentences: a small template grammar whose word lists are dealt like cards.
+
+_NAMES = """alice anna ben carlos chloe daniel david ellen emma frank george grace hannah henry ian
+isabel jack julia kate kevin laura liam maria mike nina nora oliver paul peter rachel rosa sam sarah
+steve tina tom victor walter wendy zoe""".split()
+_PEOPLE = """mother father sister brother uncle aunt cousin friend neighbor teacher doctor boss
+grandmother grandfather roommate""".split()
+# "singular" (plural adds s) or "singular:plural"
+_NOUNS = """book box:boxes bottle basket blanket bicycle bucket camera candle card carpet chair clock
+coat computer cup desk dish:dishes door drawer envelope fork glass:glasses glove guitar hammer hat
+helmet jacket jar kettle key knife:knives ladder lamp letter map mirror notebook orange package pan
+pen pencil phone piano picture pillow plate pot radio ribbon ring rope ruler sandwich:sandwiches
+scarf:scarves shirt shoe spoon stamp suitcase sweater table teapot ticket towel toy truck umbrella
+vase wallet watch:watches window apple banana cake carrot cookie egg lemon potato:potatoes
+tomato:tomatoes onion peach:peaches cherry:cherries puppy:puppies kitten rabbit bird
+mouse:mice""".split()
+_PLACES = """kitchen garden station library market school office park river bridge hospital museum
+beach forest village harbor bakery theater airport church castle farm island hotel restaurant studio
+stadium factory lake mountain valley basement attic cellar gallery pharmacy bank garage hallway
+classroom playground supermarket""".split()
+_ADJECTIVES = """red blue green yellow purple brown black white gray pink golden silver big small tiny
+huge heavy light long short tall wide narrow round square flat old new young ancient modern fresh
+clean dirty broken empty full soft hard warm cold hot cool wet dry smooth rough sharp quiet loud
+bright dark shiny dusty strange famous beautiful ugly lovely cheap expensive simple fancy wooden
+plastic metal woolen cotton leather striped spotted lucky secret special useful useless valuable
+precious delicate comfortable colorful elegant enormous fragile""".split()
+# "base:past"
+_VERBS = """bring:brought buy:bought carry:carried clean:cleaned drop:dropped find:found fix:fixed
+grab:grabbed hide:hid hold:held keep:kept lift:lifted lose:lost move:moved open:opened
+paint:painted push:pushed pull:pulled sell:sold send:sent show:showed steal:stole take:took
+throw:threw wash:washed wrap:wrapped borrow:borrowed return:returned check:checked choose:chose
+deliver:delivered draw:drew fill:filled fold:folded hang:hung leave:left measure:measured
+order:ordered pack:packed polish:polished repair:repaired replace:replaced shake:shook
+sketch:sketched sort:sorted store:stored touch:touched weigh:weighed win:won bake:baked cook:cooked
+catch:caught break:broke forget:forgot give:gave get:got like:liked need:needed notice:noticed
+remember:remembered see:saw spot:spotted watch:watched want:wanted""".split()
+_ADVERBS = """quickly slowly carefully quietly suddenly finally gently happily proudly nervously
+secretly calmly easily eagerly politely patiently rarely often always never usually already almost
+barely""".split()
+_PREPOSITIONS = "in near behind beside inside outside across around toward".split()
+_DETERMINERS = "the this that my your his her our their".split()
+_DAYS = "monday tuesday wednesday thursday friday saturday sunday".split()
+_MONTHS = """january february march april may june july august september october november
+december""".split()
+_HOURS = "one two three four five six seven eight nine ten eleven twelve".split()
+_NUMBERS = list(range(2, 100)) + [100 * k for k in range(1, 10)] + [1000 * k for k in range(1, 6)]
+_ONES = """zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen
+fifteen sixteen seventeen eighteen nineteen""".split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()  # 20, 30, ... 90
+
+# Time phrases: {day}, {month} and {hour} are dealt from their own lists.
+_PAST_TIMES = (
+    "yesterday|yesterday afternoon|this morning|early this morning|last night|last week|last month|"
+    "last year|two days ago|at noon|at midnight|before breakfast|after lunch|after dinner|"
+    "on {day}|last {day}|in {month}|at {hour} o'clock"
+).split("|")
+_FUTURE_TIMES = (
+    "tomorrow|tomorrow morning|tonight|soon|later today|next week|next month|next year|"
+    "before dinner|after breakfast|on {day}|next {day}|in {month}|at {hour} o'clock"
+).split("|")
+
+# 8 to 14 words once filled: {number} is 1-2 words, {time}/{later} 1-3.
+_TEMPLATES = (
+    "{name} {past} {det} {adj} {noun} {prep} the {place} {time}",
+    "{time} {name} and {name} {past} {number} {adj} {nouns}",
+    "i think {det} {noun} is {prep} the {adj} {place}",
+    "please {base} {det} {adj} {noun} and put it {prep} the {place}",
+    "there were {number} {adj} {nouns} {prep} the {place} {time}",
+    "{name} didn't {base} {det} {noun} because it was too {adj}",
+    "{poss} {noun} was {prep} the {place} next to {det} {adj} {noun}",
+    "we {adverb} {past} {number} {nouns} for the {adj} {place} {time}",
+    "can you {base} {det} {noun} before {name} comes back from the {place}",
+    "{det} {adj} {noun} and {det} {adj} {noun} are {prep} the {place}",
+    "{name} {adverb} {past} {poss} {adj} {noun} at the {place} {time}",
+    "they won't {base} any {nouns} until {name} finds {det} {adj} {noun}",
+    "let's {base} {det} {adj} {noun} {prep} the {place} {later}",
+    "my {person} {past} {number} {adj} {nouns} at the {place} {time}",
+    "i couldn't {base} {det} {noun} because {name} {past} it {time}",
+    "will {name} {base} {det} {adj} {noun} {prep} the {place} {later}",
+    "{poss} {person} {adverb} {past} {det} {noun} and {past} it {time}",
+)
+
+
+def spell_number(n: int) -> str:
+    """1 <= n < 10000 as English words, the way the char model must write it: 42 -> forty two."""
+    if not 1 <= n < 10000:
+        raise ValueError(f"spell_number: {n} is outside 1..9999")
+    words = []
+    if n >= 1000:
+        words += [_ONES[n // 1000], "thousand"]
+        n %= 1000
+    if n >= 100:
+        words += [_ONES[n // 100], "hundred"]
+        n %= 100
+    if n >= 20:
+        words.append(_TENS[n // 10 - 2])
+        n %= 10
+    if n:
+        words.append(_ONES[n])
+    return " ".join(words)
+
+
+def _split_pairs(entries: list[str]) -> tuple[list[str], list[str]]:
+    """Entries "a:b" -> ([a, ...], [b, ...]); a bare "a" means b = a + "s"."""
+    firsts, seconds = [], []
+    for entry in entries:
+        first, _, second = entry.partition(":")
+        firsts.append(first)
+        seconds.append(second or first + "s")
+    return firsts, seconds
+
+
+_NOUNS_SINGULAR, _NOUNS_PLURAL = _split_pairs(_NOUNS)
+_VERBS_BASE, _VERBS_PAST = _split_pairs(_VERBS)
+
+# What each {slot} is dealt from. Phrase slots ({time}, {later}) hold templates of their own.
+_SLOTS: dict[str, list[str]] = {
+    "name": _NAMES,
+    "poss": [name + "'s" for name in _NAMES],
+    "person": _PEOPLE,
+    "noun": _NOUNS_SINGULAR,
+    "nouns": _NOUNS_PLURAL,
+    "place": _PLACES,
+    "adj": _ADJECTIVES,
+    "base": _VERBS_BASE,
+    "past": _VERBS_PAST,
+    "adverb": _ADVERBS,
+    "prep": _PREPOSITIONS,
+    "det": _DETERMINERS,
+    "day": _DAYS,
+    "month": _MONTHS,
+    "hour": _HOURS,
+    "number": [spell_number(n) for n in _NUMBERS],
+    "time": _PAST_TIMES,
+    "later": _FUTURE_TIMES,
+}
+
+
+def _literal_words(phrases: Sequence[str]) -> set[str]:
+    return {word for phrase in phrases for word in phrase.split() if not word.startswith("{")}
+
+
+VOCABULARY: tuple[str, ...] = tuple(
+    sorted(_literal_words(_TEMPLATES) | set().union(*(_literal_words(items) for items in _SLOTS.values())))
+)
+
+
+class _Deck:
+    """Deals items in shuffled passes: each item once per pass, so every word gets used."""
+
+    def __init__(self, items: Sequence[str], rng: np.random.Generator):
+        self.items = items
+        self.rng = rng
+        self.order: list[int] = []
+
+    def deal(self) -> str:
+        if not self.order:
+            self.order = self.rng.permutation(len(self.items)).tolist()
+        return self.items[self.order.pop()]
+
+
+def _fill(template: str, decks: dict[str, _Deck]) -> str:
+    words = []
+    for token in template.split():
+        if token.startswith("{"):
+            words.append(_fill(decks[token[1:-1]].deal(), decks))  # a dealt phrase may hold slots
+        else:
+            words.append(token)
+    return " ".join(words)
+
+
+def generate_sentences(num: int, rng: np.random.Generator) -> list[str]:
+    """`num` distinct sentences: lowercase words, apostrophes and single spaces, numbers spelled
+    out. Templates and every word list are dealt in shuffled passes, so the first few thousand
+    sentences use the whole VOCABULARY. Same generator state -> same sentences."""
+    decks = {slot: _Deck(items, rng) for slot, items in _SLOTS.items()}
+    templates = _Deck(_TEMPLATES, rng)
+    sentences: dict[str, None] = {}  # insertion-ordered set
+    for _ in range(100 * num + 100):  # duplicates are rare; this bound only stops a runaway loop
+        if len(sentences) == num:
+            return list(sentences)
+        sentences.setdefault(_fill(templates.deal(), decks))
+    raise RuntimeError(f"generate_sentences: could not find {num} distinct sentences")
+
+
+# ---------------------------------------------------------------------------------------------
+# eSpeak NG through ctypes. Constants and structs follow speak_lib.h (espeak-ng 1.52).
+
+_AUDIO_OUTPUT_SYNCHRONOUS = 2  # espeak_AUDIO_OUTPUT: return audio through the callback, then return
+_INITIALIZE_PHONEME_EVENTS = 0x0001  # options bit 0: report espeakEVENT_PHONEME events
+_BUFFER_MS = 1000  # audio per callback; longer buffers mean fewer Python callbacks
+_CHARS_UTF8 = 1  # espeak_Synth flags: text is UTF-8
+_POS_CHARACTER = 1  # espeak_POSITION_TYPE
+_EE_OK = 0
+_EVENT_LIST_TERMINATED = 0
+_EVENT_PHONEME = 7
+_PARAM_RATE, _PARAM_PITCH, _PARAM_RANGE = 1, 3, 4  # espeak_PARAMETER
+
+
+class _EventId(ctypes.Union):
+    _fields_ = [
+        ("number", ctypes.c_int),  # WORD and SENTENCE events
+        ("name", ctypes.c_char_p),  # MARK and PLAY events
+        ("string", ctypes.c_char * 8),  # PHONEME events: the mnemonic, NUL-terminated unless 8 long
+    ]
+
+
+class _Event(ctypes.Structure):
+    # espeak_EVENT. On x86-64 the void* aligns to offset 24 and the union to 32: 40 bytes in all.
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),  # characters from the start of the text
+        ("length", ctypes.c_int),  # word length in characters, WORD events
+        ("audio_position", ctypes.c_int),  # ms into the output (rounded)
+        ("sample", ctypes.c_int),  # samples into the output of this espeak_Synth call
+        ("user_data", ctypes.c_void_p),
+        ("id", _EventId),
+    ]
+
+
+class _Voice(ctypes.Structure):
+    # The leading fields of espeak_VOICE, all we read.
+    _fields_ = [("name", ctypes.c_char_p), ("languages", ctypes.c_char_p), ("identifier", ctypes.c_char_p)]
+
+
+# int SynthCallback(short *wav, int numsamples, espeak_EVENT *events)
+_SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+
+
+class Phone(NamedTuple):
+    symbol: str  # eSpeak phoneme mnemonic without stress marks, e.g. "aU", "dZ", "@"
+    start: float  # s from the start of the returned samples
+
+
+class _ESpeak:
+    """One initialized eSpeak NG library. eSpeak keeps its state in C globals, so there is one
+    per process (`_engine()`), used under `_LOCK`."""
+
+    def __init__(self) -> None:
+        try:
+            import espeakng_loader
+        except ImportError as e:
+            raise SynthError("the built-in corpus needs eSpeak NG: pip install espeakng-loader") from e
+        try:
+            lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        except OSError as e:
+            raise SynthError(f"cannot load eSpeak NG: {e}") from e
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_GetCurrentVoice.restype = ctypes.POINTER(_Voice)
+        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
+            ctypes.c_void_p, ctypes.c_void_p,
+        ]  # fmt: skip
+        # speak_lib.h asks for the folder holding espeak-ng-data; espeak-ng also takes that folder itself.
+        self.data_path = Path(espeakng_loader.get_data_path())
+        rate = lib.espeak_Initialize(
+            _AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS, str(self.data_path).encode(), _INITIALIZE_PHONEME_EVENTS
+        )
+        if rate <= 0:
+            raise SynthError(f"espeak_Initialize failed with data at {self.data_path}")
+        self.lib = lib
+        self.sample_rate = rate  # Hz, 22050 for eSpeak's own voices
+        self._chunks: list[bytes] = []  # int16 audio of the utterance being spoken
+        self._phones: list[tuple[bytes, int]] = []  # (mnemonic, sample) of its phoneme events
+        self._callback = _SynthCallback(self._on_audio)  # kept alive: eSpeak holds only the pointer
+        lib.espeak_SetSynthCallback(self._callback)
+
+    def _on_audio(self, wav, num_samples: int, events) -> int:
+        """eSpeak's SynthCallback: a chunk of int16 audio and the events in it, ended by type 0."""
+        if wav and num_samples > 0:
+            self._chunks.append(ctypes.string_at(wav, 2 * num_samples))
+        i = 0
+        while events[i].type != _EVENT_LIST_TERMINATED:
+            if events[i].type == _EVENT_PHONEME:
+                self._phones.append((events[i].id.string, events[i].sample))
+            i += 1
+        return 0  # 0 = continue synthesis
+
+    def set_voice(self, voice: str) -> None:
+        if self.lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
+            raise VoiceError(f"eSpeak NG has no voice {voice!r} (names look like 'en-us' or 'en-us+m3')")
+        # eSpeak silently ignores an unknown variant ("en-us+zz" speaks plain en-us): check it took.
+        variant = voice.partition("+")[2]
+        identifier = (self.lib.espeak_GetCurrentVoice().contents.identifier or b"").decode()
+        if variant and not identifier.endswith("+" + variant):
+            raise VoiceError(
+                f"eSpeak NG has no voice variant {variant!r} in {voice!r}; "
+                f"the variants are the files in {self.data_path / 'voices' / '!v'}"
+            )
+
+    def speak(
+        self, text: str, rate_wpm: int, pitch: int, pitch_range: int, rand_seed: int
+    ) -> tuple[np.ndarray, list[tuple[str, int]]]:
+        """int16 samples at self.sample_rate, shape (samples,), and (mnemonic, sample) per phoneme event."""
+        for parameter, value in ((_PARAM_RATE, rate_wpm), (_PARAM_PITCH, pitch), (_PARAM_RANGE, pitch_range)):
+            self.lib.espeak_SetParameter(parameter, value, 0)
+        self.lib.espeak_ng_SetRandSeed(rand_seed)  # breathy variants (f2, f3) mix in eSpeak's noise
+        self._chunks, self._phones = [], []
+        data = text.encode()
+        status = self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+        if status != _EE_OK:
+            raise SynthError(f"espeak_Synth returned {status} for {text!r}")
+        samples = np.frombuffer(b"".join(self._chunks), dtype=np.int16)  # (samples,)
+        return samples, [(symbol.decode(), sample) for symbol, sample in self._phones]
+
+
+_LOCK = threading.Lock()
+_ENGINE: _ESpeak | None = None
+
+
+def _engine() -> _ESpeak:
+    """The process's eSpeak, initialized on first use. Call with _LOCK held."""
+    global _ENGINE
+    if _ENGINE is None:
+        _ENGINE = _ESpeak()
+    return _ENGINE
+
+
+def synthesize(
+    text: str,
+    voice: str = "en-us",
+    rate_wpm: int = 175,
+    pitch: int = 50,
+    *,
+    pitch_range: int = 50,
+    rand_seed: int = 0,
+    sample_rate: int = SAMPLE_RATE,
+) -> tuple[np.ndarray, list[Phone]]:
+    """Speak `text` with eSpeak NG voice `voice` (e.g. "en-us+m3").
+
+    rate_wpm: words per minute (RATE_LIMITS); pitch, pitch_range: eSpeak's 0..100 controls (50 is
+    the voice's own); rand_seed seeds the noise of breathy voices.
+    Returns float32 samples of shape (samples,) at `sample_rate`, and the phones spoken (pauses
+    left out, stress marks stripped), each with its start in seconds. eSpeak adds ~10 ms of
+    silence at each end. Raises VoiceError naming an unknown voice.
+
+    eSpeak carries a little state from one utterance to the next (its pitch-flutter position,
+    `static int Flutter_ix` in wavegen.c, is never reset), so the same call can come out a few
+    samples longer or shorter depending on what this process spoke before;
+    `synthesize_corpus` runs each shard in a fresh process to stay byte-reproducible.
+    """
+    import soxr
+
+    if not text.strip():
+        raise ValueError("synthesize: empty text")
+    controls = {"rate_wpm": (rate_wpm, RATE_LIMITS), "pitch": (pitch, (0, 100)), "pitch_range": (pitch_range, (0, 100))}
+    for name, (value, (low, high)) in controls.items():
+        if not low <= value <= high:
+            raise ValueError(f"synthesize: {name}={value} is outside {low}..{high}")
+    with _LOCK:
+        engine = _engine()
+        engine.set_voice(voice)
+        samples, events = engine.speak(text, rate_wpm, pitch, pitch_range, rand_seed)
+    native_rate = engine.sample_rate
+    audio = samples.astype(np.float32) / 32768.0  # (samples,) at native_rate
+    if native_rate != sample_rate:
+        audio = soxr.resample(audio, native_rate, sample_rate).astype(np.float32, copy=False)  # (samples,)
+    phones = [
+        Phone(symbol.lstrip("',"), sample / native_rate)  # ' primary, , secondary stress
+        for symbol, sample in events
+        if not symbol.startswith("_")  # "_" pauses, "_:" long pause
+    ]
+    return audio, phones
+
+
+# ---------------------------------------------------------------------------------------------
+# The corpus.
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything needed to speak and file one utterance; the corpus plan is a list of these."""
+
+    id: str
+    wav: str  # absolute path
+    text: str
+    voice: str
+    rate_wpm: int
+    pitch: int
+    pitch_range: int
+    rand_seed: int
+    pad_before: float  # s of silence before the speech
+    pad_after: float  # s of silence after it
+
+
+def _split_sizes(num_utterances: int) -> dict[str, int]:
+    num_heldout = max(MIN_HELDOUT, round(num_utterances * HELDOUT_FRACTION))
+    num_train = num_utterances - 2 * num_heldout
+    if num_train < 1:
+        raise ValueError(f"num_utterances={num_utterances} is too small: dev and test need {MIN_HELDOUT} each")
+    return {"train": num_train, "dev": num_heldout, "test": num_heldout}
+
+
+def _plan_corpus(out_dir: Path, num_utterances: int, seed: int) -> list[_Job]:
+    """The whole corpus as jobs, in split order, from one seeded generator: same seed, same plan."""
+    rng = np.random.default_rng(seed)
+    sizes = _split_sizes(num_utterances)
+    sentences = iter(generate_sentences(num_utterances, rng))  # distinct, so no split shares one
+    jobs = []
+    for split in SPLITS:
+        voices = _Deck(TRAIN_VOICES if split == "train" else HELDOUT_VOICES, rng)  # balanced voices
+        for index in range(sizes[split]):
+            utt_id = f"{split}-{index:05d}"
+            jobs.append(
+                _Job(
+                    id=utt_id,
+                    wav=str(out_dir / "wav" / split / f"{utt_id}.wav"),
+                    text=next(sentences),
+                    voice=voices.deal(),
+                    rate_wpm=int(rng.integers(RATE_WPM[0], RATE_WPM[1] + 1)),
+                    pitch=int(rng.integers(PITCH[0], PITCH[1] + 1)),
+                    pitch_range=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
+                    rand_seed=int(rng.integers(2**31)),
+                    pad_before=round(float(rng.uniform(*PAD_SECONDS)), 3),
+                    pad_after=round(float(rng.uniform(*PAD_SECONDS)), 3),
+                )
+            )
+    return jobs
+
+
+def _synthesize_shard(jobs: list[_Job]) -> list[Utterance]:
+    """Speak and write one shard of the plan (run in a fresh process); return its manifest rows."""
+    from asr.audio import write_audio
+
+    utterances = []
+    for job in jobs:
+        speech, phones = synthesize(
+            job.text, job.voice, job.rate_wpm, job.pitch, pitch_range=job.pitch_range, rand_seed=job.rand_seed
+        )
+        before = np.zeros(round(job.pad_before * SAMPLE_RATE), dtype=np.float32)
+        after = np.zeros(round(job.pad_after * SAMPLE_RATE), dtype=np.float32)
+        audio = np.clip(np.concatenate([before, speech, after]), -1.0, 1.0)  # (samples,); soxr can overshoot
+        write_audio(job.wav, audio, SAMPLE_RATE, subtype="PCM_16")
+        utterances.append(
+            Utterance(
+                id=job.id,
+                audio=job.wav,
+                duration=audio.size / SAMPLE_RATE,
+                text=job.text,
+                speaker=job.voice,
+                phones=" ".join(phone.symbol for phone in phones),
+                extra={
+                    "phone_times": [round(before.size / SAMPLE_RATE + phone.start, 4) for phone in phones],  # s
+                    "rate_wpm": job.rate_wpm,
+                    "pitch": job.pitch,
+                },
+            )
+        )
+    return utterances
+
+
+def synthesize_corpus(
+    out_dir: str | os.PathLike,
+    num_utterances: int = 3000,
+    seed: int = 0,
+    progress: bool = True,
+    num_workers: int | None = None,
+) -> dict[str, Path]:
+    """Write out_dir/wav/<split>/<id>.wav (16 kHz mono PCM16) and out_dir/{train,dev,test}.jsonl.
+
+    About 90 % train (TRAIN_VOICES) and 5 % each dev and test (HELDOUT_VOICES only), every
+    sentence distinct. Manifest rows carry `speaker` (the voice), `phones` (space-separated eSpeak
+    mnemonics) and `phone_times` (start of each phone, s). Same seed -> byte-identical files.
+
+    eSpeak's state drifts with what it has spoken, so the plan is cut into fixed shards of
+    SHARD_SIZE and each shard is spoken by a fresh process: the output does not depend on
+    `num_workers` (default: one per CPU) or on anything spoken before. As with any `spawn`
+    multiprocessing, a script calling this needs an `if __name__ == "__main__":` guard.
+    Returns {split: manifest path}.
+    """
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir).resolve()
+    jobs = _plan_corpus(out_dir, num_utterances, seed)
+    shards = [jobs[i : i + SHARD_SIZE] for i in range(0, len(jobs), SHARD_SIZE)]
+    if num_workers is None:
+        num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    num_workers = max(1, min(num_workers, len(shards)))
+
+    utterances: list[Utterance] = []
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited eSpeak state
+    with (
+        context.Pool(num_workers, maxtasksperchild=1) as pool,
+        tqdm(total=len(jobs), desc="synth", unit="utt", disable=not progress) as bar,
+    ):
+        for shard_utterances in pool.imap(_synthesize_shard, shards):
+            utterances.extend(shard_utterances)
+            bar.update(len(shard_utterances))
+
+    manifests = {}
+    for split in SPLITS:  # written last, so a killed run never leaves a manifest naming missing audio
+        manifests[split] = out_dir / f"{split}.jsonl"
+        write_manifest(manifests[split], [u for u in utterances if u.id.startswith(split + "-")])
+    return manifests
