@@ -61,14 +61,17 @@ class Recognizer:
     @torch.inference_mode()
     def transcribe_batch(self, audio: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         """audio (batch, samples) float32 at `sample_rate`, lengths (batch,) -> one text each."""
-        was_training = self.model.training
-        self.model.eval()
+        modules = (self.model, self.features)  # eval mode: no dropout, no dither
+        was_training = [m.training for m in modules]
+        for m in modules:
+            m.eval()
         try:
             feats, frame_lengths = self.features(audio.to(self.device), lengths.to(self.device))  # (batch, frames, dim)
             log_probs, frame_lengths = self.model(feats, frame_lengths)  # (batch, frames, vocab)
             return [self.tokenizer.decode(ids) for ids in decode_greedy(log_probs, frame_lengths)]
         finally:
-            self.model.train(was_training)
+            for m, mode in zip(modules, was_training):
+                m.train(mode)
 
     def transcribe_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 16) -> Iterator[tuple[str, str | None, str | None]]:
         """Yield (path, text, error) per file, in order; a bad file yields its error and the rest go on."""

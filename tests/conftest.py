@@ -41,3 +41,14 @@ TINY_OVERRIDES = [
     "train.log_every=2",
     "train.epochs=2",
 ]
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

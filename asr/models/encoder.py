@@ -1,18 +1,50 @@
 """The recurrent CTC model: frontend → stacked (bi)directional recurrent layers → linear → log-probs.
 
-Recurrent layers run on packed sequences, so the backward direction of a padded batch starts at
-each utterance's own last frame and padding never reaches the states (cuDNN on GPU).
+Each layer runs one unidirectional recurrence per direction. The backward direction sees every
+utterance reversed *within its own length* (`reverse_padded`), so it starts at the utterance's
+last real frame and padding never reaches its state; the forward direction needs nothing, since
+padding only follows the real frames. On this CPU that is 2.2x faster than packed sequences
+(packing makes every time step a different batch size; measured: 3x256 BiLSTM, batch 33 x 120
+frames, forward+backward 0.67 s masked vs 1.46 s packed), and on CUDA it is plain cuDNN calls.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from asr.config import ModelConfig
 
-RECURRENT_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+RECURRENT_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}  # unidirectional, one layer; cuDNN on GPU
+
+
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each sequence within its own length; padded frames stay where they are.
+
+    x (batch, frames, dim), lengths (batch,) -> (batch, frames, dim). Its own inverse.
+    """
+    frames = torch.arange(x.shape[1], device=x.device)  # (frames,)
+    lengths = lengths.to(x.device)[:, None]  # (batch, 1)
+    index = torch.where(frames < lengths, lengths - 1 - frames, frames)  # (batch, frames)
+    return x.gather(1, index[:, :, None].expand_as(x))
+
+
+class RecurrentLayer(nn.Module):
+    """One recurrent layer, one or two directions; outputs of the directions are concatenated."""
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, bidirectional: bool):
+        super().__init__()
+        make = RECURRENT_CELLS[cell]
+        self.forward_rnn = make(input_size, hidden_size, batch_first=True)
+        self.backward_rnn = make(input_size, hidden_size, batch_first=True) if bidirectional else None
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x (batch, frames, input_size), lengths (batch,) -> (batch, frames, directions * hidden_size)."""
+        forward_out, _ = self.forward_rnn(x)  # (batch, frames, hidden)
+        if self.backward_rnn is None:
+            return forward_out
+        backward_out, _ = self.backward_rnn(reverse_padded(x, lengths))  # (batch, frames, hidden), reversed time
+        return torch.cat([forward_out, reverse_padded(backward_out, lengths)], dim=-1)
 
 
 class CTCModel(nn.Module):
@@ -22,29 +54,29 @@ class CTCModel(nn.Module):
             raise ValueError(f"model.cell={config.cell!r}: choose one of {', '.join(RECURRENT_CELLS)}")
         self.config = config
         self.frontend: nn.Module = nn.Identity()
-        rnn_input = input_dim
+        size = input_dim
         if config.frontend_size > 0:
             self.frontend = nn.Sequential(nn.Linear(input_dim, config.frontend_size), nn.ReLU(), nn.Dropout(config.dropout))
-            rnn_input = config.frontend_size
-        self.rnn = RECURRENT_CELLS[config.cell](
-            rnn_input,
-            config.hidden_size,
-            num_layers=config.num_layers,
-            bidirectional=config.bidirectional,
-            dropout=config.dropout if config.num_layers > 1 else 0.0,
-            batch_first=True,
-        )
-        rnn_output = config.hidden_size * (2 if config.bidirectional else 1)
+            size = config.frontend_size
+        directions = 2 if config.bidirectional else 1
+        self.layers = nn.ModuleList()
+        for _ in range(config.num_layers):
+            self.layers.append(RecurrentLayer(config.cell, size, config.hidden_size, config.bidirectional))
+            size = directions * config.hidden_size
         self.dropout = nn.Dropout(config.dropout)
-        self.output = nn.Linear(rnn_output, vocab_size)
+        self.output = nn.Linear(size, vocab_size)
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """feats (batch, frames, input_dim), lengths (batch,) -> log_probs (batch, frames, vocab), lengths (batch,)."""
-        x = self.frontend(feats)  # (batch, frames, rnn_input)
-        # pack_padded_sequence wants lengths on the CPU (cuDNN reads them on the host).
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        packed, _ = self.rnn(packed)
-        x, _ = pad_packed_sequence(packed, batch_first=True, total_length=feats.shape[1])  # (batch, frames, rnn_output)
+        """feats (batch, frames, input_dim), lengths (batch,) -> log_probs (batch, frames, vocab), lengths (batch,).
+
+        Frames past an utterance's length hold log-probs too; they are meaningless and every
+        consumer (CTC loss, decoders) reads only the first `lengths` frames.
+        """
+        x = self.frontend(feats)  # (batch, frames, frontend)
+        for i, layer in enumerate(self.layers):
+            if i:
+                x = self.dropout(x)
+            x = layer(x, lengths)  # (batch, frames, directions * hidden)
         logits = self.output(self.dropout(x))  # (batch, frames, vocab)
         return torch.log_softmax(logits.float(), dim=-1), lengths  # float32 even under autocast
 
