@@ -60,17 +60,15 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return 1 if num_failed else 0
 
 
-def evaluate_checkpoint(checkpoint: str, manifest: str, output: str | None, device: str = "auto", progress: bool = True):
-    """Decode `manifest` with `checkpoint`, write per-utterance results, return the result."""
+def evaluate_manifest(recognizer, manifest: str, output: str, progress: bool = True):
+    """Decode `manifest`, write per-utterance results to `output`, return the result."""
     from asr.data.manifest import read_manifest
-    from asr.inference import Recognizer, decode_dataset, write_recognitions
+    from asr.inference import decode_dataset, write_recognitions
 
-    recognizer = Recognizer.from_checkpoint(checkpoint, device=device)
     utterances = read_manifest(manifest)
     result = decode_dataset(recognizer, utterances, batch_size=recognizer.config.decode.batch_size, progress=progress)
-    output = output or str(Path(checkpoint).with_suffix("")) + f".{Path(manifest).stem}.recognitions.jsonl"
     write_recognitions(output, result, normalize=recognizer.tokenizer.normalize)
-    return result, output
+    return result
 
 
 def print_result(result, output: str, title: str) -> None:
@@ -94,7 +92,11 @@ def print_result(result, output: str, title: str) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    result, output = evaluate_checkpoint(args.checkpoint, args.manifest, args.output, args.device)
+    from asr.inference import Recognizer
+
+    recognizer = Recognizer.from_checkpoint(args.checkpoint, device=args.device)
+    output = args.output or str(Path(args.checkpoint).with_suffix("")) + f".{Path(args.manifest).stem}.recognitions.jsonl"
+    result = evaluate_manifest(recognizer, args.manifest, output)
     print_result(result, output, args.manifest)
     return 1 if result.failed else 0
 
@@ -118,12 +120,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{config.train.epochs} epochs) into {config.train.out_dir}")
     run_dir = train(config)
     checkpoint = run_dir / BEST
-    print(f"[3/4] evaluating on the held-out test set (unseen voices, unseen sentences)")
-    result, output = evaluate_checkpoint(str(checkpoint), config.data.test, str(run_dir / "test.recognitions.jsonl"), progress=False)
+    print("[3/4] evaluating on the held-out test set (unseen voices, unseen sentences)")
+    recognizer = Recognizer.from_checkpoint(checkpoint)
+    output = str(run_dir / "test.recognitions.jsonl")
+    result = evaluate_manifest(recognizer, config.data.test, output, progress=False)
     print_result(result, output, "test")
     print("[4/4] transcribing one held-out file")
     utterance = read_manifest(config.data.test)[0]
-    recognizer = Recognizer.from_checkpoint(checkpoint)
     [(path, text, error)] = list(recognizer.transcribe_files([utterance.audio]))
     print(f"  file       {path}\n  reference  {recognizer.tokenizer.normalize(utterance.text)}\n  hypothesis {text if error is None else error}")
     print(f"checkpoint: {checkpoint}\nmetrics log: {run_dir / 'metrics.jsonl'}")
