@@ -67,7 +67,7 @@ def evaluate_manifest(recognizer, manifest: str, output: str, progress: bool = T
 
     utterances = read_manifest(manifest)
     result = decode_dataset(recognizer, utterances, batch_size=recognizer.config.decode.batch_size, progress=progress)
-    write_recognitions(output, result, normalize=recognizer.tokenizer.normalize)
+    write_recognitions(output, result)
     return result
 
 

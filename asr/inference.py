@@ -97,7 +97,7 @@ class Recognizer:
 @dataclass
 class Recognition:
     id: str
-    reference: str
+    reference: str  # normalized as the tokenizer normalizes, so it compares with the hypothesis
     hypothesis: str
 
 
@@ -131,20 +131,20 @@ def decode_dataset(
         failed.extend(batch.bad)
         if len(batch):
             hyps = recognizer.transcribe_batch(batch.audio, batch.audio_lengths)
-            recognitions.extend(Recognition(i, t, h) for i, t, h in zip(batch.ids, batch.texts, hyps))
-    normalize = recognizer.tokenizer.normalize
-    refs = [normalize(r.reference) for r in recognitions]
+            normalize = recognizer.tokenizer.normalize
+            recognitions.extend(Recognition(i, normalize(t), h) for i, t, h in zip(batch.ids, batch.texts, hyps))
+    refs = [r.reference for r in recognitions]
     hyps = [r.hypothesis for r in recognitions]
     decoded = {r.id for r in recognitions}
     hours = sum(u.duration for u in utterances if u.id in decoded) / 3600
     return EvaluationResult(recognitions, failed, score_wer(refs, hyps), score_cer(refs, hyps), hours)
 
 
-def write_recognitions(path: str | os.PathLike, result: EvaluationResult, normalize=lambda t: t) -> None:
+def write_recognitions(path: str | os.PathLike, result: EvaluationResult) -> None:
     """One JSON line per utterance: id, ref, hyp, and its word-level S/D/I counts; atomically."""
     with atomic_write(path) as f:
         for r in result.recognitions:
-            ref = normalize(r.reference)
+            ref = r.reference
             counts = score_wer([ref], [r.hypothesis])
             f.write(
                 json.dumps(

@@ -64,6 +64,10 @@ class StepStats:
     steps: int = 0
     grad_norms: list[float] = field(default_factory=list)
 
+    @classmethod
+    def zeros(cls, device: torch.device) -> "StepStats":
+        return cls(torch.zeros((), device=device), torch.zeros((), device=device))
+
 
 def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
     """Linear warm-up to 1, then cosine decay to `min_ratio` at `total_steps`."""
@@ -129,7 +133,7 @@ def train_one_epoch(
 ) -> bool:
     """Train through the rest of `progress.epoch`. Returns False if the time limit stopped it."""
     model.train()
-    stats = StepStats(torch.zeros((), device=device), torch.zeros((), device=device))
+    stats = StepStats.zeros(device)
     started = time.perf_counter()
     sample_rate = config.features.sample_rate
     for batch in loader:
@@ -172,7 +176,7 @@ def train_one_epoch(
             }
             log(record)
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}")
-            stats = StepStats(torch.zeros((), device=device), torch.zeros((), device=device))
+            stats = StepStats.zeros(device)
             started = time.perf_counter()
         if config.train.save_every_steps and progress.step % config.train.save_every_steps == 0:
             save_state(LAST)

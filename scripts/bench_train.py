@@ -71,7 +71,7 @@ def main() -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(0, 10**9, 1.0))
 
     # Bare: pre-built feature tensors and targets of exactly the pipeline's shapes, on the device.
-    loader = make_loader(dataset, _FixedSampler(batches))
+    loader = make_loader(dataset, batches)
     prebuilt = []
     for batch in loader:
         with torch.no_grad():
@@ -95,7 +95,7 @@ def main() -> None:
         sync(device)
         start = time.perf_counter()
         train_one_epoch(
-            model=model, features=features, loader=make_loader(dataset, _FixedSampler(batches), num_workers=config.data.num_workers),
+            model=model, features=features, loader=make_loader(dataset, batches, num_workers=config.data.num_workers),
             optimizer=optimizer, scheduler=scheduler, config=config, progress=Progress(), device=device,
             log=lambda record: None, bar=_NoBar(), deadline=math.inf, save_state=lambda name: None,
         )
@@ -116,19 +116,6 @@ def main() -> None:
     print(f"bare model+loss+optimizer   {bare_rate:8.1f} s of audio / s")
     print(f"full pipeline               {pipeline_rate:8.1f} s of audio / s")
     print(f"ratio pipeline / bare       {pipeline_rate / bare_rate:8.3f}")
-
-
-class _FixedSampler(BucketBatchSampler):
-    """Replays a fixed list of batches (so both paths see the same ones)."""
-
-    def __init__(self, batches: list[list[int]]):
-        self._fixed = batches
-
-    def __iter__(self):
-        return iter(self._fixed)
-
-    def __len__(self) -> int:
-        return len(self._fixed)
 
 
 def sync(device: torch.device) -> None:

@@ -4,7 +4,7 @@ that fills batches up to a budget of padded audio seconds, and the collate funct
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
@@ -93,12 +93,18 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.shuffle = shuffle
         self.epoch = 0
         self.start_batch = 0
+        self._cache: tuple[int, list[list[int]]] | None = None  # (epoch, its batches)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
     def batches(self) -> list[list[int]]:
-        """All batches of the current epoch, in order."""
+        """All batches of the current epoch, in order (computed once per epoch)."""
+        if self._cache is None or self._cache[0] != self.epoch:
+            self._cache = (self.epoch, self._make_batches())
+        return self._cache[1]
+
+    def _make_batches(self) -> list[list[int]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         keys = self.durations
         if self.shuffle:  # jitter lengths by up to ±10 % so buckets differ between epochs
@@ -128,8 +134,11 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         return max(len(self.batches()) - self.start_batch, 0)
 
 
-def make_loader(dataset: UtteranceDataset, sampler: BucketBatchSampler | None, batch_size: int = 0, num_workers: int = 0):
-    """DataLoader over `dataset`: by `sampler` (training) or fixed `batch_size` in order (evaluation)."""
+def make_loader(
+    dataset: UtteranceDataset, sampler: Iterable[list[int]] | None, batch_size: int = 0, num_workers: int = 0
+):
+    """DataLoader over `dataset`: by a batch sampler (training; any sized iterable of index lists)
+    or by fixed `batch_size` in order (evaluation)."""
     # A private generator: DataLoader draws a base seed for its workers from it each epoch, which
     # would otherwise advance the global RNG that dropout uses and break exact resume.
     generator = torch.Generator().manual_seed(0)
