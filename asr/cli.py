@@ -5,12 +5,16 @@
     asr transcribe CKPT FILE... [--json]
     asr evaluate CKPT MANIFEST [--output FILE]
     asr demo [--out DIR]
+    asr plot RUN_DIR [--output PNG]
+
+Data-parallel training: `torchrun --nproc-per-node N -m asr train CONFIG` (see README).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,7 +39,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     out_dir = train(config, resume=args.resume)
-    print(f"checkpoints and metrics log in {out_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the group
+        print(f"checkpoints and metrics log in {out_dir}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from asr.plot import plot_run
+
+    print(plot_run(args.run_dir, args.output))
     return 0
 
 
@@ -172,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("overrides", nargs="*", help="section.key=value overrides of the demo config")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("plot", help="draw a run's training curves (metrics.jsonl) to a PNG")
+    p.add_argument("run_dir", help="train.out_dir of a run")
+    p.add_argument("--output", help="PNG path; default RUN_DIR/curves.png")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 
@@ -180,12 +197,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from asr.checkpoint import CheckpointError
     from asr.config import ConfigError
     from asr.data.manifest import ManifestError
+    from asr.plot import PlotError
     from asr.train import TrainingError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (AudioError, CheckpointError, ConfigError, ManifestError, TrainingError, FileNotFoundError) as e:
+        print(f"asr {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except PlotError as e:
         print(f"asr {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

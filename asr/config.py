@@ -54,6 +54,8 @@ class DataConfig:
     unit: str = "char"  # label unit: "char"
     max_duration: float = 30.0  # s, longer utterances are skipped in training
     batch_seconds: float = 160.0  # s of audio per training batch (length-bucketed)
+    batch_frames: int = 0  # padded feature frames (batch x longest, 10 ms frames before subsampling) per batch; 0 = batch_seconds / frame shift
+    sortagrad: bool = False  # first epoch in order of length, shortest first (DeepSpeech2's SortaGrad)
     num_workers: int = 0  # DataLoader workers that load and resample audio
     on_unknown_char: str = "error"  # "error" or "drop" characters outside the vocabulary
 
@@ -81,6 +83,21 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
     time_limit_s: float = 0.0  # stop training after this many seconds (0 = no limit); epochs set the schedule
     save_every_steps: int = 0  # also checkpoint (last.pt) every this many steps, mid-epoch (0 = epoch ends only)
+    compile: bool = False  # torch.compile the model for training (needs a C++ compiler on CPU)
+    tensorboard: bool = True  # also log to TensorBoard event files in out_dir/tensorboard (if tensorboard is installed)
+
+
+@dataclass
+class AugmentConfig:
+    """Training-only augmentation (asr/augment.py); the defaults switch everything off."""
+
+    speed_factors: list[float] = field(default_factory=lambda: [1.0])  # speed perturbation factors, drawn uniformly; [0.9, 1.0, 1.1] as Ko et al. 2015
+    freq_masks: int = 0  # SpecAugment frequency masks per utterance (Park et al. 2019 LibriSpeech: 2)
+    freq_mask_width: int = 27  # F: widest frequency mask, mel bins (or cepstra)
+    time_masks: int = 0  # SpecAugment time masks per utterance (LibriSpeech: 2)
+    time_mask_width: int = 100  # T: widest time mask, 10 ms feature frames (before subsampling)
+    time_mask_ratio: float = 1.0  # p: a time mask covers at most this fraction of its utterance
+    time_warp: int = 0  # W: time warp reach, 10 ms feature frames (LibriSpeech: 80); 0 = off
 
 
 @dataclass
@@ -96,6 +113,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
 

@@ -1,5 +1,5 @@
 """Manifests to batches: a Dataset that loads and tokenizes, a length-bucketed batch sampler
-that fills batches up to a budget of padded audio seconds, and the collate function."""
+that fills batches up to a budget of padded frames (distributed-aware), and the collate function."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from asr.audio import AudioError, load_audio
+from asr.augment import perturb_speed, speed_factor
 from asr.data.manifest import Utterance
 from asr.text import CharTokenizer, TokenizerError
 
@@ -32,11 +33,25 @@ class UtteranceDataset(torch.utils.data.Dataset):
 
     Text is tokenized once up front: utterances the tokenizer rejects are listed in
     `self.rejected` as (id, reason) and left out. Audio that fails to load at run time comes
-    back as an item with `error` set, for collate to drop and the trainer to count.
+    back as an item with `error` set, for collate to drop and the trainer to count. With
+    `speed_factors` other than (1.0,), each item is speed-perturbed (training only).
     """
 
-    def __init__(self, utterances: Sequence[Utterance], tokenizer: CharTokenizer, sample_rate: int):
+    def __init__(
+        self,
+        utterances: Sequence[Utterance],
+        tokenizer: CharTokenizer,
+        sample_rate: int,
+        *,
+        speed_factors: Sequence[float] = (1.0,),
+        seed: int = 0,
+    ):
         self.sample_rate = sample_rate
+        self.speed_factors = tuple(speed_factors)  # speed perturbation (training only), see asr.augment
+        if any(f <= 0 for f in self.speed_factors) or not self.speed_factors:
+            raise ValueError(f"speed factors must be positive, got {list(speed_factors)}")
+        self.seed = seed
+        self.epoch = 0
         self.utterances: list[Utterance] = []
         self.labels: list[list[int]] = []
         self.rejected: list[tuple[str, str]] = []
@@ -52,12 +67,18 @@ class UtteranceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.utterances)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Speed factors are drawn per (seed, epoch, utterance); call before making the epoch's loader."""
+        self.epoch = epoch
+
     def __getitem__(self, index: int) -> dict:
         utt = self.utterances[index]
         item = {"id": utt.id, "text": utt.text, "labels": self.labels[index], "audio": None, "error": None}
         try:
             duration = utt.duration if utt.offset else None
-            item["audio"] = torch.from_numpy(load_audio(utt.audio, self.sample_rate, utt.offset, duration))
+            samples = load_audio(utt.audio, self.sample_rate, utt.offset, duration)  # (samples,)
+            factor = speed_factor(self.speed_factors, self.seed, self.epoch, index)
+            item["audio"] = torch.from_numpy(perturb_speed(samples, factor, self.sample_rate))
         except AudioError as e:
             item["error"] = f"{utt.id}: {e}"
         return item
@@ -77,61 +98,116 @@ def collate(items: Sequence[dict]) -> Batch:
 
 
 class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Batches of similar-length utterances whose padded size stays within `batch_seconds`.
+    """Batches of similar-length utterances whose padded size (batch x longest) stays within
+    `max_frames`, in the unit of `lengths` (the trainer passes 10 ms feature frames).
 
-    Each epoch the order is a pure function of (seed, epoch): lengths are jittered before
-    sorting so bucket edges move, then the batches are shuffled. That makes resume exact:
-    `set_epoch(e, start_batch=b)` replays epoch e from batch b.
+    Each epoch the order is a pure function of (seed, epoch): lengths are jittered by up to
+    +-10 % before sorting, so which utterances share a batch changes from epoch to epoch
+    (shuffling within buckets), then the batches are shuffled (across buckets). With
+    `sortagrad`, epoch 0 is instead sorted shortest first (Amodei et al. 2016, DeepSpeech2).
+
+    Distributed: every rank computes the same batches for the epoch; if their number is not a
+    multiple of `num_replicas`, the largest batches are split in two until it is, then rank r
+    takes batches r, r + num_replicas, ... So every utterance is used exactly once per epoch
+    across ranks, and every rank has the same number of batches (none waits forever in an
+    all-reduce). `set_epoch(e, start_batch=b)` replays this rank's share of epoch e from its
+    batch b: mid-epoch resume is exact.
     """
 
-    def __init__(self, durations: Sequence[float], batch_seconds: float, seed: int = 0, shuffle: bool = True):
-        if batch_seconds <= 0:
-            raise ValueError("batch_seconds must be positive")
-        self.durations = torch.tensor(durations, dtype=torch.float64)
-        self.batch_seconds = batch_seconds
+    def __init__(
+        self,
+        lengths: Sequence[float],
+        max_frames: float,
+        seed: int = 0,
+        shuffle: bool = True,
+        *,
+        num_replicas: int = 1,
+        rank: int = 0,
+        sortagrad: bool = False,
+    ):
+        if max_frames <= 0:
+            raise ValueError("max_frames (the batch budget) must be positive")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in 0..{num_replicas - 1}")
+        if len(lengths) < num_replicas:
+            raise ValueError(f"{len(lengths)} utterance(s) cannot feed {num_replicas} ranks: need at least one each")
+        self.lengths = torch.tensor(lengths, dtype=torch.float64)
+        self.max_frames = max_frames
         self.seed = seed
         self.shuffle = shuffle
+        self.num_replicas, self.rank = num_replicas, rank
+        self.sortagrad = sortagrad
         self.epoch = 0
         self.start_batch = 0
-        self._cache: tuple[int, list[list[int]]] | None = None  # (epoch, its batches)
+        self._cache: tuple[int, list[list[int]]] | None = None  # (epoch, this rank's batches)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
     def batches(self) -> list[list[int]]:
-        """All batches of the current epoch, in order (computed once per epoch)."""
+        """This rank's batches of the current epoch, in order (computed once per epoch)."""
         if self._cache is None or self._cache[0] != self.epoch:
-            self._cache = (self.epoch, self._make_batches())
+            self._cache = (self.epoch, self.all_batches()[self.rank :: self.num_replicas])
         return self._cache[1]
 
-    def _make_batches(self) -> list[list[int]]:
+    def all_batches(self) -> list[list[int]]:
+        """Every rank's batches of the current epoch; batch i goes to rank i % num_replicas."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        keys = self.durations
-        if self.shuffle:  # jitter lengths by up to ±10 % so buckets differ between epochs
+        sorted_epoch = self.sortagrad and self.epoch == 0
+        keys = self.lengths
+        if self.shuffle and not sorted_epoch:
             keys = keys * (1 + 0.2 * (torch.rand(len(keys), generator=generator, dtype=torch.float64) - 0.5))
-        order = torch.argsort(keys).tolist()
+        order = torch.argsort(keys, stable=True).tolist()
         batches: list[list[int]] = []
         current: list[int] = []
         longest = 0.0
         for index in order:
-            duration = float(self.durations[index])
-            if current and max(longest, duration) * (len(current) + 1) > self.batch_seconds:
+            length = float(self.lengths[index])
+            if current and max(longest, length) * (len(current) + 1) > self.max_frames:
                 batches.append(current)
                 current, longest = [], 0.0
             current.append(index)
-            longest = max(longest, duration)
+            longest = max(longest, length)
         if current:
             batches.append(current)
-        if self.shuffle:
+        if self.shuffle and not sorted_epoch:
             permutation = torch.randperm(len(batches), generator=generator).tolist()
             batches = [batches[i] for i in permutation]
-        return batches
+        return split_to_multiple(batches, self.num_replicas)
 
     def __iter__(self) -> Iterator[list[int]]:
         yield from self.batches()[self.start_batch :]
 
     def __len__(self) -> int:
         return max(len(self.batches()) - self.start_batch, 0)
+
+
+def split_to_multiple(batches: list[list[int]], multiple: int) -> list[list[int]]:
+    """Split the largest batches in two, in place of the original, until the number of batches
+    is a multiple of `multiple`. Halves never exceed the budget their parent kept."""
+    batches = list(batches)
+    while len(batches) % multiple:
+        largest = max(range(len(batches)), key=lambda i: len(batches[i]))  # first of the largest
+        if len(batches[largest]) < 2:
+            raise ValueError(f"{len(batches)} single-utterance batches cannot be shared by {multiple} ranks")
+        batch = batches[largest]
+        half = len(batch) // 2
+        batches[largest : largest + 1] = [batch[:half], batch[half:]]
+    return batches
+
+
+def placeholder_batch(num_samples: int) -> Batch:
+    """One silent utterance with no labels: CTC finds it infeasible, so it adds nothing to the
+    loss or the gradient. A rank whose batch lost every utterance to bad audio trains on it, so
+    that it still joins the group's gradient all-reduce."""
+    return Batch(
+        ids=[],
+        audio=torch.zeros(1, num_samples),  # (1, samples)
+        audio_lengths=torch.tensor([num_samples]),  # (1,)
+        targets=torch.zeros(1, 0, dtype=torch.int64),  # (1, 0)
+        target_lengths=torch.zeros(1, dtype=torch.int64),  # (1,)
+        texts=[""],
+    )
 
 
 def make_loader(
