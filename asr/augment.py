@@ -99,7 +99,6 @@ class SpecAugment(torch.nn.Module):
         length = lengths.to(feats.dtype)[:, None]  # (batch, 1)
         centre = W + _uniform((batch, 1), feats.device) * (length - 2 * W)  # (batch, 1)
         shift = (2 * _uniform((batch, 1), feats.device) - 1) * W  # (batch, 1)
-        shift = torch.where(length > 2 * W + 1, shift, torch.zeros_like(shift))
         target = centre + shift  # where the centre lands
         t = torch.arange(frames, device=feats.device, dtype=feats.dtype)[None, :]  # (1, frames)
         source = torch.where(
@@ -113,8 +112,8 @@ class SpecAugment(torch.nn.Module):
         frac = (source - low.to(feats.dtype))[:, :, None]  # (batch, frames, 1)
         index = lambda i: i[:, :, None].expand_as(feats)  # noqa: E731
         warped = (1 - frac) * feats.gather(1, index(low)) + frac * feats.gather(1, index(high))
-        valid = t < length  # (batch, frames)
-        return torch.where(valid[:, :, None], warped, feats)
+        warpable = (t < length) & (length > 2 * W + 1)  # (batch, frames)
+        return torch.where(warpable[:, :, None], warped, feats)
 
     def mask_frequencies(self, feats: Tensor) -> Tensor:
         """`freq_masks` masks per utterance, each f ~ U[0, F] bins wide starting at f0 ~ U[0, bins - f)."""
