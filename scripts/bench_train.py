@@ -8,13 +8,25 @@ speed the toolkit keeps (1.0 = data loading and features cost nothing).
 
     python scripts/bench_train.py                      # synthesizes a small corpus first
     python scripts/bench_train.py --manifest data/train.jsonl --config configs/demo.yaml
+
+Data-parallel scaling (`--ddp N`): the full pipeline on the same global batches, once by one
+process and once by N processes under torchrun (DistributedDataParallel, gloo on CPU, NCCL on
+GPUs), in the same run; prints seconds of audio per second for each and their ratio. On CPU the
+cores are shared out: the single process gets all of them as threads, each of the N processes
+gets cores / N (override with --threads).
+
+    python scripts/bench_train.py --ddp 2
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +41,7 @@ from asr.features import FeatureExtractor
 from asr.inference import resolve_device
 from asr.models import build_model
 from asr.text import CharTokenizer
+from asr import distributed
 from asr.train import Progress, clip_gradients, lr_lambda, train_one_epoch
 
 
@@ -44,20 +57,22 @@ def main() -> None:
     parser.add_argument("--num-utterances", type=int, default=400)
     parser.add_argument("--batches", type=int, default=12, help="batches timed per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
+    parser.add_argument("--ddp", type=int, default=0, help="compare N data-parallel processes with 1 (torchrun)")
+    parser.add_argument("--threads", type=int, default=0, help="--ddp: torch threads per process (default cores / N)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: a torchrun worker writing its result here
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides of the config")
     args = parser.parse_args()
+    if args.worker:
+        return run_worker(args)
+    if args.ddp:
+        return compare_ddp(args)
 
     config = load_config(args.config, args.overrides)
     config.train.log_every = 10**9  # no metric lines inside the timed region
     device = resolve_device(config.train.device)
     if config.train.num_threads > 0:
         torch.set_num_threads(config.train.num_threads)
-    manifest = args.manifest
-    if manifest is None:
-        from asr.data.synth import synthesize_corpus
-
-        tmp = tempfile.mkdtemp(prefix="bench_train_")
-        manifest = synthesize_corpus(tmp, num_utterances=args.num_utterances, seed=0, progress=False)["train"]
+    manifest = prepare_manifest(args)
     tokenizer = CharTokenizer(on_unknown=config.data.on_unknown_char)
     dataset = UtteranceDataset(read_manifest(manifest), tokenizer, config.features.sample_rate)
     sampler = BucketBatchSampler([u.duration for u in dataset.utterances], config.data.batch_seconds, seed=0)
@@ -116,6 +131,94 @@ def main() -> None:
     print(f"bare model+loss+optimizer   {bare_rate:8.1f} s of audio / s")
     print(f"full pipeline               {pipeline_rate:8.1f} s of audio / s")
     print(f"ratio pipeline / bare       {pipeline_rate / bare_rate:8.3f}")
+
+
+def prepare_manifest(args) -> str:
+    if args.manifest is not None:
+        return args.manifest
+    from asr.data.synth import synthesize_corpus
+
+    tmp = tempfile.mkdtemp(prefix="bench_train_")
+    return str(synthesize_corpus(tmp, num_utterances=args.num_utterances, seed=0, progress=False)["train"])
+
+
+def compare_ddp(args) -> None:
+    """1 process vs args.ddp processes, alternating launches, same batches; print the ratio."""
+    manifest = prepare_manifest(args)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    results: dict[int, list[dict]] = {1: [], args.ddp: []}
+    for _ in range(args.rounds):
+        for nproc in (1, args.ddp):
+            threads = args.threads or max(1, cores // nproc)
+            out = Path(tempfile.mkdtemp(prefix="bench_ddp_")) / "result.json"
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                       __file__, "--worker", str(out), "--config", args.config, "--manifest", manifest,
+                       "--batches", str(args.batches), *args.overrides]
+            env = os.environ | {"OMP_NUM_THREADS": str(threads)}
+            subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+            results[nproc].append(json.loads(out.read_text()))
+    first = results[1][0]
+    print(f"device: {first['device']}; model {first['model']}; {first['batches']} global batches, "
+          f"{first['audio_seconds']:.1f} s of audio per pass; median of {args.rounds} launches each")
+    rates = {}
+    for nproc, runs in results.items():
+        rates[nproc] = statistics.median(r["audio_seconds"] / r["seconds"] for r in runs)
+        print(f"{nproc} process(es) x {runs[0]['threads']} thread(s)   {rates[nproc]:8.1f} s of audio / s")
+    print(f"ratio {args.ddp} processes / 1      {rates[args.ddp] / rates[1]:8.3f}")
+
+
+def run_worker(args) -> None:
+    """One torchrun rank: train_one_epoch over this rank's share of the first --batches global
+    batches (a multiple of the group size), after one warm-up pass; rank 0 writes the timing."""
+    config = load_config(args.config, args.overrides)
+    config.train.log_every = 10**9
+    context = distributed.setup(config.train.device)
+    device = context.device
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    tokenizer = CharTokenizer(on_unknown=config.data.on_unknown_char)
+    dataset = UtteranceDataset(read_manifest(args.manifest), tokenizer, config.features.sample_rate)
+    frames_per_second = 1000.0 / config.features.frame_shift_ms
+    budget = config.data.batch_frames or config.data.batch_seconds * frames_per_second
+    # the same global batches whatever the group size; batch i goes to rank i % world_size, as in training
+    lengths = [u.duration * frames_per_second for u in dataset.utterances]
+    num_global = args.batches - args.batches % context.world_size
+    global_batches = BucketBatchSampler(lengths, budget, seed=0).all_batches()[:num_global]
+    share = global_batches[context.rank :: context.world_size]
+    audio_seconds = sum(dataset.utterances[i].duration for b in global_batches for i in b)
+
+    torch.manual_seed(0)
+    features = FeatureExtractor(config.features).to(device)
+    model = build_model(config.model, features.output_dim, tokenizer.vocab_size).to(device)
+    step_model = model
+    if context.is_distributed:
+        step_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(0, 10**9, 1.0))
+
+    def run(batches) -> float:
+        distributed.barrier(context)
+        sync(device)
+        start = time.perf_counter()
+        train_one_epoch(
+            model=step_model, features=features, loader=make_loader(dataset, batches, num_workers=config.data.num_workers),
+            optimizer=optimizer, scheduler=scheduler, config=config, progress=Progress(), device=device,
+            log=lambda record: None, bar=_NoBar(), deadline=math.inf, save_state=lambda name: None, context=context,
+        )
+        sync(device)
+        distributed.barrier(context)
+        return time.perf_counter() - start
+
+    run(share[:2])  # warm-up: allocator, thread pools, page cache, DDP buckets
+    seconds = run(share)
+    if context.is_main:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+        Path(args.worker).write_text(json.dumps({
+            "device": name, "threads": torch.get_num_threads(), "seconds": seconds, "audio_seconds": audio_seconds,
+            "batches": len(global_batches), "world_size": context.world_size,
+            "model": f"{config.model.num_layers}x{config.model.hidden_size} "
+                     f"{'bi' if config.model.bidirectional else 'uni'}-{config.model.cell}",
+        }))
+    distributed.teardown(context)
 
 
 def sync(device: torch.device) -> None:
