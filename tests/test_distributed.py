@@ -21,8 +21,14 @@ WORKER = REPO / "tests" / "ddp_worker.py"
 
 @pytest.fixture(scope="module")
 def speech_corpus(tmp_path_factory):
+    """34 training utterances of speech, plus 3 whose audio is missing: each of those fills a
+    batch alone, so some rank gets a batch with nothing left in it and must still take its step."""
     root = tmp_path_factory.mktemp("ddp_corpus")
-    return synthesize_corpus(root, num_utterances=40, seed=0, progress=False, num_workers=1)
+    manifests = synthesize_corpus(root, num_utterances=40, seed=0, progress=False, num_workers=1)
+    missing = [{"id": f"missing-{i}", "audio": f"wav/missing-{i}.wav", "duration": 3.9, "text": "gone"} for i in range(3)]
+    with open(manifests["train"], "a") as f:
+        f.write("".join(json.dumps(m) + "\n" for m in missing))
+    return manifests
 
 
 def torchrun(report_dir: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
@@ -67,14 +73,20 @@ def test_two_gloo_processes_train_one_model_on_disjoint_shares(speech_corpus, gr
     # every rank takes the same number of steps; each epoch the two shares are disjoint and
     # together hold every training utterance exactly once
     assert len(ranks[0]["batches"]) == len(ranks[1]["batches"])
-    train_ids = sorted(json.loads(line)["id"] for line in Path(speech_corpus["train"]).read_text().splitlines())
+    all_ids = [json.loads(line)["id"] for line in Path(speech_corpus["train"]).read_text().splitlines()]
+    train_ids = sorted(i for i in all_ids if not i.startswith("missing-"))
     epoch_ends = [0] + [r["step"] for r in records if r.get("event") == "epoch_end"]
     assert len(epoch_ends) == 4 and epoch_ends[-1] == len(ranks[0]["batches"])
     for begin, end in zip(epoch_ends, epoch_ends[1:]):
         shares = [{i for batch in rank["batches"][begin:end] for i in batch} for rank in ranks]
         assert not shares[0] & shares[1]
         assert sorted(shares[0] | shares[1]) == train_ids
-        assert sum(len(batch) for rank in ranks for batch in rank["batches"][begin:end]) == len(train_ids)
+        assert sum(len(batch) for rank in ranks for batch in rank["batches"][begin:end]) == len(train_ids)  # once each
+
+    # the bad audio was skipped on whichever rank met it, and counted for the whole group
+    progress = load_checkpoint(out / LAST)["training_state"]["progress"]
+    assert progress["skipped_bad_audio"] == 3 * 3  # 3 files x 3 epochs
+    assert sum(batch == [] for rank in ranks for batch in rank["batches"]) >= 3  # empty batches still stepped
 
     # the checkpoint holds what rank 0 trained, and DDP kept rank 1 identical to it
     checkpoint = load_checkpoint(out / LAST)["model"]

@@ -12,7 +12,7 @@ def frame_lengths(n: int, seed: int = 0) -> list[float]:
 
 
 def within_budget(batch: list[int], lengths: list[float], budget: float) -> bool:
-    return max(lengths[i] for i in batch) * len(batch) <= budget or len(batch) == 1
+    return len(batch) == 1 or max(lengths[i] for i in batch) * len(batch) <= budget
 
 
 def test_every_utterance_once_per_epoch_within_the_frame_budget():
@@ -47,8 +47,9 @@ def test_split_to_multiple_splits_the_largest_batches():
     split = split_to_multiple(batches, 2)
     assert split == [[0], [1, 2], [3, 4], [5, 6]]
     assert split_to_multiple(batches, 3) == batches
-    with pytest.raises(ValueError, match="cannot be shared"):
-        split_to_multiple([[0], [1], [2]], 2)
+    # nothing left to split: pad with empty batches rather than drop or repeat an utterance
+    assert split_to_multiple([[0], [1], [2]], 2) == [[0], [1], [2], []]
+    assert split_to_multiple([[0], [1], [2], [3, 4]], 3) == [[0], [1], [2], [3], [4], []]
 
 
 def test_more_ranks_than_utterances_is_an_error():
@@ -100,3 +101,14 @@ def test_sortagrad_first_epoch_is_shortest_first_then_shuffled():
     share = BucketBatchSampler(lengths, 3000, seed=1, sortagrad=True, num_replicas=2, rank=1)
     longest = [max(lengths[i] for i in b) for b in share]
     assert longest == sorted(longest)
+
+
+def test_a_budget_below_every_utterance_still_shares_equally():
+    lengths = frame_lengths(7, seed=9)
+    shares = []
+    for rank in range(2):
+        sampler = BucketBatchSampler(lengths, max_frames=10, seed=0, num_replicas=2, rank=rank)  # each alone
+        shares.append(list(sampler))
+    assert len(shares[0]) == len(shares[1]) == 4
+    assert sorted(i for share in shares for b in share for i in b) == list(range(7))
+    assert sum(b == [] for share in shares for b in share) == 1

@@ -110,7 +110,7 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
     multiple of `num_replicas`, the largest batches are split in two until it is, then rank r
     takes batches r, r + num_replicas, ... So every utterance is used exactly once per epoch
     across ranks, and every rank has the same number of batches (none waits forever in an
-    all-reduce). `set_epoch(e, start_batch=b)` replays this rank's share of epoch e from its
+    all-reduce); only when every batch holds a single utterance are empty batches added. `set_epoch(e, start_batch=b)` replays this rank's share of epoch e from its
     batch b: mid-epoch resume is exact.
     """
 
@@ -184,12 +184,16 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
 
 def split_to_multiple(batches: list[list[int]], multiple: int) -> list[list[int]]:
     """Split the largest batches in two, in place of the original, until the number of batches
-    is a multiple of `multiple`. Halves never exceed the budget their parent kept."""
+    is a multiple of `multiple`. Halves never exceed the budget their parent kept. If every batch
+    is a single utterance, empty batches are appended instead: a rank that draws one takes a step
+    that adds nothing to the gradient (see `placeholder_batch`), and no utterance is dropped or
+    repeated."""
     batches = list(batches)
     while len(batches) % multiple:
         largest = max(range(len(batches)), key=lambda i: len(batches[i]))  # first of the largest
         if len(batches[largest]) < 2:
-            raise ValueError(f"{len(batches)} single-utterance batches cannot be shared by {multiple} ranks")
+            batches.extend([] for _ in range(-len(batches) % multiple))
+            break
         batch = batches[largest]
         half = len(batch) // 2
         batches[largest : largest + 1] = [batch[:half], batch[half:]]
@@ -199,7 +203,8 @@ def split_to_multiple(batches: list[list[int]], multiple: int) -> list[list[int]
 def placeholder_batch(num_samples: int) -> Batch:
     """One silent utterance with no labels: CTC finds it infeasible, so it adds nothing to the
     loss or the gradient. A rank whose batch lost every utterance to bad audio trains on it, so
-    that it still joins the group's gradient all-reduce."""
+    that it still joins the group's gradient all-reduce; so does a rank that draws one of the
+    empty batches `split_to_multiple` may add."""
     return Batch(
         ids=[],
         audio=torch.zeros(1, num_samples),  # (1, samples)
