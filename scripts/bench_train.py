@@ -146,25 +146,29 @@ def compare_ddp(args) -> None:
     """1 process vs args.ddp processes, alternating launches, same batches; print the ratio."""
     manifest = prepare_manifest(args)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    results: dict[int, list[dict]] = {1: [], args.ddp: []}
+    # (processes, threads each): 1 process with every core, N processes sharing them, and, on
+    # CPU, 1 process with one core's share (what each of the N gets) for scale
+    threads = args.threads or max(1, cores // args.ddp)
+    setups = [(1, cores), (args.ddp, threads)] + ([(1, threads)] if threads != cores else [])
+    results: dict[tuple[int, int], list[dict]] = {setup: [] for setup in setups}
     for _ in range(args.rounds):
-        for nproc in (1, args.ddp):
-            threads = args.threads or max(1, cores // nproc)
+        for nproc, threads in setups:
             out = Path(tempfile.mkdtemp(prefix="bench_ddp_")) / "result.json"
             command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                        __file__, "--worker", str(out), "--config", args.config, "--manifest", manifest,
                        "--batches", str(args.batches), *args.overrides]
             env = os.environ | {"OMP_NUM_THREADS": str(threads)}
             subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
-            results[nproc].append(json.loads(out.read_text()))
-    first = results[1][0]
+            results[(nproc, threads)].append(json.loads(out.read_text()))
+    first = results[setups[0]][0]
     print(f"device: {first['device']}; model {first['model']}; {first['batches']} global batches, "
           f"{first['audio_seconds']:.1f} s of audio per pass; median of {args.rounds} launches each")
     rates = {}
-    for nproc, runs in results.items():
-        rates[nproc] = statistics.median(r["audio_seconds"] / r["seconds"] for r in runs)
-        print(f"{nproc} process(es) x {runs[0]['threads']} thread(s)   {rates[nproc]:8.1f} s of audio / s")
-    print(f"ratio {args.ddp} processes / 1      {rates[args.ddp] / rates[1]:8.3f}")
+    for (nproc, threads), runs in results.items():
+        rates[(nproc, threads)] = statistics.median(r["audio_seconds"] / r["seconds"] for r in runs)
+        print(f"{nproc} process(es) x {runs[0]['threads']} thread(s)   {rates[(nproc, threads)]:8.1f} s of audio / s")
+    for single in setups[:1] + setups[2:]:
+        print(f"ratio {args.ddp}x{setups[1][1]} / {single[0]}x{single[1]}          {rates[setups[1]] / rates[single]:8.3f}")
 
 
 def run_worker(args) -> None:
