@@ -110,8 +110,9 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
     multiple of `num_replicas`, the largest batches are split in two until it is, then rank r
     takes batches r, r + num_replicas, ... So every utterance is used exactly once per epoch
     across ranks, and every rank has the same number of batches (none waits forever in an
-    all-reduce); only when every batch holds a single utterance are empty batches added. `set_epoch(e, start_batch=b)` replays this rank's share of epoch e from its
-    batch b: mid-epoch resume is exact.
+    all-reduce); only when every batch holds a single utterance are empty batches added.
+    `set_epoch(e, start_batch=b)` replays this rank's share of epoch e from its batch b:
+    mid-epoch resume is exact.
     """
 
     def __init__(
