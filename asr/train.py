@@ -262,8 +262,8 @@ def _train(config: Config, resume: bool, show_progress: bool, context: distribut
         # DDP broadcasts rank 0's initial weights and averages gradients in backward.
         step_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
         torch.manual_seed(config.train.seed + context.rank)  # distinct dropout / SpecAugment draws per rank
-    if config.train.compile:
-        step_model = torch.compile(step_model)
+    if config.train.compile:  # batch size and length change every step: compile for dynamic shapes
+        step_model = torch.compile(step_model, dynamic=True)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas), weight_decay=config.optim.weight_decay
     )
