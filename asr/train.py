@@ -27,7 +27,7 @@ from asr.data.manifest import read_manifest
 from asr.features import FeatureExtractor
 from asr.inference import Recognizer, decode_dataset, resolve_device
 from asr.models import build_model
-from asr.text import CharTokenizer
+from asr.text import build_tokenizer, label_utterances
 
 LAST, BEST = "last.pt", "best.pt"  # checkpoint names inside train.out_dir
 METRICS = "metrics.jsonl"
@@ -113,7 +113,10 @@ def clip_gradients(model: torch.nn.Module, max_norm: float) -> float:
 
 def validate(recognizer: Recognizer, utterances, batch_size: int) -> dict[str, float]:
     result = decode_dataset(recognizer, utterances, batch_size=batch_size)
-    return {"dev_wer": result.wer, "dev_cer": result.cer, "dev_utterances": len(result.recognitions)}
+    record = {"dev_wer": result.wer, "dev_cer": result.cer, "dev_utterances": len(result.recognitions)}
+    if result.phones is not None:  # phone models: dev_wer is the error rate over training phones
+        record["dev_per"] = result.phones.rate
+    return record
 
 
 def train_one_epoch(
@@ -196,8 +199,9 @@ def train(config: Config, resume: bool = False, show_progress: bool = True) -> P
 
     if not config.data.train:
         raise TrainingError("data.train is empty: give the path of a training manifest")
-    tokenizer = CharTokenizer(on_unknown=config.data.on_unknown_char)
+    tokenizer = build_tokenizer(config.data)
     train_utts = [u for u in read_manifest(config.data.train) if u.duration <= config.data.max_duration]
+    train_utts = label_utterances(train_utts, tokenizer)
     dataset = UtteranceDataset(train_utts, tokenizer, config.features.sample_rate)
     if len(dataset) == 0:
         raise TrainingError(f"{config.data.train}: no usable training utterances")
