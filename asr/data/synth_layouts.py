@@ -144,7 +144,8 @@ def _speaker_names(utterances: list[Utterance], split: str) -> dict[str, tuple[s
             group = counts.get(u.speaker or "", 0) // UTTERANCES_PER_SPEAKER
             counts[u.speaker or ""] = counts.get(u.speaker or "", 0) + 1
             letters = chr(65 + v % 26) + chr(65 + group // 26 % 26) + chr(65 + group % 26)
-            names[u.id] = (f"dr{v % 8 + 1}", f"{_sex(u.speaker or '')}{letters.lower()}{group // 676}")
+            # digits from 5 up: the dev and core-test lists use 0, 1 and 4, so no name can collide
+            names[u.id] = (f"dr{v % 8 + 1}", f"{_sex(u.speaker or '')}{letters.lower()}{5 + group // 676}")
         return names
     if split == "dev":
         pool = [(f"dr{k % 8 + 1}", s) for k, s in enumerate(DEV_SPEAKERS)]  # the real regions are not needed

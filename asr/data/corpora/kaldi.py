@@ -17,14 +17,16 @@ from asr.data.corpora import CorpusError, PreparedCorpus, header_duration
 from asr.data.manifest import Utterance
 
 
-def _read_table(path: Path, min_fields: int) -> list[tuple[int, list[str]]]:
-    """(line number, fields) of a whitespace-separated Kaldi table; the last field keeps its spaces."""
+def _read_table(path: Path, num_fields: int, min_fields: int | None = None) -> list[tuple[int, list[str]]]:
+    """(line number, up to `num_fields` fields) of a whitespace-separated Kaldi table; the last
+    field keeps its spaces. Fewer than `min_fields` (default all) is an error naming the line."""
+    min_fields = num_fields if min_fields is None else min_fields
     rows = []
     with open(path, encoding="utf-8") as f:
         for line_number, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            fields = line.strip().split(maxsplit=min_fields - 1)
+            fields = line.strip().split(maxsplit=num_fields - 1)
             if len(fields) < min_fields:
                 raise CorpusError(f"{path}:{line_number}: expected {min_fields} fields, got {line.strip()!r}")
             rows.append((line_number, fields))
@@ -50,14 +52,14 @@ def prepare_kaldi(root: str | os.PathLike, out_dir: str | os.PathLike, progress:
                 "write the audio to files first (e.g. with sox or ffmpeg) and list their paths"
             )
         recordings[rec_id] = Path(location).resolve()
-    texts = {fields[0]: (fields[1] if len(fields) > 1 else "") for _, fields in _read_table(text_file, 1)}
+    texts = {fields[0]: (fields[1] if len(fields) > 1 else "") for _, fields in _read_table(text_file, 2, min_fields=1)}
     speakers = {}
     if (root / "utt2spk").is_file():
         speakers = {utt: spk for _, (utt, spk) in _read_table(root / "utt2spk", 2)}
     segments: dict[str, tuple[str, float, float]] = {}
     if (root / "segments").is_file():
         for line_number, fields in _read_table(root / "segments", 4):
-            utt_id, rec_id, start, end = fields[0], fields[1], *fields[2].split(maxsplit=1)
+            utt_id, rec_id, start, end = fields
             try:
                 segments[utt_id] = (rec_id, float(start), float(end))
             except ValueError:
