@@ -78,9 +78,15 @@ def test_timit_layout_reads_back(timit_corpus):
         assert [line.split()[2] for line in wav.with_suffix(".WRD").read_text().splitlines()] == words.split()
 
 
-def test_librispeech_layout_reads_back(tmp_path):
-    root = write_librispeech_layout(tmp_path, num_utterances=NUM, seed=0, progress=False)
-    result = prepare_corpus("librispeech", root, tmp_path / "prepared", progress=False)
+@pytest.fixture(scope="module")
+def librispeech_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth_librispeech")
+    tree = write_librispeech_layout(root, num_utterances=NUM, seed=0, progress=False)
+    return root, prepare_corpus("librispeech", tree, root / "prepared", progress=False)
+
+
+def test_librispeech_layout_reads_back(librispeech_corpus):
+    _, result = librispeech_corpus
     assert result.problems == []
     assert result.utterances == {"train-clean-100": 24, "dev-clean": 3, "test-clean": 3}
     utt = read_manifest(result.manifests["dev-clean"])[0]
@@ -104,3 +110,25 @@ def test_phone_training_and_per_end_to_end(timit_corpus, capsys):
     num_reference = sum(len([p for p in u.phones.split() if p != "q"]) for u in read_manifest(m["test"]))
     assert int(per.group(3)) == num_reference  # every reference phone scored (q deleted)
     assert re.search(r"^sil +\d+", out, re.MULTILINE)  # the per-phone table
+
+
+def test_librispeech_recipe_end_to_end(librispeech_corpus, capsys):
+    root, result = librispeech_corpus
+    m = result.manifests
+    overrides = [*TINY_OVERRIDES, f"data.train={m['train-clean-100']}", f"data.dev={m['dev-clean']}",
+                 f"train.out_dir={root / 'run'}", "data.batch_seconds=40", "features.stack_frames=3",
+                 "features.subsample=3", "train.epochs=1", "data.num_workers=0", "model.frontend_size=0"]  # fmt: skip
+    assert main(["train", "configs/librispeech_100h_bilstm.yaml", *overrides]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(root / "run" / "best.pt"), str(m["test-clean"]), "--output", str(root / "r.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"greedy WER +[\d.]+% \(\d+/\d+ words\)", out) and "PER" not in out
+
+
+@pytest.mark.parametrize("name", ["timit_bilstm", "librispeech_100h_bilstm", "librispeech_960h_bilstm"])
+def test_recipes_load(name):
+    from asr.config import load_config
+    from asr.text import build_tokenizer
+
+    config = load_config(f"configs/{name}.yaml")
+    assert build_tokenizer(config.data).kind == ("phone" if name.startswith("timit") else "char")

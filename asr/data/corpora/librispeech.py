@@ -21,8 +21,12 @@ SPLITS = (
     "train-clean-100", "train-clean-360", "train-other-500",
     "dev-clean", "dev-other", "test-clean", "test-other",
 )  # fmt: skip
+TRAIN_960 = ("train-clean-100", "train-clean-360", "train-other-500")  # together: the 960 h training set
 AUDIO_SUFFIX = ".flac"
-NUM_THREADS = 8  # header reads are file-system bound; libsndfile releases the GIL while it reads
+# Header reads wait on the file system; threads overlap that wait on cold or network storage (cffi
+# releases the GIL in libsndfile calls). On a warm page cache one thread was as fast: 3000 FLAC
+# files, 7669 files/s with 1 thread vs 6419 with 8 (scripts/bench_prepare.py, 2-core machine).
+NUM_THREADS = 8
 
 
 def _find_root(root: Path) -> Path:
@@ -73,8 +77,9 @@ def prepare_librispeech(
     root: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True, num_threads: int = NUM_THREADS
 ) -> PreparedCorpus:
     """Write OUT_DIR/<split>.jsonl for every LibriSpeech split under `root` (the 7 official names
-    first, then any other folder in the layout). Rows: id, audio (absolute), duration, text
-    (as in the transcript, upper case), speaker, chapter."""
+    first, then any other folder in the layout), and OUT_DIR/train-960.jsonl when all three
+    training splits are there. Rows: id, audio (absolute), duration, text (as in the
+    transcript, upper case), speaker, chapter."""
     root = _find_root(Path(root).resolve())
     out_dir = Path(out_dir)
     official = [root / s for s in SPLITS if (root / s).is_dir()]
@@ -83,6 +88,7 @@ def prepare_librispeech(
     if not splits:
         raise CorpusError(f"{root}: no LibriSpeech split found (expected e.g. {root / 'dev-clean'}/<speaker>/<chapter>/*.trans.txt)")
     result = PreparedCorpus()
+    by_split: dict[str, list[Utterance]] = {}
     for split_dir in splits:
         rows = []
         for transcript in sorted(split_dir.glob("*/*/*.trans.txt")):
@@ -101,4 +107,7 @@ def prepare_librispeech(
             if duration is not None
         ]  # fmt: skip
         result.add_split(out_dir, split_dir.name, utterances)
+        by_split[split_dir.name] = utterances
+    if all(s in by_split for s in TRAIN_960):
+        result.add_split(out_dir, "train-960", [u for s in TRAIN_960 for u in by_split[s]])
     return result
