@@ -14,7 +14,6 @@ from asr.cli import main
 from asr.data.corpora import CorpusError, prepare_corpus
 from asr.data.corpora.timit import CORE_TEST_SET, CORE_TEST_SPEAKERS, DEV_SET, DEV_SPEAKERS
 from asr.data.manifest import read_manifest
-from asr.phones import PHONES_61
 
 RATE = 16000
 
