@@ -1,6 +1,7 @@
 """The `asr` command. Thin: parse arguments, load config, call the library, print.
 
-    asr synth OUT [--num-utterances N] [--seed S]
+    asr synth OUT [--num-utterances N] [--seed S] [--layout manifest|timit|librispeech]
+    asr prepare librispeech|timit|kaldi|nemo ROOT OUT_DIR
     asr train CONFIG [key=value ...] [--resume]
     asr transcribe CKPT FILE... [--json]
     asr evaluate CKPT MANIFEST [--output FILE]
@@ -27,9 +28,35 @@ DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 def cmd_synth(args: argparse.Namespace) -> int:
     from asr.data.synth import synthesize_corpus
 
+    if args.layout != "manifest":
+        from asr.data import synth_layouts
+
+        write = synth_layouts.write_timit_layout if args.layout == "timit" else synth_layouts.write_librispeech_layout
+        root = write(args.out, num_utterances=args.num_utterances, seed=args.seed)
+        print(f"{args.layout} layout in {root}; next: asr prepare {args.layout} {root} OUT_DIR")
+        return 0
     manifests = synthesize_corpus(args.out, num_utterances=args.num_utterances, seed=args.seed)
     for split, path in manifests.items():
         print(f"{split}\t{path}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from asr.data.corpora import prepare_corpus
+    from asr.inference import summary_table
+
+    options = {"include_sa": True} if args.include_sa else {}
+    started = time.perf_counter()
+    result = prepare_corpus(args.layout, args.root, args.out_dir, **options)
+    seconds = time.perf_counter() - started
+    for problem in result.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    rows = [(split, f"{result.utterances[split]} utterances, {result.hours[split]:.2f} h -> {path}")
+            for split, path in result.manifests.items()]  # fmt: skip
+    num_files = sum(result.utterances.values())
+    rows.append(("problems", f"{len(result.problems)} (listed above)" if result.problems else "0"))
+    rows.append(("time", f"{seconds:.1f} s ({num_files / max(seconds, 1e-9):.0f} utterances/s)"))
+    print(summary_table(rows))
     return 0
 
 
@@ -99,8 +126,24 @@ def print_result(result, output: str, title: str) -> None:
             ]
         )
     )
+    if result.phones is not None:
+        print_phone_errors(result.phones)
     for utt_id, reason in result.failed:
         print(f"error: {reason}", file=sys.stderr)
+
+
+def print_phone_errors(phones) -> None:
+    """PER on the 39 scoring phones and the per-phone substitution/deletion/insertion counts."""
+    total = phones.total
+    print(f"PER (39 phones)  {phones.rate:.2%} ({total.errors}/{total.reference_length} phones: "
+          f"{total.substitutions} sub, {total.deletions} del, {total.insertions} ins)")  # fmt: skip
+    print(f"{'phone':<6}{'ref':>7}{'sub':>6}{'del':>6}{'ins':>6}{'err%':>7}")
+    for phone, count, sub, dele, ins in phones.table():
+        rate = f"{(sub + dele) / count:.1%}" if count else "-"
+        print(f"{phone:<6}{count:>7}{sub:>6}{dele:>6}{ins:>6}{rate:>7}")
+    top = sorted(phones.confusions.items(), key=lambda kv: -kv[1])[:10]
+    if top:
+        print("most frequent substitutions: " + ", ".join(f"{r}->{h} {n}" for (r, h), n in top))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -156,6 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
 
+    p.add_argument("--layout", choices=("manifest", "timit", "librispeech"), default="manifest",
+                   help="manifest: wav files + JSON-lines manifests; timit / librispeech: that corpus's on-disk layout")  # fmt: skip
+
+    p = sub.add_parser("prepare", help="turn a corpus on disk into manifests")
+    p.add_argument("layout", choices=("librispeech", "timit", "kaldi", "nemo"))
+    p.add_argument("root", help="corpus folder (Kaldi: the data directory; NeMo: the manifest or its folder)")
+    p.add_argument("out_dir", help="folder for the <split>.jsonl manifests")
+    p.add_argument("--include-sa", action="store_true", help="TIMIT: keep the SA sentences (left out by default)")
+    p.set_defaults(func=cmd_prepare)
+
     p = sub.add_parser("train", help="train a model from a YAML config")
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
@@ -196,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from asr.audio import AudioError
     from asr.checkpoint import CheckpointError
     from asr.config import ConfigError
+    from asr.data.corpora import CorpusError
     from asr.data.manifest import ManifestError
     from asr.plot import PlotError
     from asr.train import TrainingError
@@ -203,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (AudioError, CheckpointError, ConfigError, ManifestError, TrainingError, FileNotFoundError) as e:
+    except (AudioError, CheckpointError, ConfigError, CorpusError, ManifestError, TrainingError, FileNotFoundError) as e:
         print(f"asr {args.command}: error: {e}", file=sys.stderr)
         return 2
     except PlotError as e:

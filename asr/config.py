@@ -51,7 +51,8 @@ class DataConfig:
     train: str = ""  # path to train manifest (JSON lines)
     dev: str = ""  # path to dev manifest; empty = no validation
     test: str = ""  # path to test manifest, used by `asr demo` / evaluate defaults
-    unit: str = "char"  # label unit: "char"
+    unit: str = "char"  # label unit: "char", or "phone" (TIMIT phones from the manifest's `phones`)
+    phone_set: int = 48  # unit=phone: train on the 61, 48 (Lee & Hon 1989) or 39 TIMIT phones; PER is scored on 39
     max_duration: float = 30.0  # s, longer utterances are skipped in training
     batch_seconds: float = 160.0  # s of audio per training batch (length-bucketed)
     batch_frames: int = 0  # padded feature frames (batch x longest, 10 ms frames before subsampling) per batch; 0 = batch_seconds / frame shift

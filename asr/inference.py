@@ -21,9 +21,9 @@ from asr.data.manifest import Utterance
 from asr.decode import decode_greedy
 from asr.features import FeatureExtractor
 from asr.fileio import atomic_write
-from asr.metrics import ErrorCounts, score_cer, score_wer
+from asr.metrics import ErrorCounts, PhoneErrors, score_cer, score_per, score_wer
 from asr.models import build_model
-from asr.text import CharTokenizer
+from asr.text import CharTokenizer, label_utterances
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -108,6 +108,7 @@ class EvaluationResult:
     words: ErrorCounts
     chars: ErrorCounts
     hours: float
+    phones: PhoneErrors | None = None  # phone models: PER on the 39 scoring phones, per-phone S/D/I
 
     @property
     def wer(self) -> float:
@@ -123,6 +124,7 @@ def decode_dataset(
 ) -> EvaluationResult:
     """Decode every utterance and score it against its text. Utterances that fail to load or
     tokenize are listed in `failed`, not fatal."""
+    utterances = label_utterances(utterances, recognizer.tokenizer)  # phone models score phones
     dataset = UtteranceDataset(utterances, recognizer.tokenizer, recognizer.sample_rate)
     loader = make_loader(dataset, sampler=None, batch_size=batch_size)
     recognitions: list[Recognition] = []
@@ -137,7 +139,8 @@ def decode_dataset(
     hyps = [r.hypothesis for r in recognitions]
     decoded = {r.id for r in recognitions}
     hours = sum(u.duration for u in utterances if u.id in decoded) / 3600
-    return EvaluationResult(recognitions, failed, score_wer(refs, hyps), score_cer(refs, hyps), hours)
+    phones = score_per(refs, hyps) if recognizer.tokenizer.kind == "phone" else None
+    return EvaluationResult(recognitions, failed, score_wer(refs, hyps), score_cer(refs, hyps), hours, phones)
 
 
 def write_recognitions(path: str | os.PathLike, result: EvaluationResult) -> None:

@@ -85,4 +85,33 @@ def tokenizer_from_dict(data: dict[str, Any]) -> CharTokenizer:
     kind = data.get("kind")
     if kind == "char":
         return CharTokenizer(data["symbols"], on_unknown=data.get("on_unknown", "error"))
+    if kind == "phone":
+        from asr.phones import PhoneTokenizer
+
+        return PhoneTokenizer.from_dict(data)  # type: ignore[return-value]
     raise ValueError(f"unknown tokenizer kind {kind!r}")
+
+
+def build_tokenizer(data_config) -> CharTokenizer:
+    """The tokenizer `data.unit` asks for: "char" (CharTokenizer) or "phone" (TIMIT phones,
+    `data.phone_set` 61, 48 or 39; see asr/phones.py)."""
+    if data_config.unit == "char":
+        return CharTokenizer(on_unknown=data_config.on_unknown_char)
+    if data_config.unit == "phone":
+        from asr.phones import PhoneTokenizer
+
+        return PhoneTokenizer(data_config.phone_set)  # type: ignore[return-value]
+    from asr.config import ConfigError
+
+    raise ConfigError(f"data.unit must be 'char' or 'phone', not {data_config.unit!r}")
+
+
+def label_utterances(utterances: Sequence, tokenizer) -> list:
+    """Utterances whose `text` is what `tokenizer` reads: unchanged for characters, the manifest's
+    `phones` for a phone tokenizer (an utterance without phones then fails to encode, by name)."""
+    import dataclasses
+
+    label_text = getattr(tokenizer, "label_text", None)
+    if label_text is None:
+        return list(utterances)
+    return [dataclasses.replace(u, text=label_text(u)) for u in utterances]

@@ -36,7 +36,7 @@ from asr.data.manifest import read_manifest
 from asr.features import FeatureExtractor
 from asr.inference import Recognizer, decode_dataset
 from asr.models import build_model
-from asr.text import CharTokenizer
+from asr.text import build_tokenizer, label_utterances
 
 LAST, BEST = "last.pt", "best.pt"  # checkpoint names inside train.out_dir
 METRICS = "metrics.jsonl"
@@ -130,7 +130,10 @@ def clip_gradients(model: torch.nn.Module, max_norm: float) -> float:
 
 def validate(recognizer: Recognizer, utterances, batch_size: int) -> dict[str, float]:
     result = decode_dataset(recognizer, utterances, batch_size=batch_size)
-    return {"dev_wer": result.wer, "dev_cer": result.cer, "dev_utterances": len(result.recognitions)}
+    record = {"dev_wer": result.wer, "dev_cer": result.cer, "dev_utterances": len(result.recognitions)}
+    if result.phones is not None:  # phone models: dev_wer is the error rate over training phones
+        record["dev_per"] = result.phones.rate
+    return record
 
 
 def train_one_epoch(
@@ -244,8 +247,9 @@ def _train(config: Config, resume: bool, show_progress: bool, context: distribut
 
     if not config.data.train:
         raise TrainingError("data.train is empty: give the path of a training manifest")
-    tokenizer = CharTokenizer(on_unknown=config.data.on_unknown_char)
+    tokenizer = build_tokenizer(config.data)
     train_utts = [u for u in read_manifest(config.data.train) if u.duration <= config.data.max_duration]
+    train_utts = label_utterances(train_utts, tokenizer)
     dataset = UtteranceDataset(
         train_utts, tokenizer, config.features.sample_rate, speed_factors=config.augment.speed_factors, seed=config.train.seed
     )
@@ -362,7 +366,10 @@ def _train(config: Config, resume: bool, show_progress: bool, context: distribut
             record: dict[str, Any] = {"event": "epoch_end" if finished_epoch else "stopped", "epoch": progress.epoch, "step": progress.step}
             if dev_utts and context.is_main and (last_epoch or progress.epoch % config.train.eval_every_epochs == 0):
                 record.update(validate(recognizer, dev_utts, config.decode.batch_size))
-                bar.write(f"epoch {progress.epoch}: dev WER {record['dev_wer']:.2%} CER {record['dev_cer']:.2%}")
+                if "dev_per" in record:  # phone models: the 39-phone PER is the figure to read
+                    bar.write(f"epoch {progress.epoch}: dev PER {record['dev_per']:.2%} (39 phones)")
+                else:
+                    bar.write(f"epoch {progress.epoch}: dev WER {record['dev_wer']:.2%} CER {record['dev_cer']:.2%}")
             progress.train_seconds += time.perf_counter() - started
             started = time.perf_counter()
             is_best = "dev_wer" in record and record["dev_wer"] < progress.best_wer
@@ -417,6 +424,7 @@ TENSORBOARD_SCALARS = {  # metrics-log key -> TensorBoard tag
     "audio_s_per_s": "train/audio_seconds_per_second",
     "dev_wer": "dev/wer",
     "dev_cer": "dev/cer",
+    "dev_per": "dev/per",
 }
 
 
