@@ -91,6 +91,32 @@ def _flags(spec: LSTMSpec) -> List[bool]:
     ]
 
 
+def _forward_cell(a: Tensor, c: Tensor, P: Tensor, flags: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The element-wise part of one step: a (batch, 4H) gate pre-activations without peepholes,
+    c (batch, H) = c_{t-1}. Returns h_t, c_t, i_t, f_t, o_t, z_t, k_t (k = act(c_t)), each (batch, H)."""
+    input_gate, forget_gate, output_gate, coupled = flags[0], flags[1], flags[2], flags[3]
+    input_act, output_act, peep = flags[4], flags[5], flags[6]
+    ai, af, ao, az = a.chunk(4, 1)
+    if peep:
+        ai = torch.addcmul(ai, P[0], c)
+        af = torch.addcmul(af, P[1], c)
+    ones = torch.ones_like(c)
+    i = torch.sigmoid(ai) if input_gate else ones
+    if coupled:
+        f = 1.0 - i
+    elif forget_gate:
+        f = torch.sigmoid(af)
+    else:
+        f = ones
+    z = torch.tanh(az) if input_act else az
+    c = torch.addcmul(f * c, i, z)
+    if peep:
+        ao = torch.addcmul(ao, P[2], c)
+    o = torch.sigmoid(ao) if output_gate else ones
+    k = torch.tanh(c) if output_act else c
+    return o * k, c, i, f, o, z, k
+
+
 def _lstm_forward(
     xp: Tensor, R: Tensor, P: Tensor, G: Tensor, flags: List[bool]
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -99,15 +125,13 @@ def _lstm_forward(
 
     Returns h, c, i, f, o, z, k, each (batch, frames, H); k = act(c), the value o multiplies.
     """
-    input_gate, forget_gate, output_gate, coupled = flags[0], flags[1], flags[2], flags[3]
-    input_act, output_act, peep, fgr, from_cell = flags[4], flags[5], flags[6], flags[7], flags[8]
-    batch, frames = xp.shape[0], xp.shape[1]
+    fgr, from_cell = flags[7], flags[8]
+    batch = xp.shape[0]
     H = R.shape[1]
     rows = R.shape[0]
     h = xp.new_zeros(batch, H)
     c = xp.new_zeros(batch, H)
     g = xp.new_zeros(batch, 3 * H)  # [i, f, o]_{t-1}, for FGR
-    ones = xp.new_ones(batch, H)
     hs: List[Tensor] = []
     cs: List[Tensor] = []
     is_: List[Tensor] = []
@@ -115,8 +139,7 @@ def _lstm_forward(
     os: List[Tensor] = []
     zs: List[Tensor] = []
     ks: List[Tensor] = []
-    for t in range(frames):
-        a = xp[:, t]  # (batch, 4H)
+    for a in xp.unbind(1):  # a (batch, 4H)
         source = c if from_cell else h
         if rows == 4 * H:
             a = torch.addmm(a, source, R.t())
@@ -124,24 +147,7 @@ def _lstm_forward(
             a = torch.cat([torch.addmm(a[:, : 3 * H], source, R.t()), a[:, 3 * H :]], 1)
         if fgr:
             a = torch.cat([torch.addmm(a[:, : 3 * H], g, G.t()), a[:, 3 * H :]], 1)
-        ai, af, ao, az = a.chunk(4, 1)
-        if peep:
-            ai = torch.addcmul(ai, P[0], c)
-            af = torch.addcmul(af, P[1], c)
-        i = torch.sigmoid(ai) if input_gate else ones
-        if coupled:
-            f = 1.0 - i
-        elif forget_gate:
-            f = torch.sigmoid(af)
-        else:
-            f = ones
-        z = torch.tanh(az) if input_act else az
-        c = torch.addcmul(f * c, i, z)
-        if peep:
-            ao = torch.addcmul(ao, P[2], c)
-        o = torch.sigmoid(ao) if output_gate else ones
-        k = torch.tanh(c) if output_act else c
-        h = o * k
+        h, c, i, f, o, z, k = _forward_cell(a, c, P, flags)
         if fgr:
             g = torch.cat([i, f, o], 1)
         hs.append(h)
@@ -167,6 +173,36 @@ def _shift_right(x: Tensor) -> Tensor:
     return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], 1)
 
 
+def _backward_cell(
+    dh: Tensor, dc: Tensor, dg: Tensor, i: Tensor, f: Tensor, o: Tensor, z: Tensor, k: Tensor, cp: Tensor, P: Tensor, flags: List[bool]
+) -> Tuple[Tensor, Tensor]:
+    """The element-wise part of one step backwards. dh = dL/dh_t, dc = dL/dc_t through step t+1,
+    dg (batch, 3H) = dL/[i, f, o]_t through step t+1 (FGR); i..k of step t, cp = c_{t-1}.
+    Returns da (batch, 4H), the gradient of the gate pre-activations, and dL/dc_{t-1} (without the
+    recurrent-matrix path)."""
+    input_gate, forget_gate, output_gate, coupled = flags[0], flags[1], flags[2], flags[3]
+    input_act, output_act, peep = flags[4], flags[5], flags[6]
+    dgi, dgf, dgo = dg.chunk(3, 1)
+    dc = dc + (dh * o * (1.0 - k * k) if output_act else dh * o)
+    zero = torch.zeros_like(dh)
+    dao = zero
+    if output_gate:
+        dao = (dh * k + dgo) * o * (1.0 - o)
+        if peep:
+            dc = torch.addcmul(dc, dao, P[2])
+    di = dc * z + dgi
+    df = dc * cp + dgf
+    if coupled:
+        di = di - df
+    daz = dc * i * (1.0 - z * z) if input_act else dc * i
+    dai = di * i * (1.0 - i) if input_gate else zero
+    daf = df * f * (1.0 - f) if (forget_gate and not coupled) else zero
+    dcp = dc * f
+    if peep:
+        dcp = torch.addcmul(torch.addcmul(dcp, dai, P[0]), daf, P[1])
+    return torch.cat([dai, daf, dao, daz], 1), dcp
+
+
 def _lstm_backward(
     dh_out: Tensor,
     R: Tensor,
@@ -182,8 +218,7 @@ def _lstm_backward(
     flags: List[bool],
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of `_lstm_forward` by hand: returns dxp (batch, frames, 4H), dR, dP, dG."""
-    input_gate, forget_gate, output_gate, coupled = flags[0], flags[1], flags[2], flags[3]
-    input_act, output_act, peep, fgr, from_cell = flags[4], flags[5], flags[6], flags[7], flags[8]
+    peep, fgr, from_cell = flags[6], flags[7], flags[8]
     batch, frames = dh_out.shape[0], dh_out.shape[1]
     H = R.shape[1]
     rows = R.shape[0]
@@ -191,34 +226,14 @@ def _lstm_backward(
     dh_next = dh_out.new_zeros(batch, H)  # dL/dh_t through step t+1
     dc_next = dh_out.new_zeros(batch, H)  # dL/dc_t through step t+1
     dg_next = dh_out.new_zeros(batch, 3 * H)  # dL/[i, f, o]_t through step t+1 (FGR)
-    zero = dh_out.new_zeros(batch, H)
     das: List[Tensor] = []
     for t in range(frames - 1, -1, -1):
-        it, ft, ot, zt, kt, ct, cp = i[:, t], f[:, t], o[:, t], z[:, t], k[:, t], c[:, t], c_prev_all[:, t]
-        dh = dh_out[:, t] + dh_next
-        dgi, dgf, dgo = dg_next.chunk(3, 1)
-        dc = dc_next + (dh * ot * (1.0 - kt * kt) if output_act else dh * ot)
-        dao = zero
-        if output_gate:
-            dao = (dh * kt + dgo) * ot * (1.0 - ot)
-            if peep:
-                dc = torch.addcmul(dc, dao, P[2])
-        di = dc * zt + dgi
-        df = dc * cp + dgf
-        dz = dc * it
-        dcp = dc * ft
-        if coupled:
-            di = di - df
-        daz = dz * (1.0 - zt * zt) if input_act else dz
-        dai = di * it * (1.0 - it) if input_gate else zero
-        daf = df * ft * (1.0 - ft) if (forget_gate and not coupled) else zero
-        if peep:
-            dcp = torch.addcmul(torch.addcmul(dcp, dai, P[0]), daf, P[1])
-        da = torch.cat([dai, daf, dao, daz], 1)  # (batch, 4H)
+        da, dcp = _backward_cell(
+            dh_out[:, t] + dh_next, dc_next, dg_next, i[:, t], f[:, t], o[:, t], z[:, t], k[:, t], c_prev_all[:, t], P, flags
+        )
         ds = torch.mm(da[:, :rows], R)  # (batch, H): gradient of the recurrent input
         if from_cell:
             dcp = dcp + ds
-            dh_next = zero
         else:
             dh_next = ds
         if fgr:
@@ -246,21 +261,33 @@ def _lstm_backward(
     return dxp, dR, dP, dG
 
 
-_scripted: dict[str, object] = {}
+_built: dict = {}
 
 
 def _kernels(backend: str):
-    """The forward and backward loops, eager or TorchScript (compiled once, on first use)."""
+    """The forward and backward loops: 'eager', 'script' (TorchScript, compiled on first use) or
+    'compile' (the same Python loops with torch.compile'd element-wise steps; for scripts/bench_cells.py)."""
     if backend == "eager":
         return _lstm_forward, _lstm_backward
-    if backend == "script":
-        if "script" not in _scripted:
-            _scripted["script"] = (torch.jit.script(_lstm_forward), torch.jit.script(_lstm_backward))
-        return _scripted["script"]
-    raise ValueError(f"unknown recurrence backend {backend!r}: 'script' or 'eager'")
+    if backend not in _built:
+        if backend == "script":
+            _built[backend] = (torch.jit.script(_lstm_forward), torch.jit.script(_lstm_backward))
+        elif backend == "compile":
+            import types
+
+            def with_step(loop, name, step):  # the loop's code, with `name` bound to the compiled step
+                return types.FunctionType(loop.__code__, {**globals(), name: torch.compile(step, dynamic=True)})
+
+            _built[backend] = (
+                with_step(_lstm_forward, "_forward_cell", _forward_cell),
+                with_step(_lstm_backward, "_backward_cell", _backward_cell),
+            )
+        else:
+            raise ValueError(f"unknown recurrence backend {backend!r}: 'eager', 'script' or 'compile'")
+    return _built[backend]
 
 
-# 'script' is the faster of the two here (scripts/bench_cells.py measures eager, script and torch.compile).
+# Measured by scripts/bench_cells.py (see the README's "Recurrent cells"): the default backend.
 BACKEND = "script"
 
 
@@ -333,7 +360,7 @@ def _slstm_forward(xp: Tensor, R: Tensor) -> Tuple[Tensor, Tensor]:
     o_t = sigmoid(.). Stabilizer (eq. 15-17): m_t = max(log f_t + m_{t-1}, log i_t),
     i'_t = exp(log i_t - m_t), f'_t = exp(log f_t + m_{t-1} - m_t); c_t = f' c + i' z, n_t = f' n + i',
     h_t = o_t * c_t / n_t. The exponentials' arguments are <= 0, so nothing overflows; h is invariant
-    to m, so m carries no gradient.
+    to m, so m carries no gradient. The forget gate is the sigmoid variant (the paper allows exp too).
     """
     batch, frames = xp.shape[0], xp.shape[1]
     H = R.shape[1]
@@ -342,13 +369,21 @@ def _slstm_forward(xp: Tensor, R: Tensor) -> Tuple[Tensor, Tensor]:
     n = xp.new_zeros(batch, H)
     m = xp.new_zeros(batch, H)
     hs: List[Tensor] = []
-    for t in range(frames):
-        a = torch.addmm(xp[:, t], h, R.t())  # (batch, 4H)
+    for t, xp_t in enumerate(xp.unbind(1)):  # unbind, not xp[:, t]: each select's backward fills a full-size zero gradient
+        a = torch.addmm(xp_t, h, R.t())  # (batch, 4H)
         az, log_i, af, ao = a.chunk(4, 1)
         log_f = F.logsigmoid(af)
-        m_new = torch.maximum(log_f + m, log_i).detach()
+        # n_0 = 0: the first step starts the stabilizer at log i_1 (as the xLSTM code), so n_1 = 1 and,
+        # since one of i', f' is 1 at every step, n_t >= 1 afterwards: c / n never divides by zero.
+        # (At t = 0, f' multiplies the zero state; it is set to 0 rather than exp(log f - log i), which
+        # can be inf there.)
+        if t == 0:
+            m_new = log_i.detach()
+            f_ = torch.zeros_like(log_f)
+        else:
+            m_new = torch.maximum(log_f + m, log_i).detach()
+            f_ = torch.exp(log_f + m - m_new)
         i_ = torch.exp(log_i - m_new)
-        f_ = torch.exp(log_f + m - m_new)
         c = f_ * c + i_ * torch.tanh(az)
         n = f_ * n + i_
         h = torch.sigmoid(ao) * c / n

@@ -36,8 +36,8 @@ def _convlstm_loop(xc: Tensor, weight: Tensor, peephole: Tensor, padding: int) -
     h = xc.new_zeros(batch, channels, freq)
     c = xc.new_zeros(batch, channels, freq)
     hs: List[Tensor] = []
-    for t in range(frames):
-        a = xc[:, t] + F.conv1d(h, weight, padding=padding)  # (batch, 4C, freq)
+    for xc_t in xc.unbind(1):  # unbind, not xc[:, t]: each select's backward would fill a full-size zero gradient
+        a = xc_t + F.conv1d(h, weight, padding=padding)  # (batch, 4C, freq)
         ai, af, ao, az = a.chunk(4, 1)
         i = torch.sigmoid(ai + peephole[0] * c)
         f = torch.sigmoid(af + peephole[1] * c)
