@@ -174,33 +174,48 @@ def _shift_right(x: Tensor) -> Tensor:
 
 
 def _backward_cell(
-    dh: Tensor, dc: Tensor, dg: Tensor, i: Tensor, f: Tensor, o: Tensor, z: Tensor, k: Tensor, cp: Tensor, P: Tensor, flags: List[bool]
+    dh: Tensor, dc: Tensor, dg: Tensor, sens: List[Tensor], f: Tensor, P: Tensor, flags: List[bool]
 ) -> Tuple[Tensor, Tensor]:
     """The element-wise part of one step backwards. dh = dL/dh_t, dc = dL/dc_t through step t+1,
-    dg (batch, 3H) = dL/[i, f, o]_t through step t+1 (FGR); i..k of step t, cp = c_{t-1}.
-    Returns da (batch, 4H), the gradient of the gate pre-activations, and dL/dc_{t-1} (without the
-    recurrent-matrix path)."""
-    input_gate, forget_gate, output_gate, coupled = flags[0], flags[1], flags[2], flags[3]
-    input_act, output_act, peep = flags[4], flags[5], flags[6]
+    dg (batch, 3H) = dL/[i, f, o]_t through step t+1 (FGR only), sens = this step's slices of
+    `_sensitivities`, f = f_t. Returns da (batch, 4H), the gradient of the gate pre-activations,
+    and dL/dc_{t-1} (without the recurrent-matrix path)."""
+    coupled, peep, fgr = flags[3], flags[6], flags[7]
+    s_c, s_ok, s_zi, s_cf, s_iz, d_i, d_f, d_o = sens[0], sens[1], sens[2], sens[3], sens[4], sens[5], sens[6], sens[7]
+    dc = torch.addcmul(dc, dh, s_c)  # + dh * o * act'(c)
     dgi, dgf, dgo = dg.chunk(3, 1)
-    dc = dc + (dh * o * (1.0 - k * k) if output_act else dh * o)
-    zero = torch.zeros_like(dh)
-    dao = zero
-    if output_gate:
-        dao = (dh * k + dgo) * o * (1.0 - o)
-        if peep:
-            dc = torch.addcmul(dc, dao, P[2])
-    di = dc * z + dgi
-    df = dc * cp + dgf
-    if coupled:
-        di = di - df
-    daz = dc * i * (1.0 - z * z) if input_act else dc * i
-    dai = di * i * (1.0 - i) if input_gate else zero
-    daf = df * f * (1.0 - f) if (forget_gate and not coupled) else zero
+    dao = dh * s_ok  # dh * k * o'
+    if fgr:
+        dao = torch.addcmul(dao, dgo, d_o)
+    if peep:
+        dc = torch.addcmul(dc, dao, P[2])
+    dai = dc * s_zi
+    daf = dc * s_cf
+    if fgr:
+        dai = torch.addcmul(dai, dgi - dgf if coupled else dgi, d_i)
+        if not coupled:
+            daf = torch.addcmul(daf, dgf, d_f)
+    daz = dc * s_iz
     dcp = dc * f
     if peep:
         dcp = torch.addcmul(torch.addcmul(dcp, dai, P[0]), daf, P[1])
     return torch.cat([dai, daf, dao, daz], 1), dcp
+
+
+def _sensitivities(
+    c_prev: Tensor, i: Tensor, f: Tensor, o: Tensor, z: Tensor, k: Tensor, flags: List[bool]
+) -> List[Tensor]:
+    """Per-frame factors of the backward step, computed for all frames at once (batch, frames, H) so
+    the loop does ~13 small ops per step instead of ~30. A gate that is switched off is the constant 1,
+    so its derivative x (1 - x) is 0 and its gradient vanishes without a branch."""
+    coupled, input_act, output_act = flags[3], flags[4], flags[5]
+    d_i, d_f, d_o = i * (1.0 - i), f * (1.0 - f), o * (1.0 - o)  # sigmoid'
+    s_c = o * (1.0 - k * k) if output_act else o  # dh_t -> dc_t
+    s_ok = k * d_o  # dh_t -> da_o
+    s_zi = (z - c_prev) * d_i if coupled else z * d_i  # dc_t -> da_i (CIFG: f = 1 - i)
+    s_cf = torch.zeros_like(f) if coupled else c_prev * d_f  # dc_t -> da_f
+    s_iz = i * (1.0 - z * z) if input_act else i  # dc_t -> da_z
+    return [s_c, s_ok, s_zi, s_cf, s_iz, d_i, d_f, d_o]
 
 
 def _lstm_backward(
@@ -223,14 +238,15 @@ def _lstm_backward(
     H = R.shape[1]
     rows = R.shape[0]
     c_prev_all = _shift_right(c)  # (batch, frames, H)
+    sens = [s.unbind(1) for s in _sensitivities(c_prev_all, i, f, o, z, k, flags)]  # 8 x frames x (batch, H)
+    f_t = f.unbind(1)
+    dh_t = dh_out.unbind(1)
     dh_next = dh_out.new_zeros(batch, H)  # dL/dh_t through step t+1
     dc_next = dh_out.new_zeros(batch, H)  # dL/dc_t through step t+1
     dg_next = dh_out.new_zeros(batch, 3 * H)  # dL/[i, f, o]_t through step t+1 (FGR)
     das: List[Tensor] = []
     for t in range(frames - 1, -1, -1):
-        da, dcp = _backward_cell(
-            dh_out[:, t] + dh_next, dc_next, dg_next, i[:, t], f[:, t], o[:, t], z[:, t], k[:, t], c_prev_all[:, t], P, flags
-        )
+        da, dcp = _backward_cell(dh_t[t] + dh_next, dc_next, dg_next, [s[t] for s in sens], f_t[t], P, flags)
         ds = torch.mm(da[:, :rows], R)  # (batch, H): gradient of the recurrent input
         if from_cell:
             dcp = dcp + ds
