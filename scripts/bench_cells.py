@@ -30,10 +30,13 @@ GENERIC_CELLS = {"peephole", "lstm_diag_peephole", "lstm_variant"}  # the ones B
 
 
 def time_step(model: torch.nn.Module, feats: torch.Tensor, lengths: torch.Tensor) -> float:
+    sync = torch.cuda.synchronize if feats.is_cuda else (lambda: None)
+    sync()
     start = time.perf_counter()
     log_probs, _ = model(feats, lengths)
     log_probs.sum().backward()
     model.zero_grad(set_to_none=True)
+    sync()
     return time.perf_counter() - start
 
 
@@ -45,6 +48,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=11, help="utterances per batch (demo: 40 s batches ~ 11)")
     parser.add_argument("--frames", type=int, default=120, help="30 ms frames per utterance (3.6 s, the demo's mean)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (nn.LSTM is then cuDNN)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides of the config")
     args = parser.parse_args()
 
@@ -52,10 +56,10 @@ def main() -> None:
     input_dim = FeatureExtractor(config.features).output_dim
     vocab_size = CharTokenizer().vocab_size
     torch.manual_seed(0)
-    feats = torch.randn(args.batch, args.frames, input_dim)  # (batch, frames, feats)
-    lengths = torch.full((args.batch,), args.frames)
+    feats = torch.randn(args.batch, args.frames, input_dim, device=args.device)  # (batch, frames, feats)
+    lengths = torch.full((args.batch,), args.frames, device=args.device)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; model {config.model.num_layers}x"
+        f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads; model {config.model.num_layers}x"
         f"{config.model.hidden_size} {'bi' if config.model.bidirectional else 'uni'}directional, input {input_dim}, "
         f"batch {args.batch} x {args.frames} frames, forward+backward, median of {args.rounds} rounds"
     )
@@ -66,7 +70,7 @@ def main() -> None:
         for backend in backends:
             label = f"{cell} ({backend})" if cell in GENERIC_CELLS and len(args.backends) > 1 else cell
             torch.manual_seed(0)
-            model = build_model(dataclasses.replace(config.model, cell=cell), input_dim, vocab_size).train()
+            model = build_model(dataclasses.replace(config.model, cell=cell), input_dim, vocab_size).to(args.device).train()
             runs[label] = (model, backend)
 
     warmup: dict[str, float] = {}
