@@ -171,6 +171,18 @@ def test_padding_does_not_leak(cell, bidirectional):
         assert (grad_batched[i, n:] == 0).all()  # padding gets no gradient from real frames
 
 
+@pytest.mark.parametrize("variant", list(GREFF_VARIANTS))
+def test_every_trainable_parameter_gets_a_gradient(variant):
+    """Switched-off parts (NP's peepholes, FGR's matrix elsewhere) are frozen, not dangling: DDP
+    without find_unused_parameters needs every trainable parameter to receive a gradient."""
+    layer = LSTMVariantLayer(4, 5, GREFF_VARIANTS[variant])
+    layer(torch.randn(2, 3, 4))[0].sum().backward()
+    for name, p in layer.named_parameters():
+        assert (p.grad is not None) == p.requires_grad, name
+    assert layer.peephole.requires_grad == (variant != "NP")
+    assert layer.gate_recurrence.requires_grad == (variant == "FGR")
+
+
 def test_bad_cell_options_are_errors():
     with pytest.raises(ValueError, match="model.lstm_variant='XYZ'"):
         build_model(ModelConfig(cell="lstm_variant", lstm_variant="XYZ"), 6, 4)

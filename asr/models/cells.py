@@ -11,8 +11,9 @@ where it cannot affect them.
   other switches it is also the Gers & Schmidhuber 2000 peephole LSTM and the Graves et al. 2013
   diagonal-peephole LSTM. Speed: the input projections of all frames are one matrix product; the
   recurrence runs in a custom autograd Function whose forward and backward loops are TorchScript
-  (fused element-wise work per step), and whose weight gradients are one matrix product over all
-  frames after the loop instead of one small product per step.
+  (no Python between the ops of a step; the derivative factors of the backward step are computed
+  for all frames at once, leaving ~13 small ops per step), and whose weight gradients are one
+  matrix product over all frames after the loop instead of one small product per step.
 - `SLSTMLayer` — the sLSTM of xLSTM (Beck et al. 2024, eqs. 8-19): exponential input gate,
   normalizer state and log-space stabilizer.
 """
@@ -121,7 +122,7 @@ def _lstm_forward(
     xp: Tensor, R: Tensor, P: Tensor, G: Tensor, flags: List[bool]
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """xp (batch, frames, 4H) input projections, R (rows, H) recurrent weights (rows = 4H or 3H: the
-    candidate block is last), P (3, H) peepholes, G (3H, 3H) gate recurrence.
+    candidate block is last), P (3, H) peepholes, G (3H, 3H) gate recurrence (any shape unless FGR).
 
     Returns h, c, i, f, o, z, k, each (batch, frames, H); k = act(c), the value o multiplies.
     """
@@ -344,9 +345,12 @@ class LSTMVariantLayer(nn.Module):
         self.input_proj = nn.Linear(input_size, 4 * H)  # W [i; f; o; z] x_t + b, all frames at once
         rows = 4 * H if spec.candidate_recurrence else 3 * H
         self.recurrent = nn.Parameter(torch.empty(rows, H))  # R: from h_{t-1} (or c_{t-1})
-        self.peephole = nn.Parameter(torch.zeros(3, H))  # V_i, V_f, V_o (unused unless spec.peepholes)
+        self.peephole = nn.Parameter(torch.zeros(3, H))  # V_i, V_f, V_o
         self.gate_recurrence = nn.Parameter(torch.zeros(3 * H, 3 * H) if spec.full_gate_recurrence else torch.zeros(0, 0))
         self.reset_parameters()
+        # Switched-off parts stay (zero) parameters but are frozen, so optimizers and DDP skip them.
+        self.peephole.requires_grad_(spec.peepholes)
+        self.gate_recurrence.requires_grad_(spec.full_gate_recurrence)
 
     def reset_parameters(self) -> None:
         bound = 1.0 / math.sqrt(self.hidden_size)  # as nn.LSTM
@@ -359,9 +363,9 @@ class LSTMVariantLayer(nn.Module):
         if hx is not None:
             raise ValueError("LSTMVariantLayer starts from a zero state")
         xp = self.input_proj(x)  # (batch, frames, 4H)
-        G = self.gate_recurrence if self.spec.full_gate_recurrence else self.gate_recurrence.new_zeros(3 * self.hidden_size, 3 * self.hidden_size)
-        P = self.peephole if self.spec.peepholes else self.peephole.detach()
-        h, c = _LSTMRecurrence.apply(xp, self.recurrent, P, G, _flags(self.spec), BACKEND)  # (batch, frames, H) each
+        h, c = _LSTMRecurrence.apply(  # (batch, frames, H) each
+            xp, self.recurrent, self.peephole, self.gate_recurrence, _flags(self.spec), BACKEND
+        )
         return h, (h[:, -1].unsqueeze(0), c[:, -1].unsqueeze(0))
 
 
