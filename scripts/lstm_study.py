@@ -85,7 +85,7 @@ def train_and_score(name: str, args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "model": f"{config.model.num_layers}x{config.model.hidden_size} bi={config.model.bidirectional}",
         "overrides": list(args.overrides),
-        "parameters": sum(p.numel() for p in recognizer.model.parameters()),
+        "parameters": sum(p.numel() for p in recognizer.model.parameters() if p.requires_grad),  # trainable
         "train_seconds": round(state["training_state"]["progress"]["train_seconds"], 1),
         "wall_seconds": round(wall, 1),
         "test_cer": result.cer,
