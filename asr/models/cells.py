@@ -363,9 +363,10 @@ class LSTMVariantLayer(nn.Module):
         if hx is not None:
             raise ValueError("LSTMVariantLayer starts from a zero state")
         xp = self.input_proj(x)  # (batch, frames, 4H)
-        h, c = _LSTMRecurrence.apply(  # (batch, frames, H) each
-            xp, self.recurrent, self.peephole, self.gate_recurrence, _flags(self.spec), BACKEND
-        )
+        with torch.autocast(x.device.type, enabled=False):  # the hand-written recurrence runs in the weights' dtype
+            h, c = _LSTMRecurrence.apply(  # (batch, frames, H) each
+                xp.to(self.recurrent.dtype), self.recurrent, self.peephole, self.gate_recurrence, _flags(self.spec), BACKEND
+            )
         return h, (h[:, -1].unsqueeze(0), c[:, -1].unsqueeze(0))
 
 
