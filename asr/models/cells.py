@@ -101,19 +101,18 @@ def _forward_cell(a: Tensor, c: Tensor, P: Tensor, flags: List[bool]) -> Tuple[T
     if peep:
         ai = torch.addcmul(ai, P[0], c)
         af = torch.addcmul(af, P[1], c)
-    ones = torch.ones_like(c)
-    i = torch.sigmoid(ai) if input_gate else ones
+    i = torch.sigmoid(ai) if input_gate else torch.ones_like(c)
     if coupled:
         f = 1.0 - i
     elif forget_gate:
         f = torch.sigmoid(af)
     else:
-        f = ones
+        f = torch.ones_like(c)
     z = torch.tanh(az) if input_act else az
     c = torch.addcmul(f * c, i, z)
     if peep:
         ao = torch.addcmul(ao, P[2], c)
-    o = torch.sigmoid(ao) if output_gate else ones
+    o = torch.sigmoid(ao) if output_gate else torch.ones_like(c)
     k = torch.tanh(c) if output_act else c
     return o * k, c, i, f, o, z, k
 
