@@ -49,10 +49,13 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=120, help="30 ms frames per utterance (3.6 s, the demo's mean)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (nn.LSTM is then cuDNN)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides of the config")
     args = parser.parse_args()
 
     config = load_config(args.config, args.overrides)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     input_dim = FeatureExtractor(config.features).output_dim
     vocab_size = CharTokenizer().vocab_size
     torch.manual_seed(0)
