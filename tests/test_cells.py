@@ -7,12 +7,12 @@ import torch
 import torch.nn as nn
 
 import asr.models.cells as cells
-from asr.config import ModelConfig
+from asr.config import ModelConfig, load_config
 from asr.models import build_model
 from asr.models.cells import GREFF_VARIANTS, LSTMVariantLayer, SLSTMLayer, gers2000_spec
 from asr.models.convlstm import ConvLSTMLayer
 from asr.train import LAST, train
-from test_train import config_for
+from conftest import TINY_OVERRIDES
 
 SPECS = {**GREFF_VARIANTS, "gers_identity": gers2000_spec("identity"), "gers_tanh": gers2000_spec("tanh")}
 CUSTOM_CELLS = ["peephole", "lstm_diag_peephole", "lstm_variant", "slstm", "convlstm"]
@@ -194,9 +194,13 @@ def test_bad_cell_options_are_errors():
 
 @pytest.mark.parametrize("cell", CUSTOM_CELLS + ["gru"])
 def test_every_cell_trains_through_train(cell, noise_corpus, tmp_path):
-    config = config_for(
-        noise_corpus, tmp_path / cell, f"model.cell={cell}", "model.convlstm_input_channels=2", "model.convlstm_channels=2",
-        "train.max_steps=3", "train.epochs=1",
+    config = load_config(
+        "configs/demo.yaml",
+        [
+            *TINY_OVERRIDES, f"data.train={noise_corpus['train']}", f"data.dev={noise_corpus['dev']}", f"train.out_dir={tmp_path}",
+            f"model.cell={cell}", "model.convlstm_input_channels=2", "model.convlstm_channels=2", "train.max_steps=3",
+            "train.epochs=1",
+        ],
     )
     out = train(config, show_progress=False)
     state = torch.load(out / LAST, weights_only=True)
