@@ -54,7 +54,10 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 
 class RecurrentLayer(nn.Module):
-    """One recurrent layer, one or two directions; outputs of the directions are concatenated."""
+    """One recurrent layer, one or two directions; outputs of the directions are concatenated.
+
+    `make()` builds one unidirectional batch-first recurrence with nn.LSTM's (output, state) interface.
+    """
 
     def __init__(self, make: Callable[[], nn.Module], bidirectional: bool):
         super().__init__()
