@@ -38,12 +38,18 @@ class FeatureConfig:
 
 @dataclass
 class ModelConfig:
-    cell: str = "lstm"  # recurrent cell; "lstm" (nn.LSTM / cuDNN) or "gru"
+    cell: str = "lstm"  # recurrent cell: lstm (nn.LSTM / cuDNN), gru, peephole, lstm_diag_peephole, lstm_variant, slstm, convlstm
     hidden_size: int = 320  # units per direction
     num_layers: int = 3  # stacked recurrent layers
     bidirectional: bool = True
     dropout: float = 0.1  # between recurrent layers and before the output layer
     frontend_size: int = 0  # width of a linear+ReLU layer before the LSTMs; 0 = none
+    lstm_variant: str = "vanilla"  # cell=lstm_variant: Greff et al. 2017 variant (vanilla NIG NFG NOG NIAF NOAF CIFG NP FGR)
+    peephole_output: str = "tanh"  # cell=peephole: sigma_h of Gers & Schmidhuber 2000, "tanh" or "identity"
+    convlstm_layers: int = 1  # cell=convlstm: ConvLSTM layers below the num_layers nn.LSTM layers
+    convlstm_channels: int = 8  # cell=convlstm: hidden channels per frequency bin
+    convlstm_kernel: int = 5  # cell=convlstm: convolution width along frequency, bins (odd)
+    convlstm_input_channels: int = 3  # cell=convlstm: the feature vector read as channels x frequency (3 stacked frames)
 
 
 @dataclass
