@@ -27,7 +27,7 @@ from typing import Sequence
 
 import torch
 
-from asr.decode.lm import NGramLM, hash_step, join_key
+from asr.decode.lm import NGramLM, hash_step
 from asr.text import BLANK_ID, SPACE
 
 NEG_INF = float("-inf")
@@ -83,76 +83,85 @@ class TokenLMFusion:
 class WordLMFusion:
     """Word-level fusion for character models: a word is scored by the LM when the delimiter
     label (space) ends it, and the last word plus </s> at the end. Words the LM does not list
-    score as <unk>."""
+    score as <unk>; as soon as an unfinished word stops being the start of any listed word it
+    also pays `oov_penalty` (ln units, once), so the beam does not fill up with non-words.
 
-    def __init__(self, lm: NGramLM, symbols: Sequence[str], delimiter: str = SPACE):
+    The LM's words are spelled into a trie of labels held as a (nodes, vocab) table of child
+    node ids, so following a label is one gather for the whole batch; node 0 is the root and
+    -1 means "not the start of any listed word".
+    """
+
+    def __init__(self, lm: NGramLM, symbols: Sequence[str], delimiter: str = SPACE, oov_penalty: float = -10.0):
         if delimiter not in symbols:
             raise ValueError(f"the word delimiter {delimiter!r} is not one of the labels")
         self.lm = lm
+        self.oov_penalty = oov_penalty
         self.delimiter = list(symbols).index(delimiter)
         label_of = {s: i for i, s in enumerate(symbols) if i != BLANK_ID}
-        keys, word_ids = [], []
+        children: list[dict[int, int]] = [{}]
+        node_word = [lm.unk]
         for word, wid in lm.word_ids.items():
             labels = [label_of.get(c) for c in word]
             if wid in (lm.bos, lm.eos, lm.unk) or not labels or None in labels:
-                continue  # no label sequence spells it, so it can never be looked up
-            k1 = k2 = torch.zeros((), dtype=torch.long)
+                continue  # no label sequence spells it
+            node = 0
             for label in labels:
-                k1, k2 = hash_step(k1, k2, torch.tensor(label))
-            keys.append(int(join_key(k1, k2)))
-            word_ids.append(wid)
-        keys_t = torch.tensor(keys, dtype=torch.long)
-        order = torch.argsort(keys_t)
-        self.spelling_keys = keys_t[order].to(lm.device)  # (num_spelled,) sorted
-        self.spelling_words = torch.tensor(word_ids, dtype=torch.long)[order].to(lm.device)  # (num_spelled,)
+                if label not in children[node]:
+                    children[node][label] = len(children)
+                    children.append({})
+                    node_word.append(lm.unk)
+                node = children[node][label]
+            node_word[node] = wid
+        trie = torch.full((len(children) + 1, len(symbols)), -1, dtype=torch.long)  # last row: the -1 node
+        for node, kids in enumerate(children):
+            for label, child in kids.items():
+                trie[node, label] = child
+        self.trie = trie.to(lm.device)  # (nodes + 1, vocab) child node id, -1 = none
+        self.node_word = torch.tensor(node_word + [lm.unk], dtype=torch.long).to(lm.device)  # (nodes + 1,) LM word id
 
     def to(self, device: torch.device) -> "WordLMFusion":
         self.lm.to(device)
-        self.spelling_keys, self.spelling_words = self.spelling_keys.to(device), self.spelling_words.to(device)
+        self.trie, self.node_word = self.trie.to(device), self.node_word.to(device)
         return self
 
     def init_state(self, batch: int, beam: int) -> State:
         zeros = torch.zeros(batch, beam, dtype=torch.long, device=self.lm.device)
-        return {"ctx": self.lm.start_state(batch, beam), "h1": zeros, "h2": zeros.clone(), "chars": zeros.clone()}
-
-    def _current_word(self, state: State) -> torch.Tensor:
-        """LM word id of each hypothesis's unfinished word (batch, beam); <unk> if unlisted."""
-        key = join_key(state["h1"], state["h2"])
-        if self.spelling_keys.numel() == 0:
-            return torch.full_like(key, self.lm.unk)
-        idx = torch.searchsorted(self.spelling_keys, key).clamp_(max=self.spelling_keys.numel() - 1)
-        return torch.where(self.spelling_keys[idx] == key, self.spelling_words[idx], self.lm.unk)
+        return {
+            "ctx": self.lm.start_state(batch, beam),  # (batch, beam, order-1) LM state before the unfinished word
+            "node": zeros,  # trie node of the unfinished word (0: none yet, -1: not the start of a listed word)
+            "chars": zeros.clone(),  # its length
+            "word_logp": torch.zeros(batch, beam, device=self.lm.device),  # ln P_lm(it | ctx) if it ended now
+        }
 
     def candidate_scores(self, state: State, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Only the delimiter scores anything, and one score per hypothesis covers it.
-        word_logp, _ = self.lm.score(state["ctx"], self._current_word(state))  # (batch, beam)
         ends_word = (tokens == self.delimiter) & (state["chars"] > 0)[..., None]  # (batch, beam, k)
-        logp = torch.where(ends_word, word_logp[..., None], 0.0)
+        logp = torch.where(ends_word, state["word_logp"][..., None], 0.0)  # (batch, beam, k)
+        if self.oov_penalty:
+            node = state["node"][..., None]  # (batch, beam, 1); -1 indexes the last row, all -1
+            leaves = (node >= 0) & (self.trie[node, tokens] < 0) & (tokens != self.delimiter)
+            logp = logp + leaves * self.oov_penalty
         return logp, ends_word.to(logp.dtype)
 
     def advance(self, state: State, tokens: torch.Tensor, grown: torch.Tensor) -> State:
-        word = self._current_word(state)
-        ends_word = grown & (tokens == self.delimiter) & (state["chars"] > 0)
-        in_word = grown & (tokens != self.delimiter)
-        ctx = state["ctx"]
-        shifted = torch.cat([ctx[..., 1:], word[..., None]], dim=-1) if ctx.shape[-1] > 1 else word[..., None]
-        h1, h2 = hash_step(state["h1"], state["h2"], tokens)
         delim = grown & (tokens == self.delimiter)
-        zero = torch.zeros_like(h1)
-        return {
-            "ctx": torch.where(ends_word[..., None], shifted, ctx),
-            "h1": torch.where(in_word, h1, torch.where(delim, zero, state["h1"])),
-            "h2": torch.where(in_word, h2, torch.where(delim, zero, state["h2"])),
-            "chars": torch.where(in_word, state["chars"] + 1, torch.where(delim, zero, state["chars"])),
-        }
+        ends_word = delim & (state["chars"] > 0)
+        in_word = grown & ~delim
+        ctx = state["ctx"]
+        word = self.node_word[state["node"]][..., None]
+        shifted = torch.cat([ctx[..., 1:], word], dim=-1) if ctx.shape[-1] > 1 else word
+        ctx = torch.where(ends_word[..., None], shifted, ctx)
+        node = torch.where(in_word, self.trie[state["node"], tokens], state["node"]) * ~delim
+        chars = (state["chars"] + in_word) * ~delim
+        word_logp, _ = self.lm.score(ctx, self.node_word[node])
+        return {"ctx": ctx, "node": node, "chars": chars, "word_logp": word_logp}
 
     def final_scores(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
         pending = state["chars"] > 0  # (batch, beam) an unfinished word to score first
-        word_logp, ctx = self.lm.score(state["ctx"], self._current_word(state))
-        ctx = torch.where(pending[..., None], ctx, state["ctx"])
+        _, after = self.lm.score(state["ctx"], self.node_word[state["node"]])
+        ctx = torch.where(pending[..., None], after, state["ctx"])
         eos = torch.full(pending.shape, self.lm.eos, dtype=torch.long, device=self.lm.device)
         eos_logp, _ = self.lm.score(ctx, eos)
-        return torch.where(pending, word_logp, 0.0) + eos_logp, pending.to(eos_logp.dtype)
+        return state["word_logp"] * pending + eos_logp, pending.to(eos_logp.dtype)
 
 
 Fusion = TokenLMFusion | WordLMFusion
@@ -221,31 +230,45 @@ def decode_beam(
         log_probs, lengths = skip_blank_frames(log_probs, lengths, blank_skip, blank)
     batch, frames, vocab = log_probs.shape
     beam, k = beam_size, min(token_top_k, vocab - 1)
-    rows = torch.arange(batch, device=device)[:, None]  # (batch, 1)
+    # Past its end an utterance sees frames that are certainly blank: every prefix keeps its
+    # total probability and no prefix can grow, so no per-utterance bookkeeping is needed.
+    past_end = torch.arange(frames, device=device)[None, :] >= lengths[:, None]  # (batch, frames)
+    silent = torch.full((vocab,), NEG_INF, device=device)
+    silent[blank] = 0.0
+    log_probs = torch.where(past_end[..., None], silent, log_probs)  # (batch, frames, vocab)
 
     p_b = torch.full((batch, beam), NEG_INF, device=device)  # (batch, beam)
     p_b[:, 0] = 0.0  # the empty prefix, before any frame
     p_nb = torch.full((batch, beam), NEG_INF, device=device)  # (batch, beam)
     last = torch.full((batch, beam), blank, dtype=torch.long, device=device)  # blank = no label yet
-    h1 = torch.zeros(batch, beam, dtype=torch.long, device=device)  # prefix hash halves
-    h2 = torch.zeros_like(h1)
+    key = torch.zeros(batch, beam, dtype=torch.long, device=device)  # prefix hash (empty prefix: 0)
+    up = torch.ones_like(key)  # hash of the prefix without its last label (1: none, the empty prefix)
     lm_total = torch.zeros(batch, beam, device=device)  # ln P_lm so far
     words = torch.zeros(batch, beam, device=device)  # words scored so far
     state = fusion.init_state(batch, beam) if fusion is not None else {}
     parents = torch.zeros(frames, batch, beam, dtype=torch.long, device=device)  # back-pointers
     emitted = torch.full((frames, batch, beam), -1, dtype=torch.long, device=device)  # label added, -1 none
-    keep_slot = torch.arange(beam, device=device).expand(batch, beam)
+    zeros_grow = torch.zeros(batch, beam, k, device=device)
 
     for t in range(frames):
         lp = log_probs[:, t]  # (batch, vocab)
-        active = (t < lengths)[:, None]  # (batch, 1)
         valid = (p_b > NEG_INF) | (p_nb > NEG_INF)  # (batch, beam)
         total = plus(p_b, p_nb)  # (batch, beam)
 
-        # stay: blank, or the last label again
+        # stay: blank, or the last label again (an empty prefix has p_nb = -inf)
         stay_b = total + lp[:, blank, None]  # (batch, beam)
-        stay_nb = p_nb + lp.gather(1, last)  # (batch, beam); last == blank gives -inf via p_nb
-        stay_nb = torch.where(last == blank, NEG_INF, stay_nb)
+        stay_nb = p_nb + lp.gather(1, last)  # (batch, beam)
+
+        # l' = l + c with both in the beam: l' also gets l's alignments that grow into it.
+        # l' is recognized by its parent hash, so this costs (batch, beam, beam), not a k-wide test.
+        into = (key[:, :, None] == up[:, None, :]) & (valid[:, :, None] & valid[:, None, :])  # (batch, l, l')
+        c = last[:, None, :]  # (batch, 1, l') the label that makes l into l'
+        via = torch.where(c == last[:, :, None], p_b[:, :, None], total[:, :, None]) + lp.gather(1, last)[:, None, :]  # (batch, l, l')
+        via = torch.where(into, via, NEG_INF)
+        stay_nb = plus(stay_nb, via.amax(dim=1))  # at most one l per l', so max is the sum
+        taken = torch.zeros(batch, beam, vocab, dtype=torch.bool, device=device)  # (batch, l, c): l + c is in the beam
+        taken.scatter_(2, torch.where(into, c, blank), into)
+        taken[:, :, blank] = False
 
         # grow: the frame's top-k labels
         labels_lp = lp.clone()
@@ -254,20 +277,12 @@ def decode_beam(
         top_lp = torch.where(top_lp >= token_min_logp, top_lp, NEG_INF)
         repeat = top_id[:, None, :] == last[:, :, None]  # (batch, beam, k)
         grow = torch.where(repeat, p_b[..., None], total[..., None]) + top_lp[:, None, :]  # (batch, beam, k)
-        g1, g2 = hash_step(h1[..., None], h2[..., None], top_id[:, None, :])  # (batch, beam, k)
-
-        # l + c already in the beam as l': fold its probability into l' and drop the candidate
-        same = (g1[..., None] == h1[:, None, None, :]) & (g2[..., None] == h2[:, None, None, :])  # (batch, beam, k, beam)
-        same &= valid[:, None, None, :] & valid[:, :, None, None]
-        folded = torch.where(same, grow[..., None], NEG_INF).flatten(1, 2)  # (batch, beam*k, beam)
-        folded = folded.logsumexp(dim=1) if merge == "sum" else folded.amax(dim=1)  # (batch, beam)
-        stay_nb = plus(stay_nb, folded)
-        grow = torch.where(same.any(dim=-1), NEG_INF, grow)
+        grow = torch.where(taken.gather(2, top_id[:, None, :].expand(batch, beam, k)), NEG_INF, grow)
 
         if fusion is not None:
             grow_lm, grow_words = fusion.candidate_scores(state, top_id[:, None, :].expand(batch, beam, k))
         else:
-            grow_lm = grow_words = torch.zeros_like(grow)
+            grow_lm = grow_words = zeros_grow
         bonus = lm_weight * lm_total + word_bonus * words  # (batch, beam)
         stay_score = plus(stay_b, stay_nb) + bonus
         grow_score = grow + (bonus[..., None] + lm_weight * grow_lm + word_bonus * grow_words)
@@ -275,31 +290,21 @@ def decode_beam(
         _, pick = scores.topk(beam, dim=1)  # (batch, beam)
 
         is_grow = pick >= beam
-        parent = torch.where(is_grow, (pick - beam) // k, pick)  # (batch, beam)
-        label = torch.where(is_grow, top_id.gather(1, ((pick - beam) % k).clamp(min=0)), blank)  # (batch, beam)
         flat = (pick - beam).clamp(min=0)  # index into (beam*k)
-        new_p_b = torch.where(is_grow, NEG_INF, stay_b.gather(1, parent))
-        new_p_nb = torch.where(is_grow, grow.flatten(1).gather(1, flat), stay_nb.gather(1, parent))
-        new_lm = lm_total.gather(1, parent) + torch.where(is_grow, grow_lm.flatten(1).gather(1, flat), 0.0)
-        new_words = words.gather(1, parent) + torch.where(is_grow, grow_words.flatten(1).gather(1, flat), 0.0)
-        new_last = torch.where(is_grow, label, last.gather(1, parent))
-        n1, n2 = hash_step(h1.gather(1, parent), h2.gather(1, parent), label)
-        new_h1 = torch.where(is_grow, n1, h1.gather(1, parent))
-        new_h2 = torch.where(is_grow, n2, h2.gather(1, parent))
+        parent = torch.where(is_grow, flat // k, pick)  # (batch, beam)
+        label = torch.where(is_grow, top_id.gather(1, flat % k), blank)  # (batch, beam)
+        p_b = torch.where(is_grow, NEG_INF, stay_b.gather(1, parent))
+        p_nb = torch.where(is_grow, grow.flatten(1).gather(1, flat), stay_nb.gather(1, parent))
+        lm_total = lm_total.gather(1, parent) + torch.where(is_grow, grow_lm.flatten(1).gather(1, flat), 0.0)
+        words = words.gather(1, parent) + torch.where(is_grow, grow_words.flatten(1).gather(1, flat), 0.0)
+        last = torch.where(is_grow, label, last.gather(1, parent))
+        parent_key = key.gather(1, parent)
+        up = torch.where(is_grow, parent_key, up.gather(1, parent))
+        key = torch.where(is_grow, hash_step(parent_key, label), parent_key)
         if fusion is not None:
-            new_state = fusion.advance({name: _gather(x, parent) for name, x in state.items()}, label, is_grow)
-            state = {name: torch.where(active.reshape(batch, 1, *([1] * (x.dim() - 2))), x, state[name]) for name, x in new_state.items()}
-
-        # utterances that have ended keep their beam as it is
-        p_b = torch.where(active, new_p_b, p_b)
-        p_nb = torch.where(active, new_p_nb, p_nb)
-        lm_total = torch.where(active, new_lm, lm_total)
-        words = torch.where(active, new_words, words)
-        last = torch.where(active, new_last, last)
-        h1 = torch.where(active, new_h1, h1)
-        h2 = torch.where(active, new_h2, h2)
-        parents[t] = torch.where(active, parent, keep_slot)
-        emitted[t] = torch.where(active & is_grow, label, -1)
+            state = fusion.advance({name: _gather(x, parent) for name, x in state.items()}, label, is_grow)
+        parents[t] = parent
+        emitted[t] = torch.where(is_grow, label, -1)
 
     acoustic = plus(p_b, p_nb)  # (batch, beam)
     if fusion is not None:

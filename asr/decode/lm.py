@@ -13,8 +13,8 @@ The ARPA format (Stolcke's SRILM; also what KenLM reads and writes):
 
 P(w | h) = P_arpa(h w) when the n-gram h w is listed, else bow(h) * P(w | h minus its first word).
 
-Tensor form: n-grams of each order n >= 2 are keyed by a 62-bit hash of their word ids (two
-independent 31-bit polynomial hashes side by side), sorted, and looked up with
+Tensor form: n-grams of each order n >= 2 are keyed by a 64-bit polynomial hash of their word
+ids, sorted, and looked up with
 `torch.searchsorted`; unigrams are indexed by word id directly. Keys are folded right to left
 (last word first), so the key of (h_j, ..., h_1, w) extends the key of (h_{j-1}, ..., h_1, w) by
 one step and the back-off chain is walked in `order` vectorized steps.
@@ -36,32 +36,27 @@ BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 LN10 = math.log(10.0)
 MISSING_UNK_LOG10 = -100.0  # what KenLM assigns <unk> when an ARPA file does not list it
 
-# Two 31-bit polynomial hashes (Mersenne prime moduli): each step stays below 2**62, so no
-# int64 overflow, and a false hit needs both to collide (about 2**-62 per lookup).
-_MOD1, _MOD2 = 2147483647, 2147483629
-_MUL1, _MUL2 = 1000003, 999983
+# Polynomial hash modulo 2**64: int64 multiplication wraps around (two's complement) on CPU
+# and CUDA alike, so one step is an add and a multiply. The multiplier is odd (2**64 / golden
+# ratio); a false hit is about 2**-64 per lookup for sequences as short as n-grams and prefixes.
+_MUL = 0x9E3779B97F4A7C15 - (1 << 64)
 
 
 class ArpaError(ValueError):
     """A malformed ARPA file; the message names the file and line."""
 
 
-def hash_step(key1: torch.Tensor, key2: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fold one more id into both halves of a key (all int64, same shape)."""
-    return (key1 * _MUL1 + ids + 1) % _MOD1, (key2 * _MUL2 + ids + 1) % _MOD2
-
-
-def join_key(key1: torch.Tensor, key2: torch.Tensor) -> torch.Tensor:
-    return key1 * (1 << 31) + key2
+def hash_step(key: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Fold one more id (>= 0) into a key (int64, same shape; the empty sequence is 0)."""
+    return (key + ids + 1) * _MUL
 
 
 def ngram_keys(ngrams: torch.Tensor) -> torch.Tensor:
     """(num, n) word ids -> (num,) int64 keys, folded from the last word to the first."""
-    k1 = torch.zeros(ngrams.shape[0], dtype=torch.long, device=ngrams.device)
-    k2 = torch.zeros_like(k1)
+    key = torch.zeros(ngrams.shape[0], dtype=torch.long, device=ngrams.device)
     for j in range(ngrams.shape[1] - 1, -1, -1):
-        k1, k2 = hash_step(k1, k2, ngrams[:, j])
-    return join_key(k1, k2)
+        key = hash_step(key, ngrams[:, j])
+    return key
 
 
 @dataclass
@@ -267,24 +262,21 @@ class NGramLM:
         ctx = state.reshape(-1, state.shape[-1])  # (m, order - 1)
         w = words.reshape(-1)  # (m,)
         result = self.unigram_logp[w]  # (m,) ln P(w), the order-1 answer
-        k1, k2 = hash_step(torch.zeros_like(w), torch.zeros_like(w), w)  # key of (w)
-        c1, c2 = torch.zeros_like(w), torch.zeros_like(w)  # key of the context words seen so far
-        available = torch.ones_like(w, dtype=torch.bool)
+        key = hash_step(torch.zeros_like(w), w)  # key of (w)
+        ctx_key = torch.zeros_like(w)  # key of the context words seen so far
         for n in range(2, self.order + 1):
-            h = ctx[:, -(n - 1)]  # (m,) the context word that makes this an n-gram
-            available = available & (h >= 0)
-            hh = h.clamp(min=0)
-            k1, k2 = hash_step(k1, k2, hh)
-            c1, c2 = hash_step(c1, c2, hh)
+            h = ctx[:, -(n - 1)]  # (m,) the context word that makes this an n-gram; -1 = none
+            # a missing context word (-1) hashes to a key no table holds, and it has no back-off
+            key = hash_step(key, h)
+            ctx_key = hash_step(ctx_key, h)
             if n == 2:
-                ctx_bow = self.unigram_bow[hh]
+                ctx_bow = self.unigram_bow[h.clamp(min=0)] * (h >= 0)
             else:
-                idx, found = self._lookup(n - 1, join_key(c1, c2))
-                ctx_bow = torch.where(found, self.bow[n - 3][idx], 0.0)
-            idx, found = self._lookup(n, join_key(k1, k2))
+                idx, found = self._lookup(n - 1, ctx_key)
+                ctx_bow = self.bow[n - 3][idx] * found
+            idx, found = self._lookup(n, key)
             # P(w | n-1 context words) = listed prob, else bow(context) * P(w | shorter context)
-            backed_off = torch.where(found, self.logp[n - 2][idx], result + ctx_bow)
-            result = torch.where(available, backed_off, result)
+            result = torch.where(found, self.logp[n - 2][idx], result + ctx_bow)
         new_state = torch.cat([ctx[:, 1:], w[:, None]], dim=1) if self.order > 1 else ctx
         return result.reshape(shape), new_state.reshape(*shape, -1)
 
