@@ -165,7 +165,7 @@ def main() -> int:
 
     cpu = torch.device("cpu")
     word_fusion = WordLMFusion(NGramLM.from_file(word_arpa), symbols)
-    char_fusion = TokenLMFusion(NGramLM.from_file(char_arpa), [("|" if s == SPACE else s) for s in symbols])
+    char_fusion = TokenLMFusion(NGramLM.from_file(char_arpa), symbols)
     beam_opts = dict(beam_size=args.beam, token_top_k=args.top_k)
     rows = []  # (name, lm, texts, seconds)
 

@@ -49,10 +49,12 @@ class TokenLMFusion:
     """Token-level fusion: every label is an LM word (its symbol string), e.g. a phone n-gram.
     Works for any tokenizer: give it the tokenizer's symbols (index = label id)."""
 
-    def __init__(self, lm: NGramLM, symbols: Sequence[str]):
+    def __init__(self, lm: NGramLM, symbols: Sequence[str], space_word: str = "|"):
         self.lm = lm
-        # label id -> LM word id (<unk> for symbols the LM does not know; blank is never scored)
-        self.token_words = torch.tensor([lm.word_id(s) for s in symbols], dtype=torch.long, device=lm.device)
+        # label id -> LM word id (<unk> for symbols the LM does not know; blank is never scored);
+        # a space label is the LM word `space_word` (ARPA words cannot be blank)
+        words = [space_word if s == SPACE else s for s in symbols]
+        self.token_words = torch.tensor([lm.word_id(w) for w in words], dtype=torch.long, device=lm.device)
 
     def to(self, device: torch.device) -> "TokenLMFusion":
         self.lm.to(device)
