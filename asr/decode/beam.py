@@ -90,7 +90,7 @@ class WordLMFusion:
 
     The LM's words are spelled into a trie of labels held as a (nodes, vocab) table of child
     node ids, so following a label is one gather for the whole batch; node 0 is the root and
-    -1 means "not the start of any listed word".
+    the last node, whose children are all itself, means "not the start of any listed word".
     """
 
     def __init__(self, lm: NGramLM, symbols: Sequence[str], delimiter: str = SPACE, oov_penalty: float = -10.0):
@@ -114,11 +114,13 @@ class WordLMFusion:
                     node_word.append(lm.unk)
                 node = children[node][label]
             node_word[node] = wid
-        trie = torch.full((len(children) + 1, len(symbols)), -1, dtype=torch.long)  # last row: the -1 node
+        self.dead = len(children)  # the node after a label no listed word continues with
+        trie = torch.full((len(children) + 1, len(symbols)), self.dead, dtype=torch.long)
         for node, kids in enumerate(children):
             for label, child in kids.items():
                 trie[node, label] = child
-        self.trie = trie.to(lm.device)  # (nodes + 1, vocab) child node id, -1 = none
+        self.vocab = len(symbols)
+        self.trie = trie.flatten().to(lm.device)  # (nodes + 1) * vocab: child of (node, label) at node * vocab + label
         self.node_word = torch.tensor(node_word + [lm.unk], dtype=torch.long).to(lm.device)  # (nodes + 1,) LM word id
 
     def to(self, device: torch.device) -> "WordLMFusion":
@@ -130,7 +132,7 @@ class WordLMFusion:
         zeros = torch.zeros(batch, beam, dtype=torch.long, device=self.lm.device)
         return {
             "ctx": self.lm.start_state(batch, beam),  # (batch, beam, order-1) LM state before the unfinished word
-            "node": zeros,  # trie node of the unfinished word (0: none yet, -1: not the start of a listed word)
+            "node": zeros,  # trie node of the unfinished word (0: none yet, self.dead: not the start of a listed word)
             "chars": zeros.clone(),  # its length
             "word_logp": torch.zeros(batch, beam, device=self.lm.device),  # ln P_lm(it | ctx) if it ended now
         }
@@ -139,8 +141,9 @@ class WordLMFusion:
         ends_word = (tokens == self.delimiter) & (state["chars"] > 0)[..., None]  # (batch, beam, k)
         logp = torch.where(ends_word, state["word_logp"][..., None], 0.0)  # (batch, beam, k)
         if self.oov_penalty:
-            node = state["node"][..., None]  # (batch, beam, 1); -1 indexes the last row, all -1
-            leaves = (node >= 0) & (self.trie[node, tokens] < 0) & (tokens != self.delimiter)
+            node = state["node"][..., None]  # (batch, beam, 1)
+            child = torch.take(self.trie, node * self.vocab + tokens)  # (batch, beam, k)
+            leaves = (node != self.dead) & (child == self.dead) & (tokens != self.delimiter)
             logp = logp + leaves * self.oov_penalty
         return logp, ends_word.to(logp.dtype)
 
@@ -149,17 +152,17 @@ class WordLMFusion:
         ends_word = delim & (state["chars"] > 0)
         in_word = grown & ~delim
         ctx = state["ctx"]
-        word = self.node_word[state["node"]][..., None]
+        word = torch.take(self.node_word, state["node"])[..., None]
         shifted = torch.cat([ctx[..., 1:], word], dim=-1) if ctx.shape[-1] > 1 else word
         ctx = torch.where(ends_word[..., None], shifted, ctx)
-        node = torch.where(in_word, self.trie[state["node"], tokens], state["node"]) * ~delim
+        node = torch.where(in_word, torch.take(self.trie, state["node"] * self.vocab + tokens), state["node"]) * ~delim
         chars = (state["chars"] + in_word) * ~delim
-        word_logp, _ = self.lm.score(ctx, self.node_word[node])
+        word_logp, _ = self.lm.score(ctx, torch.take(self.node_word, node))
         return {"ctx": ctx, "node": node, "chars": chars, "word_logp": word_logp}
 
     def final_scores(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
         pending = state["chars"] > 0  # (batch, beam) an unfinished word to score first
-        _, after = self.lm.score(state["ctx"], self.node_word[state["node"]])
+        _, after = self.lm.score(state["ctx"], torch.take(self.node_word, state["node"]))
         ctx = torch.where(pending[..., None], after, state["ctx"])
         eos = torch.full(pending.shape, self.lm.eos, dtype=torch.long, device=self.lm.device)
         eos_logp, _ = self.lm.score(ctx, eos)
@@ -239,6 +242,13 @@ def decode_beam(
     silent[blank] = 0.0
     log_probs = torch.where(past_end[..., None], silent, log_probs)  # (batch, frames, vocab)
 
+    # the frame's candidate labels, for all frames at once: its top-k non-blank labels
+    labels_lp = log_probs.clone()
+    labels_lp[..., blank] = NEG_INF
+    top_lp_all, top_id_all = labels_lp.topk(k, dim=2)  # (batch, frames, k)
+    top_lp_all = top_lp_all.masked_fill(top_lp_all < token_min_logp, NEG_INF)
+    blank_lp = log_probs[..., blank]  # (batch, frames)
+
     p_b = torch.full((batch, beam), NEG_INF, device=device)  # (batch, beam)
     p_b[:, 0] = 0.0  # the empty prefix, before any frame
     p_nb = torch.full((batch, beam), NEG_INF, device=device)  # (batch, beam)
@@ -250,63 +260,60 @@ def decode_beam(
     state = fusion.init_state(batch, beam) if fusion is not None else {}
     parents = torch.zeros(frames, batch, beam, dtype=torch.long, device=device)  # back-pointers
     emitted = torch.full((frames, batch, beam), -1, dtype=torch.long, device=device)  # label added, -1 none
-    zeros_grow = torch.zeros(batch, beam, k, device=device)
+    # candidates are [beam stays | beam*k grows]; constant parts of that layout:
+    slots = torch.arange(beam, device=device)
+    cand_parent = torch.cat([slots, slots.repeat_interleave(k)]).expand(batch, -1)  # (batch, beam + beam*k)
+    no_label = torch.full((batch, beam), -1, dtype=torch.long, device=device)
+    grow_p_b = torch.full((batch, beam * k), NEG_INF, device=device)
 
     for t in range(frames):
         lp = log_probs[:, t]  # (batch, vocab)
-        valid = (p_b > NEG_INF) | (p_nb > NEG_INF)  # (batch, beam)
+        top_lp, top_id = top_lp_all[:, t], top_id_all[:, t]  # (batch, k)
         total = plus(p_b, p_nb)  # (batch, beam)
+        valid = total > NEG_INF  # (batch, beam)
+        last_lp = lp.gather(1, last)  # (batch, beam)
 
         # stay: blank, or the last label again (an empty prefix has p_nb = -inf)
-        stay_b = total + lp[:, blank, None]  # (batch, beam)
-        stay_nb = p_nb + lp.gather(1, last)  # (batch, beam)
+        stay_b = total + blank_lp[:, t, None]  # (batch, beam)
+        stay_nb = p_nb + last_lp  # (batch, beam)
 
         # l' = l + c with both in the beam: l' also gets l's alignments that grow into it.
         # l' is recognized by its parent hash, so this costs (batch, beam, beam), not a k-wide test.
-        into = (key[:, :, None] == up[:, None, :]) & (valid[:, :, None] & valid[:, None, :])  # (batch, l, l')
+        into = (key[:, :, None] == up[:, None, :]) & valid[:, :, None] & valid[:, None, :]  # (batch, l, l')
         c = last[:, None, :]  # (batch, 1, l') the label that makes l into l'
-        via = torch.where(c == last[:, :, None], p_b[:, :, None], total[:, :, None]) + lp.gather(1, last)[:, None, :]  # (batch, l, l')
-        via = torch.where(into, via, NEG_INF)
-        stay_nb = plus(stay_nb, via.amax(dim=1))  # at most one l per l', so max is the sum
+        via = torch.where(c == last[:, :, None], p_b[:, :, None], total[:, :, None]) + last_lp[:, None, :]  # (batch, l, l')
+        stay_nb = plus(stay_nb, via.masked_fill(~into, NEG_INF).amax(dim=1))  # at most one l per l': max is the sum
         taken = torch.zeros(batch, beam, vocab, dtype=torch.bool, device=device)  # (batch, l, c): l + c is in the beam
-        taken.scatter_(2, torch.where(into, c, blank), into)
-        taken[:, :, blank] = False
+        taken.scatter_(2, c.expand(batch, beam, beam).masked_fill(~into, blank), into)
 
-        # grow: the frame's top-k labels
-        labels_lp = lp.clone()
-        labels_lp[:, blank] = NEG_INF
-        top_lp, top_id = labels_lp.topk(k, dim=1)  # (batch, k)
-        top_lp = torch.where(top_lp >= token_min_logp, top_lp, NEG_INF)
+        # grow: l + c for the frame's top-k labels c (a repeat only from alignments ending in blank)
         repeat = top_id[:, None, :] == last[:, :, None]  # (batch, beam, k)
         grow = torch.where(repeat, p_b[..., None], total[..., None]) + top_lp[:, None, :]  # (batch, beam, k)
-        grow = torch.where(taken.gather(2, top_id[:, None, :].expand(batch, beam, k)), NEG_INF, grow)
+        grow = grow.masked_fill(taken.gather(2, top_id[:, None, :].expand(batch, beam, k)), NEG_INF).flatten(1)
 
+        # pick the best `beam` of [stays | grows]
+        acoustic = torch.cat([plus(stay_b, stay_nb), grow], dim=1)  # (batch, beam + beam*k)
         if fusion is not None:
             grow_lm, grow_words = fusion.candidate_scores(state, top_id[:, None, :].expand(batch, beam, k))
+            cand_lm = torch.cat([lm_total, (lm_total[..., None] + grow_lm).flatten(1)], dim=1)
+            cand_words = torch.cat([words, (words[..., None] + grow_words).flatten(1)], dim=1)
+            _, pick = (acoustic + lm_weight * cand_lm + word_bonus * cand_words).topk(beam, dim=1)  # (batch, beam)
+            lm_total, words = cand_lm.gather(1, pick), cand_words.gather(1, pick)
         else:
-            grow_lm = grow_words = zeros_grow
-        bonus = lm_weight * lm_total + word_bonus * words  # (batch, beam)
-        stay_score = plus(stay_b, stay_nb) + bonus
-        grow_score = grow + (bonus[..., None] + lm_weight * grow_lm + word_bonus * grow_words)
-        scores = torch.cat([stay_score, grow_score.flatten(1)], dim=1)  # (batch, beam + beam*k)
-        _, pick = scores.topk(beam, dim=1)  # (batch, beam)
-
-        is_grow = pick >= beam
-        flat = (pick - beam).clamp(min=0)  # index into (beam*k)
-        parent = torch.where(is_grow, flat // k, pick)  # (batch, beam)
-        label = torch.where(is_grow, top_id.gather(1, flat % k), blank)  # (batch, beam)
-        p_b = torch.where(is_grow, NEG_INF, stay_b.gather(1, parent))
-        p_nb = torch.where(is_grow, grow.flatten(1).gather(1, flat), stay_nb.gather(1, parent))
-        lm_total = lm_total.gather(1, parent) + torch.where(is_grow, grow_lm.flatten(1).gather(1, flat), 0.0)
-        words = words.gather(1, parent) + torch.where(is_grow, grow_words.flatten(1).gather(1, flat), 0.0)
-        last = torch.where(is_grow, label, last.gather(1, parent))
+            _, pick = acoustic.topk(beam, dim=1)  # (batch, beam)
+        parent = cand_parent.gather(1, pick)  # (batch, beam)
+        label = torch.cat([no_label, top_id.repeat(1, beam)], dim=1).gather(1, pick)  # (batch, beam), -1 = stayed
+        is_grow = label >= 0
+        p_b = torch.cat([stay_b, grow_p_b], dim=1).gather(1, pick)
+        p_nb = torch.cat([stay_nb, grow], dim=1).gather(1, pick)
         parent_key = key.gather(1, parent)
+        last = torch.where(is_grow, label, last.gather(1, parent))
         up = torch.where(is_grow, parent_key, up.gather(1, parent))
         key = torch.where(is_grow, hash_step(parent_key, label), parent_key)
         if fusion is not None:
-            state = fusion.advance({name: _gather(x, parent) for name, x in state.items()}, label, is_grow)
+            state = fusion.advance({name: _gather(x, parent) for name, x in state.items()}, last, is_grow)
         parents[t] = parent
-        emitted[t] = torch.where(is_grow, label, -1)
+        emitted[t] = label
 
     acoustic = plus(p_b, p_nb)  # (batch, beam)
     if fusion is not None:

@@ -251,7 +251,7 @@ class NGramLM:
             zero = torch.zeros_like(key)
             return zero, torch.zeros_like(key, dtype=torch.bool)
         idx = torch.searchsorted(keys, key).clamp_(max=keys.numel() - 1)
-        return idx, keys[idx] == key
+        return idx, torch.take(keys, idx) == key
 
     def score(self, state: torch.Tensor, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ln P(word | state) and the state after it, for a whole batch.
@@ -261,7 +261,7 @@ class NGramLM:
         shape = words.shape
         ctx = state.reshape(-1, state.shape[-1])  # (m, order - 1)
         w = words.reshape(-1)  # (m,)
-        result = self.unigram_logp[w]  # (m,) ln P(w), the order-1 answer
+        result = torch.take(self.unigram_logp, w)  # (m,) ln P(w), the order-1 answer
         key = hash_step(torch.zeros_like(w), w)  # key of (w)
         ctx_key = torch.zeros_like(w)  # key of the context words seen so far
         for n in range(2, self.order + 1):
@@ -270,13 +270,13 @@ class NGramLM:
             key = hash_step(key, h)
             ctx_key = hash_step(ctx_key, h)
             if n == 2:
-                ctx_bow = self.unigram_bow[h.clamp(min=0)] * (h >= 0)
+                ctx_bow = torch.take(self.unigram_bow, h.clamp(min=0)) * (h >= 0)
             else:
                 idx, found = self._lookup(n - 1, ctx_key)
-                ctx_bow = self.bow[n - 3][idx] * found
+                ctx_bow = torch.take(self.bow[n - 3], idx) * found
             idx, found = self._lookup(n, key)
             # P(w | n-1 context words) = listed prob, else bow(context) * P(w | shorter context)
-            result = torch.where(found, self.logp[n - 2][idx], result + ctx_bow)
+            result = torch.where(found, torch.take(self.logp[n - 2], idx), result + ctx_bow)
         new_state = torch.cat([ctx[:, 1:], w[:, None]], dim=1) if self.order > 1 else ctx
         return result.reshape(shape), new_state.reshape(*shape, -1)
 
