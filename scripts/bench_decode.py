@@ -26,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,7 @@ def pyctcdecode_decoder(symbols, arpa, alpha, beta):
     return build_ctcdecoder(labels, kenlm_model_path=arpa, alpha=alpha, beta=beta)
 
 
-def run_pyctcdecode(decoder, log_probs, beam):
+def run_pyctcdecode(log_probs, decoder, beam):
     # token_min_logp / beam_prune_logp left at pyctcdecode's defaults
     return [decoder.decode(x.numpy(), beam_width=beam).strip() for x in log_probs]
 
@@ -131,30 +132,31 @@ def run_flashlight(decoder_and_tokens, log_probs):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a trained character model (e.g. demo_out/run/best.pt)")
-    parser.add_argument("--corpus", required=True, help="folder with train.jsonl (LM text) and test.jsonl")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--corpus", required=True, help="folder with train.jsonl (LM text), dev.jsonl (tuning) and test.jsonl")
     parser.add_argument("--beam", type=int, default=16)
-    parser.add_argument("--top-k", type=int, default=8, help="labels tried per frame (ours and flashlight)")
+    parser.add_argument("--top-k", type=int, default=8, help="labels tried per frame (ours and flashlight's beam_size_token)")
     parser.add_argument("--order", type=int, default=3, help="word LM order")
     parser.add_argument("--char-order", type=int, default=6, help="character LM order")
-    parser.add_argument("--alpha", type=float, default=0.5, help="LM weight on ln P (word LM)")
-    parser.add_argument("--beta", type=float, default=1.0, help="word bonus (word LM)")
-    parser.add_argument("--char-alpha", type=float, default=0.3, help="LM weight on ln P (character LM)")
+    parser.add_argument("--alphas", default="0.5,0.8,1.2,1.6", help="LM weights (on ln P) tried on dev, per decoder")
+    parser.add_argument("--betas", default="0,1,2,3", help="word bonuses tried on dev, per decoder (word LM)")
     parser.add_argument("--batch-size", type=int, default=150, help="utterances per batch for ours")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the peers use one)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per decoder; the fastest counts")
     parser.add_argument("--skip", default="", help="comma-separated decoders to skip: pyctcdecode,flashlight")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
+    alphas = [float(a) for a in args.alphas.split(",")]
+    betas = [float(b) for b in args.betas.split(",")]
 
     recognizer = Recognizer.from_checkpoint(args.checkpoint, device="cpu")
     tokenizer = recognizer.tokenizer
     symbols = tokenizer.symbols
     corpus = Path(args.corpus)
-    data = collect_log_probs(recognizer, read_manifest(corpus / f"{args.split}.jsonl"))
-    log_probs = [x.cpu().contiguous() for x in data.log_probs]
-    refs = data.references
-    seconds = sum(len(x) for x in log_probs)
+    sets = {}
+    for split in ("dev", "test"):
+        data = collect_log_probs(recognizer, read_manifest(corpus / f"{split}.jsonl"))
+        sets[split] = ([x.cpu().contiguous() for x in data.log_probs], data.references)
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_decode."))
     sentences = [normalize_text(t).split() for t in sentences_from_file(corpus / "train.jsonl")]
@@ -167,42 +169,60 @@ def main() -> int:
     word_fusion = WordLMFusion(NGramLM.from_file(word_arpa), symbols)
     char_fusion = TokenLMFusion(NGramLM.from_file(char_arpa), symbols)
     beam_opts = dict(beam_size=args.beam, token_top_k=args.top_k)
-    rows = []  # (name, lm, texts, seconds)
+    word_lm, char_lm = f"word {args.order}-gram", f"char {args.char_order}-gram"
 
-    def add(name, lm, fn):
-        texts, elapsed = timed(fn)
-        rows.append((name, lm, score_wer(refs, texts).rate, len(refs) / elapsed))
-        print(f"  {name:<34} {lm:<14} WER {rows[-1][2]:.2%}  {rows[-1][3]:8.1f} utt/s", file=sys.stderr, flush=True)
+    def ours(fusion, device=cpu):
+        def make(alpha, beta):
+            return lambda lps: run_ours(lps, tokenizer, args.batch_size, device, fusion=fusion, lm_weight=alpha, word_bonus=beta, **beam_opts)
+        return make
 
-    print(f"{len(refs)} utterances, {seconds} frames; LMs in {workdir}", file=sys.stderr)
-    add("greedy", "-", lambda: run_ours(log_probs, tokenizer, args.batch_size, cpu, greedy=True))
-    add("ours, CPU", "-", lambda: run_ours(log_probs, tokenizer, args.batch_size, cpu, **beam_opts))
-    add("ours, CPU", f"word {args.order}-gram", lambda: run_ours(log_probs, tokenizer, args.batch_size, cpu, fusion=word_fusion, lm_weight=args.alpha, word_bonus=args.beta, **beam_opts))
+    decoders = [  # (name, lm, make(alpha, beta) -> decode(log_probs) -> texts, tuned betas)
+        ("greedy", "-", lambda a, b: lambda lps: run_ours(lps, tokenizer, args.batch_size, cpu, greedy=True), None),
+        ("ours, CPU", "-", lambda a, b: lambda lps: run_ours(lps, tokenizer, args.batch_size, cpu, **beam_opts), None),
+        ("ours, CPU", word_lm, ours(word_fusion), betas),
+    ]
     if torch.cuda.is_available():
-        gpu = torch.device("cuda")
-        word_fusion.to(gpu)
-        run_ours(log_probs[:8], tokenizer, 8, gpu, fusion=word_fusion, **beam_opts)  # warm-up
-        add("ours, CUDA", f"word {args.order}-gram", lambda: run_ours(log_probs, tokenizer, args.batch_size, gpu, fusion=word_fusion, lm_weight=args.alpha, word_bonus=args.beta, **beam_opts))
-        word_fusion.to(cpu)
+        gpu_fusion = WordLMFusion(NGramLM.from_file(word_arpa, "cuda"), symbols)
+        decoders.append(("ours, CUDA", word_lm, ours(gpu_fusion, torch.device("cuda")), betas))
     if "pyctcdecode" not in skip:
-        decoder = pyctcdecode_decoder(symbols, word_arpa, args.alpha, args.beta)
-        add("pyctcdecode", f"word {args.order}-gram", lambda: run_pyctcdecode(decoder, log_probs, args.beam))
+        decoders.append(("pyctcdecode", word_lm, lambda a, b: partial(run_pyctcdecode, decoder=pyctcdecode_decoder(symbols, word_arpa, a, b), beam=args.beam), betas))
     if "flashlight" not in skip:
-        fl = flashlight_lexicon_decoder(symbols, word_arpa, args.beam, args.top_k, args.alpha, args.beta)
-        add("flashlight-text LexiconDecoder", f"word {args.order}-gram", lambda: run_flashlight(fl, log_probs))
-    add("ours, CPU", f"char {args.char_order}-gram", lambda: run_ours(log_probs, tokenizer, args.batch_size, cpu, fusion=char_fusion, lm_weight=args.char_alpha, word_bonus=0.0, **beam_opts))
+        decoders.append(("flashlight-text LexiconDecoder", word_lm, lambda a, b: partial(run_flashlight, flashlight_lexicon_decoder(symbols, word_arpa, args.beam, args.top_k, a, b)), betas))
+    decoders.append(("ours, CPU", char_lm, ours(char_fusion), [0.0]))
     if "flashlight" not in skip:
-        fl = flashlight_lexicon_free_decoder(symbols, char_arpa, args.beam, args.top_k, args.char_alpha)
-        add("flashlight-text LexiconFreeDecoder", f"char {args.char_order}-gram", lambda: run_flashlight(fl, log_probs))
+        decoders.append(("flashlight-text LexiconFreeDecoder", char_lm, lambda a, b: partial(run_flashlight, flashlight_lexicon_free_decoder(symbols, char_arpa, args.beam, args.top_k, a)), [0.0]))
 
-    ours = {lm: speed for name, lm, _, speed in rows if name == "ours, CPU"}
-    print(f"\nbeam {args.beam}, top-k {args.top_k}, {args.threads} torch thread(s), batch {args.batch_size}; "
-          f"{len(refs)} {args.split} utterances; alpha {args.alpha} beta {args.beta} (word), alpha {args.char_alpha} (char)\n")
-    print("| decoder | LM | WER | utterances/s | ours (CPU, same LM) is faster by |")
-    print("|---|---|---|---|---|")
-    for name, lm, wer, speed in rows:
-        ratio = f"{ours[lm] / speed:.1f}x" if lm in ours and name != "ours, CPU" else ""
-        print(f"| {name} | {lm} | {wer:.2%} | {speed:.1f} | {ratio} |")
+    dev_lps, dev_refs = sets["dev"]
+    test_lps, test_refs = sets["test"]
+    print(f"dev {len(dev_refs)} / test {len(test_refs)} utterances ({sum(len(x) for x in test_lps)} test frames); LMs in {workdir}", file=sys.stderr)
+    rows = []
+    for name, lm, make, tuned_betas in decoders:
+        alpha = beta = None
+        if tuned_betas is not None:  # each decoder gets its own best LM weight and bonus on dev
+            grid = [(a, b) for a in alphas for b in tuned_betas]
+            wers = [score_wer(dev_refs, make(a, b)(dev_lps)).rate for a, b in grid]
+            alpha, beta = grid[min(range(len(grid)), key=wers.__getitem__)]
+        decode = make(alpha, beta)
+        elapsed = math.inf
+        for _ in range(args.repeats):
+            texts, seconds = timed(lambda: decode(test_lps))
+            elapsed = min(elapsed, seconds)
+        wer = score_wer(test_refs, texts).rate
+        rows.append((name, lm, alpha, beta, wer, len(test_refs) / elapsed))
+        print(f"  {name:<34} {lm:<14} alpha {alpha} beta {beta}  WER {wer:.2%}  {rows[-1][5]:8.1f} utt/s", file=sys.stderr, flush=True)
+
+    ours_speed = {lm: speed for name, lm, _, _, _, speed in rows if name == "ours, CPU"}
+    ours_wer = {lm: wer for name, lm, _, _, wer, _ in rows if name == "ours, CPU"}
+    print(f"\nbeam {args.beam}, top-k {args.top_k}, {args.threads} torch thread(s), batch {args.batch_size}, "
+          f"{len(test_refs)} test utterances; LM weight and bonus tuned per decoder on {len(dev_refs)} dev utterances\n")
+    print("| decoder | LM | alpha, beta | test WER | utterances/s | ours (CPU) / this: speed | WER difference (ours - this) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, lm, alpha, beta, wer, speed in rows:
+        compare = name != "ours, CPU" and lm in ours_speed
+        ratio = f"{ours_speed[lm] / speed:.2f}x" if compare else ""
+        diff = f"{100 * (ours_wer[lm] - wer):+.2f} points" if compare else ""
+        weights = f"{alpha}, {beta}" if alpha is not None else "-"
+        print(f"| {name} | {lm} | {weights} | {wer:.2%} | {speed:.1f} | {ratio} | {diff} |")
     return 0
 
 
