@@ -9,8 +9,9 @@ from p_b, because without a blank between them two equal labels are one. A grown
 equals another prefix still in the beam (l + c == l') is merged into it.
 
 Everything is a tensor of shape (batch, beam) or (batch, beam, k): prefixes are identified by
-a 62-bit hash (the same two-modulus polynomial hash as the LM keys), merging is an equality
-test against the beam's hashes, selection is one `topk` over the stay and grow candidates, and
+a 64-bit hash (the polynomial hash of the LM keys), a prefix l + c that is already in the
+beam as l' is found by comparing l's hash with l''s parent hash ((batch, beam, beam), not
+(batch, beam, k, beam)), selection is one `topk` over the stay and grow candidates, and
 the prefixes themselves are only spelled out at the end from per-frame back-pointers. The
 code is the same on CPU and CUDA and never leaves the device inside the frame loop.
 
