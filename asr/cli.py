@@ -3,8 +3,9 @@
     asr synth OUT [--num-utterances N] [--seed S] [--layout manifest|timit|librispeech]
     asr prepare librispeech|timit|kaldi|nemo ROOT OUT_DIR
     asr train CONFIG [key=value ...] [--resume]
-    asr transcribe CKPT FILE... [--json]
-    asr evaluate CKPT MANIFEST [--output FILE]
+    asr transcribe CKPT FILE... [--json] [--decoder beam --lm LM.arpa ...]
+    asr evaluate CKPT MANIFEST [--output FILE] [--decoder beam --lm LM.arpa ...] [--tune-lm]
+    asr lm build TEXT -o LM.arpa [--order N] [--unit word|char]
     asr demo [--out DIR]
     asr plot RUN_DIR [--output PNG]
 
@@ -82,6 +83,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from asr.inference import Recognizer
 
     recognizer = Recognizer.from_checkpoint(args.checkpoint, device=args.device)
+    apply_decoder_options(recognizer, args)
     num_failed = 0
     for path, text, error in recognizer.transcribe_files(args.files, batch_size=args.batch_size):
         if error is not None:
@@ -110,7 +112,7 @@ def evaluate_manifest(recognizer, manifest: str, output: str, progress: bool = T
     return result
 
 
-def print_result(result, output: str, title: str) -> None:
+def print_result(result, output: str, title: str, decoder: str = "greedy") -> None:
     from asr.inference import summary_table
 
     print(
@@ -119,8 +121,8 @@ def print_result(result, output: str, title: str) -> None:
                 ("set", title),
                 ("utterances", str(len(result.recognitions))),
                 ("hours", f"{result.hours:.3f}"),
-                ("greedy WER", f"{result.wer:.2%} ({result.words.errors}/{result.words.reference_length} words)"),
-                ("greedy CER", f"{result.cer:.2%} ({result.chars.errors}/{result.chars.reference_length} chars)"),
+                (f"{decoder} WER", f"{result.wer:.2%} ({result.words.errors}/{result.words.reference_length} words)"),
+                (f"{decoder} CER", f"{result.cer:.2%} ({result.chars.errors}/{result.chars.reference_length} chars)"),
                 ("failed", str(len(result.failed))),
                 ("details", output),
             ]
@@ -150,10 +152,79 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from asr.inference import Recognizer
 
     recognizer = Recognizer.from_checkpoint(args.checkpoint, device=args.device)
+    decode = apply_decoder_options(recognizer, args)
+    if args.tune_lm:
+        tune_lm_weights(recognizer, args)
+        decode = recognizer.config.decode
     output = args.output or str(Path(args.checkpoint).with_suffix("")) + f".{Path(args.manifest).stem}.recognitions.jsonl"
     result = evaluate_manifest(recognizer, args.manifest, output)
-    print_result(result, output, args.manifest)
+    name = decode.decoder if decode.decoder == "greedy" else f"beam {decode.beam_size}" + (" + LM" if decode.lm else "")
+    print_result(result, output, args.manifest, name)
     return 1 if result.failed else 0
+
+
+def apply_decoder_options(recognizer, args: argparse.Namespace):
+    """Decoder flags over the checkpoint's decode config; returns the config in force."""
+    from dataclasses import replace
+
+    decode = recognizer.config.decode
+    changes = {
+        "decoder": args.decoder, "beam_size": args.beam_size, "token_top_k": args.top_k, "lm": args.lm,
+        "lm_unit": args.lm_unit, "lm_weight": args.lm_weight, "word_bonus": args.word_bonus,
+    }
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if args.lm and args.decoder is None:
+        changes["decoder"] = "beam"  # an LM only makes sense with beam search
+    decode = replace(decode, **changes)
+    recognizer.set_decoder(decode)
+    return decode
+
+
+def tune_lm_weights(recognizer, args: argparse.Namespace) -> None:
+    """Grid search of (lm_weight, word_bonus) on the manifest; leaves the best pair in force."""
+    from dataclasses import replace
+
+    from asr.data.manifest import read_manifest
+    from asr.config import ConfigError
+    from asr.inference import collect_log_probs, summary_table, tune_lm
+
+    decode = recognizer.config.decode
+    if decode.decoder != "beam" or not decode.lm:
+        raise ConfigError("--tune-lm needs --lm (and beam decoding)")
+    weights = [float(x) for x in args.lm_weights.split(",")]
+    bonuses = [float(x) for x in args.word_bonuses.split(",")]
+    log_probs = collect_log_probs(recognizer, read_manifest(args.manifest), batch_size=decode.batch_size)
+    results = tune_lm(recognizer, log_probs, weights, bonuses, progress=True)
+    print(summary_table([("lm_weight  word_bonus", "WER")] + [(f"{a:<10} {b}", f"{w:.2%}") for a, b, w in results[:10]]))
+    alpha, beta, wer = results[0]
+    print(f"best: --lm-weight {alpha} --word-bonus {beta} (WER {wer:.2%} on {args.manifest}, {len(results)} pairs tried)\n")
+    recognizer.set_decoder(replace(decode, lm_weight=alpha, word_bonus=beta))
+
+
+def cmd_lm_build(args: argparse.Namespace) -> int:
+    from asr.decode.kn import estimate_kneser_ney
+    from asr.decode.lm import sentences_from_file, write_arpa
+    from asr.text import normalize_text
+
+    sentences = [normalize_text(line).split() for line in sentences_from_file(args.text)]
+    if args.unit == "char":  # one LM word per character, "|" for the space between words
+        sentences = [list("|".join(words)) for words in sentences]
+    arpa = estimate_kneser_ney([s for s in sentences if s], args.order)
+    write_arpa(args.output, arpa)
+    counts = ", ".join(f"{n}-grams {len(t)}" for n, t in enumerate(arpa.ngrams, start=1))
+    print(f"{args.output}: order {args.order}, {counts}")
+    return 0
+
+
+def add_decoder_options(p: argparse.ArgumentParser) -> None:
+    """Flags that override the checkpoint's `decode` config section (unset = keep it)."""
+    p.add_argument("--decoder", choices=["greedy", "beam"], help="default: the checkpoint's (greedy), beam when --lm is given")
+    p.add_argument("--beam-size", type=int, help="prefixes kept per utterance (default 16)")
+    p.add_argument("--top-k", type=int, help="labels tried per frame (default 8)")
+    p.add_argument("--lm", help="ARPA n-gram file for shallow fusion (see `asr lm build`)")
+    p.add_argument("--lm-unit", choices=["auto", "word", "token"], help="word: scored at spaces (char models); token: one LM word per label")
+    p.add_argument("--lm-weight", type=float, help="alpha, the weight of ln P_lm")
+    p.add_argument("--word-bonus", type=float, help="beta, added per word")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -221,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
+    add_decoder_options(p)
     p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser("evaluate", help="WER and CER of a checkpoint on a manifest")
@@ -228,7 +300,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest")
     p.add_argument("--output", help="per-utterance results (JSON lines); default beside the checkpoint")
     p.add_argument("--device", default="auto")
+    add_decoder_options(p)
+    p.add_argument("--tune-lm", action="store_true", help="grid-search --lm-weight and --word-bonus on MANIFEST (a dev set), then evaluate with the best pair")
+    p.add_argument("--lm-weights", default="0.3,0.5,0.8,1.2,1.6", help="alphas for --tune-lm")
+    p.add_argument("--word-bonuses", default="0,1,2,3,4", help="betas for --tune-lm")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("lm", help="n-gram language models")
+    lm_sub = p.add_subparsers(dest="lm_command", required=True)
+    q = lm_sub.add_parser("build", help="estimate a modified Kneser-Ney n-gram model, written as ARPA")
+    q.add_argument("text", help="text file (one sentence per line) or a JSON-lines manifest (its `text` fields)")
+    q.add_argument("-o", "--output", required=True, help="ARPA file to write")
+    q.add_argument("--order", type=int, default=3)
+    q.add_argument("--unit", choices=["word", "char"], default="word", help="char: characters as LM words, '|' between words (token-level fusion)")
+    q.set_defaults(func=cmd_lm_build)
 
     p = sub.add_parser("demo", help="synthesize, train, evaluate and transcribe, end to end")
     p.add_argument("--out", default="demo_out", help="folder for the corpus, checkpoints and logs")
@@ -251,13 +336,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from asr.config import ConfigError
     from asr.data.corpora import CorpusError
     from asr.data.manifest import ManifestError
+    from asr.decode.kn import LMBuildError
+    from asr.decode.lm import ArpaError
     from asr.plot import PlotError
     from asr.train import TrainingError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (AudioError, CheckpointError, ConfigError, CorpusError, ManifestError, TrainingError, FileNotFoundError) as e:
+    except (AudioError, CheckpointError, ConfigError, CorpusError, ManifestError, TrainingError, FileNotFoundError,
+            ArpaError, LMBuildError) as e:
         print(f"asr {args.command}: error: {e}", file=sys.stderr)
         return 2
     except PlotError as e:

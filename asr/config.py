@@ -109,8 +109,15 @@ class AugmentConfig:
 
 @dataclass
 class DecodeConfig:
-    decoder: str = "greedy"  # "greedy"
+    decoder: str = "greedy"  # "greedy" or "beam" (CTC prefix beam search, asr/decode/beam.py)
     batch_size: int = 32  # utterances per decoding batch
+    beam_size: int = 16  # prefixes kept per utterance, decoder=beam
+    token_top_k: int = 8  # labels tried per frame (the frame's most probable), decoder=beam
+    blank_skip: float = 0.999  # skip frames whose blank probability exceeds this (after the first of a run); 1 = never
+    lm: str = ""  # ARPA n-gram file for shallow fusion; empty = no LM
+    lm_unit: str = "auto"  # "word" (char models: scored at spaces), "token" (one LM word per label), "auto" (word for char models)
+    lm_weight: float = 0.5  # alpha: weight of ln P_lm
+    word_bonus: float = 1.0  # beta: added per LM word (or token)
 
 
 @dataclass

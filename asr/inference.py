@@ -1,4 +1,4 @@
-"""Recognition with a trained model: audio → features → model → greedy decode → text, batched,
+"""Recognition with a trained model: audio → features → model → greedy or beam decode → text, batched,
 all on one device; and the dataset-level loop that `evaluate`, `transcribe` and the trainer's
 dev check share."""
 
@@ -15,10 +15,11 @@ from tqdm import tqdm
 
 from asr.audio import AudioError, load_audio
 from asr.checkpoint import load_checkpoint
-from asr.config import Config
+from asr.config import Config, DecodeConfig
 from asr.data.loader import UtteranceDataset, make_loader
 from asr.data.manifest import Utterance
 from asr.decode import decode_greedy
+from asr.decode.beam import Fusion, decode_beam, make_fusion
 from asr.features import FeatureExtractor
 from asr.fileio import atomic_write
 from asr.metrics import ErrorCounts, PhoneErrors, score_cer, score_per, score_wer
@@ -38,6 +39,17 @@ class Recognizer:
 
     def __init__(self, model: torch.nn.Module, features: FeatureExtractor, tokenizer: CharTokenizer, config: Config):
         self.model, self.features, self.tokenizer, self.config = model, features, tokenizer, config
+        self.fusion: Fusion | None = None
+        self.set_decoder(config.decode)
+
+    def set_decoder(self, decode: DecodeConfig) -> None:
+        """Choose greedy or beam decoding (and load the LM it names) for later calls."""
+        if decode.decoder not in ("greedy", "beam"):
+            raise ValueError(f"decoder must be 'greedy' or 'beam', not {decode.decoder!r}")
+        self.config.decode = decode
+        self.fusion = None
+        if decode.decoder == "beam" and decode.lm:
+            self.fusion = make_fusion(decode.lm, self.tokenizer, decode.lm_unit, self.device)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto") -> "Recognizer":
@@ -68,10 +80,27 @@ class Recognizer:
         try:
             feats, frame_lengths = self.features(audio.to(self.device), lengths.to(self.device))  # (batch, frames, dim)
             log_probs, frame_lengths = self.model(feats, frame_lengths)  # (batch, frames, vocab)
-            return [self.tokenizer.decode(ids) for ids in decode_greedy(log_probs, frame_lengths)]
+            return self.decode_log_probs(log_probs, frame_lengths)
         finally:
             for m, mode in zip(modules, was_training):
                 m.train(mode)
+
+    def decode_log_probs(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        """log_probs (batch, frames, vocab), lengths (batch,) -> one text each, with the chosen decoder."""
+        decode = self.config.decode
+        if decode.decoder == "greedy":
+            return [self.tokenizer.decode(ids) for ids in decode_greedy(log_probs, lengths)]
+        nbest = decode_beam(
+            log_probs,
+            lengths,
+            beam_size=decode.beam_size,
+            token_top_k=decode.token_top_k,
+            blank_skip=decode.blank_skip,
+            fusion=self.fusion,
+            lm_weight=decode.lm_weight,
+            word_bonus=decode.word_bonus,
+        )
+        return [self.tokenizer.decode(hyps[0].ids if hyps else []) for hyps in nbest]
 
     def transcribe_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 16) -> Iterator[tuple[str, str | None, str | None]]:
         """Yield (path, text, error) per file, in order; a bad file yields its error and the rest go on."""
@@ -141,6 +170,60 @@ def decode_dataset(
     hours = sum(u.duration for u in utterances if u.id in decoded) / 3600
     phones = score_per(refs, hyps) if recognizer.tokenizer.kind == "phone" else None
     return EvaluationResult(recognitions, failed, score_wer(refs, hyps), score_cer(refs, hyps), hours, phones)
+
+
+@dataclass
+class LogProbSet:
+    """Model outputs for a dataset, kept so several decoders (or LM weights) can share them."""
+
+    ids: list[str]
+    references: list[str]  # normalized
+    log_probs: list[torch.Tensor]  # one (frames, vocab) per utterance, on the recognizer's device
+    failed: list[tuple[str, str]]
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Padded (batch, frames, vocab) log-probs and (batch,) lengths, in order."""
+        for start in range(0, len(self.log_probs), batch_size):
+            chunk = self.log_probs[start : start + batch_size]
+            lengths = torch.tensor([len(x) for x in chunk], device=chunk[0].device)  # (batch,)
+            yield torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True), lengths
+
+
+@torch.inference_mode()
+def collect_log_probs(recognizer: Recognizer, utterances: Sequence[Utterance], batch_size: int = 32) -> LogProbSet:
+    """Run features and model over every utterance once (bad ones listed in `failed`)."""
+    dataset = UtteranceDataset(utterances, recognizer.tokenizer, recognizer.sample_rate)
+    loader = make_loader(dataset, sampler=None, batch_size=batch_size)
+    result = LogProbSet([], [], [], list(dataset.rejected))
+    recognizer.model.eval()
+    recognizer.features.eval()
+    for batch in loader:
+        result.failed.extend(batch.bad)
+        if not len(batch):
+            continue
+        feats, frame_lengths = recognizer.features(batch.audio.to(recognizer.device), batch.audio_lengths.to(recognizer.device))
+        log_probs, frame_lengths = recognizer.model(feats, frame_lengths)  # (batch, frames, vocab)
+        result.ids.extend(batch.ids)
+        result.references.extend(recognizer.tokenizer.normalize(t) for t in batch.texts)
+        result.log_probs.extend(lp[:n] for lp, n in zip(log_probs, frame_lengths.tolist()))
+    return result
+
+
+def tune_lm(
+    recognizer: Recognizer, log_probs: LogProbSet, weights: Sequence[float], bonuses: Sequence[float], progress: bool = False
+) -> list[tuple[float, float, float]]:
+    """WER of beam search with the recognizer's LM for every (lm_weight, word_bonus) pair, best first."""
+    from dataclasses import replace
+
+    base = recognizer.config.decode
+    results = []
+    pairs = [(a, b) for a in weights for b in bonuses]
+    for alpha, beta in tqdm(pairs, desc="tune", disable=not progress, leave=False):
+        recognizer.config.decode = replace(base, lm_weight=alpha, word_bonus=beta)
+        hyps = [h for lp, n in log_probs.batches(base.batch_size) for h in recognizer.decode_log_probs(lp, n)]
+        results.append((alpha, beta, score_wer(log_probs.references, hyps).rate))
+    recognizer.config.decode = base
+    return sorted(results, key=lambda r: (r[2], r[0], r[1]))
 
 
 def write_recognitions(path: str | os.PathLike, result: EvaluationResult) -> None:

@@ -1,0 +1,306 @@
+"""Back-off n-gram language models: ARPA files of any order in and out, and a tensor form that
+scores a whole batch of (context, word) queries at once, on the decoder's device.
+
+The ARPA format (Stolcke's SRILM; also what KenLM reads and writes):
+
+    \\data\\
+    ngram 1=3
+    ngram 2=2
+    \\1-grams:
+    -1.0  <s>  -0.3        log10 P(w)   w   [log10 back-off weight]
+    ...
+    \\end\\
+
+P(w | h) = P_arpa(h w) when the n-gram h w is listed, else bow(h) * P(w | h minus its first word).
+
+Tensor form: n-grams of each order n >= 2 are keyed by a 64-bit polynomial hash of their word
+ids, sorted, and looked up with
+`torch.searchsorted`; unigrams are indexed by word id directly. Keys are folded right to left
+(last word first), so the key of (h_j, ..., h_1, w) extends the key of (h_{j-1}, ..., h_1, w) by
+one step and the back-off chain is walked in `order` vectorized steps.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+
+from asr.fileio import atomic_write
+
+BOS, EOS, UNK = "<s>", "</s>", "<unk>"
+LN10 = math.log(10.0)
+MISSING_UNK_LOG10 = -100.0  # what KenLM assigns <unk> when an ARPA file does not list it
+
+# Polynomial hash modulo 2**64: int64 multiplication wraps around (two's complement) on CPU
+# and CUDA alike, so one step is an add and a multiply. The multiplier is odd (2**64 / golden
+# ratio); a false hit is about 2**-64 per lookup for sequences as short as n-grams and prefixes.
+_MUL = 0x9E3779B97F4A7C15 - (1 << 64)
+
+
+class ArpaError(ValueError):
+    """A malformed ARPA file; the message names the file and line."""
+
+
+def hash_step(key: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Fold one more id (>= 0) into a key (int64, same shape; the empty sequence is 0)."""
+    return (key + ids + 1) * _MUL
+
+
+def ngram_keys(ngrams: torch.Tensor) -> torch.Tensor:
+    """(num, n) word ids -> (num,) int64 keys, folded from the last word to the first."""
+    key = torch.zeros(ngrams.shape[0], dtype=torch.long, device=ngrams.device)
+    for j in range(ngrams.shape[1] - 1, -1, -1):
+        key = hash_step(key, ngrams[:, j])
+    return key
+
+
+@dataclass
+class Arpa:
+    """An ARPA file as plain Python: `ngrams[n-1]` maps a word tuple to (log10 prob, log10 bow)."""
+
+    ngrams: list[dict[tuple[str, ...], tuple[float, float]]]
+
+    @property
+    def order(self) -> int:
+        return len(self.ngrams)
+
+
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-?inf$", re.IGNORECASE)
+
+
+def _parse_float(text: str, where: str, what: str) -> float:
+    if not _NUMBER.match(text):
+        raise ArpaError(f"{where}: {what} {text!r} is not a number")
+    return float(text)
+
+
+def read_arpa(path: str | os.PathLike) -> Arpa:
+    """Parse an ARPA file of any order. Errors are ArpaError naming `path:line`."""
+    path = str(path)
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise ArpaError(f"{path}: no such ARPA file") from None
+    counts: dict[int, int] = {}
+    ngrams: list[dict[tuple[str, ...], tuple[float, float]]] = []
+    state = "start"  # start -> data -> ngrams -> end
+    order = 0  # the n of the section being read
+    last_line = 0
+    with f:
+        for number, raw in enumerate(f, start=1):
+            last_line = number
+            where = f"{path}:{number}"
+            line = raw.strip()
+            if not line:
+                continue
+            if state == "start":
+                if line == "\\data\\":
+                    state = "data"
+                continue  # text before \data\ is a comment
+            if state == "end":
+                continue
+            if line == "\\end\\":
+                if state != "ngrams" or len(ngrams) != len(counts):
+                    missing = len(ngrams) + 1
+                    raise ArpaError(f"{where}: \\end\\ before the \\{missing}-grams: section")
+                _check_count(path, number, order, counts, ngrams)
+                state = "end"
+                continue
+            section = re.fullmatch(r"\\(\d+)-grams:", line)
+            if section:
+                n = int(section.group(1))
+                if state == "data" and not counts:
+                    raise ArpaError(f"{where}: n-gram section before any 'ngram N=count' line")
+                if state == "ngrams":
+                    _check_count(path, number, order, counts, ngrams)
+                if n != len(ngrams) + 1:
+                    raise ArpaError(f"{where}: expected the \\{len(ngrams) + 1}-grams: section, found \\{n}-grams:")
+                if n not in counts:
+                    raise ArpaError(f"{where}: \\{n}-grams: section has no 'ngram {n}=count' line in \\data\\")
+                ngrams.append({})
+                order, state = n, "ngrams"
+                continue
+            if state == "data":
+                m = re.fullmatch(r"ngram\s+(\d+)\s*=\s*(\S+)", line)
+                if not m:
+                    raise ArpaError(f"{where}: expected 'ngram N=count' in \\data\\, found {line[:40]!r}")
+                n, value = int(m.group(1)), m.group(2)
+                if not value.isdigit():
+                    raise ArpaError(f"{where}: count {value!r} for {n}-grams is not a whole number")
+                if n != len(counts) + 1:
+                    raise ArpaError(f"{where}: 'ngram {n}=' out of order (expected ngram {len(counts) + 1}=)")
+                counts[n] = int(value)
+                continue
+            # an n-gram line: logp w1 .. wn [bow]
+            fields = line.split()
+            if len(fields) not in (order + 1, order + 2):
+                raise ArpaError(f"{where}: a {order}-gram line needs {order + 1} or {order + 2} fields, found {len(fields)}")
+            logp = _parse_float(fields[0], where, "log probability")
+            words = tuple(fields[1 : order + 1])
+            bow = _parse_float(fields[order + 1], where, "back-off weight") if len(fields) == order + 2 else 0.0
+            if order > 1:
+                for w in words:
+                    if (w,) not in ngrams[0]:
+                        raise ArpaError(f"{where}: word {w!r} is not among the 1-grams")
+                if words[:-1] not in ngrams[order - 2]:
+                    raise ArpaError(f"{where}: context {' '.join(words[:-1])!r} of this {order}-gram is not listed as a {order - 1}-gram")
+            ngrams[order - 1][words] = (logp, bow)
+    if state != "end":
+        if state == "start":
+            raise ArpaError(f"{path}: no \\data\\ header")
+        raise ArpaError(f"{path}:{last_line}: file ends without \\end\\")
+    if not ngrams:
+        raise ArpaError(f"{path}: no n-grams")
+    return Arpa(ngrams)
+
+
+def _check_count(path: str, number: int, order: int, counts: dict[int, int], ngrams: list) -> None:
+    found = len(ngrams[order - 1])
+    if found != counts[order]:
+        raise ArpaError(f"{path}:{number}: \\data\\ says ngram {order}={counts[order]}, but the section has {found}")
+
+
+def write_arpa(path: str | os.PathLike, arpa: Arpa) -> None:
+    """Write an ARPA file atomically (log10 values, 7 decimals, n-grams sorted)."""
+    with atomic_write(path) as f:
+        f.write("\\data\\\n")
+        for n, table in enumerate(arpa.ngrams, start=1):
+            f.write(f"ngram {n}={len(table)}\n")
+        for n, table in enumerate(arpa.ngrams, start=1):
+            f.write(f"\n\\{n}-grams:\n")
+            highest = n == arpa.order
+            for words in sorted(table):
+                logp, bow = table[words]
+                line = f"{logp:.7f}\t{' '.join(words)}"
+                if not highest and bow != 0.0:
+                    line += f"\t{bow:.7f}"
+                f.write(line + "\n")
+        f.write("\n\\end\\\n")
+
+
+class NGramLM:
+    """A back-off n-gram model as tensors, scoring batches of queries in natural-log units.
+
+    State of a hypothesis = its last `order - 1` word ids, oldest first, -1 where there are fewer
+    words (the state after <s> alone is [-1, ..., -1, bos]).
+    """
+
+    def __init__(self, arpa: Arpa, device: torch.device | str = "cpu"):
+        self.order = arpa.order
+        unigrams = {words[0]: value for words, value in arpa.ngrams[0].items()}
+        unigrams.setdefault(UNK, (MISSING_UNK_LOG10, 0.0))
+        self.words: list[str] = sorted(unigrams)
+        self.word_ids = {w: i for i, w in enumerate(self.words)}
+        for special in (BOS, EOS):
+            if special not in self.word_ids:
+                raise ArpaError(f"the language model has no {special} 1-gram")
+        self.bos, self.eos, self.unk = self.word_ids[BOS], self.word_ids[EOS], self.word_ids[UNK]
+        device = torch.device(device)
+        self.unigram_logp = torch.tensor([unigrams[w][0] * LN10 for w in self.words], device=device)  # (num_words,)
+        self.unigram_bow = torch.tensor([unigrams[w][1] * LN10 for w in self.words], device=device)  # (num_words,)
+        # per order n >= 2: sorted keys (num_n,), ln prob (num_n,), ln back-off (num_n,)
+        self.keys: list[torch.Tensor] = []
+        self.logp: list[torch.Tensor] = []
+        self.bow: list[torch.Tensor] = []
+        for table in arpa.ngrams[1:]:
+            n = len(next(iter(table))) if table else 1
+            ids = torch.tensor([[self.word_ids[w] for w in words] for words in table], dtype=torch.long).reshape(-1, n)
+            keys = ngram_keys(ids)
+            values = torch.tensor([v for v in table.values()], dtype=torch.float64).reshape(-1, 2) * LN10
+            order_idx = torch.argsort(keys)
+            keys = keys[order_idx]
+            if keys.numel() > 1 and bool((keys[1:] == keys[:-1]).any()):
+                raise ArpaError(f"two {n}-grams share a hash key (should not happen; report it)")
+            self.keys.append(keys.to(device))
+            self.logp.append(values[order_idx, 0].float().to(device))
+            self.bow.append(values[order_idx, 1].float().to(device))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "NGramLM":
+        return cls(read_arpa(path), device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unigram_logp.device
+
+    def to(self, device: torch.device | str) -> "NGramLM":
+        for name in ("unigram_logp", "unigram_bow"):
+            setattr(self, name, getattr(self, name).to(device))
+        for name in ("keys", "logp", "bow"):
+            setattr(self, name, [t.to(device) for t in getattr(self, name)])
+        return self
+
+    def word_id(self, word: str) -> int:
+        return self.word_ids.get(word, self.unk)
+
+    def start_state(self, *shape: int) -> torch.Tensor:
+        """The state after <s>: (*shape, order - 1) long."""
+        state = torch.full((*shape, max(self.order - 1, 1)), -1, dtype=torch.long, device=self.device)
+        state[..., -1] = self.bos
+        return state
+
+    def _lookup(self, n: int, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Index into the order-n table and whether the key is there. key (m,) -> (m,), (m,)."""
+        keys = self.keys[n - 2]
+        if keys.numel() == 0:
+            zero = torch.zeros_like(key)
+            return zero, torch.zeros_like(key, dtype=torch.bool)
+        idx = torch.searchsorted(keys, key).clamp_(max=keys.numel() - 1)
+        return idx, torch.take(keys, idx) == key
+
+    def score(self, state: torch.Tensor, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ln P(word | state) and the state after it, for a whole batch.
+
+        state (..., order - 1) long, words (...) long -> logp (...) float, new state (..., order - 1).
+        """
+        shape = words.shape
+        ctx = state.reshape(-1, state.shape[-1])  # (m, order - 1)
+        w = words.reshape(-1)  # (m,)
+        result = torch.take(self.unigram_logp, w)  # (m,) ln P(w), the order-1 answer
+        key = hash_step(torch.zeros_like(w), w)  # key of (w)
+        ctx_key = torch.zeros_like(w)  # key of the context words seen so far
+        for n in range(2, self.order + 1):
+            h = ctx[:, -(n - 1)]  # (m,) the context word that makes this an n-gram; -1 = none
+            # a missing context word (-1) hashes to a key no table holds, and it has no back-off
+            key = hash_step(key, h)
+            ctx_key = hash_step(ctx_key, h)
+            if n == 2:
+                ctx_bow = torch.take(self.unigram_bow, h.clamp(min=0)) * (h >= 0)
+            else:
+                idx, found = self._lookup(n - 1, ctx_key)
+                ctx_bow = torch.take(self.bow[n - 3], idx) * found
+            idx, found = self._lookup(n, key)
+            # P(w | n-1 context words) = listed prob, else bow(context) * P(w | shorter context)
+            result = torch.where(found, torch.take(self.logp[n - 2], idx), result + ctx_bow)
+        new_state = torch.cat([ctx[:, 1:], w[:, None]], dim=1) if self.order > 1 else ctx
+        return result.reshape(shape), new_state.reshape(*shape, -1)
+
+    def score_sentence(self, words: Sequence[str], bos: bool = True, eos: bool = True) -> float:
+        """Total ln probability of a word sequence (OOV words score as <unk>); for tests and tools."""
+        ids = [self.word_id(w) for w in words] + ([self.eos] if eos else [])
+        state = self.start_state(1) if bos else torch.full((1, max(self.order - 1, 1)), -1, device=self.device)
+        total = 0.0
+        for i in ids:
+            logp, state = self.score(state, torch.tensor([i], device=self.device))
+            total += float(logp[0])
+        return total
+
+
+def sentences_from_file(path: str | os.PathLike) -> Iterable[str]:
+    """Lines of a text file, or the `text` fields of a JSON-lines manifest (`.jsonl`)."""
+    path = str(path)
+    if path.endswith(".jsonl"):
+        from asr.data.manifest import read_manifest
+
+        for utterance in read_manifest(path):
+            yield utterance.text
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield line

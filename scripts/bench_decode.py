@@ -1,0 +1,230 @@
+"""Beam search with an n-gram LM: our decoder vs pyctcdecode and flashlight-text, same log-probs,
+same ARPA file, same beam size, same run. Prints WER and utterances/s for each, and the ratios.
+
+    pip install -e ".[bench]"                    # kenlm, flashlight-text, pygtrie
+    pip install --no-deps pyctcdecode==0.5.0     # its numpy<2 pin is not needed to run
+    asr demo --out demo_out                      # a checkpoint and a corpus, if you have none
+    python scripts/bench_decode.py --checkpoint demo_out/run/best.pt --corpus demo_out/corpus
+
+Two comparisons:
+ 1. word LM (an N-gram over words, estimated from the training transcripts by `asr lm build`):
+    ours (word-level fusion) vs pyctcdecode vs flashlight-text's LexiconDecoder (its lexicon
+    is the LM's vocabulary, spelled in characters; the space label is its word separator);
+ 2. character LM (an N-gram over the labels, "|" for space): ours (token-level fusion) vs
+    flashlight-text's LexiconFreeDecoder. pyctcdecode has no token-level LM.
+Greedy decoding and beam search without an LM are listed for reference.
+
+LM weights are in natural-log units for ours and pyctcdecode (alpha * ln P); flashlight's KenLM
+returns log10, so it gets alpha * ln(10) to be the same weight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asr.data.manifest import read_manifest
+from asr.decode import decode_greedy
+from asr.decode.beam import TokenLMFusion, WordLMFusion, decode_beam
+from asr.decode.kn import estimate_kneser_ney
+from asr.decode.lm import NGramLM, read_arpa, sentences_from_file, write_arpa
+from asr.inference import Recognizer, collect_log_probs
+from asr.metrics import score_wer
+from asr.text import SPACE, normalize_text
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def run_ours(log_probs, tokenizer, batch_size, device, **options):
+    texts = []
+    for start in range(0, len(log_probs), batch_size):
+        chunk = [x.to(device) for x in log_probs[start : start + batch_size]]
+        lengths = torch.tensor([len(x) for x in chunk], device=device)
+        padded = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True)  # (batch, frames, vocab)
+        if options.get("greedy"):
+            texts += [tokenizer.decode(ids) for ids in decode_greedy(padded, lengths)]
+        else:
+            texts += [tokenizer.decode(h[0].ids if h else []) for h in decode_beam(padded, lengths, **options)]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return texts
+
+
+def pyctcdecode_decoder(symbols, arpa, alpha, beta):
+    from pyctcdecode import build_ctcdecoder
+
+    labels = [""] + list(symbols[1:])  # "" is its blank
+    return build_ctcdecoder(labels, kenlm_model_path=arpa, alpha=alpha, beta=beta)
+
+
+def run_pyctcdecode(log_probs, decoder, beam):
+    # token_min_logp / beam_prune_logp left at pyctcdecode's defaults
+    return [decoder.decode(x.numpy(), beam_width=beam).strip() for x in log_probs]
+
+
+def flashlight_lexicon_decoder(symbols, arpa, beam, top_k, alpha, beta):
+    from flashlight.lib.text.decoder import CriterionType, KenLM, LexiconDecoder, LexiconDecoderOptions, SmearingMode, Trie
+    from flashlight.lib.text.dictionary import Dictionary, create_word_dict
+
+    tokens = list(symbols)
+    token_dict = Dictionary(tokens)
+    words = [w for w in NGramLM(read_arpa(arpa)).words if w not in ("<s>", "</s>", "<unk>") and all(c in tokens[1:] for c in w)]
+    lexicon = {w: [list(w)] for w in words}
+    lexicon["<unk>"] = [["<unk>"]]
+    word_dict = create_word_dict(lexicon)
+    lm = KenLM(arpa, word_dict)
+    space = tokens.index(SPACE)
+    trie = Trie(len(tokens), space)
+    start = lm.start(False)
+    for w in words:
+        _, score = lm.score(start, word_dict.get_index(w))
+        trie.insert([token_dict.get_index(c) for c in w], word_dict.get_index(w), score)
+    trie.smear(SmearingMode.MAX)
+    options = LexiconDecoderOptions(
+        beam_size=beam, beam_size_token=top_k, beam_threshold=25.0, lm_weight=alpha * math.log(10), word_score=beta,
+        unk_score=-math.inf, sil_score=0.0, log_add=True, criterion_type=CriterionType.CTC,
+    )
+    decoder = LexiconDecoder(options, trie, lm, space, 0, word_dict.get_index("<unk>"), [], False)
+    return decoder, tokens
+
+
+def flashlight_lexicon_free_decoder(symbols, arpa, beam, top_k, alpha):
+    from flashlight.lib.text.decoder import CriterionType, KenLM, LexiconFreeDecoder, LexiconFreeDecoderOptions
+    from flashlight.lib.text.dictionary import Dictionary
+
+    tokens = [("|" if s == SPACE else s) for s in symbols]
+    lm = KenLM(arpa, Dictionary(tokens))
+    options = LexiconFreeDecoderOptions(
+        beam_size=beam, beam_size_token=top_k, beam_threshold=25.0, lm_weight=alpha * math.log(10), sil_score=0.0,
+        log_add=True, criterion_type=CriterionType.CTC,
+    )
+    return LexiconFreeDecoder(options, lm, tokens.index("|"), 0, []), list(symbols)
+
+
+def run_flashlight(decoder_and_tokens, log_probs):
+    decoder, tokens = decoder_and_tokens
+    texts = []
+    for x in log_probs:
+        emissions = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+        result = decoder.decode(emissions.ctypes.data, emissions.shape[0], emissions.shape[1])[0]
+        ids, prev = [], -1
+        for t in result.tokens:  # frame-level labels, CTC-collapsed here
+            if t != prev and t != 0 and t >= 0:
+                ids.append(t)
+            prev = t
+        texts.append(normalize_text("".join(tokens[i] for i in ids)))
+    return texts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a trained character model (e.g. demo_out/run/best.pt)")
+    parser.add_argument("--corpus", required=True, help="folder with train.jsonl (LM text), dev.jsonl (tuning) and test.jsonl")
+    parser.add_argument("--beam", type=int, default=16)
+    parser.add_argument("--top-k", type=int, default=8, help="labels tried per frame (ours and flashlight's beam_size_token)")
+    parser.add_argument("--order", type=int, default=3, help="word LM order")
+    parser.add_argument("--char-order", type=int, default=6, help="character LM order")
+    parser.add_argument("--alphas", default="0.5,0.8,1.2,1.6", help="LM weights (on ln P) tried on dev, per decoder")
+    parser.add_argument("--betas", default="0,1,2,3", help="word bonuses tried on dev, per decoder (word LM)")
+    parser.add_argument("--batch-size", type=int, default=150, help="utterances per batch for ours")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the peers use one)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per decoder; the fastest counts")
+    parser.add_argument("--skip", default="", help="comma-separated decoders to skip: pyctcdecode,flashlight")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    skip = set(filter(None, args.skip.split(",")))
+    alphas = [float(a) for a in args.alphas.split(",")]
+    betas = [float(b) for b in args.betas.split(",")]
+
+    recognizer = Recognizer.from_checkpoint(args.checkpoint, device="cpu")
+    tokenizer = recognizer.tokenizer
+    symbols = tokenizer.symbols
+    corpus = Path(args.corpus)
+    sets = {}
+    for split in ("dev", "test"):
+        data = collect_log_probs(recognizer, read_manifest(corpus / f"{split}.jsonl"))
+        sets[split] = ([x.cpu().contiguous() for x in data.log_probs], data.references)
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench_decode."))
+    sentences = [normalize_text(t).split() for t in sentences_from_file(corpus / "train.jsonl")]
+    word_arpa = str(workdir / f"words.{args.order}gram.arpa")
+    write_arpa(word_arpa, estimate_kneser_ney(sentences, args.order))
+    char_arpa = str(workdir / f"chars.{args.char_order}gram.arpa")
+    write_arpa(char_arpa, estimate_kneser_ney([list("|".join(s)) for s in sentences], args.char_order))
+
+    cpu = torch.device("cpu")
+    word_fusion = WordLMFusion(NGramLM.from_file(word_arpa), symbols)
+    char_fusion = TokenLMFusion(NGramLM.from_file(char_arpa), symbols)
+    beam_opts = dict(beam_size=args.beam, token_top_k=args.top_k)
+    word_lm, char_lm = f"word {args.order}-gram", f"char {args.char_order}-gram"
+
+    def ours(fusion, device=cpu):
+        def make(alpha, beta):
+            return lambda lps: run_ours(lps, tokenizer, args.batch_size, device, fusion=fusion, lm_weight=alpha, word_bonus=beta, **beam_opts)
+        return make
+
+    decoders = [  # (name, lm, make(alpha, beta) -> decode(log_probs) -> texts, tuned betas)
+        ("greedy", "-", lambda a, b: lambda lps: run_ours(lps, tokenizer, args.batch_size, cpu, greedy=True), None),
+        ("ours, CPU", "-", lambda a, b: lambda lps: run_ours(lps, tokenizer, args.batch_size, cpu, **beam_opts), None),
+        ("ours, CPU", word_lm, ours(word_fusion), betas),
+    ]
+    if torch.cuda.is_available():
+        gpu_fusion = WordLMFusion(NGramLM.from_file(word_arpa, "cuda"), symbols)
+        decoders.append(("ours, CUDA", word_lm, ours(gpu_fusion, torch.device("cuda")), betas))
+    if "pyctcdecode" not in skip:
+        decoders.append(("pyctcdecode", word_lm, lambda a, b: partial(run_pyctcdecode, decoder=pyctcdecode_decoder(symbols, word_arpa, a, b), beam=args.beam), betas))
+    if "flashlight" not in skip:
+        decoders.append(("flashlight-text LexiconDecoder", word_lm, lambda a, b: partial(run_flashlight, flashlight_lexicon_decoder(symbols, word_arpa, args.beam, args.top_k, a, b)), betas))
+    decoders.append(("ours, CPU", char_lm, ours(char_fusion), [0.0]))
+    if "flashlight" not in skip:
+        decoders.append(("flashlight-text LexiconFreeDecoder", char_lm, lambda a, b: partial(run_flashlight, flashlight_lexicon_free_decoder(symbols, char_arpa, args.beam, args.top_k, a)), [0.0]))
+
+    dev_lps, dev_refs = sets["dev"]
+    test_lps, test_refs = sets["test"]
+    print(f"dev {len(dev_refs)} / test {len(test_refs)} utterances ({sum(len(x) for x in test_lps)} test frames); LMs in {workdir}", file=sys.stderr)
+    rows = []
+    for name, lm, make, tuned_betas in decoders:
+        alpha = beta = None
+        if tuned_betas is not None:  # each decoder gets its own best LM weight and bonus on dev
+            grid = [(a, b) for a in alphas for b in tuned_betas]
+            wers = [score_wer(dev_refs, make(a, b)(dev_lps)).rate for a, b in grid]
+            alpha, beta = grid[min(range(len(grid)), key=wers.__getitem__)]
+        decode = make(alpha, beta)
+        elapsed = math.inf
+        for _ in range(args.repeats):
+            texts, seconds = timed(lambda: decode(test_lps))
+            elapsed = min(elapsed, seconds)
+        wer = score_wer(test_refs, texts).rate
+        rows.append((name, lm, alpha, beta, wer, len(test_refs) / elapsed))
+        print(f"  {name:<34} {lm:<14} alpha {alpha} beta {beta}  WER {wer:.2%}  {rows[-1][5]:8.1f} utt/s", file=sys.stderr, flush=True)
+
+    ours_speed = {lm: speed for name, lm, _, _, _, speed in rows if name == "ours, CPU"}
+    ours_wer = {lm: wer for name, lm, _, _, wer, _ in rows if name == "ours, CPU"}
+    print(f"\nbeam {args.beam}, top-k {args.top_k}, {args.threads} torch thread(s), batch {args.batch_size}, "
+          f"{len(test_refs)} test utterances; LM weight and bonus tuned per decoder on {len(dev_refs)} dev utterances\n")
+    print("| decoder | LM | alpha, beta | test WER | utterances/s | ours (CPU) / this: speed | WER difference (ours - this) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, lm, alpha, beta, wer, speed in rows:
+        compare = name != "ours, CPU" and lm in ours_speed
+        ratio = f"{ours_speed[lm] / speed:.2f}x" if compare else ""
+        diff = f"{100 * (ours_wer[lm] - wer):+.2f} points" if compare else ""
+        weights = f"{alpha}, {beta}" if alpha is not None else "-"
+        print(f"| {name} | {lm} | {weights} | {wer:.2%} | {speed:.1f} | {ratio} | {diff} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

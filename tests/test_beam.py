@@ -1,0 +1,194 @@
+import itertools
+import math
+
+import pytest
+import torch
+
+from asr.cli import main
+from asr.decode import decode_greedy
+from asr.decode.beam import TokenLMFusion, WordLMFusion, decode_beam, make_fusion, skip_blank_frames
+from asr.decode.kn import estimate_kneser_ney
+from asr.decode.lm import NGramLM, write_arpa
+from asr.text import CharTokenizer
+
+
+def frames(*rows, vocab):
+    """Per-frame probability dicts {label: p} -> log-probs (1, frames, vocab); unlisted labels share the rest."""
+    out = torch.zeros(len(rows), vocab)
+    for t, row in enumerate(rows):
+        rest = (1.0 - sum(row.values())) / max(vocab - len(row), 1)
+        out[t] = torch.tensor([row.get(c, rest) for c in range(vocab)]).clamp(min=1e-12)
+    return out.log()[None]
+
+
+def brute_force(log_probs):
+    """ln P(label sequence) for every sequence, summing over every alignment: (frames, vocab) -> dict."""
+    T, V = log_probs.shape
+    totals = {}
+    for path in itertools.product(range(V), repeat=T):
+        labels, prev = [], 0
+        for c in path:
+            if c != 0 and c != prev:
+                labels.append(c)
+            prev = c
+        score = sum(log_probs[t, c].item() for t, c in enumerate(path))
+        key = tuple(labels)
+        totals[key] = float(torch.logaddexp(torch.tensor(totals.get(key, -math.inf)), torch.tensor(score)))
+    return totals
+
+
+def test_blank_trap_beam_beats_greedy():
+    # each frame: blank 0.6, a 0.4. Greedy: "" (0.36). But "a" has 0.4*0.4 + 2*0.4*0.6 = 0.64.
+    lp = frames({0: 0.6, 1: 0.4}, {0: 0.6, 1: 0.4}, vocab=2)
+    assert decode_greedy(lp, torch.tensor([2])) == [[]]
+    [best] = decode_beam(lp, torch.tensor([2]), beam_size=4)[0][:1]
+    assert best.ids == [1]
+    assert best.acoustic == pytest.approx(math.log(0.64), abs=1e-5)
+
+
+def test_repeat_trap_beam_beats_greedy():
+    # greedy reads a,blank,a as "aa" (0.24); "a" collects a a a, a a _, a _ _ = 0.21 + 0.14 + 0.16 = 0.51
+    lp = frames({1: 1.0}, {0: 0.4, 1: 0.35, 2: 0.25}, {1: 0.6, 0: 0.4}, vocab=3)
+    assert decode_greedy(lp, torch.tensor([3])) == [[1, 1]]
+    hyps = decode_beam(lp, torch.tensor([3]), beam_size=4, nbest=2)[0]
+    assert [h.ids for h in hyps] == [[1], [1, 1]]
+    assert hyps[0].acoustic == pytest.approx(math.log(0.51), abs=1e-5)
+    assert hyps[1].acoustic == pytest.approx(math.log(0.24), abs=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_agrees_with_brute_force_over_all_alignments(seed):
+    torch.manual_seed(seed)
+    T, V = 5, 4
+    lp = (2 * torch.randn(1, T, V)).log_softmax(-1)
+    truth = brute_force(lp[0])
+    hyps = decode_beam(lp, torch.tensor([T]), beam_size=128, token_top_k=V, nbest=8)[0]
+    ranked = sorted(truth, key=truth.get, reverse=True)
+    assert [tuple(h.ids) for h in hyps] == ranked[: len(hyps)]
+    for h in hyps:
+        assert h.acoustic == pytest.approx(truth[tuple(h.ids)], abs=1e-4)
+
+
+def test_beam_one_viterbi_is_greedy_exactly():
+    torch.manual_seed(0)
+    lp = (3 * torch.randn(16, 60, 12)).log_softmax(-1)
+    lengths = torch.randint(1, 61, (16,))
+    beam = decode_beam(lp, lengths, beam_size=1, merge="max")
+    assert [h[0].ids for h in beam] == decode_greedy(lp, lengths)
+    # with a frame skip too: dropped frames are blank runs, which greedy reads the same way
+    beam = decode_beam(lp, lengths, beam_size=1, merge="max", blank_skip=0.5)
+    assert [h[0].ids for h in beam] == decode_greedy(lp, lengths)
+
+
+def test_batch_equals_one_at_a_time_and_nbest_is_sorted_and_distinct():
+    torch.manual_seed(1)
+    lp = (2 * torch.randn(5, 30, 7)).log_softmax(-1)
+    lengths = torch.tensor([30, 12, 1, 25, 7])
+    batched = decode_beam(lp, lengths, beam_size=6, nbest=6)
+    for b in range(5):
+        alone = decode_beam(lp[b : b + 1, : lengths[b]], lengths[b : b + 1], beam_size=6, nbest=6)[0]
+        assert [h.ids for h in alone] == [h.ids for h in batched[b]]
+        assert [h.score for h in alone] == pytest.approx([h.score for h in batched[b]], abs=1e-4)
+        scores = [h.score for h in batched[b]]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.ids) for h in batched[b]}) == len(scores)
+
+
+def test_skip_blank_frames_keeps_a_repeat_across_a_blank_run():
+    lp = frames({1: 0.9}, {0: 0.999}, {0: 0.999}, {0: 0.999}, {1: 0.9}, vocab=3)
+    short, lengths = skip_blank_frames(lp, torch.tensor([5]), threshold=0.99)
+    assert lengths.tolist() == [3] and short.shape[1] == 3
+    assert decode_beam(lp, torch.tensor([5]), beam_size=4, blank_skip=0.99)[0][0].ids == [1, 1]
+
+
+def spell(text, tokenizer, confusions=None, peak=0.9):
+    """Log-probs that say `text` one label per frame with a blank between, `confusions` {position: (alt, p_alt)}."""
+    ids = tokenizer.encode(text)
+    rows = []
+    for i, label in enumerate(ids):
+        if confusions and i in confusions:
+            alt, p_alt = confusions[i]
+            rows.append({label: 0.95 - p_alt, tokenizer.encode(alt)[0]: p_alt})
+        else:
+            rows.append({label: peak})
+        rows.append({0: peak})
+    return frames(*rows, vocab=tokenizer.vocab_size)
+
+
+def test_word_lm_fixes_an_acoustically_likely_spelling(tmp_path):
+    tok = CharTokenizer()
+    write_arpa(tmp_path / "w.arpa", estimate_kneser_ney([s.split() for s in ["the cat sat", "a cat ran", "the dog sat"] * 5], 3))
+    fusion = WordLMFusion(NGramLM.from_file(tmp_path / "w.arpa"), tok.symbols)
+    lp = spell("the cat sat", tok, confusions={4: ("k", 0.55)})  # "k" is a little more likely than "c"
+    lengths = torch.tensor([lp.shape[1]])
+    assert tok.decode(decode_greedy(lp, lengths)[0]) == "the kat sat"
+    assert tok.decode(decode_beam(lp, lengths, beam_size=8)[0][0].ids) == "the kat sat"
+    best = decode_beam(lp, lengths, beam_size=8, fusion=fusion, lm_weight=1.0, word_bonus=2.0)[0][0]
+    assert tok.decode(best.ids) == "the cat sat"
+    assert best.num_words == 3
+    # its LM score is the LM's own score of the sentence (</s> included)
+    assert best.lm == pytest.approx(fusion.lm.score_sentence(["the", "cat", "sat"]), abs=1e-4)
+
+
+def test_token_lm_with_a_made_up_phone_set(tmp_path):
+    # token-level fusion is generic over any tokenizer's symbols: here four invented phones
+    symbols = ["<blank>", "p1", "p2", "p3", "p4"]
+    text = [["p1", "p2", "p3"], ["p4", "p2", "p3"], ["p1", "p2"]] * 4
+    write_arpa(tmp_path / "p.arpa", estimate_kneser_ney(text, 3))
+    fusion = TokenLMFusion(NGramLM.from_file(tmp_path / "p.arpa"), symbols)
+    # p1 p2 p3 said, but the middle frame leans to p4, which the LM never saw after p1
+    lp = frames({1: 0.9}, {0: 0.9}, {4: 0.5, 2: 0.45}, {0: 0.9}, {3: 0.9}, vocab=5)
+    lengths = torch.tensor([5])
+    assert decode_beam(lp, lengths, beam_size=8)[0][0].ids == [1, 4, 3]
+    best = decode_beam(lp, lengths, beam_size=8, fusion=fusion, lm_weight=1.0)[0][0]
+    assert best.ids == [1, 2, 3]
+    assert best.lm == pytest.approx(fusion.lm.score_sentence(["p1", "p2", "p3"]), abs=1e-4)
+
+
+def test_make_fusion_picks_word_level_for_characters(tmp_path):
+    write_arpa(tmp_path / "w.arpa", estimate_kneser_ney([["a", "b"]], 2))
+    assert isinstance(make_fusion(str(tmp_path / "w.arpa"), CharTokenizer()), WordLMFusion)
+    assert isinstance(make_fusion(str(tmp_path / "w.arpa"), CharTokenizer(), unit="token"), TokenLMFusion)
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu(tmp_path):
+    tok = CharTokenizer()
+    write_arpa(tmp_path / "w.arpa", estimate_kneser_ney([s.split() for s in ["the cat sat", "a cat ran"] * 5], 3))
+    torch.manual_seed(0)
+    lp = (3 * torch.randn(8, 40, tok.vocab_size)).log_softmax(-1)
+    lengths = torch.randint(10, 41, (8,))
+    cpu = decode_beam(lp, lengths, fusion=make_fusion(str(tmp_path / "w.arpa"), tok), nbest=4)
+    gpu = decode_beam(lp.cuda(), lengths.cuda(), fusion=make_fusion(str(tmp_path / "w.arpa"), tok, device="cuda"), nbest=4)
+    assert [[h.ids for h in u] for u in cpu] == [[h.ids for h in u] for u in gpu]
+
+
+def test_cli_evaluate_and_transcribe_with_beam_and_lm(tmp_path, capsys):
+    from asr.checkpoint import save_checkpoint
+    from asr.config import load_config
+    from asr.features import FeatureExtractor
+    from asr.models import build_model
+    from conftest import TINY_OVERRIDES, write_noise_corpus
+
+    # an untrained tiny model: this checks the plumbing, the decoders are checked above
+    manifests = write_noise_corpus(tmp_path, num_train=4, num_dev=4)
+    config = load_config("configs/demo.yaml", TINY_OVERRIDES)
+    tokenizer = CharTokenizer()
+    torch.manual_seed(0)
+    model = build_model(config.model, FeatureExtractor(config.features).output_dim, tokenizer.vocab_size)
+    ckpt = str(tmp_path / "model.pt")
+    save_checkpoint(ckpt, model=model, config=config, tokenizer=tokenizer)
+    lm = str(tmp_path / "lm.arpa")
+    assert main(["lm", "build", str(manifests["train"]), "-o", lm, "--order", "2"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", ckpt, str(manifests["dev"]), "--lm", lm, "--beam-size", "4", "--output", str(tmp_path / "r.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "beam 4 + LM WER" in out and (tmp_path / "r.jsonl").is_file()
+    assert main(["evaluate", ckpt, str(manifests["dev"]), "--lm", lm, "--tune-lm", "--lm-weights", "0.5,1", "--word-bonuses", "0", "--output", str(tmp_path / "r.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "best: --lm-weight" in out and "2 pairs tried" in out
+    wav = manifests["dev"].parent / "wav" / "dev0.wav"
+    assert main(["transcribe", ckpt, str(wav), "--decoder", "beam", "--beam-size", "2"]) == 0
+    assert capsys.readouterr().out.startswith(str(wav) + "\t")
+    assert main(["evaluate", ckpt, str(manifests["dev"]), "--lm", str(tmp_path / "missing.arpa")]) == 2
+    assert "no such ARPA file" in capsys.readouterr().err

@@ -1,0 +1,178 @@
+import math
+import random
+
+import pytest
+import torch
+
+from asr.cli import main
+from asr.decode.kn import LMBuildError, estimate_kneser_ney
+from asr.decode.lm import Arpa, ArpaError, NGramLM, read_arpa, write_arpa
+
+LN10 = math.log(10)
+
+# A hand-written trigram file: the expected scores below are worked out from these numbers.
+TINY_ARPA = """\
+\\data\\
+ngram 1=5
+ngram 2=3
+ngram 3=1
+
+\\1-grams:
+-1.0\t<s>\t-0.5
+-0.7\t</s>
+-0.6\ta\t-0.3
+-0.8\tb\t-0.2
+-2.0\t<unk>
+
+\\2-grams:
+-0.3\t<s> a\t-0.1
+-0.4\ta b\t-0.25
+-0.2\tb </s>
+
+\\3-grams:
+-0.05\t<s> a b
+
+\\end\\
+"""
+
+
+def write(tmp_path, text, name="lm.arpa"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_scores_follow_the_backoff_rule_worked_by_hand(tmp_path):
+    lm = NGramLM.from_file(write(tmp_path, TINY_ARPA))
+    expected = {
+        # listed trigram / bigram / unigram
+        ("<s>", "a", "b"): -0.05,
+        ("x", "a", "b"): -0.4,  # context (x a) unlisted: bow 0, then the bigram (a b)
+        ("a", "b", "</s>"): -0.2,  # (a b </s>) unlisted: bow(a b) = -0.25 ... but (a b) is a listed context
+        ("<s>", "a", "a"): -0.1 + -0.3 + -0.6,  # bow(<s> a) + bow(a) + P(a)
+        ("b", "b", "a"): -0.2 + -0.6,  # bow(b b) unlisted = 0, then bow(b) + P(a)
+    }
+    expected[("a", "b", "</s>")] = -0.25 + -0.2  # bow(a b) + P(</s> | b)
+    for (h1, h2, w), log10p in expected.items():
+        state = torch.tensor([[lm.word_id(h1) if h1 != "x" else -1, lm.word_id(h2)]])
+        logp, new_state = lm.score(state, torch.tensor([lm.word_id(w)]))
+        assert logp.item() == pytest.approx(log10p * LN10, abs=1e-5), (h1, h2, w)
+        assert new_state.tolist() == [[lm.word_id(h2), lm.word_id(w)]]
+    # an out-of-vocabulary word scores as <unk>
+    assert lm.word_id("zebra") == lm.unk
+    assert lm.score_sentence(["zebra"], eos=False) == pytest.approx((-0.5 - 2.0) * LN10, abs=1e-5)
+
+
+def test_missing_unk_gets_kenlm_default(tmp_path):
+    text = TINY_ARPA.replace("ngram 1=5", "ngram 1=4").replace("-2.0\t<unk>\n", "")
+    lm = NGramLM.from_file(write(tmp_path, text))
+    logp, _ = lm.score(torch.tensor([[-1, -1]]), torch.tensor([lm.unk]))
+    assert logp.item() == pytest.approx(-100 * LN10, rel=1e-6)
+
+
+def test_arpa_round_trip(tmp_path):
+    arpa = read_arpa(write(tmp_path, TINY_ARPA))
+    write_arpa(tmp_path / "again.arpa", arpa)
+    again = read_arpa(tmp_path / "again.arpa")
+    assert again.order == 3
+    for table, table_again in zip(arpa.ngrams, again.ngrams):
+        assert table.keys() == table_again.keys()
+        for key in table:
+            assert table[key] == pytest.approx(table_again[key], abs=1e-7)
+
+
+@pytest.mark.parametrize(
+    "change, line, message",
+    [
+        (("ngram 2=3", "ngram 2=4"), 18, "says ngram 2=4, but the section has 3"),
+        (("ngram 2=3", "ngram 2=three"), 3, "count 'three'"),
+        (("-0.4\ta b\t-0.25", "-0.4\ta b\tabc"), 15, "back-off weight 'abc' is not a number"),
+        (("-0.8\tb\t-0.2", "x\tb\t-0.2"), 10, "log probability 'x' is not a number"),
+        (("-0.2\tb </s>", "-0.2\tb"), 16, "needs 3 or 4 fields, found 2"),
+        (("-0.2\tb </s>", "-0.2\tb c"), 16, "word 'c' is not among the 1-grams"),
+        (("\\2-grams:", "\\3-grams:"), 13, "expected the \\2-grams: section"),
+        (("\\3-grams:\n-0.05\t<s> a b\n\n", ""), 18, "before the \\3-grams: section"),
+    ],
+)
+def test_malformed_arpa_names_the_line(tmp_path, change, line, message):
+    old, new = change
+    assert old in TINY_ARPA
+    path = write(tmp_path, TINY_ARPA.replace(old, new))
+    with pytest.raises(ArpaError) as e:
+        read_arpa(path)
+    assert f"{path}:{line}:" in str(e.value)
+    assert message in str(e.value)
+
+
+def test_malformed_arpa_without_header_or_end(tmp_path):
+    with pytest.raises(ArpaError, match="no \\\\data\\\\ header"):
+        read_arpa(write(tmp_path, "just some text\n"))
+    with pytest.raises(ArpaError, match=r"lm.arpa:20: file ends without \\end\\"):
+        read_arpa(write(tmp_path, TINY_ARPA.replace("\\end\\\n", "")))
+    with pytest.raises(ArpaError, match="no such ARPA file"):
+        read_arpa(tmp_path / "nope.arpa")
+
+
+def random_corpus(seed=0, num=300):
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(40)]
+    return [[rng.choice(words[: rng.randint(3, 40)]) for _ in range(rng.randint(1, 9))] for _ in range(num)]
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_kneser_ney_probabilities_sum_to_one(tmp_path, order):
+    sentences = random_corpus()
+    write_arpa(tmp_path / "kn.arpa", estimate_kneser_ney(sentences, order))
+    lm = NGramLM.from_file(tmp_path / "kn.arpa")
+    vocab = torch.tensor([i for i, w in enumerate(lm.words) if w != "<s>"])
+    rng = random.Random(1)
+    histories = [[], ["w1"], ["w0", "w2"], ["unseen", "w3"]] + [rng.choice(sentences)[:3] for _ in range(20)]
+    for history in histories:
+        state = lm.start_state(1)
+        for w in history:
+            _, state = lm.score(state, torch.tensor([lm.word_id(w)]))
+        logp, _ = lm.score(state.expand(len(vocab), -1), vocab)
+        assert torch.logsumexp(logp.double(), 0).item() == pytest.approx(0.0, abs=1e-5), history
+
+
+def test_kneser_ney_discounts_counts(tmp_path):
+    # a word seen more often gets more probability, an unseen one only the <unk> share
+    arpa = estimate_kneser_ney([["a", "a", "b"], ["a", "c"], ["a"]], 2)
+    unigrams = {w[0]: p for w, (p, _) in arpa.ngrams[0].items()}
+    assert unigrams["a"] > unigrams["b"] and unigrams["<unk>"] < unigrams["c"]
+    with pytest.raises(LMBuildError):
+        estimate_kneser_ney([[]], 2)
+    with pytest.raises(LMBuildError):
+        estimate_kneser_ney([["<s>"]], 2)
+
+
+def test_scores_match_kenlm(tmp_path):
+    kenlm = pytest.importorskip("kenlm", reason="the kenlm module (test extra) checks our ARPA reader and scorer")
+    sentences = random_corpus(seed=3)
+    path = tmp_path / "kn.arpa"
+    write_arpa(path, estimate_kneser_ney(sentences, 4))
+    ours = NGramLM.from_file(path)
+    reference = kenlm.Model(str(path))
+    rng = random.Random(4)
+    tests = [rng.choice(sentences) for _ in range(30)] + [["w1", "unseen", "w2", "w3", "w39"], ["w5"] * 7]
+    for words in tests:
+        # kenlm's per-word log10 scores, </s> last
+        expected = [score for score, _, _ in reference.full_scores(" ".join(words))]
+        state = ours.start_state(1)
+        got = []
+        for w in [*words, "</s>"]:
+            logp, state = ours.score(state, torch.tensor([ours.word_id(w)]))
+            got.append(logp.item() / LN10)
+        assert got == pytest.approx(expected, abs=2e-5), words
+
+
+def test_lm_build_cli(tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat\nthe dog sat\n\nA cat ran\n")
+    assert main(["lm", "build", str(text), "-o", str(tmp_path / "lm.arpa"), "--order", "2"]) == 0
+    arpa = read_arpa(tmp_path / "lm.arpa")
+    assert ("a",) in arpa.ngrams[0] and ("the", "cat") in arpa.ngrams[1]  # normalized to lower case
+    assert main(["lm", "build", str(text), "-o", str(tmp_path / "chars.arpa"), "--order", "3", "--unit", "char"]) == 0
+    chars = read_arpa(tmp_path / "chars.arpa")
+    assert ("|",) in chars.ngrams[0] and ("t", "h", "e") in chars.ngrams[2]
+    assert main(["lm", "build", str(tmp_path / "missing.txt"), "-o", str(tmp_path / "x.arpa")]) == 2
