@@ -5,7 +5,7 @@
     asr train CONFIG [key=value ...] [--resume]
     asr transcribe CKPT FILE... [--json] [--decoder beam --lm LM.arpa ...]
     asr evaluate CKPT MANIFEST [--output FILE] [--decoder beam --lm LM.arpa ...] [--tune-lm]
-    asr lm build TEXT -o LM.arpa [--order N] [--unit word|char]
+    asr lm build TEXT -o LM.arpa [--order N] [--unit word|char|phone]
     asr demo [--out DIR]
     asr plot RUN_DIR [--output PNG]
 
@@ -115,19 +115,16 @@ def evaluate_manifest(recognizer, manifest: str, output: str, progress: bool = T
 def print_result(result, output: str, title: str, decoder: str = "greedy") -> None:
     from asr.inference import summary_table
 
-    print(
-        summary_table(
-            [
-                ("set", title),
-                ("utterances", str(len(result.recognitions))),
-                ("hours", f"{result.hours:.3f}"),
-                (f"{decoder} WER", f"{result.wer:.2%} ({result.words.errors}/{result.words.reference_length} words)"),
-                (f"{decoder} CER", f"{result.cer:.2%} ({result.chars.errors}/{result.chars.reference_length} chars)"),
-                ("failed", str(len(result.failed))),
-                ("details", output),
-            ]
-        )
-    )
+    rows = [("set", title), ("utterances", str(len(result.recognitions))), ("hours", f"{result.hours:.3f}")]
+    if result.phones is None:
+        rows += [
+            (f"{decoder} WER", f"{result.wer:.2%} ({result.words.errors}/{result.words.reference_length} words)"),
+            (f"{decoder} CER", f"{result.cer:.2%} ({result.chars.errors}/{result.chars.reference_length} chars)"),
+        ]
+    else:  # phone models: the "words" are the training phones; the 39-phone PER follows the table
+        rows.append((f"{decoder} error", f"{result.wer:.2%} ({result.words.errors}/{result.words.reference_length} training-set phones)"))
+    rows += [("failed", str(len(result.failed))), ("details", output)]
+    print(summary_table(rows))
     if result.phones is not None:
         print_phone_errors(result.phones)
     for utt_id, reason in result.failed:
@@ -206,7 +203,10 @@ def cmd_lm_build(args: argparse.Namespace) -> int:
     from asr.decode.lm import sentences_from_file, write_arpa
     from asr.text import normalize_text
 
-    sentences = [normalize_text(line).split() for line in sentences_from_file(args.text)]
+    if args.unit == "phone":  # a phone n-gram for token-level fusion with phone models
+        sentences = phone_sentences(args.text, args.phone_set)
+    else:
+        sentences = [normalize_text(line).split() for line in sentences_from_file(args.text)]
     if args.unit == "char":  # one LM word per character, "|" for the space between words
         sentences = [list("|".join(words)) for words in sentences]
     arpa = estimate_kneser_ney([s for s in sentences if s], args.order)
@@ -214,6 +214,25 @@ def cmd_lm_build(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{n}-grams {len(t)}" for n, t in enumerate(arpa.ngrams, start=1))
     print(f"{args.output}: order {args.order}, {counts}")
     return 0
+
+
+def phone_sentences(manifest: str, phone_set: int) -> list[list[str]]:
+    """The `phones` of every utterance of a manifest, folded onto `phone_set` (what a phone model's
+    tokenizer emits), one LM sentence each."""
+    from asr.data.manifest import ManifestError, read_manifest
+    from asr.phones import PhoneError, fold_phones
+
+    if not str(manifest).endswith(".jsonl"):
+        raise ManifestError(f"{manifest}: --unit phone reads the `phones` of a JSON-lines manifest")
+    sentences = []
+    for u in read_manifest(manifest):
+        if not u.phones:
+            raise ManifestError(f"{manifest}: utterance {u.id} has no `phones`")
+        try:
+            sentences.append(fold_phones(u.phones.split(), phone_set, where=f"{manifest}: {u.id}"))
+        except PhoneError as e:
+            raise ManifestError(str(e)) from e
+    return sentences
 
 
 def add_decoder_options(p: argparse.ArgumentParser) -> None:
@@ -312,7 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("text", help="text file (one sentence per line) or a JSON-lines manifest (its `text` fields)")
     q.add_argument("-o", "--output", required=True, help="ARPA file to write")
     q.add_argument("--order", type=int, default=3)
-    q.add_argument("--unit", choices=["word", "char"], default="word", help="char: characters as LM words, '|' between words (token-level fusion)")
+    q.add_argument("--unit", choices=["word", "char", "phone"], default="word",
+                   help="char: characters as LM words, '|' between words (token-level fusion); "
+                        "phone: a manifest's `phones`, folded to --phone-set (for phone models)")
+    q.add_argument("--phone-set", type=int, choices=[61, 48, 39], default=48, help="with --unit phone: the model's phone set")
     q.set_defaults(func=cmd_lm_build)
 
     p = sub.add_parser("demo", help="synthesize, train, evaluate and transcribe, end to end")

@@ -110,6 +110,23 @@ def test_phone_training_and_per_end_to_end(timit_corpus, capsys):
     num_reference = sum(len([p for p in u.phones.split() if p != "q"]) for u in read_manifest(m["test"]))
     assert int(per.group(3)) == num_reference  # every reference phone scored (q deleted)
     assert re.search(r"^sil +\d+", out, re.MULTILINE)  # the per-phone table
+    assert "training-set phones" in out and "CER" not in out  # no character rates for a phone model
+
+    # token-level fusion: a phone 4-gram over the folded training phones, beam search with it
+    from asr.decode.lm import read_arpa
+    from asr.phones import PHONE_SETS
+
+    lm = root / "phones.arpa"
+    assert main(["lm", "build", str(m["train"]), "-o", str(lm), "--order", "4", "--unit", "phone", "--phone-set", "48"]) == 0
+    unigrams = {w[0] for w in read_arpa(lm).ngrams[0]} - {"<s>", "</s>", "<unk>"}
+    assert unigrams and unigrams <= set(PHONE_SETS[48])
+    capsys.readouterr()
+    assert main(["evaluate", str(root / "run" / "best.pt"), str(m["test"]), "--output", str(output),
+                 "--decoder", "beam", "--beam-size", "4", "--lm", str(lm), "--lm-weight", "0.5"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    beam_per = re.search(r"PER \(39 phones\) +([\d.]+)% \((\d+)/(\d+) phones", out)
+    assert beam_per and int(beam_per.group(3)) == num_reference, out
+    assert "beam 4 + LM error" in out
 
 
 def test_librispeech_recipe_end_to_end(librispeech_corpus, capsys):
