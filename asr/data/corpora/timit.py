@@ -24,6 +24,8 @@ from asr.phones import PHONES_61
 from asr.text import normalize_text
 
 # The core test set: TIMIT's own documentation (TIMIT/DOC/TESTSET.DOC), by dialect region.
+# Checked: the same 24 speakers as two independent public TIMIT preparation scripts found
+# through the code search (a Python list `core_test_set_speakers` and a C++ speaker switch).
 CORE_TEST_SPEAKERS: dict[str, tuple[str, ...]] = {
     "dr1": ("mdab0", "mwbt0", "felc0"),
     "dr2": ("mtas1", "mwew0", "fpas0"),
