@@ -155,9 +155,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         decode = recognizer.config.decode
     output = args.output or str(Path(args.checkpoint).with_suffix("")) + f".{Path(args.manifest).stem}.recognitions.jsonl"
     result = evaluate_manifest(recognizer, args.manifest, output)
-    name = decode.decoder if decode.decoder == "greedy" else f"beam {decode.beam_size}" + (" + LM" if decode.lm else "")
-    print_result(result, output, args.manifest, name)
+    print_result(result, output, args.manifest, decoder_name(decode))
     return 1 if result.failed else 0
+
+
+def decoder_name(decode) -> str:
+    return decode.decoder if decode.decoder == "greedy" else f"beam {decode.beam_size}" + (" + LM" if decode.lm else "")
 
 
 def apply_decoder_options(recognizer, args: argparse.Namespace):
@@ -198,21 +201,27 @@ def tune_lm_weights(recognizer, args: argparse.Namespace) -> None:
     recognizer.set_decoder(replace(decode, lm_weight=alpha, word_bonus=beta))
 
 
-def cmd_lm_build(args: argparse.Namespace) -> int:
+def build_lm(text: str, output: str | Path, order: int, unit: str = "word", phone_set: int = 48) -> str:
+    """Estimate a modified Kneser-Ney n-gram from a text file or manifest, write it as ARPA
+    (atomically), and return a one-line summary."""
     from asr.decode.kn import estimate_kneser_ney
     from asr.decode.lm import sentences_from_file, write_arpa
     from asr.text import normalize_text
 
-    if args.unit == "phone":  # a phone n-gram for token-level fusion with phone models
-        sentences = phone_sentences(args.text, args.phone_set)
+    if unit == "phone":  # a phone n-gram for token-level fusion with phone models
+        sentences = phone_sentences(text, phone_set)
     else:
-        sentences = [normalize_text(line).split() for line in sentences_from_file(args.text)]
-    if args.unit == "char":  # one LM word per character, "|" for the space between words
+        sentences = [normalize_text(line).split() for line in sentences_from_file(text)]
+    if unit == "char":  # one LM word per character, "|" for the space between words
         sentences = [list("|".join(words)) for words in sentences]
-    arpa = estimate_kneser_ney([s for s in sentences if s], args.order)
-    write_arpa(args.output, arpa)
+    arpa = estimate_kneser_ney([s for s in sentences if s], order)
+    write_arpa(output, arpa)
     counts = ", ".join(f"{n}-grams {len(t)}" for n, t in enumerate(arpa.ngrams, start=1))
-    print(f"{args.output}: order {args.order}, {counts}")
+    return f"{output}: order {order}, {counts}"
+
+
+def cmd_lm_build(args: argparse.Namespace) -> int:
+    print(build_lm(args.text, args.output, args.order, args.unit, args.phone_set))
     return 0
 
 
@@ -247,6 +256,8 @@ def add_decoder_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from asr.config import load_config
     from asr.data.manifest import read_manifest
     from asr.data.synth import synthesize_corpus
@@ -257,20 +268,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     corpus = out / "corpus"
     config = load_config(args.config, args.overrides)
-    print(f"[1/4] synthesizing {args.num_utterances} utterances with eSpeak NG into {corpus}")
+    print(f"[1/5] synthesizing {args.num_utterances} utterances with eSpeak NG into {corpus}")
     manifests = synthesize_corpus(corpus, num_utterances=args.num_utterances, seed=args.seed)
     config.data.train, config.data.dev, config.data.test = (str(manifests[s]) for s in ("train", "dev", "test"))
     config.train.out_dir = str(out / "run")
-    print(f"[2/4] training ({config.model.num_layers}x{config.model.hidden_size} Bi{config.model.cell.upper()}, "
+    print(f"[2/5] training ({config.model.num_layers}x{config.model.hidden_size} Bi{config.model.cell.upper()}, "
           f"{config.train.epochs} epochs) into {config.train.out_dir}")
     run_dir = train(config)
     checkpoint = run_dir / BEST
-    print("[3/4] evaluating on the held-out test set (unseen voices, unseen sentences)")
+    print("[3/5] evaluating on the held-out test set (unseen voices, unseen sentences), greedy decoding")
     recognizer = Recognizer.from_checkpoint(checkpoint)
     output = str(run_dir / "test.recognitions.jsonl")
-    result = evaluate_manifest(recognizer, config.data.test, output, progress=False)
-    print_result(result, output, "test")
-    print("[4/4] transcribing one held-out file")
+    greedy = evaluate_manifest(recognizer, config.data.test, output, progress=False)
+    print_result(greedy, output, "test")
+    lm_path = out / "lm.arpa"
+    print(f"[4/5] beam search + a word 3-gram LM estimated from the training transcripts ({lm_path})")
+    print("  " + build_lm(config.data.train, lm_path, order=3))
+    decode = replace(recognizer.config.decode, decoder="beam", lm=str(lm_path))
+    recognizer.set_decoder(decode)
+    output = str(run_dir / "test.beam_lm.recognitions.jsonl")
+    beam = evaluate_manifest(recognizer, config.data.test, output, progress=False)
+    print_result(beam, output, "test", decoder_name(decode))
+    print(f"  test WER: greedy {greedy.wer:.2%} -> {decoder_name(decode)} {beam.wer:.2%} "
+          f"(lm_weight {decode.lm_weight}, word_bonus {decode.word_bonus})")
+    print("[5/5] transcribing one held-out file (beam + LM)")
     utterance = read_manifest(config.data.test)[0]
     [(path, text, error)] = list(recognizer.transcribe_files([utterance.audio]))
     print(f"  file       {path}\n  reference  {recognizer.tokenizer.normalize(utterance.text)}\n  hypothesis {text if error is None else error}")

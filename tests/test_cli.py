@@ -83,6 +83,8 @@ def test_demo_end_to_end(tmp_path):
     seconds = float(out.split("wall time:")[1].split("s")[0])
     print(out)
     assert wer <= 10.0, out
+    beam_wer = float(out.split("beam 16 + LM WER")[1].split("%")[0])  # word 3-gram from the training text
+    assert beam_wer < 0.5 * wer, out  # the LM must cut the error clearly, not by noise
     assert seconds <= 600, out
     assert (tmp_path / "demo" / "run" / "best.pt").is_file()
     assert (tmp_path / "demo" / "run" / "metrics.jsonl").is_file()
