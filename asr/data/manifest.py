@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from asr.fileio import atomic_write
 
@@ -50,6 +50,14 @@ class Utterance:
         return record
 
 
+def json_lines(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
+    """The non-blank lines of a JSON-lines file, each with its `file:line` for error messages."""
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, 1):
+            if line.strip():
+                yield f"{path}:{line_number}", line
+
+
 def read_manifest(path: str | os.PathLike) -> list[Utterance]:
     """Read and validate a JSON-lines manifest. Raises ManifestError naming file:line."""
     path = Path(path)
@@ -58,46 +66,42 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
     base = path.resolve().parent
     utterances: list[Utterance] = []
     seen: set[str] = set()
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ManifestError(f"{where}: not JSON: {e}") from e
-            if not isinstance(record, dict):
-                raise ManifestError(f"{where}: expected a JSON object")
-            missing = [k for k in REQUIRED_KEYS if k not in record]
-            if missing:
-                raise ManifestError(f"{where}: missing key(s) {', '.join(missing)}")
-            utt_id = str(record.pop("id"))
-            if utt_id in seen:
-                raise ManifestError(f"{where}: duplicate utterance id {utt_id!r}")
-            seen.add(utt_id)
-            try:
-                duration = float(record.pop("duration"))
-                offset = float(record.pop("offset", 0.0))
-            except (TypeError, ValueError) as e:
-                raise ManifestError(f"{where}: duration/offset must be numbers") from e
-            if not duration > 0:
-                raise ManifestError(f"{where}: utterance {utt_id!r} has duration {duration}")
-            audio = Path(record.pop("audio"))
-            if not audio.is_absolute():
-                audio = base / audio
-            utterances.append(
-                Utterance(
-                    id=utt_id,
-                    audio=str(audio),
-                    duration=duration,
-                    text=str(record.pop("text")),
-                    offset=offset,
-                    speaker=record.pop("speaker", None),
-                    phones=record.pop("phones", None),
-                    extra=record,
-                )
+    for where, line in json_lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{where}: not JSON: {e}") from e
+        if not isinstance(record, dict):
+            raise ManifestError(f"{where}: expected a JSON object")
+        missing = [k for k in REQUIRED_KEYS if k not in record]
+        if missing:
+            raise ManifestError(f"{where}: missing key(s) {', '.join(missing)}")
+        utt_id = str(record.pop("id"))
+        if utt_id in seen:
+            raise ManifestError(f"{where}: duplicate utterance id {utt_id!r}")
+        seen.add(utt_id)
+        try:
+            duration = float(record.pop("duration"))
+            offset = float(record.pop("offset", 0.0))
+        except (TypeError, ValueError) as e:
+            raise ManifestError(f"{where}: duration/offset must be numbers") from e
+        if not duration > 0:
+            raise ManifestError(f"{where}: utterance {utt_id!r} has duration {duration}")
+        audio = Path(record.pop("audio"))
+        if not audio.is_absolute():
+            audio = base / audio
+        utterances.append(
+            Utterance(
+                id=utt_id,
+                audio=str(audio),
+                duration=duration,
+                text=str(record.pop("text")),
+                offset=offset,
+                speaker=record.pop("speaker", None),
+                phones=record.pop("phones", None),
+                extra=record,
             )
+        )
     return utterances
 
 

@@ -13,39 +13,35 @@ import os
 from pathlib import Path
 
 from asr.data.corpora import CorpusError, PreparedCorpus
-from asr.data.manifest import Utterance
+from asr.data.manifest import Utterance, json_lines
 
 
 def _read_nemo(path: Path, problems: list[str]) -> list[Utterance]:
     utterances = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-                audio = Path(record["audio_filepath"])
-                duration = float(record["duration"])
-                text = str(record["text"])
-                offset = float(record.get("offset", 0.0) or 0.0)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                problems.append(f"{where}: not a NeMo manifest line ({type(e).__name__}: {e}); skipped")
-                continue
-            if not audio.is_absolute():
-                audio = path.resolve().parent / audio
-            if not audio.is_file():
-                problems.append(f"{where}: no audio file {audio}; skipped")
-                continue
-            if not duration > 0:
-                problems.append(f"{where}: duration {duration} is not positive; skipped")
-                continue
-            utt_id = audio.stem
-            seen[utt_id] = seen.get(utt_id, 0) + 1
-            if seen[utt_id] > 1:
-                utt_id = f"{utt_id}-{seen[utt_id] - 1}"
-            utterances.append(Utterance(id=utt_id, audio=str(audio), duration=duration, text=text, offset=offset))
+    for where, line in json_lines(path):
+        try:
+            record = json.loads(line)
+            audio = Path(record["audio_filepath"])
+            duration = float(record["duration"])
+            text = str(record["text"])
+            offset = float(record.get("offset", 0.0) or 0.0)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            problems.append(f"{where}: not a NeMo manifest line ({type(e).__name__}: {e}); skipped")
+            continue
+        if not audio.is_absolute():
+            audio = path.resolve().parent / audio
+        if not audio.is_file():
+            problems.append(f"{where}: no audio file {audio}; skipped")
+            continue
+        if not duration > 0:
+            problems.append(f"{where}: duration {duration} is not positive; skipped")
+            continue
+        utt_id = audio.stem
+        seen[utt_id] = seen.get(utt_id, 0) + 1
+        if seen[utt_id] > 1:
+            utt_id = f"{utt_id}-{seen[utt_id] - 1}"
+        utterances.append(Utterance(id=utt_id, audio=str(audio), duration=duration, text=text, offset=offset))
     return utterances
 
 
