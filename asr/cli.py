@@ -184,8 +184,8 @@ def tune_lm_weights(recognizer, args: argparse.Namespace) -> None:
     """Grid search of (lm_weight, word_bonus) on the manifest; leaves the best pair in force."""
     from dataclasses import replace
 
-    from asr.data.manifest import read_manifest
     from asr.config import ConfigError
+    from asr.data.manifest import ManifestError, read_manifest
     from asr.inference import collect_log_probs, summary_table, tune_lm
 
     decode = recognizer.config.decode
@@ -194,10 +194,15 @@ def tune_lm_weights(recognizer, args: argparse.Namespace) -> None:
     weights = [float(x) for x in args.lm_weights.split(",")]
     bonuses = [float(x) for x in args.word_bonuses.split(",")]
     log_probs = collect_log_probs(recognizer, read_manifest(args.manifest), batch_size=decode.batch_size)
+    for _, reason in log_probs.failed:
+        print(f"--tune-lm: skipping {reason}", file=sys.stderr)
+    if not log_probs.log_probs:
+        raise ManifestError(f"{args.manifest}: no utterance could be decoded, nothing to tune --lm-weight on")
     results = tune_lm(recognizer, log_probs, weights, bonuses, progress=True)
     print(summary_table([("lm_weight  word_bonus", "WER")] + [(f"{a:<10} {b}", f"{w:.2%}") for a, b, w in results[:10]]))
     alpha, beta, wer = results[0]
-    print(f"best: --lm-weight {alpha} --word-bonus {beta} (WER {wer:.2%} on {args.manifest}, {len(results)} pairs tried)\n")
+    print(f"best: --lm-weight {alpha} --word-bonus {beta} (WER {wer:.2%} on {args.manifest}, "
+          f"{len(log_probs.log_probs)} utterances, {len(results)} pairs tried)\n")
     recognizer.set_decoder(replace(decode, lm_weight=alpha, word_bonus=beta))
 
 

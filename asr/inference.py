@@ -192,6 +192,7 @@ class LogProbSet:
 @torch.inference_mode()
 def collect_log_probs(recognizer: Recognizer, utterances: Sequence[Utterance], batch_size: int = 32) -> LogProbSet:
     """Run features and model over every utterance once (bad ones listed in `failed`)."""
+    utterances = label_utterances(utterances, recognizer.tokenizer)  # phone models: references are phones
     dataset = UtteranceDataset(utterances, recognizer.tokenizer, recognizer.sample_rate)
     loader = make_loader(dataset, sampler=None, batch_size=batch_size)
     result = LogProbSet([], [], [], list(dataset.rejected))

@@ -128,6 +128,13 @@ def test_phone_training_and_per_end_to_end(timit_corpus, capsys):
     assert beam_per and int(beam_per.group(3)) == num_reference, out
     assert "beam 4 + LM error" in out
 
+    # --tune-lm on a phone model tunes against phone references (a word reference would not even tokenize)
+    assert main(["evaluate", str(root / "run" / "best.pt"), str(m["dev"]), "--output", str(output), "--decoder", "beam",
+                 "--beam-size", "4", "--lm", str(lm), "--tune-lm", "--lm-weights", "0,0.5", "--word-bonuses", "0"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    tuned = re.search(r"best: --lm-weight [\d.]+ --word-bonus [\d.]+ \(WER [\d.]+% on .*, (\d+) utterances, 2 pairs tried\)", out)
+    assert tuned and int(tuned.group(1)) == len(read_manifest(m["dev"])), out
+
 
 def test_librispeech_recipe_end_to_end(librispeech_corpus, capsys):
     root, result = librispeech_corpus
