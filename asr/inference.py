@@ -148,14 +148,20 @@ class EvaluationResult:
         return self.chars.rate
 
 
+def _dataset_loader(recognizer: "Recognizer", utterances: Sequence[Utterance], batch_size: int):
+    """Utterances labelled for the recognizer's tokenizer (phones for a phone model), their
+    dataset (which lists rejected text) and an unshuffled loader over it."""
+    utterances = label_utterances(utterances, recognizer.tokenizer)
+    dataset = UtteranceDataset(utterances, recognizer.tokenizer, recognizer.sample_rate)
+    return utterances, dataset, make_loader(dataset, sampler=None, batch_size=batch_size)
+
+
 def decode_dataset(
     recognizer: Recognizer, utterances: Sequence[Utterance], batch_size: int = 32, progress: bool = False
 ) -> EvaluationResult:
     """Decode every utterance and score it against its text. Utterances that fail to load or
     tokenize are listed in `failed`, not fatal."""
-    utterances = label_utterances(utterances, recognizer.tokenizer)  # phone models score phones
-    dataset = UtteranceDataset(utterances, recognizer.tokenizer, recognizer.sample_rate)
-    loader = make_loader(dataset, sampler=None, batch_size=batch_size)
+    utterances, dataset, loader = _dataset_loader(recognizer, utterances, batch_size)
     recognitions: list[Recognition] = []
     failed = list(dataset.rejected)
     for batch in tqdm(loader, desc="decode", unit="batch", disable=not progress, leave=False):
@@ -192,9 +198,7 @@ class LogProbSet:
 @torch.inference_mode()
 def collect_log_probs(recognizer: Recognizer, utterances: Sequence[Utterance], batch_size: int = 32) -> LogProbSet:
     """Run features and model over every utterance once (bad ones listed in `failed`)."""
-    utterances = label_utterances(utterances, recognizer.tokenizer)  # phone models: references are phones
-    dataset = UtteranceDataset(utterances, recognizer.tokenizer, recognizer.sample_rate)
-    loader = make_loader(dataset, sampler=None, batch_size=batch_size)
+    _, dataset, loader = _dataset_loader(recognizer, utterances, batch_size)
     result = LogProbSet([], [], [], list(dataset.rejected))
     recognizer.model.eval()
     recognizer.features.eval()
