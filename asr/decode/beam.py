@@ -1,19 +1,27 @@
-"""CTC prefix beam search with optional n-gram LM fusion, vectorized over batch x beam.
+"""CTC prefix beam search with optional n-gram LM fusion, vectorized over the live hypotheses of
+a whole batch.
 
-The search keeps, per utterance, `beam_size` distinct label prefixes, each with two log
+The search keeps, per utterance, up to `beam_size` distinct label prefixes, each with two log
 probabilities: p_b (all alignments of the prefix that end in blank) and p_nb (end in its last
 label) (Graves 2012, ch. 7; Hannun et al. 2014, "First-pass LVCSR with CTC", alg. 1). At each
 frame a prefix either stays (blank, or its last label repeated without a blank between) or
-grows by one of the frame's top-k labels; a repeat of the last label only grows the prefix
+grows by one of the frame's candidate labels; a repeat of the last label only grows the prefix
 from p_b, because without a blank between them two equal labels are one. A grown prefix that
 equals another prefix still in the beam (l + c == l') is merged into it.
 
-Everything is a tensor of shape (batch, beam) or (batch, beam, k): prefixes are identified by
-a 64-bit hash (the polynomial hash of the LM keys), a prefix l + c that is already in the
-beam as l' is found by comparing l's hash with l''s parent hash ((batch, beam, beam), not
-(batch, beam, k, beam)), selection is one `topk` over the stay and grow candidates, and
-the prefixes themselves are only spelled out at the end from per-frame back-pointers. The
-code is the same on CPU and CUDA and never leaves the device inside the frame loop.
+The hypotheses of all utterances live in one flat list (tensors of shape (hyps,), grouped by
+utterance, best first), not a dense (batch, beam) grid: a peaky CTC model leaves most
+utterances with a few live prefixes and a label or two worth trying per frame, and the flat
+list only pays for those. Each frame:
+ 1. every hypothesis stays, and grows by the frame's candidate labels (its `token_top_k` most
+    probable, those at least `token_min_logp`); grows that come out at -inf are dropped;
+ 2. a grown prefix already in the list is found by its 64-bit hash (the hash of the empty
+    prefix differs per utterance, so one sorted search covers the batch) and merged into it;
+ 3. the LM scores only the grows that finish a word (or every grow, for token-level fusion);
+ 4. each utterance keeps its best `beam_size` candidates within `beam_threshold` of its best
+    (a scatter into a (batch, widest) grid and one `topk`).
+Prefixes are spelled out at the end from per-frame back-pointers. The code is the same on CPU
+and CUDA; the flat list costs a few small device-to-host reads per frame (its new sizes).
 
 Scores: log P_ctc(prefix) + lm_weight * ln P_lm(words) + word_bonus * num_words. A fusion object
 decides what a "word" is: `WordLMFusion` scores whole words at each delimiter (the space of a
@@ -32,6 +40,7 @@ from asr.decode.lm import NGramLM, hash_step
 from asr.text import BLANK_ID, SPACE
 
 NEG_INF = float("-inf")
+_UTT_MUL = 0x2545F4914F6CDD1D  # odd; spreads utterance indices into distinct empty-prefix hashes
 
 
 @dataclass
@@ -43,7 +52,7 @@ class Hypothesis:
     num_words: int  # words (or tokens) the LM scored
 
 
-State = dict[str, torch.Tensor]  # every tensor (batch, beam, ...)
+State = dict[str, torch.Tensor]  # every tensor (hyps, ...)
 
 
 class TokenLMFusion:
@@ -62,20 +71,20 @@ class TokenLMFusion:
         self.token_words = self.token_words.to(device)
         return self
 
-    def init_state(self, batch: int, beam: int) -> State:
-        return {"ctx": self.lm.start_state(batch, beam)}
+    def init_state(self, hyps: int) -> State:
+        return {"ctx": self.lm.start_state(hyps)}
 
-    def candidate_scores(self, state: State, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens (batch, beam, k) -> LM ln prob (batch, beam, k), words added (batch, beam, k)."""
-        ctx = state["ctx"][:, :, None, :].expand(*tokens.shape, -1)  # (batch, beam, k, order-1)
-        logp, _ = self.lm.score(ctx, self.token_words[tokens])
+    def grow_scores(self, state: State, parent: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hypotheses `parent` (grows,) growing by `labels` (grows,) -> LM ln prob, words added."""
+        logp, _ = self.lm.score(state["ctx"][parent], self.token_words[labels])
         return logp, torch.ones_like(logp)
 
-    def advance(self, state: State, tokens: torch.Tensor, grown: torch.Tensor) -> State:
-        """tokens (batch, beam) appended where grown (batch, beam) is true."""
-        ctx = state["ctx"]
-        shifted = torch.cat([ctx[..., 1:], self.token_words[tokens][..., None]], dim=-1) if ctx.shape[-1] > 1 else self.token_words[tokens][..., None]
-        return {"ctx": torch.where(grown[..., None], shifted, ctx)}
+    def advance(self, state: State, parent: torch.Tensor, labels: torch.Tensor) -> State:
+        """The state of each new hypothesis: `parent`'s, grown by `labels` where it is >= 0."""
+        ctx = state["ctx"][parent]
+        word = self.token_words[labels.clamp(min=0)][:, None]
+        shifted = torch.cat([ctx[:, 1:], word], dim=1) if ctx.shape[1] > 1 else word
+        return {"ctx": torch.where((labels >= 0)[:, None], shifted, ctx)}
 
     def final_scores(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
         eos = torch.full(state["ctx"].shape[:-1], self.lm.eos, dtype=torch.long, device=self.lm.device)
@@ -129,55 +138,54 @@ class WordLMFusion:
         self.trie, self.node_word = self.trie.to(device), self.node_word.to(device)
         return self
 
-    def init_state(self, batch: int, beam: int) -> State:
-        zeros = torch.zeros(batch, beam, dtype=torch.long, device=self.lm.device)
+    def init_state(self, hyps: int) -> State:
+        zeros = torch.zeros(hyps, dtype=torch.long, device=self.lm.device)
         return {
-            "ctx": self.lm.start_state(batch, beam),  # (batch, beam, order-1) LM state before the unfinished word
+            "ctx": self.lm.start_state(hyps),  # (hyps, order-1) LM state before the unfinished word
             "node": zeros,  # trie node of the unfinished word (0: none yet, self.dead: not the start of a listed word)
             "chars": zeros.clone(),  # its length
-            "word_logp": torch.zeros(batch, beam, device=self.lm.device),  # ln P_lm(it | ctx) if it ended now
         }
 
-    def candidate_scores(self, state: State, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ends_word = (tokens == self.delimiter) & (state["chars"] > 0)[..., None]  # (batch, beam, k)
-        logp = torch.where(ends_word, state["word_logp"][..., None], 0.0)  # (batch, beam, k)
+    def grow_scores(self, state: State, parent: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hypotheses `parent` (grows,) growing by `labels` (grows,) -> LM ln prob, words added.
+        The LM is only asked about the grows that finish a word."""
+        node = state["node"][parent]
+        ends_word = (labels == self.delimiter) & (state["chars"][parent] > 0)  # (grows,)
+        logp = torch.zeros(labels.shape, device=node.device)
+        enders = ends_word.nonzero().squeeze(1)
+        if enders.numel():
+            word_logp, _ = self.lm.score(state["ctx"][parent[enders]], self.node_word[node[enders]])
+            logp[enders] = word_logp
         if self.oov_penalty:
-            node = state["node"][..., None]  # (batch, beam, 1)
-            child = torch.take(self.trie, node * self.vocab + tokens)  # (batch, beam, k)
-            leaves = (node != self.dead) & (child == self.dead) & (tokens != self.delimiter)
+            child = self.trie[node * self.vocab + labels]
+            leaves = (node != self.dead) & (child == self.dead) & (labels != self.delimiter)
             logp = logp + leaves * self.oov_penalty
         return logp, ends_word.to(logp.dtype)
 
-    def advance(self, state: State, tokens: torch.Tensor, grown: torch.Tensor) -> State:
-        delim = grown & (tokens == self.delimiter)
-        ends_word = delim & (state["chars"] > 0)
+    def advance(self, state: State, parent: torch.Tensor, labels: torch.Tensor) -> State:
+        """The state of each new hypothesis: `parent`'s, grown by `labels` where it is >= 0."""
+        ctx, node, chars = state["ctx"][parent], state["node"][parent], state["chars"][parent]
+        grown = labels >= 0
+        delim = grown & (labels == self.delimiter)
+        ends_word = delim & (chars > 0)
         in_word = grown & ~delim
-        ctx = state["ctx"]
-        word = torch.take(self.node_word, state["node"])[..., None]
-        shifted = torch.cat([ctx[..., 1:], word], dim=-1) if ctx.shape[-1] > 1 else word
-        ctx = torch.where(ends_word[..., None], shifted, ctx)
-        node = torch.where(in_word, torch.take(self.trie, state["node"] * self.vocab + tokens), state["node"]) * ~delim
-        chars = (state["chars"] + in_word) * ~delim
-        word_logp, _ = self.lm.score(ctx, torch.take(self.node_word, node))
-        return {"ctx": ctx, "node": node, "chars": chars, "word_logp": word_logp}
+        word = self.node_word[node][:, None]
+        shifted = torch.cat([ctx[:, 1:], word], dim=1) if ctx.shape[1] > 1 else word
+        ctx = torch.where(ends_word[:, None], shifted, ctx)
+        node = torch.where(in_word, self.trie[node * self.vocab + labels.clamp(min=0)], node) * ~delim
+        chars = (chars + in_word) * ~delim
+        return {"ctx": ctx, "node": node, "chars": chars}
 
     def final_scores(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
-        pending = state["chars"] > 0  # (batch, beam) an unfinished word to score first
-        _, after = self.lm.score(state["ctx"], torch.take(self.node_word, state["node"]))
-        ctx = torch.where(pending[..., None], after, state["ctx"])
+        pending = state["chars"] > 0  # (hyps,) an unfinished word to score first
+        word_logp, after = self.lm.score(state["ctx"], self.node_word[state["node"]])
+        ctx = torch.where(pending[:, None], after, state["ctx"])
         eos = torch.full(pending.shape, self.lm.eos, dtype=torch.long, device=self.lm.device)
         eos_logp, _ = self.lm.score(ctx, eos)
-        return state["word_logp"] * pending + eos_logp, pending.to(eos_logp.dtype)
+        return word_logp * pending + eos_logp, pending.to(eos_logp.dtype)
 
 
 Fusion = TokenLMFusion | WordLMFusion
-
-
-def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x (batch, beam, ...) rows picked by index (batch, beam') -> (batch, beam', ...)."""
-    if x.dim() == 2:
-        return x.gather(1, index)
-    return x.gather(1, index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:]))
 
 
 def skip_blank_frames(log_probs: torch.Tensor, lengths: torch.Tensor, threshold: float, blank: int = BLANK_ID) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,6 +208,12 @@ def skip_blank_frames(log_probs: torch.Tensor, lengths: torch.Tensor, threshold:
     return compacted[:, : max(num_frames, 1)], new_lengths
 
 
+def _starts(group: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For items sorted by group id (n,): per group, its item count and first position (groups,)."""
+    counts = torch.bincount(group, minlength=groups)
+    return counts, torch.cumsum(counts, 0) - counts
+
+
 @torch.inference_mode()
 def decode_beam(
     log_probs: torch.Tensor,
@@ -207,6 +221,7 @@ def decode_beam(
     beam_size: int = 16,
     token_top_k: int = 16,
     token_min_logp: float = NEG_INF,
+    beam_threshold: float = math.inf,
     blank_skip: float = 1.0,
     fusion: Fusion | None = None,
     lm_weight: float = 0.5,
@@ -219,15 +234,18 @@ def decode_beam(
 
     log_probs (batch, frames, vocab) log-softmax output, lengths (batch,).
     token_top_k: labels tried per frame (the frame's most probable non-blank labels);
-    token_min_logp: and only those with log prob at least this; blank_skip: frames whose blank
-    probability exceeds it are skipped after the first of a run (1.0 = never);
-    merge: "sum" adds the probabilities of alignments of the same prefix (prefix search),
-    "max" keeps the best one (Viterbi; with beam 1 and no LM this is exactly greedy decoding).
+    token_min_logp: and only those with log prob at least this;
+    beam_threshold: drop prefixes whose score is more than this below the utterance's best;
+    blank_skip: frames whose blank probability exceeds it are skipped after the first of a run
+    (1.0 = never); merge: "sum" adds the probabilities of alignments of the same prefix (prefix
+    search), "max" keeps the best one (Viterbi; with beam 1 and no LM this is exactly greedy).
     """
     if merge not in ("sum", "max"):
         raise ValueError(f"merge must be 'sum' or 'max', not {merge!r}")
     if beam_size < 1 or token_top_k < 1:
         raise ValueError("beam_size and token_top_k must be at least 1")
+    if not beam_threshold > 0:
+        raise ValueError(f"beam_threshold must be positive, not {beam_threshold}")
     plus = torch.logaddexp if merge == "sum" else torch.maximum
     device = log_probs.device
     log_probs = log_probs.float()
@@ -235,7 +253,7 @@ def decode_beam(
     if blank_skip < 1.0:
         log_probs, lengths = skip_blank_frames(log_probs, lengths, blank_skip, blank)
     batch, frames, vocab = log_probs.shape
-    beam, k = beam_size, min(token_top_k, vocab - 1)
+    k = min(token_top_k, vocab - 1)
     # Past its end an utterance sees frames that are certainly blank: every prefix keeps its
     # total probability and no prefix can grow, so no per-utterance bookkeeping is needed.
     past_end = torch.arange(frames, device=device)[None, :] >= lengths[:, None]  # (batch, frames)
@@ -247,104 +265,116 @@ def decode_beam(
     labels_lp = log_probs.clone()
     labels_lp[..., blank] = NEG_INF
     top_lp_all, top_id_all = labels_lp.topk(k, dim=2)  # (batch, frames, k)
-    top_lp_all = top_lp_all.masked_fill(top_lp_all < token_min_logp, NEG_INF)
-    blank_lp = log_probs[..., blank]  # (batch, frames)
+    top_lp_all = top_lp_all.masked_fill(top_lp_all < token_min_logp, NEG_INF).transpose(0, 1).contiguous()  # (frames, batch, k)
+    top_id_all = top_id_all.transpose(0, 1).contiguous()  # (frames, batch, k)
+    blank_lp = log_probs[..., blank].t().contiguous()  # (frames, batch)
+    frame_lp = log_probs.transpose(0, 1).reshape(frames, batch * vocab)  # (frames, batch*vocab)
 
-    p_b = torch.full((batch, beam), NEG_INF, device=device)  # (batch, beam)
-    p_b[:, 0] = 0.0  # the empty prefix, before any frame
-    p_nb = torch.full((batch, beam), NEG_INF, device=device)  # (batch, beam)
-    last = torch.full((batch, beam), blank, dtype=torch.long, device=device)  # blank = no label yet
-    key = torch.zeros(batch, beam, dtype=torch.long, device=device)  # prefix hash (empty prefix: 0)
-    up = torch.ones_like(key)  # hash of the prefix without its last label (1: none, the empty prefix)
-    lm_total = torch.zeros(batch, beam, device=device)  # ln P_lm so far
-    words = torch.zeros(batch, beam, device=device)  # words scored so far
-    state = fusion.init_state(batch, beam) if fusion is not None else {}
-    parents = torch.zeros(frames, batch, beam, dtype=torch.long, device=device)  # back-pointers
-    emitted = torch.full((frames, batch, beam), -1, dtype=torch.long, device=device)  # label added, -1 none
-    # candidates are [beam stays | beam*k grows]; constant parts of that layout:
-    slots = torch.arange(beam, device=device)
-    cand_parent = torch.cat([slots, slots.repeat_interleave(k)]).expand(batch, -1)  # (batch, beam + beam*k)
-    no_label = torch.full((batch, beam), -1, dtype=torch.long, device=device)
-    grow_p_b = torch.full((batch, beam * k), NEG_INF, device=device)
+    # The hypotheses: float columns (hyps, 4) = [p_b, p_nb, ln P_lm so far, words scored so far]
+    # and long columns (hyps, 3) = [utterance, last label, prefix hash], grouped by utterance.
+    # One per utterance to start: the empty prefix (no label yet: last = blank), whose hash
+    # differs per utterance so that one sorted search finds a prefix in the whole batch.
+    utt = torch.arange(batch, device=device)
+    hf = torch.zeros(batch, 4, device=device)
+    hf[:, 1] = NEG_INF
+    hi = torch.stack([utt, torch.full_like(utt, blank), utt * _UTT_MUL], dim=1)
+    state = fusion.init_state(batch) if fusion is not None else {}
+    history: list[tuple[torch.Tensor, torch.Tensor]] = []  # per frame: (parent hyp, label added or -1)
+    weights = torch.tensor([lm_weight, word_bonus], device=device)
+    stay_cols = torch.stack([torch.arange(batch * beam_size, device=device), torch.full((batch * beam_size,), -1, device=device)], dim=1)
+    trash = torch.full((1,), NEG_INF, device=device)
 
     for t in range(frames):
-        lp = log_probs[:, t]  # (batch, vocab)
-        top_lp, top_id = top_lp_all[:, t], top_id_all[:, t]  # (batch, k)
-        total = plus(p_b, p_nb)  # (batch, beam)
-        valid = total > NEG_INF  # (batch, beam)
-        last_lp = lp.gather(1, last)  # (batch, beam)
+        num = hi.shape[0]
+        utt, last, key = hi.unbind(1)
+        p_b, p_nb = hf[:, 0], hf[:, 1]
+        total = plus(p_b, p_nb)  # (hyps,)
+        stay_b = total + blank_lp[t].index_select(0, utt)
+        stay_nb = p_nb + frame_lp[t].take(utt * vocab + last)  # an empty prefix has p_nb = -inf
 
-        # stay: blank, or the last label again (an empty prefix has p_nb = -inf)
-        stay_b = total + blank_lp[:, t, None]  # (batch, beam)
-        stay_nb = p_nb + last_lp  # (batch, beam)
+        # grow: hyp + c for the frame's candidate labels c (a repeat only from alignments ending in blank)
+        cand = top_id_all[t].index_select(0, utt)  # (hyps, k)
+        grow = torch.where(cand == last[:, None], p_b[:, None], total[:, None]).add_(top_lp_all[t].index_select(0, utt))
+        flat = (grow > NEG_INF).view(-1).nonzero().squeeze(1)  # (grows,) the finite ones
+        g_parent = torch.div(flat, k, rounding_mode="floor")
+        g_label = cand.view(-1).index_select(0, flat)
+        g_nb = grow.view(-1).index_select(0, flat)
+        g_key = hash_step(key.index_select(0, g_parent), g_label)
 
-        # l' = l + c with both in the beam: l' also gets l's alignments that grow into it.
-        # l' is recognized by its parent hash, so this costs (batch, beam, beam), not a k-wide test.
-        into = (key[:, :, None] == up[:, None, :]) & valid[:, :, None] & valid[:, None, :]  # (batch, l, l')
-        c = last[:, None, :]  # (batch, 1, l') the label that makes l into l'
-        via = torch.where(c == last[:, :, None], p_b[:, :, None], total[:, :, None]) + last_lp[:, None, :]  # (batch, l, l')
-        stay_nb = plus(stay_nb, via.masked_fill(~into, NEG_INF).amax(dim=1))  # at most one l per l': max is the sum
-        taken = torch.zeros(batch, beam, vocab, dtype=torch.bool, device=device)  # (batch, l, c): l + c is in the beam
-        taken.scatter_(2, c.expand(batch, beam, beam).masked_fill(~into, blank), into)
+        # a grown prefix already in the list: its alignments join that hypothesis's p_nb (at most
+        # one grow per prefix: it has one parent and one last label), and it is no new candidate
+        sorted_key, by_key = key.sort()
+        at = by_key.index_select(0, torch.searchsorted(sorted_key, g_key).clamp_(max=max(num - 1, 0)))
+        dup = key.index_select(0, at) == g_key
+        into = torch.where(dup, at, num)  # slot `num` is a trash slot for the others
+        stay_nb = torch.cat([stay_nb, trash])
+        stay_nb.scatter_(0, into, plus(stay_nb.index_select(0, into), g_nb))
+        g_nb = g_nb.masked_fill(dup, NEG_INF)
 
-        # grow: l + c for the frame's top-k labels c (a repeat only from alignments ending in blank)
-        repeat = top_id[:, None, :] == last[:, :, None]  # (batch, beam, k)
-        grow = torch.where(repeat, p_b[..., None], total[..., None]) + top_lp[:, None, :]  # (batch, beam, k)
-        grow = grow.masked_fill(taken.gather(2, top_id[:, None, :].expand(batch, beam, k)), NEG_INF).flatten(1)
-
-        # pick the best `beam` of [stays | grows]
-        acoustic = torch.cat([plus(stay_b, stay_nb), grow], dim=1)  # (batch, beam + beam*k)
+        # candidates [stays | grows]: float and long columns, and the total score
+        g_f = hf.index_select(0, g_parent)
         if fusion is not None:
-            grow_lm, grow_words = fusion.candidate_scores(state, top_id[:, None, :].expand(batch, beam, k))
-            cand_lm = torch.cat([lm_total, (lm_total[..., None] + grow_lm).flatten(1)], dim=1)
-            cand_words = torch.cat([words, (words[..., None] + grow_words).flatten(1)], dim=1)
-            _, pick = (acoustic + lm_weight * cand_lm + word_bonus * cand_words).topk(beam, dim=1)  # (batch, beam)
-            lm_total, words = cand_lm.gather(1, pick), cand_words.gather(1, pick)
-        else:
-            _, pick = acoustic.topk(beam, dim=1)  # (batch, beam)
-        parent = cand_parent.gather(1, pick)  # (batch, beam)
-        label = torch.cat([no_label, top_id.repeat(1, beam)], dim=1).gather(1, pick)  # (batch, beam), -1 = stayed
-        is_grow = label >= 0
-        p_b = torch.cat([stay_b, grow_p_b], dim=1).gather(1, pick)
-        p_nb = torch.cat([stay_nb, grow], dim=1).gather(1, pick)
-        parent_key = key.gather(1, parent)
-        last = torch.where(is_grow, label, last.gather(1, parent))
-        up = torch.where(is_grow, parent_key, up.gather(1, parent))
-        key = torch.where(is_grow, hash_step(parent_key, label), parent_key)
-        if fusion is not None:
-            state = fusion.advance({name: _gather(x, parent) for name, x in state.items()}, last, is_grow)
-        parents[t] = parent
-        emitted[t] = label
+            d_lm, d_words = fusion.grow_scores(state, g_parent, g_label)
+            g_f[:, 2] += d_lm
+            g_f[:, 3] += d_words
+        g_f[:, 0] = NEG_INF
+        g_f[:, 1] = g_nb
+        c_f = torch.cat([torch.stack([stay_b, stay_nb[:num]], dim=1), hf[:, 2:]], dim=1)
+        c_f = torch.cat([c_f, g_f])  # (cands, 4)
+        g_i = torch.stack([utt.index_select(0, g_parent), g_label, g_key, g_parent, g_label], dim=1)
+        c_i = torch.cat([torch.cat([hi, stay_cols[:num]], dim=1), g_i])  # (cands, 5): utt, last, key, parent, label
+        score = plus(c_f[:, 0], c_f[:, 1]) + c_f[:, 2:] @ weights  # (cands,)
 
-    acoustic = plus(p_b, p_nb)  # (batch, beam)
+        # each utterance keeps its best `beam_size` within `beam_threshold` of its best: sort by
+        # (utterance, -score) in one key, then rank within the utterance
+        c_utt = c_i[:, 0]
+        order = torch.argsort(c_utt.double() * 1e8 - score.double().clamp(-1e7, 1e7))
+        s_sorted = score.index_select(0, order)
+        counts = torch.bincount(c_utt, minlength=batch)
+        first = (torch.cumsum(counts, 0) - counts).index_select(0, c_utt.index_select(0, order))  # (cands,)
+        keep = (torch.arange(order.shape[0], device=device) - first < beam_size) & (s_sorted >= s_sorted.index_select(0, first) - beam_threshold) & (s_sorted > NEG_INF)
+        pick = order[keep]  # new hyps, grouped by utterance, best first
+
+        hf = c_f.index_select(0, pick)
+        c_i = c_i.index_select(0, pick)
+        hi, parent, label = c_i[:, :3], c_i[:, 3], c_i[:, 4]
+        if fusion is not None:
+            state = fusion.advance(state, parent, label)
+        history.append((parent, label))
+
+    utt = hi[:, 0]
+    acoustic = plus(hf[:, 0], hf[:, 1])  # (hyps,)
+    lm_total, words = hf[:, 2], hf[:, 3]
     if fusion is not None:
         final_lm, final_words = fusion.final_scores(state)
         lm_total, words = lm_total + final_lm, words + final_words
     score = acoustic + lm_weight * lm_total + word_bonus * words
-    score = torch.where(acoustic > NEG_INF, score, NEG_INF)
-    order = score.argsort(dim=1, descending=True)[:, : min(nbest, beam)]  # (batch, nbest)
-    return _backtrack(parents, emitted, order, [score, acoustic, lm_total, words])
+    return _backtrack(history, utt, batch, nbest, [score, acoustic, lm_total, words])
 
 
-def _backtrack(parents: torch.Tensor, emitted: torch.Tensor, order: torch.Tensor, values: list[torch.Tensor]) -> list[list[Hypothesis]]:
-    """Spell out the chosen hypotheses from the per-frame back-pointers (one device transfer)."""
-    frames = parents.shape[0]
-    slot = order  # (batch, nbest) slot of each hypothesis after the last frame
+def _backtrack(history: list[tuple[torch.Tensor, torch.Tensor]], utt: torch.Tensor, batch: int, nbest: int, values: list[torch.Tensor]) -> list[list[Hypothesis]]:
+    """Spell out the `nbest` best final hypotheses of each utterance from the per-frame
+    back-pointers (one device transfer)."""
+    score = values[0]
+    order = torch.sort(score, descending=True, stable=True).indices
+    order = order[torch.sort(utt[order], stable=True).indices]  # by utterance, best first
+    counts, start = _starts(utt, batch)
+    rank = torch.arange(order.shape[0], device=utt.device) - start[utt[order]]
+    chosen = order[rank < nbest]  # (chosen,)
     labels = []
-    for t in range(frames - 1, -1, -1):
-        labels.append(emitted[t].gather(1, slot))
-        slot = parents[t].gather(1, slot)
-    spelled = torch.stack(labels[::-1], dim=-1).cpu() if labels else torch.empty(*order.shape, 0, dtype=torch.long)  # (batch, nbest, frames)
-    score, acoustic, lm, words = (v.gather(1, order).cpu() for v in values)
-    results = []
-    for b in range(order.shape[0]):
-        hyps = []
-        for n in range(order.shape[1]):
-            if score[b, n] == NEG_INF:
-                continue
-            row = spelled[b, n]
-            hyps.append(Hypothesis(row[row >= 0].tolist(), float(score[b, n]), float(acoustic[b, n]), float(lm[b, n]), int(words[b, n])))
-        results.append(hyps)
+    hyp = chosen
+    for parent, label in reversed(history):
+        labels.append(label[hyp])
+        hyp = parent[hyp]
+    spelled = torch.stack(labels[::-1], dim=1).cpu() if labels else torch.empty(chosen.shape[0], 0, dtype=torch.long)
+    owner = utt[chosen].tolist()
+    score, acoustic, lm, words = (v[chosen].tolist() for v in values)
+    results: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    for i, b in enumerate(owner):
+        if score[i] == NEG_INF:
+            continue
+        row = spelled[i]
+        results[b].append(Hypothesis(row[row >= 0].tolist(), score[i], acoustic[i], lm[i], int(words[i])))
     return results
 
 

@@ -13,11 +13,10 @@ The ARPA format (Stolcke's SRILM; also what KenLM reads and writes):
 
 P(w | h) = P_arpa(h w) when the n-gram h w is listed, else bow(h) * P(w | h minus its first word).
 
-Tensor form: n-grams of each order n >= 2 are keyed by a 64-bit polynomial hash of their word
-ids, sorted, and looked up with
-`torch.searchsorted`; unigrams are indexed by word id directly. Keys are folded right to left
-(last word first), so the key of (h_j, ..., h_1, w) extends the key of (h_{j-1}, ..., h_1, w) by
-one step and the back-off chain is walked in `order` vectorized steps.
+Tensor form: every n-gram (unigrams included) is keyed by a 64-bit polynomial hash of its word
+ids, and the keys of all orders are sorted into one table looked up with `torch.searchsorted`.
+Keys are folded right to left (last word first), so the keys of (w), (h1 w), (h2 h1 w), ...
+are the prefix sums of one sequence and come out of a single `cumsum` (see `NGramLM.score`).
 """
 
 from __future__ import annotations
@@ -49,6 +48,12 @@ class ArpaError(ValueError):
 def hash_step(key: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Fold one more id (>= 0) into a key (int64, same shape; the empty sequence is 0)."""
     return (key + ids + 1) * _MUL
+
+
+def _wrap(value: int) -> int:
+    """An integer modulo 2**64 as the int64 with the same bits."""
+    value %= 1 << 64
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def ngram_keys(ngrams: torch.Tensor) -> torch.Tensor:
@@ -188,6 +193,11 @@ class NGramLM:
 
     State of a hypothesis = its last `order - 1` word ids, oldest first, -1 where there are fewer
     words (the state after <s> alone is [-1, ..., -1, bos]).
+
+    All n-grams of all orders share one sorted table of hash keys, so one `searchsorted` looks
+    up, for every query, every suffix n-gram (w), (h1 w), (h2 h1 w), ... and every context
+    (h1), (h2 h1), ... at once; the answer is the probability of the longest listed suffix plus
+    the back-off weights of the longer contexts. The cost is the same ~20 tensor ops at any order.
     """
 
     def __init__(self, arpa: Arpa, device: torch.device | str = "cpu"):
@@ -200,25 +210,27 @@ class NGramLM:
             if special not in self.word_ids:
                 raise ArpaError(f"the language model has no {special} 1-gram")
         self.bos, self.eos, self.unk = self.word_ids[BOS], self.word_ids[EOS], self.word_ids[UNK]
-        device = torch.device(device)
-        self.unigram_logp = torch.tensor([unigrams[w][0] * LN10 for w in self.words], device=device)  # (num_words,)
-        self.unigram_bow = torch.tensor([unigrams[w][1] * LN10 for w in self.words], device=device)  # (num_words,)
-        # per order n >= 2: sorted keys (num_n,), ln prob (num_n,), ln back-off (num_n,)
-        self.keys: list[torch.Tensor] = []
-        self.logp: list[torch.Tensor] = []
-        self.bow: list[torch.Tensor] = []
-        for table in arpa.ngrams[1:]:
-            n = len(next(iter(table))) if table else 1
+        keys, values = [], []
+        for n, table in enumerate([{(w,): v for w, v in unigrams.items()}, *arpa.ngrams[1:]], start=1):
             ids = torch.tensor([[self.word_ids[w] for w in words] for words in table], dtype=torch.long).reshape(-1, n)
-            keys = ngram_keys(ids)
-            values = torch.tensor([v for v in table.values()], dtype=torch.float64).reshape(-1, 2) * LN10
-            order_idx = torch.argsort(keys)
-            keys = keys[order_idx]
-            if keys.numel() > 1 and bool((keys[1:] == keys[:-1]).any()):
-                raise ArpaError(f"two {n}-grams share a hash key (should not happen; report it)")
-            self.keys.append(keys.to(device))
-            self.logp.append(values[order_idx, 0].float().to(device))
-            self.bow.append(values[order_idx, 1].float().to(device))
+            keys.append(ngram_keys(ids))
+            values.append(torch.tensor(list(table.values()), dtype=torch.float64).reshape(-1, 2) * LN10)
+        key = torch.cat(keys)
+        by_key = torch.argsort(key)
+        key = key[by_key]
+        if key.numel() > 1 and bool((key[1:] == key[:-1]).any()):
+            raise ArpaError("two n-grams share a hash key (should not happen; report it)")
+        value = torch.cat(values)[by_key].float()
+        device = torch.device(device)
+        self.keys = key.to(device)  # (ngrams,) sorted hash keys of all orders
+        self.logp = value[:, 0].contiguous().to(device)  # (ngrams,) ln P
+        self.bow = value[:, 1].contiguous().to(device)  # (ngrams,) ln back-off weight (0 if none)
+        # hash of the suffix of length n of (w, h1, h2, ...) = MUL**n * cumsum((id + 1) * MUL**(1-i))
+        # (see hash_step; MUL is odd, so it has an inverse modulo 2**64)
+        self._rise = torch.tensor([_wrap(pow(_MUL, n, 1 << 64)) for n in range(1, self.order + 1)], dtype=torch.long, device=device)
+        inverse = pow(_MUL, -1, 1 << 64)
+        self._fall = torch.tensor([_wrap(pow(inverse, i, 1 << 64)) for i in range(self.order)], dtype=torch.long, device=device)
+        self._orders = torch.arange(1, self.order + 1, device=device)  # (order,)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "NGramLM":
@@ -226,13 +238,11 @@ class NGramLM:
 
     @property
     def device(self) -> torch.device:
-        return self.unigram_logp.device
+        return self.keys.device
 
     def to(self, device: torch.device | str) -> "NGramLM":
-        for name in ("unigram_logp", "unigram_bow"):
+        for name in ("keys", "logp", "bow", "_rise", "_fall", "_orders"):
             setattr(self, name, getattr(self, name).to(device))
-        for name in ("keys", "logp", "bow"):
-            setattr(self, name, [t.to(device) for t in getattr(self, name)])
         return self
 
     def word_id(self, word: str) -> int:
@@ -244,41 +254,35 @@ class NGramLM:
         state[..., -1] = self.bos
         return state
 
-    def _lookup(self, n: int, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Index into the order-n table and whether the key is there. key (m,) -> (m,), (m,)."""
-        keys = self.keys[n - 2]
-        if keys.numel() == 0:
-            zero = torch.zeros_like(key)
-            return zero, torch.zeros_like(key, dtype=torch.bool)
-        idx = torch.searchsorted(keys, key).clamp_(max=keys.numel() - 1)
-        return idx, torch.take(keys, idx) == key
+    def _suffix_keys(self, ids: torch.Tensor) -> torch.Tensor:
+        """(m, n) ids, newest first -> (m, n) keys of the suffixes of length 1..n (ids[:, :1], ids[:, :2], ...).
+        An id of -1 (no word) hashes to a key no table holds."""
+        n = ids.shape[1]
+        return torch.cumsum((ids + 1) * self._fall[:n], dim=1) * self._rise[:n]
 
     def score(self, state: torch.Tensor, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ln P(word | state) and the state after it, for a whole batch.
 
         state (..., order - 1) long, words (...) long -> logp (...) float, new state (..., order - 1).
         """
-        shape = words.shape
-        ctx = state.reshape(-1, state.shape[-1])  # (m, order - 1)
-        w = words.reshape(-1)  # (m,)
-        result = torch.take(self.unigram_logp, w)  # (m,) ln P(w), the order-1 answer
-        key = hash_step(torch.zeros_like(w), w)  # key of (w)
-        ctx_key = torch.zeros_like(w)  # key of the context words seen so far
-        for n in range(2, self.order + 1):
-            h = ctx[:, -(n - 1)]  # (m,) the context word that makes this an n-gram; -1 = none
-            # a missing context word (-1) hashes to a key no table holds, and it has no back-off
-            key = hash_step(key, h)
-            ctx_key = hash_step(ctx_key, h)
-            if n == 2:
-                ctx_bow = torch.take(self.unigram_bow, h.clamp(min=0)) * (h >= 0)
-            else:
-                idx, found = self._lookup(n - 1, ctx_key)
-                ctx_bow = torch.take(self.bow[n - 3], idx) * found
-            idx, found = self._lookup(n, key)
-            # P(w | n-1 context words) = listed prob, else bow(context) * P(w | shorter context)
-            result = torch.where(found, torch.take(self.logp[n - 2], idx), result + ctx_bow)
-        new_state = torch.cat([ctx[:, 1:], w[:, None]], dim=1) if self.order > 1 else ctx
-        return result.reshape(shape), new_state.reshape(*shape, -1)
+        shape, order = words.shape, self.order
+        ctx = state.reshape(-1, state.shape[-1])  # (m, order - 1), oldest first
+        w = words.reshape(-1, 1)  # (m, 1)
+        newest_first = torch.cat([w, ctx.flip(1)], dim=1)[:, :order]  # (m, order): w, h1, h2, ...
+        if order > 1:  # keys of (w), (h1 w), ... then of the contexts (h1), (h2 h1), ...
+            queries = torch.cat([self._suffix_keys(newest_first), self._suffix_keys(newest_first[:, 1:])], dim=1)
+        else:
+            queries = self._suffix_keys(newest_first)
+        idx = torch.searchsorted(self.keys, queries).clamp_(max=self.keys.numel() - 1)  # (m, 2*order - 1)
+        found = self.keys[idx] == queries
+        # the longest listed n-gram (w alone always is: unknown words are <unk>) ...
+        longest = (found[:, :order] * self._orders).amax(dim=1, keepdim=True)  # (m, 1)
+        result = self.logp[idx[:, :order]].gather(1, longest - 1).squeeze(1)
+        if order > 1:  # ... plus the back-off weights of the contexts longer than its own
+            bow = self.bow[idx[:, order:]] * found[:, order:]  # (m, order - 1): (h1), (h2 h1), ...
+            result = result + (bow * (self._orders[:-1] >= longest)).sum(dim=1)
+        new_state = torch.cat([ctx[:, 1:], w], dim=1) if order > 1 else ctx
+        return result.reshape(shape), new_state.reshape(*shape, new_state.shape[-1])
 
     def score_sentence(self, words: Sequence[str], bos: bool = True, eos: bool = True) -> float:
         """Total ln probability of a word sequence (OOV words score as <unk>); for tests and tools."""
