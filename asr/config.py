@@ -113,6 +113,8 @@ class DecodeConfig:
     batch_size: int = 32  # utterances per decoding batch
     beam_size: int = 16  # prefixes kept per utterance, decoder=beam
     token_top_k: int = 8  # labels tried per frame (the frame's most probable), decoder=beam
+    token_min_logp: float = -10.0  # ... and only those with at least this log probability
+    beam_threshold: float = 15.0  # drop prefixes scoring more than this below the utterance's best
     blank_skip: float = 0.999  # skip frames whose blank probability exceeds this (after the first of a run); 1 = never
     lm: str = ""  # ARPA n-gram file for shallow fusion; empty = no LM
     lm_unit: str = "auto"  # "word" (char models: scored at spaces), "token" (one LM word per label), "auto" (word for char models)

@@ -95,6 +95,8 @@ class Recognizer:
             lengths,
             beam_size=decode.beam_size,
             token_top_k=decode.token_top_k,
+            token_min_logp=decode.token_min_logp,
+            beam_threshold=decode.beam_threshold,
             blank_skip=decode.blank_skip,
             fusion=self.fusion,
             lm_weight=decode.lm_weight,

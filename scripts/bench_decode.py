@@ -14,6 +14,10 @@ Two comparisons:
     flashlight-text's LexiconFreeDecoder. pyctcdecode has no token-level LM.
 Greedy decoding and beam search without an LM are listed for reference.
 
+Pruning is the same for all: beam size, labels per frame (top-k: ours and flashlight; a log-prob
+floor: ours and pyctcdecode), and a beam threshold (prefixes more than it below the best are dropped;
+pyctcdecode's beam_prune_logp, flashlight's beam_threshold).
+
 LM weights are in natural-log units for ours and pyctcdecode (alpha * ln P); flashlight's KenLM
 returns log10, so it gets alpha * ln(10) to be the same weight.
 """
@@ -70,12 +74,11 @@ def pyctcdecode_decoder(symbols, arpa, alpha, beta):
     return build_ctcdecoder(labels, kenlm_model_path=arpa, alpha=alpha, beta=beta)
 
 
-def run_pyctcdecode(log_probs, decoder, beam):
-    # token_min_logp / beam_prune_logp left at pyctcdecode's defaults
-    return [decoder.decode(x.numpy(), beam_width=beam).strip() for x in log_probs]
+def run_pyctcdecode(log_probs, decoder, beam, token_min_logp, beam_threshold):
+    return [decoder.decode(x.numpy(), beam_width=beam, token_min_logp=token_min_logp, beam_prune_logp=-beam_threshold).strip() for x in log_probs]
 
 
-def flashlight_lexicon_decoder(symbols, arpa, beam, top_k, alpha, beta):
+def flashlight_lexicon_decoder(symbols, arpa, beam, top_k, threshold, alpha, beta):
     from flashlight.lib.text.decoder import CriterionType, KenLM, LexiconDecoder, LexiconDecoderOptions, SmearingMode, Trie
     from flashlight.lib.text.dictionary import Dictionary, create_word_dict
 
@@ -94,21 +97,21 @@ def flashlight_lexicon_decoder(symbols, arpa, beam, top_k, alpha, beta):
         trie.insert([token_dict.get_index(c) for c in w], word_dict.get_index(w), score)
     trie.smear(SmearingMode.MAX)
     options = LexiconDecoderOptions(
-        beam_size=beam, beam_size_token=top_k, beam_threshold=25.0, lm_weight=alpha * math.log(10), word_score=beta,
+        beam_size=beam, beam_size_token=top_k, beam_threshold=threshold, lm_weight=alpha * math.log(10), word_score=beta,
         unk_score=-math.inf, sil_score=0.0, log_add=True, criterion_type=CriterionType.CTC,
     )
     decoder = LexiconDecoder(options, trie, lm, space, 0, word_dict.get_index("<unk>"), [], False)
     return decoder, tokens
 
 
-def flashlight_lexicon_free_decoder(symbols, arpa, beam, top_k, alpha):
+def flashlight_lexicon_free_decoder(symbols, arpa, beam, top_k, threshold, alpha):
     from flashlight.lib.text.decoder import CriterionType, KenLM, LexiconFreeDecoder, LexiconFreeDecoderOptions
     from flashlight.lib.text.dictionary import Dictionary
 
     tokens = [("|" if s == SPACE else s) for s in symbols]
     lm = KenLM(arpa, Dictionary(tokens))
     options = LexiconFreeDecoderOptions(
-        beam_size=beam, beam_size_token=top_k, beam_threshold=25.0, lm_weight=alpha * math.log(10), sil_score=0.0,
+        beam_size=beam, beam_size_token=top_k, beam_threshold=threshold, lm_weight=alpha * math.log(10), sil_score=0.0,
         log_add=True, criterion_type=CriterionType.CTC,
     )
     return LexiconFreeDecoder(options, lm, tokens.index("|"), 0, []), list(symbols)
@@ -135,6 +138,8 @@ def main() -> int:
     parser.add_argument("--corpus", required=True, help="folder with train.jsonl (LM text), dev.jsonl (tuning) and test.jsonl")
     parser.add_argument("--beam", type=int, default=16)
     parser.add_argument("--top-k", type=int, default=8, help="labels tried per frame (ours and flashlight's beam_size_token)")
+    parser.add_argument("--token-min-logp", type=float, default=-10.0, help="labels tried only at least this log prob (ours, pyctcdecode)")
+    parser.add_argument("--beam-threshold", type=float, default=15.0, help="drop prefixes this far below the best (all three)")
     parser.add_argument("--order", type=int, default=3, help="word LM order")
     parser.add_argument("--char-order", type=int, default=6, help="character LM order")
     parser.add_argument("--alphas", default="0.5,0.8,1.2,1.6", help="LM weights (on ln P) tried on dev, per decoder")
@@ -168,7 +173,7 @@ def main() -> int:
     cpu = torch.device("cpu")
     word_fusion = WordLMFusion(NGramLM.from_file(word_arpa), symbols)
     char_fusion = TokenLMFusion(NGramLM.from_file(char_arpa), symbols)
-    beam_opts = dict(beam_size=args.beam, token_top_k=args.top_k)
+    beam_opts = dict(beam_size=args.beam, token_top_k=args.top_k, token_min_logp=args.token_min_logp, beam_threshold=args.beam_threshold)
     word_lm, char_lm = f"word {args.order}-gram", f"char {args.char_order}-gram"
 
     def ours(fusion, device=cpu):
@@ -185,12 +190,12 @@ def main() -> int:
         gpu_fusion = WordLMFusion(NGramLM.from_file(word_arpa, "cuda"), symbols)
         decoders.append(("ours, CUDA", word_lm, ours(gpu_fusion, torch.device("cuda")), betas))
     if "pyctcdecode" not in skip:
-        decoders.append(("pyctcdecode", word_lm, lambda a, b: partial(run_pyctcdecode, decoder=pyctcdecode_decoder(symbols, word_arpa, a, b), beam=args.beam), betas))
+        decoders.append(("pyctcdecode", word_lm, lambda a, b: partial(run_pyctcdecode, decoder=pyctcdecode_decoder(symbols, word_arpa, a, b), beam=args.beam, token_min_logp=args.token_min_logp, beam_threshold=args.beam_threshold), betas))
     if "flashlight" not in skip:
-        decoders.append(("flashlight-text LexiconDecoder", word_lm, lambda a, b: partial(run_flashlight, flashlight_lexicon_decoder(symbols, word_arpa, args.beam, args.top_k, a, b)), betas))
+        decoders.append(("flashlight-text LexiconDecoder", word_lm, lambda a, b: partial(run_flashlight, flashlight_lexicon_decoder(symbols, word_arpa, args.beam, args.top_k, args.beam_threshold, a, b)), betas))
     decoders.append(("ours, CPU", char_lm, ours(char_fusion), [0.0]))
     if "flashlight" not in skip:
-        decoders.append(("flashlight-text LexiconFreeDecoder", char_lm, lambda a, b: partial(run_flashlight, flashlight_lexicon_free_decoder(symbols, char_arpa, args.beam, args.top_k, a)), [0.0]))
+        decoders.append(("flashlight-text LexiconFreeDecoder", char_lm, lambda a, b: partial(run_flashlight, flashlight_lexicon_free_decoder(symbols, char_arpa, args.beam, args.top_k, args.beam_threshold, a)), [0.0]))
 
     dev_lps, dev_refs = sets["dev"]
     test_lps, test_refs = sets["test"]
@@ -213,7 +218,8 @@ def main() -> int:
 
     ours_speed = {lm: speed for name, lm, _, _, _, speed in rows if name == "ours, CPU"}
     ours_wer = {lm: wer for name, lm, _, _, wer, _ in rows if name == "ours, CPU"}
-    print(f"\nbeam {args.beam}, top-k {args.top_k}, {args.threads} torch thread(s), batch {args.batch_size}, "
+    print(f"\nbeam {args.beam}, top-k {args.top_k}, token_min_logp {args.token_min_logp}, beam threshold {args.beam_threshold}, "
+          f"{args.threads} torch thread(s), batch {args.batch_size}, "
           f"{len(test_refs)} test utterances; LM weight and bonus tuned per decoder on {len(dev_refs)} dev utterances\n")
     print("| decoder | LM | alpha, beta | test WER | utterances/s | ours (CPU) / this: speed | WER difference (ours - this) |")
     print("|---|---|---|---|---|---|---|")

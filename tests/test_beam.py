@@ -94,6 +94,51 @@ def test_batch_equals_one_at_a_time_and_nbest_is_sorted_and_distinct():
         assert len({tuple(h.ids) for h in batched[b]}) == len(scores)
 
 
+@pytest.mark.parametrize("lm", [None, "word", "token"])
+def test_pruned_batch_equals_one_at_a_time(tmp_path, lm):
+    # utterances at very different score levels: each prunes against its own best, not the batch's
+    tok = CharTokenizer(chars="abc ")
+    write_arpa(tmp_path / "w.arpa", estimate_kneser_ney([s.split() for s in ["ab c", "a b", "cab ba"] * 3], 3))
+    fusion = None if lm is None else make_fusion(str(tmp_path / "w.arpa"), tok, unit=lm)
+    torch.manual_seed(2)
+    lp = (torch.randn(6, 25, tok.vocab_size) * torch.tensor([0.5, 4.0, 1.0, 3.0, 2.0, 0.7])[:, None, None]).log_softmax(-1)
+    lengths = torch.tensor([25, 9, 20, 1, 17, 25])
+    options = dict(beam_size=5, token_top_k=3, token_min_logp=-4.0, beam_threshold=3.0, fusion=fusion, lm_weight=0.7, word_bonus=0.5, nbest=5)
+    batched = decode_beam(lp, lengths, **options)
+    for b in range(6):
+        alone = decode_beam(lp[b : b + 1, : lengths[b]], lengths[b : b + 1], **options)[0]
+        assert [h.ids for h in alone] == [h.ids for h in batched[b]]
+        assert [h.score for h in alone] == pytest.approx([h.score for h in batched[b]], abs=1e-4)
+
+
+def test_beam_threshold_keeps_only_close_prefixes():
+    torch.manual_seed(3)
+    lp = (2 * torch.randn(4, 30, 6)).log_softmax(-1)
+    lengths = torch.tensor([30, 30, 20, 10])
+    wide = decode_beam(lp, lengths, beam_size=8, nbest=8)
+    narrow = decode_beam(lp, lengths, beam_size=8, nbest=8, beam_threshold=0.5)
+    for n in narrow:
+        assert n[0].score - n[-1].score <= 0.5
+    assert any(w[0].score - w[-1].score > 0.5 for w in wide)  # so the threshold had prefixes to drop
+    with pytest.raises(ValueError):
+        decode_beam(lp, lengths, beam_threshold=0.0)
+
+
+@pytest.mark.parametrize("lm", [None, "word", "token"])
+def test_frames_with_no_label_to_try(tmp_path, lm):
+    # token_min_logp above every label's log prob: nothing grows, every utterance stays empty
+    tok = CharTokenizer(chars="ab ")
+    write_arpa(tmp_path / "w.arpa", estimate_kneser_ney([["ab", "ba"]], 2))
+    fusion = None if lm is None else make_fusion(str(tmp_path / "w.arpa"), tok, unit=lm)
+    torch.manual_seed(4)
+    lp = torch.randn(3, 8, tok.vocab_size).log_softmax(-1)
+    lengths = torch.tensor([8, 5, 0])
+    result = decode_beam(lp, lengths, token_min_logp=0.0, fusion=fusion)
+    for b, hyps in enumerate(result):
+        assert hyps[0].ids == []
+        assert hyps[0].acoustic == pytest.approx(float(lp[b, : lengths[b], 0].sum()), abs=1e-4)
+
+
 def test_skip_blank_frames_keeps_a_repeat_across_a_blank_run():
     lp = frames({1: 0.9}, {0: 0.999}, {0: 0.999}, {0: 0.999}, {1: 0.9}, vocab=3)
     short, lengths = skip_blank_frames(lp, torch.tensor([5]), threshold=0.99)

@@ -52,12 +52,11 @@ class Hypothesis:
     num_words: int  # words (or tokens) the LM scored
 
 
-State = dict[str, torch.Tensor]  # every tensor (hyps, ...)
-
-
 class TokenLMFusion:
     """Token-level fusion: every label is an LM word (its symbol string), e.g. a phone n-gram.
-    Works for any tokenizer: give it the tokenizer's symbols (index = label id)."""
+    Works for any tokenizer: give it the tokenizer's symbols (index = label id).
+
+    State of a hypothesis: one long row, the LM state (its last order-1 LM words)."""
 
     def __init__(self, lm: NGramLM, symbols: Sequence[str], space_word: str = "|"):
         self.lm = lm
@@ -71,24 +70,18 @@ class TokenLMFusion:
         self.token_words = self.token_words.to(device)
         return self
 
-    def init_state(self, hyps: int) -> State:
-        return {"ctx": self.lm.start_state(hyps)}
+    def init_state(self, hyps: int) -> torch.Tensor:
+        return self.lm.start_state(hyps)  # (hyps, order-1)
 
-    def grow_scores(self, state: State, parent: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hypotheses `parent` (grows,) growing by `labels` (grows,) -> LM ln prob, words added."""
-        logp, _ = self.lm.score(state["ctx"][parent], self.token_words[labels])
-        return logp, torch.ones_like(logp)
+    def grow(self, state: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Hypotheses in `state` (grows, S) each growing by one of `labels` (grows,) ->
+        LM ln prob (grows,), words added (grows,), their new state (grows, S)."""
+        logp, after = self.lm.score(state, self.token_words.take(labels))
+        return logp, torch.ones_like(logp), after
 
-    def advance(self, state: State, parent: torch.Tensor, labels: torch.Tensor) -> State:
-        """The state of each new hypothesis: `parent`'s, grown by `labels` where it is >= 0."""
-        ctx = state["ctx"][parent]
-        word = self.token_words[labels.clamp(min=0)][:, None]
-        shifted = torch.cat([ctx[:, 1:], word], dim=1) if ctx.shape[1] > 1 else word
-        return {"ctx": torch.where((labels >= 0)[:, None], shifted, ctx)}
-
-    def final_scores(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
-        eos = torch.full(state["ctx"].shape[:-1], self.lm.eos, dtype=torch.long, device=self.lm.device)
-        logp, _ = self.lm.score(state["ctx"], eos)
+    def final_scores(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        eos = torch.full(state.shape[:-1], self.lm.eos, dtype=torch.long, device=self.lm.device)
+        logp, _ = self.lm.score(state, eos)
         return logp, torch.zeros_like(logp)
 
 
@@ -98,9 +91,14 @@ class WordLMFusion:
     score as <unk>; as soon as an unfinished word stops being the start of any listed word it
     also pays `oov_penalty` (ln units, once), so the beam does not fill up with non-words.
 
-    The LM's words are spelled into a trie of labels held as a (nodes, vocab) table of child
-    node ids, so following a label is one gather for the whole batch; node 0 is the root and
-    the last node, whose children are all itself, means "not the start of any listed word".
+    The LM's words are spelled into a trie of labels. Per (trie node, label) three tables
+    answer everything the search asks, each in one gather for the whole batch: the node reached
+    (the delimiter leads back to the root), whether the label ends a word, and the penalty it
+    pays. Node 0 is the root; the last node, whose children are all itself, means "not the
+    start of any listed word".
+
+    State of a hypothesis: one long row, [LM state before the unfinished word (order-1 words),
+    trie node of the unfinished word].
     """
 
     def __init__(self, lm: NGramLM, symbols: Sequence[str], delimiter: str = SPACE, oov_penalty: float = -10.0):
@@ -124,62 +122,53 @@ class WordLMFusion:
                     node_word.append(lm.unk)
                 node = children[node][label]
             node_word[node] = wid
-        self.dead = len(children)  # the node after a label no listed word continues with
-        trie = torch.full((len(children) + 1, len(symbols)), self.dead, dtype=torch.long)
+        dead = len(children)  # the node after a label no listed word continues with
+        trie = torch.full((dead + 1, len(symbols)), dead, dtype=torch.long)
         for node, kids in enumerate(children):
             for label, child in kids.items():
                 trie[node, label] = child
+        trie[:, self.delimiter] = 0  # a delimiter ends the word: the next one starts at the root
+        ends_word = torch.zeros(dead + 1, len(symbols), dtype=torch.bool)
+        ends_word[1:, self.delimiter] = True  # a delimiter after at least one label of a word
+        penalty = torch.zeros(dead + 1, len(symbols))
+        penalty[:dead] = (trie[:dead] == dead) * oov_penalty  # the label leaves the listed words
         self.vocab = len(symbols)
-        self.trie = trie.flatten().to(lm.device)  # (nodes + 1) * vocab: child of (node, label) at node * vocab + label
+        # (nodes + 1) * vocab tables, entry node * vocab + label
+        self.trie = trie.flatten().to(lm.device)
+        self.ends_word = ends_word.flatten().to(lm.device)
+        self.penalty = penalty.flatten().to(lm.device)
         self.node_word = torch.tensor(node_word + [lm.unk], dtype=torch.long).to(lm.device)  # (nodes + 1,) LM word id
 
     def to(self, device: torch.device) -> "WordLMFusion":
         self.lm.to(device)
-        self.trie, self.node_word = self.trie.to(device), self.node_word.to(device)
+        for name in ("trie", "ends_word", "penalty", "node_word"):
+            setattr(self, name, getattr(self, name).to(device))
         return self
 
-    def init_state(self, hyps: int) -> State:
-        zeros = torch.zeros(hyps, dtype=torch.long, device=self.lm.device)
-        return {
-            "ctx": self.lm.start_state(hyps),  # (hyps, order-1) LM state before the unfinished word
-            "node": zeros,  # trie node of the unfinished word (0: none yet, self.dead: not the start of a listed word)
-            "chars": zeros.clone(),  # its length
-        }
+    def init_state(self, hyps: int) -> torch.Tensor:
+        return torch.cat([self.lm.start_state(hyps), torch.zeros(hyps, 1, dtype=torch.long, device=self.lm.device)], dim=1)
 
-    def grow_scores(self, state: State, parent: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hypotheses `parent` (grows,) growing by `labels` (grows,) -> LM ln prob, words added.
+    def grow(self, state: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Hypotheses in `state` (grows, S) each growing by one of `labels` (grows,) ->
+        LM ln prob (grows,), words added (grows,), their new state (grows, S).
         The LM is only asked about the grows that finish a word."""
-        node = state["node"][parent]
-        ends_word = (labels == self.delimiter) & (state["chars"][parent] > 0)  # (grows,)
-        logp = torch.zeros(labels.shape, device=node.device)
+        entry = state[:, -1] * self.vocab + labels
+        ends_word = self.ends_word.take(entry)
+        logp = self.penalty.take(entry)
+        after = state.clone()
+        after[:, -1] = self.trie.take(entry)
         enders = ends_word.nonzero().squeeze(1)
         if enders.numel():
-            word_logp, _ = self.lm.score(state["ctx"][parent[enders]], self.node_word[node[enders]])
-            logp[enders] = word_logp
-        if self.oov_penalty:
-            child = self.trie[node * self.vocab + labels]
-            leaves = (node != self.dead) & (child == self.dead) & (labels != self.delimiter)
-            logp = logp + leaves * self.oov_penalty
-        return logp, ends_word.to(logp.dtype)
+            ender_state = state.index_select(0, enders)
+            word_logp, ctx = self.lm.score(ender_state[:, :-1], self.node_word.take(ender_state[:, -1]))
+            logp.index_add_(0, enders, word_logp)
+            after[enders, :-1] = ctx
+        return logp, ends_word.to(logp.dtype), after
 
-    def advance(self, state: State, parent: torch.Tensor, labels: torch.Tensor) -> State:
-        """The state of each new hypothesis: `parent`'s, grown by `labels` where it is >= 0."""
-        ctx, node, chars = state["ctx"][parent], state["node"][parent], state["chars"][parent]
-        grown = labels >= 0
-        delim = grown & (labels == self.delimiter)
-        ends_word = delim & (chars > 0)
-        in_word = grown & ~delim
-        word = self.node_word[node][:, None]
-        shifted = torch.cat([ctx[:, 1:], word], dim=1) if ctx.shape[1] > 1 else word
-        ctx = torch.where(ends_word[:, None], shifted, ctx)
-        node = torch.where(in_word, self.trie[node * self.vocab + labels.clamp(min=0)], node) * ~delim
-        chars = (chars + in_word) * ~delim
-        return {"ctx": ctx, "node": node, "chars": chars}
-
-    def final_scores(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
-        pending = state["chars"] > 0  # (hyps,) an unfinished word to score first
-        word_logp, after = self.lm.score(state["ctx"], self.node_word[state["node"]])
-        ctx = torch.where(pending[:, None], after, state["ctx"])
+    def final_scores(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pending = state[:, -1] != 0  # (hyps,) an unfinished word to score first
+        word_logp, after = self.lm.score(state[:, :-1], self.node_word.take(state[:, -1]))
+        ctx = torch.where(pending[:, None], after, state[:, :-1])
         eos = torch.full(pending.shape, self.lm.eos, dtype=torch.long, device=self.lm.device)
         eos_logp, _ = self.lm.score(ctx, eos)
         return word_logp * pending + eos_logp, pending.to(eos_logp.dtype)
@@ -264,42 +253,49 @@ def decode_beam(
     # the frame's candidate labels, for all frames at once: its top-k non-blank labels
     labels_lp = log_probs.clone()
     labels_lp[..., blank] = NEG_INF
-    top_lp_all, top_id_all = labels_lp.topk(k, dim=2)  # (batch, frames, k)
-    top_lp_all = top_lp_all.masked_fill(top_lp_all < token_min_logp, NEG_INF).transpose(0, 1).contiguous()  # (frames, batch, k)
-    top_id_all = top_id_all.transpose(0, 1).contiguous()  # (frames, batch, k)
-    blank_lp = log_probs[..., blank].t().contiguous()  # (frames, batch)
-    frame_lp = log_probs.transpose(0, 1).reshape(frames, batch * vocab)  # (frames, batch*vocab)
+    top_lp, top_id = labels_lp.topk(k, dim=2)  # (batch, frames, k)
+    top_lp = top_lp.masked_fill(top_lp < token_min_logp, NEG_INF)
+    frame_lp = torch.cat([log_probs[..., blank, None], top_lp], dim=2).transpose(0, 1).contiguous()  # (frames, batch, 1 + k)
+    top_id = top_id.transpose(0, 1).contiguous()  # (frames, batch, k)
+    all_lp = log_probs.transpose(0, 1).reshape(frames, batch * vocab)  # (frames, batch * vocab)
 
-    # The hypotheses: float columns (hyps, 4) = [p_b, p_nb, ln P_lm so far, words scored so far]
-    # and long columns (hyps, 3) = [utterance, last label, prefix hash], grouped by utterance.
-    # One per utterance to start: the empty prefix (no label yet: last = blank), whose hash
-    # differs per utterance so that one sorted search finds a prefix in the whole batch.
+    # The hypotheses, grouped by utterance, best first, as two matrices: hf (hyps, 4) float
+    # [p_b, p_nb, ln P_lm so far, words scored so far] and hi (hyps, 3 + S) long [utterance,
+    # last label, prefix hash, fusion state (S columns)]. One per utterance to start: the empty
+    # prefix (last label: blank), whose hash differs per utterance, so that one sorted search
+    # finds a prefix anywhere in the batch.
     utt = torch.arange(batch, device=device)
     hf = torch.zeros(batch, 4, device=device)
     hf[:, 1] = NEG_INF
     hi = torch.stack([utt, torch.full_like(utt, blank), utt * _UTT_MUL], dim=1)
-    state = fusion.init_state(batch) if fusion is not None else {}
+    if fusion is not None:
+        hi = torch.cat([hi, fusion.init_state(batch)], dim=1)
     history: list[tuple[torch.Tensor, torch.Tensor]] = []  # per frame: (parent hyp, label added or -1)
     weights = torch.tensor([lm_weight, word_bonus], device=device)
-    stay_cols = torch.stack([torch.arange(batch * beam_size, device=device), torch.full((batch * beam_size,), -1, device=device)], dim=1)
+    # extra long columns of [hyps | grows]: (parent hyp, label added); the hyps' (self, -1)
+    stay_extra = torch.stack([torch.arange(batch * beam_size, device=device), torch.full((batch * beam_size,), -1, device=device)], dim=1)
     trash = torch.full((1,), NEG_INF, device=device)
+    no_utt = torch.full((beam_size,), -1, device=device)
+    positions = torch.arange(batch * beam_size * (k + 1), device=device)
 
     for t in range(frames):
         num = hi.shape[0]
-        utt, last, key = hi.unbind(1)
+        utt, last, key = hi[:, 0], hi[:, 1], hi[:, 2]
         p_b, p_nb = hf[:, 0], hf[:, 1]
         total = plus(p_b, p_nb)  # (hyps,)
-        stay_b = total + blank_lp[t].index_select(0, utt)
-        stay_nb = p_nb + frame_lp[t].take(utt * vocab + last)  # an empty prefix has p_nb = -inf
+        lp = frame_lp[t].index_select(0, utt)  # (hyps, 1 + k): blank, then the candidate labels
+        stay_b = total + lp[:, 0]
+        stay_nb = p_nb + all_lp[t].take(utt * vocab + last)  # an empty prefix has p_nb = -inf
 
         # grow: hyp + c for the frame's candidate labels c (a repeat only from alignments ending in blank)
-        cand = top_id_all[t].index_select(0, utt)  # (hyps, k)
-        grow = torch.where(cand == last[:, None], p_b[:, None], total[:, None]).add_(top_lp_all[t].index_select(0, utt))
+        cand = top_id[t].index_select(0, utt)  # (hyps, k)
+        grow = torch.where(cand == last[:, None], p_b[:, None], total[:, None]).add_(lp[:, 1:])
         flat = (grow > NEG_INF).view(-1).nonzero().squeeze(1)  # (grows,) the finite ones
         g_parent = torch.div(flat, k, rounding_mode="floor")
         g_label = cand.view(-1).index_select(0, flat)
         g_nb = grow.view(-1).index_select(0, flat)
-        g_key = hash_step(key.index_select(0, g_parent), g_label)
+        g_i = hi.index_select(0, g_parent)  # (grows, 3 + S), the parents' columns for now
+        g_key = hash_step(g_i[:, 2], g_label)
 
         # a grown prefix already in the list: its alignments join that hypothesis's p_nb (at most
         # one grow per prefix: it has one parent and one last label), and it is no new candidate
@@ -309,44 +305,46 @@ def decode_beam(
         into = torch.where(dup, at, num)  # slot `num` is a trash slot for the others
         stay_nb = torch.cat([stay_nb, trash])
         stay_nb.scatter_(0, into, plus(stay_nb.index_select(0, into), g_nb))
-        g_nb = g_nb.masked_fill(dup, NEG_INF)
 
-        # candidates [stays | grows]: float and long columns, and the total score
+        # candidates [hyps | grows]: float and long columns, and their total scores
         g_f = hf.index_select(0, g_parent)
+        g_f[:, 0] = NEG_INF
+        g_f[:, 1] = g_nb.masked_fill_(dup, NEG_INF)
+        g_i[:, 1] = g_label
+        g_i[:, 2] = g_key
         if fusion is not None:
-            d_lm, d_words = fusion.grow_scores(state, g_parent, g_label)
+            d_lm, d_words, g_i[:, 3:] = fusion.grow(g_i[:, 3:], g_label)
             g_f[:, 2] += d_lm
             g_f[:, 3] += d_words
-        g_f[:, 0] = NEG_INF
-        g_f[:, 1] = g_nb
-        c_f = torch.cat([torch.stack([stay_b, stay_nb[:num]], dim=1), hf[:, 2:]], dim=1)
-        c_f = torch.cat([c_f, g_f])  # (cands, 4)
-        g_i = torch.stack([utt.index_select(0, g_parent), g_label, g_key, g_parent, g_label], dim=1)
-        c_i = torch.cat([torch.cat([hi, stay_cols[:num]], dim=1), g_i])  # (cands, 5): utt, last, key, parent, label
+        hf[:, 0] = stay_b
+        hf[:, 1] = stay_nb[:num]
+        c_f = torch.cat([hf, g_f])  # (cands, 4)
+        c_i = torch.cat([torch.cat([hi, stay_extra[:num]], dim=1), torch.cat([g_i, torch.stack([g_parent, g_label], dim=1)], dim=1)])
         score = plus(c_f[:, 0], c_f[:, 1]) + c_f[:, 2:] @ weights  # (cands,)
 
-        # each utterance keeps its best `beam_size` within `beam_threshold` of its best: sort by
-        # (utterance, -score) in one key, then rank within the utterance
+        # each utterance keeps its best `beam_size` within `beam_threshold` of its best: one sort
+        # by (utterance, -score); a candidate is in its utterance's top `beam_size` when the one
+        # `beam_size` places before it belongs to another utterance
         c_utt = c_i[:, 0]
-        order = torch.argsort(c_utt.double() * 1e8 - score.double().clamp(-1e7, 1e7))
+        order = torch.argsort(score.double().neg_().clamp_(max=1e7).add_(c_utt, alpha=1e8))
         s_sorted = score.index_select(0, order)
-        counts = torch.bincount(c_utt, minlength=batch)
-        first = (torch.cumsum(counts, 0) - counts).index_select(0, c_utt.index_select(0, order))  # (cands,)
-        keep = (torch.arange(order.shape[0], device=device) - first < beam_size) & (s_sorted >= s_sorted.index_select(0, first) - beam_threshold) & (s_sorted > NEG_INF)
+        u_sorted = c_utt.index_select(0, order)
+        first = torch.cat([torch.ones(1, dtype=torch.bool, device=device), u_sorted[1:] != u_sorted[:-1]])
+        head = torch.where(first, positions[: order.shape[0]], 0).cummax(0).values  # where the utterance's run starts
+        best = s_sorted.index_select(0, head)  # its best score
+        keep = (s_sorted >= best - beam_threshold) & (s_sorted > NEG_INF) & (torch.cat([no_utt, u_sorted])[: order.shape[0]] != u_sorted)
         pick = order[keep]  # new hyps, grouped by utterance, best first
 
         hf = c_f.index_select(0, pick)
         c_i = c_i.index_select(0, pick)
-        hi, parent, label = c_i[:, :3], c_i[:, 3], c_i[:, 4]
-        if fusion is not None:
-            state = fusion.advance(state, parent, label)
+        hi, parent, label = c_i[:, :-2], c_i[:, -2], c_i[:, -1]
         history.append((parent, label))
 
     utt = hi[:, 0]
     acoustic = plus(hf[:, 0], hf[:, 1])  # (hyps,)
     lm_total, words = hf[:, 2], hf[:, 3]
     if fusion is not None:
-        final_lm, final_words = fusion.final_scores(state)
+        final_lm, final_words = fusion.final_scores(hi[:, 3:])
         lm_total, words = lm_total + final_lm, words + final_words
     score = acoustic + lm_weight * lm_total + word_bonus * words
     return _backtrack(history, utt, batch, nbest, [score, acoustic, lm_total, words])
