@@ -19,7 +19,7 @@ list only pays for those. Each frame:
     prefix differs per utterance, so one sorted search covers the batch) and merged into it;
  3. the LM scores only the grows that finish a word (or every grow, for token-level fusion);
  4. each utterance keeps its best `beam_size` candidates within `beam_threshold` of its best
-    (a scatter into a (batch, widest) grid and one `topk`).
+    (one sort of all candidates by (utterance, -score)).
 Prefixes are spelled out at the end from per-frame back-pointers. The code is the same on CPU
 and CUDA; the flat list costs a few small device-to-host reads per frame (its new sizes).
 
@@ -356,7 +356,7 @@ def _backtrack(history: list[tuple[torch.Tensor, torch.Tensor]], utt: torch.Tens
     score = values[0]
     order = torch.sort(score, descending=True, stable=True).indices
     order = order[torch.sort(utt[order], stable=True).indices]  # by utterance, best first
-    counts, start = _starts(utt, batch)
+    _, start = _starts(utt, batch)
     rank = torch.arange(order.shape[0], device=utt.device) - start[utt[order]]
     chosen = order[rank < nbest]  # (chosen,)
     labels = []
