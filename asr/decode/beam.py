@@ -197,10 +197,21 @@ def skip_blank_frames(log_probs: torch.Tensor, lengths: torch.Tensor, threshold:
     return compacted[:, : max(num_frames, 1)], new_lengths
 
 
-def _starts(group: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For items sorted by group id (n,): per group, its item count and first position (groups,)."""
-    counts = torch.bincount(group, minlength=groups)
-    return counts, torch.cumsum(counts, 0) - counts
+def _best_per_utterance(score: torch.Tensor, utt: torch.Tensor, n: int, threshold: float = math.inf) -> torch.Tensor:
+    """Indices of the items (score (items,), utt (items,)) that are among their utterance's `n`
+    best, finite and within `threshold` of its best; grouped by utterance, best first.
+
+    One sort by (utterance, -score); an item is in its utterance's top n when the item n places
+    before it belongs to another utterance."""
+    order = torch.argsort(score.double().neg_().clamp_(max=1e7).add_(utt, alpha=1e8), stable=True)
+    s_sorted = score.index_select(0, order)
+    u_sorted = utt.index_select(0, order)
+    first = torch.ones_like(u_sorted, dtype=torch.bool)
+    first[1:] = u_sorted[1:] != u_sorted[:-1]
+    head = torch.where(first, torch.arange(order.shape[0], device=score.device), 0).cummax(0).values  # where the utterance's run starts
+    keep = (s_sorted >= s_sorted.index_select(0, head) - threshold) & (s_sorted > NEG_INF)
+    keep &= torch.cat([u_sorted.new_full((n,), -1), u_sorted])[: order.shape[0]] != u_sorted
+    return order[keep]
 
 
 @torch.inference_mode()
@@ -275,8 +286,6 @@ def decode_beam(
     # extra long columns of [hyps | grows]: (parent hyp, label added); the hyps' (self, -1)
     stay_extra = torch.stack([torch.arange(batch * beam_size, device=device), torch.full((batch * beam_size,), -1, device=device)], dim=1)
     trash = torch.full((1,), NEG_INF, device=device)
-    no_utt = torch.full((beam_size,), -1, device=device)
-    positions = torch.arange(batch * beam_size * (k + 1), device=device)
 
     for t in range(frames):
         num = hi.shape[0]
@@ -322,18 +331,8 @@ def decode_beam(
         c_i = torch.cat([torch.cat([hi, stay_extra[:num]], dim=1), torch.cat([g_i, torch.stack([g_parent, g_label], dim=1)], dim=1)])
         score = plus(c_f[:, 0], c_f[:, 1]) + c_f[:, 2:] @ weights  # (cands,)
 
-        # each utterance keeps its best `beam_size` within `beam_threshold` of its best: one sort
-        # by (utterance, -score); a candidate is in its utterance's top `beam_size` when the one
-        # `beam_size` places before it belongs to another utterance
-        c_utt = c_i[:, 0]
-        order = torch.argsort(score.double().neg_().clamp_(max=1e7).add_(c_utt, alpha=1e8))
-        s_sorted = score.index_select(0, order)
-        u_sorted = c_utt.index_select(0, order)
-        first = torch.cat([torch.ones(1, dtype=torch.bool, device=device), u_sorted[1:] != u_sorted[:-1]])
-        head = torch.where(first, positions[: order.shape[0]], 0).cummax(0).values  # where the utterance's run starts
-        best = s_sorted.index_select(0, head)  # its best score
-        keep = (s_sorted >= best - beam_threshold) & (s_sorted > NEG_INF) & (torch.cat([no_utt, u_sorted])[: order.shape[0]] != u_sorted)
-        pick = order[keep]  # new hyps, grouped by utterance, best first
+        # each utterance keeps its best `beam_size` within `beam_threshold` of its best
+        pick = _best_per_utterance(score, c_i[:, 0], beam_size, beam_threshold)  # grouped by utterance, best first
 
         hf = c_f.index_select(0, pick)
         c_i = c_i.index_select(0, pick)
@@ -353,12 +352,7 @@ def decode_beam(
 def _backtrack(history: list[tuple[torch.Tensor, torch.Tensor]], utt: torch.Tensor, batch: int, nbest: int, values: list[torch.Tensor]) -> list[list[Hypothesis]]:
     """Spell out the `nbest` best final hypotheses of each utterance from the per-frame
     back-pointers (one device transfer)."""
-    score = values[0]
-    order = torch.sort(score, descending=True, stable=True).indices
-    order = order[torch.sort(utt[order], stable=True).indices]  # by utterance, best first
-    _, start = _starts(utt, batch)
-    rank = torch.arange(order.shape[0], device=utt.device) - start[utt[order]]
-    chosen = order[rank < nbest]  # (chosen,)
+    chosen = _best_per_utterance(values[0], utt, nbest)  # (chosen,)
     labels = []
     hyp = chosen
     for parent, label in reversed(history):
@@ -369,8 +363,6 @@ def _backtrack(history: list[tuple[torch.Tensor, torch.Tensor]], utt: torch.Tens
     score, acoustic, lm, words = (v[chosen].tolist() for v in values)
     results: list[list[Hypothesis]] = [[] for _ in range(batch)]
     for i, b in enumerate(owner):
-        if score[i] == NEG_INF:
-            continue
         row = spelled[i]
         results[b].append(Hypothesis(row[row >= 0].tolist(), score[i], acoustic[i], lm[i], int(words[i])))
     return results
