@@ -54,10 +54,10 @@ def test_scores_follow_the_backoff_rule_worked_by_hand(tmp_path):
     }
     expected[("a", "b", "</s>")] = -0.25 + -0.2  # bow(a b) + P(</s> | b)
     for (h1, h2, w), log10p in expected.items():
-        state = torch.tensor([[lm.word_id(h1) if h1 != "x" else -1, lm.word_id(h2)]])
+        state = torch.tensor([[lm.word_id(h2), lm.word_id(h1) if h1 != "x" else -1]])  # newest first
         logp, new_state = lm.score(state, torch.tensor([lm.word_id(w)]))
         assert logp.item() == pytest.approx(log10p * LN10, abs=1e-5), (h1, h2, w)
-        assert new_state.tolist() == [[lm.word_id(h2), lm.word_id(w)]]
+        assert new_state.tolist() == [[lm.word_id(w), lm.word_id(h2)]]
     # an out-of-vocabulary word scores as <unk>
     assert lm.word_id("zebra") == lm.unk
     assert lm.score_sentence(["zebra"], eos=False) == pytest.approx((-0.5 - 2.0) * LN10, abs=1e-5)

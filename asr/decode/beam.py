@@ -9,14 +9,16 @@ grows by one of the frame's candidate labels; a repeat of the last label only gr
 from p_b, because without a blank between them two equal labels are one. A grown prefix that
 equals another prefix still in the beam (l + c == l') is merged into it.
 
-The hypotheses of all utterances live in one flat list (tensors of shape (hyps,), grouped by
-utterance, best first), not a dense (batch, beam) grid: a peaky CTC model leaves most
-utterances with a few live prefixes and a label or two worth trying per frame, and the flat
-list only pays for those. Each frame:
+The hypotheses of all utterances live in one flat list (grouped by utterance, best first), not
+a dense (batch, beam) grid: a peaky CTC model leaves most utterances with a few live prefixes
+and a label or two worth trying per frame, and the flat list only pays for those. Utterances are
+taken longest first, so the ones that have ended are the list's tail and leave it by slicing.
+Each frame:
  1. every hypothesis stays, and grows by the frame's candidate labels (its `token_top_k` most
-    probable, those at least `token_min_logp`); grows that come out at -inf are dropped;
+    probable, those at least `token_min_logp`, found for all frames at once); grows that come
+    out at -inf are dropped;
  2. a grown prefix already in the list is found by its 64-bit hash (the hash of the empty
-    prefix differs per utterance, so one sorted search covers the batch) and merged into it;
+    prefix differs per utterance, so one sort of the hashes covers the batch) and merged into it;
  3. the LM scores only the grows that finish a word (or every grow, for token-level fusion);
  4. each utterance keeps its best `beam_size` candidates within `beam_threshold` of its best
     (one sort of all candidates by (utterance, -score)).
@@ -76,7 +78,7 @@ class TokenLMFusion:
     def grow(self, state: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Hypotheses in `state` (grows, S) each growing by one of `labels` (grows,) ->
         LM ln prob (grows,), words added (grows,), their new state (grows, S)."""
-        logp, after = self.lm.score(state, self.token_words.take(labels))
+        logp, after = self.lm.score(state, self.token_words.index_select(0, labels))
         return logp, torch.ones_like(logp), after
 
     def final_scores(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,21 +155,20 @@ class WordLMFusion:
         LM ln prob (grows,), words added (grows,), their new state (grows, S).
         The LM is only asked about the grows that finish a word."""
         entry = state[:, -1] * self.vocab + labels
-        ends_word = self.ends_word.take(entry)
-        logp = self.penalty.take(entry)
-        after = state.clone()
-        after[:, -1] = self.trie.take(entry)
+        ends_word = self.ends_word.index_select(0, entry)
+        logp = self.penalty.index_select(0, entry)
+        after = torch.cat([state[:, :-1], self.trie.index_select(0, entry)[:, None]], dim=1)
         enders = ends_word.nonzero().squeeze(1)
         if enders.numel():
             ender_state = state.index_select(0, enders)
-            word_logp, ctx = self.lm.score(ender_state[:, :-1], self.node_word.take(ender_state[:, -1]))
+            word_logp, ctx = self.lm.score(ender_state[:, :-1], self.node_word.index_select(0, ender_state[:, -1]))
             logp.index_add_(0, enders, word_logp)
-            after[enders, :-1] = ctx
+            after[:, :-1].index_copy_(0, enders, ctx)
         return logp, ends_word.to(logp.dtype), after
 
     def final_scores(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pending = state[:, -1] != 0  # (hyps,) an unfinished word to score first
-        word_logp, after = self.lm.score(state[:, :-1], self.node_word.take(state[:, -1]))
+        word_logp, after = self.lm.score(state[:, :-1], self.node_word.index_select(0, state[:, -1]))
         ctx = torch.where(pending[:, None], after, state[:, :-1])
         eos = torch.full(pending.shape, self.lm.eos, dtype=torch.long, device=self.lm.device)
         eos_logp, _ = self.lm.score(ctx, eos)
@@ -197,21 +198,24 @@ def skip_blank_frames(log_probs: torch.Tensor, lengths: torch.Tensor, threshold:
     return compacted[:, : max(num_frames, 1)], new_lengths
 
 
-def _best_per_utterance(score: torch.Tensor, utt: torch.Tensor, n: int, threshold: float = math.inf) -> torch.Tensor:
-    """Indices of the items (score (items,), utt (items,)) that are among their utterance's `n`
-    best, finite and within `threshold` of its best; grouped by utterance, best first.
+def _best_per_utterance(score: torch.Tensor, utt: torch.Tensor, utterances: int, n: int, threshold: float = math.inf) -> torch.Tensor:
+    """Indices of the items (score (items,) float32, utt (items,) in 0 .. utterances-1) that are
+    among their utterance's `n` best, finite and within `threshold` of its best; grouped by
+    utterance, best first, ties in item order.
 
-    One sort by (utterance, -score); an item is in its utterance's top n when the item n places
+    One stable sort by (utterance, -score), on int64 keys: the utterance in the high 32 bits,
+    the score's float32 bits in the low, made to rise with the score (a negative float's
+    magnitude bits are flipped). An item is in its utterance's top n when the item n places
     before it belongs to another utterance."""
-    order = torch.argsort(score.double().neg_().clamp_(max=1e7).add_(utt, alpha=1e8), stable=True)
+    bits = score.view(torch.int32).long()
+    order = torch.argsort((utt << 32).sub_(bits ^ ((bits >> 31) & 0x7FFFFFFF)), stable=True)
     s_sorted = score.index_select(0, order)
     u_sorted = utt.index_select(0, order)
-    first = torch.ones_like(u_sorted, dtype=torch.bool)
-    first[1:] = u_sorted[1:] != u_sorted[:-1]
-    head = torch.where(first, torch.arange(order.shape[0], device=score.device), 0).cummax(0).values  # where the utterance's run starts
-    keep = (s_sorted >= s_sorted.index_select(0, head) - threshold) & (s_sorted > NEG_INF)
-    keep &= torch.cat([u_sorted.new_full((n,), -1), u_sorted])[: order.shape[0]] != u_sorted
-    return order[keep]
+    best = score.new_full((utterances,), NEG_INF).scatter_reduce_(0, utt, score, "amax")
+    keep = (s_sorted >= (best - threshold).index_select(0, u_sorted)) & (s_sorted > NEG_INF)
+    if n < u_sorted.shape[0]:
+        keep &= torch.cat([u_sorted.new_full((n,), -1), u_sorted[:-n]]) != u_sorted
+    return order.masked_select(keep)
 
 
 @torch.inference_mode()
@@ -253,52 +257,54 @@ def decode_beam(
     if blank_skip < 1.0:
         log_probs, lengths = skip_blank_frames(log_probs, lengths, blank_skip, blank)
     batch, frames, vocab = log_probs.shape
-    k = min(token_top_k, vocab - 1)
-    # Past its end an utterance sees frames that are certainly blank: every prefix keeps its
-    # total probability and no prefix can grow, so no per-utterance bookkeeping is needed.
-    past_end = torch.arange(frames, device=device)[None, :] >= lengths[:, None]  # (batch, frames)
-    silent = torch.full((vocab,), NEG_INF, device=device)
-    silent[blank] = 0.0
-    log_probs = torch.where(past_end[..., None], silent, log_probs)  # (batch, frames, vocab)
+    # Longest utterance first: the hypotheses are grouped by utterance, so the utterances that
+    # have ended are a tail of the list, and leave it by slicing.
+    by_length = torch.argsort(lengths, descending=True, stable=True)
+    log_probs, lengths = log_probs.index_select(0, by_length), lengths.index_select(0, by_length)
+    ends = lengths.tolist()  # per utterance (longest first), the frame at which it leaves
+    cand_id, cand_lp = _frame_candidates(log_probs, lengths, token_top_k, token_min_logp, blank)  # (batch * frames, k)
+    k = cand_id.shape[1]
+    flat_lp = log_probs.reshape(-1)  # entry (utterance * frames + t) * vocab + label
 
-    # the frame's candidate labels, for all frames at once: its top-k non-blank labels
-    labels_lp = log_probs.clone()
-    labels_lp[..., blank] = NEG_INF
-    top_lp, top_id = labels_lp.topk(k, dim=2)  # (batch, frames, k)
-    top_lp = top_lp.masked_fill(top_lp < token_min_logp, NEG_INF)
-    frame_lp = torch.cat([log_probs[..., blank, None], top_lp], dim=2).transpose(0, 1).contiguous()  # (frames, batch, 1 + k)
-    top_id = top_id.transpose(0, 1).contiguous()  # (frames, batch, k)
-    all_lp = log_probs.transpose(0, 1).reshape(frames, batch * vocab)  # (frames, batch * vocab)
-
-    # The hypotheses, grouped by utterance, best first, as two matrices: hf (hyps, 4) float
-    # [p_b, p_nb, ln P_lm so far, words scored so far] and hi (hyps, 3 + S) long [utterance,
-    # last label, prefix hash, fusion state (S columns)]. One per utterance to start: the empty
-    # prefix (last label: blank), whose hash differs per utterance, so that one sorted search
-    # finds a prefix anywhere in the batch.
+    # The hypotheses, grouped by utterance, best first: hf (4, hyps) float, rows [p_b, p_nb,
+    # ln P_lm so far, words scored so far], and hi (hyps, 3 + S) long, columns [utterance, last
+    # label, prefix hash, fusion state (S columns)]. One per utterance to start: the empty prefix
+    # (last label: blank), whose hash differs per utterance, so that one sort finds equal
+    # prefixes anywhere in the batch.
     utt = torch.arange(batch, device=device)
-    hf = torch.zeros(batch, 4, device=device)
-    hf[:, 1] = NEG_INF
+    hf = torch.zeros(4, batch, device=device)
+    hf[1] = NEG_INF
     hi = torch.stack([utt, torch.full_like(utt, blank), utt * _UTT_MUL], dim=1)
     if fusion is not None:
         hi = torch.cat([hi, fusion.init_state(batch)], dim=1)
     history: list[tuple[torch.Tensor, torch.Tensor]] = []  # per frame: (parent hyp, label added or -1)
+    ended: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (frames seen, place in the list, hf, hi) of utterances that ended
     weights = torch.tensor([lm_weight, word_bonus], device=device)
-    # extra long columns of [hyps | grows]: (parent hyp, label added); the hyps' (self, -1)
-    stay_extra = torch.stack([torch.arange(batch * beam_size, device=device), torch.full((batch * beam_size,), -1, device=device)], dim=1)
-    trash = torch.full((1,), NEG_INF, device=device)
+    stay_parent = torch.arange(batch * beam_size, device=device)
+    stay_label = torch.full((batch * beam_size,), -1, device=device)
+    live = batch  # utterances 0 .. live-1 still have frames
 
-    for t in range(frames):
+    for t in range(frames + 1):
+        if live and ends[live - 1] <= t:  # utterances ending here leave the list, hypotheses and all
+            while live and ends[live - 1] <= t:
+                live -= 1
+            cut = int((hi[:, 0] < live).sum())
+            ended.append((t, cut, hf[:, cut:], hi[cut:]))
+            hf, hi = hf[:, :cut], hi[:cut]
+        if not live:
+            break
         num = hi.shape[0]
         utt, last, key = hi[:, 0], hi[:, 1], hi[:, 2]
-        p_b, p_nb = hf[:, 0], hf[:, 1]
+        p_b, p_nb = hf[0], hf[1]
         total = plus(p_b, p_nb)  # (hyps,)
-        lp = frame_lp[t].index_select(0, utt)  # (hyps, 1 + k): blank, then the candidate labels
-        stay_b = total + lp[:, 0]
-        stay_nb = p_nb + all_lp[t].take(utt * vocab + last)  # an empty prefix has p_nb = -inf
+        row = utt * frames + t  # (hyps,) the hypothesis's (utterance, frame)
+        at = row * vocab
+        stay_b = total + flat_lp.index_select(0, at + blank)
+        stay_nb = p_nb + flat_lp.index_select(0, at + last)  # an empty prefix has p_nb = -inf
 
         # grow: hyp + c for the frame's candidate labels c (a repeat only from alignments ending in blank)
-        cand = top_id[t].index_select(0, utt)  # (hyps, k)
-        grow = torch.where(cand == last[:, None], p_b[:, None], total[:, None]).add_(lp[:, 1:])
+        cand = cand_id.index_select(0, row)  # (hyps, k)
+        grow = torch.where(cand == last[:, None], p_b[:, None], total[:, None]).add_(cand_lp.index_select(0, row))
         flat = (grow > NEG_INF).view(-1).nonzero().squeeze(1)  # (grows,) the finite ones
         g_parent = torch.div(flat, k, rounding_mode="floor")
         g_label = cand.view(-1).index_select(0, flat)
@@ -306,66 +312,113 @@ def decode_beam(
         g_i = hi.index_select(0, g_parent)  # (grows, 3 + S), the parents' columns for now
         g_key = hash_step(g_i[:, 2], g_label)
 
-        # a grown prefix already in the list: its alignments join that hypothesis's p_nb (at most
-        # one grow per prefix: it has one parent and one last label), and it is no new candidate
-        sorted_key, by_key = key.sort()
-        at = by_key.index_select(0, torch.searchsorted(sorted_key, g_key).clamp_(max=max(num - 1, 0)))
-        dup = key.index_select(0, at) == g_key
-        into = torch.where(dup, at, num)  # slot `num` is a trash slot for the others
-        stay_nb = torch.cat([stay_nb, trash])
-        stay_nb.scatter_(0, into, plus(stay_nb.index_select(0, into), g_nb))
+        # A grown prefix already in the list: its alignments join that hypothesis's p_nb, and it
+        # is no new candidate. Prefixes in the list are distinct, and so are the grows (one
+        # parent, one label), so equal keys come in pairs, the hypothesis first (stable sort).
+        keys = torch.cat([key, g_key])
+        by_key = keys.argsort(stable=True)
+        pairs = (keys.index_select(0, by_key).diff() == 0).nonzero().squeeze(1)
+        into = by_key.index_select(0, pairs)  # (dups,) hypotheses
+        dup = by_key.index_select(0, pairs + 1).sub_(num)  # (dups,) grows
+        stay_nb.index_copy_(0, into, plus(stay_nb.index_select(0, into), g_nb.index_select(0, dup)))
+        g_nb.index_fill_(0, dup, NEG_INF)
 
-        # candidates [hyps | grows]: float and long columns, and their total scores
-        g_f = hf.index_select(0, g_parent)
-        g_f[:, 0] = NEG_INF
-        g_f[:, 1] = g_nb.masked_fill_(dup, NEG_INF)
+        # candidates [hyps | grows]: float rows, long columns, and their total scores
+        g_f = hf.index_select(1, g_parent)
+        g_f[0] = NEG_INF
+        g_f[1] = g_nb
         g_i[:, 1] = g_label
         g_i[:, 2] = g_key
         if fusion is not None:
             d_lm, d_words, g_i[:, 3:] = fusion.grow(g_i[:, 3:], g_label)
-            g_f[:, 2] += d_lm
-            g_f[:, 3] += d_words
-        hf[:, 0] = stay_b
-        hf[:, 1] = stay_nb[:num]
-        c_f = torch.cat([hf, g_f])  # (cands, 4)
-        c_i = torch.cat([torch.cat([hi, stay_extra[:num]], dim=1), torch.cat([g_i, torch.stack([g_parent, g_label], dim=1)], dim=1)])
-        score = plus(c_f[:, 0], c_f[:, 1]) + c_f[:, 2:] @ weights  # (cands,)
+            g_f[2] += d_lm
+            g_f[3] += d_words
+        hf[0] = stay_b
+        hf[1] = stay_nb
+        c_f = torch.cat([hf, g_f], dim=1)  # (4, cands)
+        c_i = torch.cat([hi, g_i])  # (cands, 3 + S)
+        score = plus(c_f[0], c_f[1]).add_(weights @ c_f[2:])  # (cands,)
 
         # each utterance keeps its best `beam_size` within `beam_threshold` of its best
-        pick = _best_per_utterance(score, c_i[:, 0], beam_size, beam_threshold)  # grouped by utterance, best first
-
-        hf = c_f.index_select(0, pick)
-        c_i = c_i.index_select(0, pick)
-        hi, parent, label = c_i[:, :-2], c_i[:, -2], c_i[:, -1]
+        pick = _best_per_utterance(score, c_i[:, 0], batch, beam_size, beam_threshold)  # grouped by utterance, best first
+        hf = c_f.index_select(1, pick)
+        hi = c_i.index_select(0, pick)
+        parent = torch.cat([stay_parent[:num], g_parent]).index_select(0, pick)
+        label = torch.cat([stay_label[:num], g_label]).index_select(0, pick)
         history.append((parent, label))
 
+    # every utterance has ended: score its hypotheses as they were then
+    seen = torch.cat([torch.full((i.shape[0],), n, device=device) for n, _, _, i in ended])  # frames each one saw
+    index = torch.cat([torch.arange(at, at + i.shape[0], device=device) for _, at, _, i in ended])  # its place in the list then
+    hf = torch.cat([f for _, _, f, _ in ended], dim=1)
+    hi = torch.cat([i for _, _, _, i in ended])
     utt = hi[:, 0]
-    acoustic = plus(hf[:, 0], hf[:, 1])  # (hyps,)
-    lm_total, words = hf[:, 2], hf[:, 3]
+    acoustic = plus(hf[0], hf[1])  # (hyps,)
+    lm_total, words = hf[2], hf[3]
     if fusion is not None:
         final_lm, final_words = fusion.final_scores(hi[:, 3:])
         lm_total, words = lm_total + final_lm, words + final_words
     score = acoustic + lm_weight * lm_total + word_bonus * words
-    return _backtrack(history, utt, batch, nbest, [score, acoustic, lm_total, words])
-
-
-def _backtrack(history: list[tuple[torch.Tensor, torch.Tensor]], utt: torch.Tensor, batch: int, nbest: int, values: list[torch.Tensor]) -> list[list[Hypothesis]]:
-    """Spell out the `nbest` best final hypotheses of each utterance from the per-frame
-    back-pointers (one device transfer)."""
-    chosen = _best_per_utterance(values[0], utt, nbest)  # (chosen,)
-    labels = []
-    hyp = chosen
-    for parent, label in reversed(history):
-        labels.append(label[hyp])
-        hyp = parent[hyp]
-    spelled = torch.stack(labels[::-1], dim=1).cpu() if labels else torch.empty(chosen.shape[0], 0, dtype=torch.long)
-    owner = utt[chosen].tolist()
-    score, acoustic, lm, words = (v[chosen].tolist() for v in values)
+    chosen = _best_per_utterance(score, utt, batch, nbest)  # (chosen,) grouped by utterance, best first
+    spelled = _backtrack(history, seen.index_select(0, chosen), index.index_select(0, chosen))
+    owner = by_length.index_select(0, utt.index_select(0, chosen)).tolist()
+    score, acoustic, lm_total, words = (v.index_select(0, chosen).tolist() for v in (score, acoustic, lm_total, words))
     results: list[list[Hypothesis]] = [[] for _ in range(batch)]
     for i, b in enumerate(owner):
-        row = spelled[i]
-        results[b].append(Hypothesis(row[row >= 0].tolist(), score[i], acoustic[i], lm[i], int(words[i])))
+        results[b].append(Hypothesis(spelled[i], score[i], acoustic[i], lm_total[i], int(words[i])))
     return results
+
+
+def _frame_candidates(log_probs: torch.Tensor, lengths: torch.Tensor, top_k: int, min_logp: float, blank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The labels each frame tries: its `top_k` most probable non-blank labels with log prob at
+    least `min_logp`. log_probs (batch, frames, vocab) -> the labels and their log probs, both
+    (batch * frames, k), k the most any frame has (padded with log prob -inf)."""
+    batch, frames, vocab = log_probs.shape
+    lp = log_probs.reshape(-1, vocab)
+    ok = lp >= min_logp
+    ok[:, blank] = False
+    ok &= (torch.arange(frames, device=lp.device) < lengths[:, None]).view(-1, 1)  # frames past the end try nothing
+    count = ok.sum(dim=1)
+    if top_k < vocab - 1:  # the frames with more labels than that keep their top_k
+        over = (count > top_k).nonzero().squeeze(1)
+        if over.numel():
+            rows = lp.index_select(0, over)
+            rows[:, blank] = NEG_INF
+            top = torch.zeros_like(rows, dtype=torch.bool).scatter_(1, rows.topk(top_k, dim=1).indices, True)
+            ok.index_copy_(0, over, ok.index_select(0, over) & top)
+            count = ok.sum(dim=1)
+    k = max(int(count.max()) if count.numel() else 0, 1)
+    at = ok.view(-1).nonzero().squeeze(1)  # (n,) row * vocab + label, rising
+    r = torch.div(at, vocab, rounding_mode="floor")
+    first = count.cumsum(0).sub_(count)  # where each row's candidates start among them
+    into = r * k + torch.arange(at.shape[0], device=lp.device).sub_(first.index_select(0, r))  # (row, place in the row)
+    cand_id = torch.full((lp.shape[0] * k,), blank, dtype=torch.long, device=lp.device).index_copy_(0, into, at - r * vocab)
+    cand_lp = torch.full((lp.shape[0] * k,), NEG_INF, device=lp.device).index_copy_(0, into, lp.view(-1).index_select(0, at))
+    return cand_id.view(-1, k), cand_lp.view(-1, k)
+
+
+def _backtrack(history: list[tuple[torch.Tensor, torch.Tensor]], seen: torch.Tensor, index: torch.Tensor) -> list[list[int]]:
+    """Spell out hypotheses from the per-frame back-pointers: hypothesis i is entry index[i] of
+    the list after frame seen[i]. One walk back over the frames serves all of them: a
+    hypothesis joins the walk at its own last frame."""
+    order = torch.argsort(seen, descending=True, stable=True)
+    starts = seen.index_select(0, order).tolist()
+    pointers = index.index_select(0, order)
+    out = torch.full((len(history), len(starts)), -1, dtype=torch.long, device=seen.device)
+    active, hyp = 0, pointers[:0]
+    for t in range(len(history) - 1, -1, -1):
+        while active < len(starts) and starts[active] > t:
+            active += 1
+        if active > hyp.shape[0]:
+            hyp = torch.cat([hyp, pointers[hyp.shape[0] : active]])
+        if active:
+            parent, label = history[t]
+            out[t, :active] = label.index_select(0, hyp)
+            hyp = parent.index_select(0, hyp)
+    spelled: list[list[int]] = [[] for _ in starts]
+    for i, labels in zip(order.tolist(), out.t().cpu().tolist()):
+        spelled[i] = [c for c in labels if c >= 0]
+    return spelled
 
 
 def make_fusion(lm_path: str, tokenizer, unit: str = "auto", device: torch.device | str = "cpu") -> Fusion:

@@ -191,8 +191,8 @@ def write_arpa(path: str | os.PathLike, arpa: Arpa) -> None:
 class NGramLM:
     """A back-off n-gram model as tensors, scoring batches of queries in natural-log units.
 
-    State of a hypothesis = its last `order - 1` word ids, oldest first, -1 where there are fewer
-    words (the state after <s> alone is [-1, ..., -1, bos]).
+    State of a hypothesis = its last `order - 1` word ids, newest first, -1 where there are fewer
+    words (the state after <s> alone is [bos, -1, ..., -1]).
 
     All n-grams of all orders share one sorted table of hash keys, so one `searchsorted` looks
     up, for every query, every suffix n-gram (w), (h1 w), (h2 h1 w), ... and every context
@@ -223,14 +223,42 @@ class NGramLM:
         value = torch.cat(values)[by_key].float()
         device = torch.device(device)
         self.keys = key.to(device)  # (ngrams,) sorted hash keys of all orders
+        self._index_buckets()
         self.logp = value[:, 0].contiguous().to(device)  # (ngrams,) ln P
         self.bow = value[:, 1].contiguous().to(device)  # (ngrams,) ln back-off weight (0 if none)
-        # hash of the suffix of length n of (w, h1, h2, ...) = MUL**n * cumsum((id + 1) * MUL**(1-i))
-        # (see hash_step; MUL is odd, so it has an inverse modulo 2**64)
+        # key of (h_n .. h1) = MUL**n * sum_i (h_i + 1) * MUL**(1-i) (see hash_step; MUL is odd,
+        # so it has an inverse modulo 2**64)
         self._rise = torch.tensor([_wrap(pow(_MUL, n, 1 << 64)) for n in range(1, self.order + 1)], dtype=torch.long, device=device)
         inverse = pow(_MUL, -1, 1 << 64)
         self._fall = torch.tensor([_wrap(pow(inverse, i, 1 << 64)) for i in range(self.order)], dtype=torch.long, device=device)
         self._orders = torch.arange(1, self.order + 1, device=device)  # (order,)
+
+    def _index_buckets(self) -> None:
+        """A bucket index over the sorted keys, so that a lookup is two gathers, not a binary search.
+
+        A key's bucket is its top `_bits` bits; buckets rise with the keys, so each bucket's keys
+        are one run of the sorted table, starting at `_first[bucket]`. With 2 to 4 buckets per
+        key the runs are short (a well-mixed hash spreads keys evenly); a query is compared with
+        the `window` keys from its bucket's start, the longest run, all gathered at once from
+        `_windows` (row i = keys[i : i + window]; the table's last key pads the end,
+        where no other query can match it first)."""
+        keys = self.keys
+        self._bits = min(max(keys.numel().bit_length() + 1, 2), 62)
+        buckets = torch.arange((1 << self._bits) + 1, device=keys.device)
+        first = torch.searchsorted(self._bucket(keys), buckets)
+        window = int((first[1:] - first[:-1]).max())
+        self._first = first.to(torch.int32 if keys.numel() < 2**31 else torch.long)
+        self._windows = torch.cat([keys, keys[-1:].expand(window)]).unfold(0, window, 1)  # (ngrams + 1, window) view
+
+    def _bucket(self, keys: torch.Tensor) -> torch.Tensor:
+        return (keys >> (64 - self._bits)) + (1 << (self._bits - 1))  # top bits, 0 .. 2**bits - 1, rising with the key
+
+    def _lookup(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m,) keys -> whether each is in the table, and where (an arbitrary entry if not)."""
+        start = self._first.index_select(0, self._bucket(queries))
+        hit = self._windows.index_select(0, start) == queries[:, None]  # (m, window)
+        where = (start + hit.to(torch.uint8).argmax(dim=1)).clamp_(max=self.keys.numel() - 1)
+        return hit.any(dim=1), where
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "NGramLM":
@@ -243,45 +271,49 @@ class NGramLM:
     def to(self, device: torch.device | str) -> "NGramLM":
         for name in ("keys", "logp", "bow", "_rise", "_fall", "_orders"):
             setattr(self, name, getattr(self, name).to(device))
+        self._index_buckets()
         return self
 
     def word_id(self, word: str) -> int:
         return self.word_ids.get(word, self.unk)
 
     def start_state(self, *shape: int) -> torch.Tensor:
-        """The state after <s>: (*shape, order - 1) long."""
+        """The state after <s>: (*shape, order - 1) long, newest word first."""
         state = torch.full((*shape, max(self.order - 1, 1)), -1, dtype=torch.long, device=self.device)
-        state[..., -1] = self.bos
+        state[..., 0] = self.bos
         return state
-
-    def _suffix_keys(self, ids: torch.Tensor) -> torch.Tensor:
-        """(m, n) ids, newest first -> (m, n) keys of the suffixes of length 1..n (ids[:, :1], ids[:, :2], ...).
-        An id of -1 (no word) hashes to a key no table holds."""
-        n = ids.shape[1]
-        return torch.cumsum((ids + 1) * self._fall[:n], dim=1) * self._rise[:n]
 
     def score(self, state: torch.Tensor, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ln P(word | state) and the state after it, for a whole batch.
 
-        state (..., order - 1) long, words (...) long -> logp (...) float, new state (..., order - 1).
+        state (..., order - 1) long, newest word first; words (...) long -> logp (...) float,
+        new state (..., order - 1).
         """
         shape, order = words.shape, self.order
-        ctx = state.reshape(-1, state.shape[-1])  # (m, order - 1), oldest first
+        ctx = state.reshape(-1, state.shape[-1])  # (m, order - 1): h1, h2, ...
         w = words.reshape(-1, 1)  # (m, 1)
-        newest_first = torch.cat([w, ctx.flip(1)], dim=1)[:, :order]  # (m, order): w, h1, h2, ...
-        if order > 1:  # keys of (w), (h1 w), ... then of the contexts (h1), (h2 h1), ...
-            queries = torch.cat([self._suffix_keys(newest_first), self._suffix_keys(newest_first[:, 1:])], dim=1)
+        # keys of the contexts (h1), (h2 h1), ... from one cumsum; the suffix n-grams (w), (h1 w),
+        # (h2 h1 w), ... add the word in front: key(w, h1..hj) = (w + 1) * MUL**(j+1) + key(h1..hj)
+        # (hash_step folds newest last, so a prefix sum over h1, h2, ... times MUL**j is a key)
+        if order > 1:
+            contexts = ((ctx + 1) * self._fall[: order - 1]).cumsum(1).mul_(self._rise[: order - 1])  # (m, order - 1)
+            queries = (w + 1) * self._rise  # (m, order): w alone, then w before each context
+            queries[:, 1:] += contexts
+            queries = torch.cat([queries, contexts], dim=1)  # (m, 2 * order - 1)
         else:
-            queries = self._suffix_keys(newest_first)
-        idx = torch.searchsorted(self.keys, queries).clamp_(max=self.keys.numel() - 1)  # (m, 2*order - 1)
-        found = self.keys[idx] == queries
+            queries = (w + 1) * self._rise
+        found, idx = self._lookup(queries.view(-1))
+        found, idx = found.view(queries.shape), idx.view(queries.shape)
         # the longest listed n-gram (w alone always is: unknown words are <unk>) ...
         longest = (found[:, :order] * self._orders).amax(dim=1, keepdim=True)  # (m, 1)
-        result = self.logp[idx[:, :order]].gather(1, longest - 1).squeeze(1)
+        suffix = idx[:, :order].gather(1, longest - 1).squeeze(1)
+        result = self.logp.index_select(0, suffix)
         if order > 1:  # ... plus the back-off weights of the contexts longer than its own
-            bow = self.bow[idx[:, order:]] * found[:, order:]  # (m, order - 1): (h1), (h2 h1), ...
-            result = result + (bow * (self._orders[:-1] >= longest)).sum(dim=1)
-        new_state = torch.cat([ctx[:, 1:], w], dim=1) if order > 1 else ctx
+            bow = self.bow.index_select(0, idx[:, order:].reshape(-1)).view(-1, order - 1)
+            result = result + (bow * (found[:, order:] & (self._orders[:-1] >= longest))).sum(dim=1)
+            new_state = torch.cat([w, ctx[:, :-1]], dim=1)
+        else:
+            new_state = ctx
         return result.reshape(shape), new_state.reshape(*shape, new_state.shape[-1])
 
     def score_sentence(self, words: Sequence[str], bos: bool = True, eos: bool = True) -> float:
