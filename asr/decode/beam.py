@@ -106,6 +106,8 @@ class WordLMFusion:
     def __init__(self, lm: NGramLM, symbols: Sequence[str], delimiter: str = SPACE, oov_penalty: float = -10.0):
         if delimiter not in symbols:
             raise ValueError(f"the word delimiter {delimiter!r} is not one of the labels")
+        if oov_penalty > 0:
+            raise ValueError(f"oov_penalty is a penalty (ln units, <= 0), not {oov_penalty}")
         self.lm = lm
         self.oov_penalty = oov_penalty
         self.delimiter = list(symbols).index(delimiter)
@@ -280,6 +282,8 @@ def decode_beam(
     history: list[tuple[torch.Tensor, torch.Tensor]] = []  # per frame: (parent hyp, label added or -1)
     ended: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (frames seen, place in the list, hf, hi) of utterances that ended
     weights = torch.tensor([lm_weight, word_bonus], device=device)
+    # the most fusion can add to a grow's score: one word's bonus (LM log probs are <= 0)
+    bonus_bound = max(word_bonus, 0.0) if lm_weight >= 0 else math.inf
     stay_parent = torch.arange(batch * beam_size, device=device)
     stay_label = torch.full((batch * beam_size,), -1, device=device)
     live = batch  # utterances 0 .. live-1 still have frames
@@ -309,8 +313,7 @@ def decode_beam(
         g_parent = torch.div(flat, k, rounding_mode="floor")
         g_label = cand.view(-1).index_select(0, flat)
         g_nb = grow.view(-1).index_select(0, flat)
-        g_i = hi.index_select(0, g_parent)  # (grows, 3 + S), the parents' columns for now
-        g_key = hash_step(g_i[:, 2], g_label)
+        g_key = hash_step(key.index_select(0, g_parent), g_label)
 
         # A grown prefix already in the list: its alignments join that hypothesis's p_nb, and it
         # is no new candidate. Prefixes in the list are distinct, and so are the grows (one
@@ -323,7 +326,18 @@ def decode_beam(
         stay_nb.index_copy_(0, into, plus(stay_nb.index_select(0, into), g_nb.index_select(0, dup)))
         g_nb.index_fill_(0, dup, NEG_INF)
 
+        # Grows that cannot make the beam leave before the LM sees them: fusion only lowers a
+        # score, but for one word_bonus at most, so a grow that falls beam_threshold below its
+        # utterance's best stay even with that bonus would be dropped by the selection anyway.
+        fused = weights @ hf[2:]  # (hyps,) lm_weight * ln P_lm + word_bonus * words
+        stay_score = plus(stay_b, stay_nb).add_(fused)
+        bar = stay_score.new_full((batch,), NEG_INF).scatter_reduce_(0, utt, stay_score, "amax").sub_(beam_threshold + 1e-3)
+        bar = bar.index_select(0, utt).sub_(fused).sub_(bonus_bound).clamp_(min=torch.finfo(bar.dtype).min)  # (hyps,) what a grow needs
+        kept = (g_nb >= bar.index_select(0, g_parent)).nonzero().squeeze(1)  # also drops the merged grows (-inf)
+        g_parent, g_label, g_nb, g_key = (x.index_select(0, kept) for x in (g_parent, g_label, g_nb, g_key))
+
         # candidates [hyps | grows]: float rows, long columns, and their total scores
+        g_i = hi.index_select(0, g_parent)  # (grows, 3 + S)
         g_f = hf.index_select(1, g_parent)
         g_f[0] = NEG_INF
         g_f[1] = g_nb
@@ -337,7 +351,7 @@ def decode_beam(
         hf[1] = stay_nb
         c_f = torch.cat([hf, g_f], dim=1)  # (4, cands)
         c_i = torch.cat([hi, g_i])  # (cands, 3 + S)
-        score = plus(c_f[0], c_f[1]).add_(weights @ c_f[2:])  # (cands,)
+        score = torch.cat([stay_score, g_nb + weights @ g_f[2:]])  # (cands,)
 
         # each utterance keeps its best `beam_size` within `beam_threshold` of its best
         pick = _best_per_utterance(score, c_i[:, 0], batch, beam_size, beam_threshold)  # grouped by utterance, best first

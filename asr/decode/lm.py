@@ -224,14 +224,17 @@ class NGramLM:
         device = torch.device(device)
         self.keys = key.to(device)  # (ngrams,) sorted hash keys of all orders
         self._index_buckets()
-        self.logp = value[:, 0].contiguous().to(device)  # (ngrams,) ln P
-        self.bow = value[:, 1].contiguous().to(device)  # (ngrams,) ln back-off weight (0 if none)
+        # one entry more than there are n-grams: where a lookup that finds nothing points
+        self.logp = torch.cat([value[:, 0], value.new_zeros(1)]).to(device)  # (ngrams + 1,) ln P
+        self.bow = torch.cat([value[:, 1], value.new_zeros(1)]).to(device)  # (ngrams + 1,) ln back-off weight (0 if none)
         # key of (h_n .. h1) = MUL**n * sum_i (h_i + 1) * MUL**(1-i) (see hash_step; MUL is odd,
         # so it has an inverse modulo 2**64)
         self._rise = torch.tensor([_wrap(pow(_MUL, n, 1 << 64)) for n in range(1, self.order + 1)], dtype=torch.long, device=device)
         inverse = pow(_MUL, -1, 1 << 64)
         self._fall = torch.tensor([_wrap(pow(inverse, i, 1 << 64)) for i in range(self.order)], dtype=torch.long, device=device)
         self._orders = torch.arange(1, self.order + 1, device=device)  # (order,)
+        # a query row: the order suffix n-grams (w), (h1 w), ..., then the order-1 contexts (h1), (h2 h1), ...
+        self._word_part = torch.cat([self._rise, torch.zeros(self.order - 1, dtype=torch.long, device=device)])
 
     def _index_buckets(self) -> None:
         """A bucket index over the sorted keys, so that a lookup is two gathers, not a binary search.
@@ -254,11 +257,12 @@ class NGramLM:
         return (keys >> (64 - self._bits)) + (1 << (self._bits - 1))  # top bits, 0 .. 2**bits - 1, rising with the key
 
     def _lookup(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(m,) keys -> whether each is in the table, and where (an arbitrary entry if not)."""
-        start = self._first.index_select(0, self._bucket(queries))
-        hit = self._windows.index_select(0, start) == queries[:, None]  # (m, window)
-        where = (start + hit.to(torch.uint8).argmax(dim=1)).clamp_(max=self.keys.numel() - 1)
-        return hit.any(dim=1), where
+        """(m, c) keys -> whether each is listed (uint8), and its entry (else its bucket's start:
+        an entry that may be the one past the end, whose log prob and back-off weight are 0)."""
+        column = queries.view(-1, 1)
+        start = self._first.index_select(0, self._bucket(column.view(-1)))
+        hit, at = (self._windows.index_select(0, start) == column).view(torch.uint8).max(dim=1)  # first match in the window
+        return hit.view(queries.shape), (start + at).view(queries.shape)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "NGramLM":
@@ -269,7 +273,7 @@ class NGramLM:
         return self.keys.device
 
     def to(self, device: torch.device | str) -> "NGramLM":
-        for name in ("keys", "logp", "bow", "_rise", "_fall", "_orders"):
+        for name in ("keys", "logp", "bow", "_rise", "_fall", "_orders", "_word_part"):
             setattr(self, name, getattr(self, name).to(device))
         self._index_buckets()
         return self
@@ -292,29 +296,23 @@ class NGramLM:
         shape, order = words.shape, self.order
         ctx = state.reshape(-1, state.shape[-1])  # (m, order - 1): h1, h2, ...
         w = words.reshape(-1, 1)  # (m, 1)
-        # keys of the contexts (h1), (h2 h1), ... from one cumsum; the suffix n-grams (w), (h1 w),
-        # (h2 h1 w), ... add the word in front: key(w, h1..hj) = (w + 1) * MUL**(j+1) + key(h1..hj)
-        # (hash_step folds newest last, so a prefix sum over h1, h2, ... times MUL**j is a key)
-        if order > 1:
-            contexts = ((ctx + 1) * self._fall[: order - 1]).cumsum(1).mul_(self._rise[: order - 1])  # (m, order - 1)
-            queries = (w + 1) * self._rise  # (m, order): w alone, then w before each context
-            queries[:, 1:] += contexts
-            queries = torch.cat([queries, contexts], dim=1)  # (m, 2 * order - 1)
-        else:
-            queries = (w + 1) * self._rise
-        found, idx = self._lookup(queries.view(-1))
-        found, idx = found.view(queries.shape), idx.view(queries.shape)
-        # the longest listed n-gram (w alone always is: unknown words are <unk>) ...
-        longest = (found[:, :order] * self._orders).amax(dim=1, keepdim=True)  # (m, 1)
-        suffix = idx[:, :order].gather(1, longest - 1).squeeze(1)
-        result = self.logp.index_select(0, suffix)
-        if order > 1:  # ... plus the back-off weights of the contexts longer than its own
-            bow = self.bow.index_select(0, idx[:, order:].reshape(-1)).view(-1, order - 1)
-            result = result + (bow * (found[:, order:] & (self._orders[:-1] >= longest))).sum(dim=1)
-            new_state = torch.cat([w, ctx[:, :-1]], dim=1)
-        else:
-            new_state = ctx
-        return result.reshape(shape), new_state.reshape(*shape, new_state.shape[-1])
+        if order == 1:
+            _, idx = self._lookup((w + 1) * self._rise)
+            return self.logp.index_select(0, idx.view(-1)).view(shape), state
+        # keys of the contexts (h1), (h2 h1), ... from one cumsum (hash_step folds the newest word
+        # last, so a prefix sum over h1, h2, ... times MUL**j is a key); a suffix n-gram adds the
+        # word: key(hj .. h1 w) = key(hj .. h1) + (w + 1) * MUL**(j+1)
+        contexts = ((ctx + 1) * self._fall[: order - 1]).cumsum(1).mul_(self._rise[: order - 1])  # (m, order - 1)
+        queries = ((w + 1) * self._word_part).add_(torch.cat([torch.zeros_like(w), contexts, contexts], dim=1))  # (m, 2 * order - 1)
+        found, idx = self._lookup(queries)
+        # the longest listed suffix (w alone always is: unknown words are <unk>) ...
+        longest, which = (found[:, :order] * self._orders).max(dim=1, keepdim=True)  # (m, 1) each
+        result = self.logp.index_select(0, idx[:, :order].gather(1, which).view(-1))
+        # ... plus the back-off weights of the listed contexts longer than its own
+        bow = self.bow.index_select(0, idx[:, order:].reshape(-1)).view(-1, order - 1)  # (m, order - 1)
+        result += (bow * (found[:, order:] * (self._orders[:-1] >= longest))).sum(dim=1)
+        new_state = torch.cat([w, ctx[:, :-1]], dim=1)
+        return result.view(shape), new_state.view(*shape, order - 1)
 
     def score_sentence(self, words: Sequence[str], bos: bool = True, eos: bool = True) -> float:
         """Total ln probability of a word sequence (OOV words score as <unk>); for tests and tools."""
