@@ -175,6 +175,24 @@ def test_word_lm_fixes_an_acoustically_likely_spelling(tmp_path):
     assert best.lm == pytest.approx(fusion.lm.score_sentence(["the", "cat", "sat"]), abs=1e-4)
 
 
+@pytest.mark.parametrize("lookahead", [True, False])
+def test_word_lm_scores_every_non_word_as_unk_plus_the_oov_penalty(tmp_path, lookahead):
+    # "ca" is the start of a listed word but not one; "tx" leaves the listed words at its "x";
+    # each pays the OOV penalty once, on top of the LM's <unk> score, and the lookahead (the
+    # best word a partial word could become, paid in advance) leaves no trace in the total
+    tok = CharTokenizer()
+    write_arpa(tmp_path / "w.arpa", estimate_kneser_ney([s.split() for s in ["the cat sat", "a cat ran", "the dog sat"] * 5], 3))
+    lm = NGramLM.from_file(tmp_path / "w.arpa")
+    fusion = WordLMFusion(lm, tok.symbols, oov_penalty=-7.0, lookahead=lookahead)
+    for text, oov in [("the cat sat", 0), ("the ca sat", 1), ("tx dog", 1), ("ca tx", 2), ("the ca", 1)]:
+        lp = spell(text, tok)
+        best = decode_beam(lp, torch.tensor([lp.shape[1]]), beam_size=8, fusion=fusion, lm_weight=0.01, word_bonus=0.0)[0][0]
+        assert tok.decode(best.ids) == text
+        assert best.lm == pytest.approx(lm.score_sentence(text.split()) - 7.0 * oov, abs=1e-4), text
+    with pytest.raises(ValueError):
+        WordLMFusion(lm, tok.symbols, oov_penalty=1.0)
+
+
 def test_token_lm_with_a_made_up_phone_set(tmp_path):
     # token-level fusion is generic over any tokenizer's symbols: here four invented phones
     symbols = ["<blank>", "p1", "p2", "p3", "p4"]
@@ -237,3 +255,23 @@ def test_cli_evaluate_and_transcribe_with_beam_and_lm(tmp_path, capsys):
     assert capsys.readouterr().out.startswith(str(wav) + "\t")
     assert main(["evaluate", ckpt, str(manifests["dev"]), "--lm", str(tmp_path / "missing.arpa")]) == 2
     assert "no such ARPA file" in capsys.readouterr().err
+
+
+def test_frame_candidates_are_the_top_k_labels_above_the_floor():
+    from asr.decode.beam import _frame_candidates
+
+    torch.manual_seed(6)
+    lp = (3 * torch.randn(3, 9, 7)).log_softmax(-1)
+    lengths = torch.tensor([9, 4, 0])
+    for top_k, floor in [(2, -3.0), (3, float("-inf")), (6, -1.5), (8, -2.0)]:
+        ids, logps = _frame_candidates(lp, lengths, top_k, floor, blank=0)
+        for b in range(3):
+            for t in range(9):
+                row = b * 9 + t
+                got = {int(i) for i, v in zip(ids[row], logps[row]) if v > float("-inf")}
+                want = set()
+                if t < lengths[b]:
+                    ranked = sorted(range(1, 7), key=lambda c: -lp[b, t, c].item())[:top_k]
+                    want = {c for c in ranked if lp[b, t, c] >= floor}
+                assert got == want, (top_k, floor, b, t)
+                assert all(logps[row][j] == lp[b, t, ids[row][j]] for j in range(ids.shape[1]) if logps[row][j] > float("-inf"))

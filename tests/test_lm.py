@@ -176,3 +176,19 @@ def test_lm_build_cli(tmp_path, capsys):
     chars = read_arpa(tmp_path / "chars.arpa")
     assert ("|",) in chars.ngrams[0] and ("t", "h", "e") in chars.ngrams[2]
     assert main(["lm", "build", str(tmp_path / "missing.txt"), "-o", str(tmp_path / "x.arpa")]) == 2
+
+
+def test_bucket_lookup_finds_every_key_and_nothing_else(tmp_path):
+    # the lookup is exact whatever the keys: here half of them crowd into one bucket
+    lm = NGramLM.from_file(write(tmp_path, TINY_ARPA))
+    torch.manual_seed(5)
+    spread = torch.randint(-(2**62), 2**62, (300,)) * 2
+    crowded = torch.arange(300) * 2 + 10**15  # one bucket (same top bits)
+    lm.keys = torch.cat([spread, crowded]).unique()  # sorted, distinct, all even
+    lm._index_buckets()
+    assert lm._windows.shape[1] >= 300  # the crowded bucket's run
+    found, where = lm._lookup(lm.keys[None, :])
+    assert found.all() and torch.equal(where[0], torch.arange(lm.keys.numel()))
+    absent = torch.cat([lm.keys + 1, torch.tensor([2**63 - 1, -(2**63)])])  # odd keys, and the extremes
+    found, where = lm._lookup(absent[None, :])
+    assert not found.any() and bool((where <= lm.keys.numel()).all())  # the entry past the end at most

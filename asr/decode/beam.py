@@ -60,6 +60,8 @@ class TokenLMFusion:
 
     State of a hypothesis: one long row, the LM state (its last order-1 LM words)."""
 
+    max_gain = 0.0  # the most `grow` can raise an LM score: an LM log prob is <= 0
+
     def __init__(self, lm: NGramLM, symbols: Sequence[str], space_word: str = "|"):
         self.lm = lm
         # label id -> LM word id (<unk> for symbols the LM does not know; blank is never scored);
@@ -90,20 +92,28 @@ class TokenLMFusion:
 class WordLMFusion:
     """Word-level fusion for character models: a word is scored by the LM when the delimiter
     label (space) ends it, and the last word plus </s> at the end. Words the LM does not list
-    score as <unk>; as soon as an unfinished word stops being the start of any listed word it
-    also pays `oov_penalty` (ln units, once), so the beam does not fill up with non-words.
+    score as <unk> and pay `oov_penalty` (ln units) once: as soon as an unfinished word stops
+    being the start of any listed word (so the beam does not fill up with non-words), or when
+    it ends as the start of a listed word that is not one itself.
+
+    With `lookahead` an unfinished word already carries the unigram ln P of the best listed word
+    it can still become (flashlight's "max smearing"), updated label by label and swapped for
+    the word's real LM score when it ends. A prefix that has just paid for a word then competes
+    fairly with one in the middle of a word, so a tight `beam_threshold` loses less; the total
+    LM score of a finished hypothesis is the same with or without it.
 
     The LM's words are spelled into a trie of labels. Per (trie node, label) three tables
     answer everything the search asks, each in one gather for the whole batch: the node reached
-    (the delimiter leads back to the root), whether the label ends a word, and the penalty it
-    pays. Node 0 is the root; the last node, whose children are all itself, means "not the
-    start of any listed word".
+    (the delimiter leads back to the root), whether the label ends a word, and what it pays now
+    (OOV penalty, change of lookahead). Node 0 is the root; the last node, whose children are
+    all itself, means "not the start of any listed word".
 
     State of a hypothesis: one long row, [LM state before the unfinished word (order-1 words),
     trie node of the unfinished word].
     """
 
-    def __init__(self, lm: NGramLM, symbols: Sequence[str], delimiter: str = SPACE, oov_penalty: float = -10.0):
+    def __init__(self, lm: NGramLM, symbols: Sequence[str], delimiter: str = SPACE, oov_penalty: float = -10.0, lookahead: bool = True):
+        """lm: the word n-gram; symbols: the tokenizer's labels (index = label id)."""
         if delimiter not in symbols:
             raise ValueError(f"the word delimiter {delimiter!r} is not one of the labels")
         if oov_penalty > 0:
@@ -134,8 +144,25 @@ class WordLMFusion:
         trie[:, self.delimiter] = 0  # a delimiter ends the word: the next one starts at the root
         ends_word = torch.zeros(dead + 1, len(symbols), dtype=torch.bool)
         ends_word[1:, self.delimiter] = True  # a delimiter after at least one label of a word
+        # lookahead per node: the best unigram ln P below it (<unk>'s for the dead node, 0 at the root)
+        ahead = [0.0] * (dead + 1)
+        if lookahead:
+            unigram = lm.unigram_logp()
+            for node in range(dead - 1, 0, -1):  # a child is numbered after its parent
+                own = unigram[node_word[node]] if node_word[node] != lm.unk else NEG_INF
+                ahead[node] = max([own] + [ahead[child] for child in children[node].values()])
+            ahead[dead] = unigram[lm.unk]
+        look = torch.tensor(ahead)
         penalty = torch.zeros(dead + 1, len(symbols))
         penalty[:dead] = (trie[:dead] == dead) * oov_penalty  # the label leaves the listed words
+        penalty += look[trie] - look[:, None]
+        penalty[:, self.delimiter] = 0.0  # ending a word: see end_cost
+        # per node, what ending the word there adds to the LM's score for it: the OOV penalty for
+        # the start of a listed word that is no word itself (the dead node has paid already),
+        # less the lookahead paid in advance
+        unlisted = [0.0] + [oov_penalty if w == lm.unk else 0.0 for w in node_word[1:]] + [0.0]
+        self.end_cost = (torch.tensor(unlisted) - look).to(lm.device)
+        self.max_gain = math.inf if lookahead else 0.0  # a word's LM score may beat its lookahead
         self.vocab = len(symbols)
         # (nodes + 1) * vocab tables, entry node * vocab + label
         self.trie = trie.flatten().to(lm.device)
@@ -145,7 +172,7 @@ class WordLMFusion:
 
     def to(self, device: torch.device) -> "WordLMFusion":
         self.lm.to(device)
-        for name in ("trie", "ends_word", "penalty", "node_word"):
+        for name in ("trie", "ends_word", "penalty", "node_word", "end_cost"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -164,7 +191,7 @@ class WordLMFusion:
         if enders.numel():
             ender_state = state.index_select(0, enders)
             word_logp, ctx = self.lm.score(ender_state[:, :-1], self.node_word.index_select(0, ender_state[:, -1]))
-            logp.index_add_(0, enders, word_logp)
+            logp.index_add_(0, enders, word_logp + self.end_cost.index_select(0, ender_state[:, -1]))
             after[:, :-1].index_copy_(0, enders, ctx)
         return logp, ends_word.to(logp.dtype), after
 
@@ -174,7 +201,7 @@ class WordLMFusion:
         ctx = torch.where(pending[:, None], after, state[:, :-1])
         eos = torch.full(pending.shape, self.lm.eos, dtype=torch.long, device=self.lm.device)
         eos_logp, _ = self.lm.score(ctx, eos)
-        return word_logp * pending + eos_logp, pending.to(eos_logp.dtype)
+        return (word_logp + self.end_cost.index_select(0, state[:, -1])) * pending + eos_logp, pending.to(eos_logp.dtype)
 
 
 Fusion = TokenLMFusion | WordLMFusion
@@ -282,8 +309,9 @@ def decode_beam(
     history: list[tuple[torch.Tensor, torch.Tensor]] = []  # per frame: (parent hyp, label added or -1)
     ended: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (frames seen, place in the list, hf, hi) of utterances that ended
     weights = torch.tensor([lm_weight, word_bonus], device=device)
-    # the most fusion can add to a grow's score: one word's bonus (LM log probs are <= 0)
-    bonus_bound = max(word_bonus, 0.0) if lm_weight >= 0 else math.inf
+    # the most fusion can add to a grow's score: one word's bonus, and what its LM score can gain
+    gain = 0.0 if fusion is None else fusion.max_gain
+    bonus_bound = max(word_bonus, 0.0) + lm_weight * gain if lm_weight >= 0 and gain < math.inf else math.inf
     stay_parent = torch.arange(batch * beam_size, device=device)
     stay_label = torch.full((batch * beam_size,), -1, device=device)
     live = batch  # utterances 0 .. live-1 still have frames
@@ -326,9 +354,9 @@ def decode_beam(
         stay_nb.index_copy_(0, into, plus(stay_nb.index_select(0, into), g_nb.index_select(0, dup)))
         g_nb.index_fill_(0, dup, NEG_INF)
 
-        # Grows that cannot make the beam leave before the LM sees them: fusion only lowers a
-        # score, but for one word_bonus at most, so a grow that falls beam_threshold below its
-        # utterance's best stay even with that bonus would be dropped by the selection anyway.
+        # Grows that cannot make the beam leave before the LM sees them: fusion adds at most
+        # `bonus_bound` to a grow's score, so a grow that falls beam_threshold below its
+        # utterance's best stay even with that would be dropped by the selection anyway.
         fused = weights @ hf[2:]  # (hyps,) lm_weight * ln P_lm + word_bonus * words
         stay_score = plus(stay_b, stay_nb).add_(fused)
         bar = stay_score.new_full((batch,), NEG_INF).scatter_reduce_(0, utt, stay_score, "amax").sub_(beam_threshold + 1e-3)

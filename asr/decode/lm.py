@@ -278,6 +278,12 @@ class NGramLM:
         self._index_buckets()
         return self
 
+    def unigram_logp(self) -> list[float]:
+        """ln P(w) of every word, by word id, as the 1-gram table lists it."""
+        ids = torch.arange(len(self.words), device=self.device)
+        _, idx = self._lookup((ids + 1) * self._rise[0])
+        return self.logp.index_select(0, idx).tolist()
+
     def word_id(self, word: str) -> int:
         return self.word_ids.get(word, self.unk)
 
