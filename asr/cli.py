@@ -172,6 +172,7 @@ def apply_decoder_options(recognizer, args: argparse.Namespace):
         "decoder": args.decoder, "beam_size": args.beam_size, "token_top_k": args.top_k, "lm": args.lm,
         "token_min_logp": args.token_min_logp, "beam_threshold": args.beam_threshold,
         "lm_unit": args.lm_unit, "lm_weight": args.lm_weight, "word_bonus": args.word_bonus,
+        "oov_penalty": args.oov_penalty, "lm_lookahead": args.lm_lookahead,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     if args.lm and args.decoder is None:
@@ -261,6 +262,8 @@ def add_decoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm-unit", choices=["auto", "word", "token"], help="word: scored at spaces (char models); token: one LM word per label")
     p.add_argument("--lm-weight", type=float, help="alpha, the weight of ln P_lm")
     p.add_argument("--word-bonus", type=float, help="beta, added per word")
+    p.add_argument("--oov-penalty", type=float, help="word LM: what a word the LM does not list pays, in ln units (default -10)")
+    p.add_argument("--lm-lookahead", action=argparse.BooleanOptionalAction, help="word LM: unfinished words carry the best unigram they can become (default on)")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -120,6 +120,8 @@ class DecodeConfig:
     lm_unit: str = "auto"  # "word" (char models: scored at spaces), "token" (one LM word per label), "auto" (word for char models)
     lm_weight: float = 0.5  # alpha: weight of ln P_lm
     word_bonus: float = 1.0  # beta: added per LM word (or token)
+    oov_penalty: float = -10.0  # word-level fusion: ln units a word the LM does not list pays (on top of <unk>'s score)
+    lm_lookahead: bool = True  # word-level fusion: an unfinished word carries the best unigram it can still become
 
 
 @dataclass

@@ -49,7 +49,7 @@ class Recognizer:
         self.config.decode = decode
         self.fusion = None
         if decode.decoder == "beam" and decode.lm:
-            self.fusion = make_fusion(decode.lm, self.tokenizer, decode.lm_unit, self.device)
+            self.fusion = make_fusion(decode.lm, self.tokenizer, decode.lm_unit, self.device, decode.oov_penalty, decode.lm_lookahead)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto") -> "Recognizer":

@@ -255,6 +255,14 @@ def test_cli_evaluate_and_transcribe_with_beam_and_lm(tmp_path, capsys):
     assert capsys.readouterr().out.startswith(str(wav) + "\t")
     assert main(["evaluate", ckpt, str(manifests["dev"]), "--lm", str(tmp_path / "missing.arpa")]) == 2
     assert "no such ARPA file" in capsys.readouterr().err
+    # the word-fusion options reach the fusion
+    from asr.cli import apply_decoder_options, build_parser
+    from asr.inference import Recognizer
+
+    recognizer = Recognizer.from_checkpoint(ckpt, device="cpu")
+    args = build_parser().parse_args(["evaluate", ckpt, str(manifests["dev"]), "--lm", lm, "--oov-penalty", "-3", "--no-lm-lookahead"])
+    apply_decoder_options(recognizer, args)
+    assert recognizer.fusion.oov_penalty == -3.0 and recognizer.fusion.max_gain == 0.0  # no lookahead: nothing to gain
 
 
 def test_frame_candidates_are_the_top_k_labels_above_the_floor():

@@ -463,12 +463,15 @@ def _backtrack(history: list[tuple[torch.Tensor, torch.Tensor]], seen: torch.Ten
     return spelled
 
 
-def make_fusion(lm_path: str, tokenizer, unit: str = "auto", device: torch.device | str = "cpu") -> Fusion:
+def make_fusion(lm_path: str, tokenizer, unit: str = "auto", device: torch.device | str = "cpu", oov_penalty: float = -10.0, lookahead: bool = True) -> Fusion:
     """Load an ARPA file for a tokenizer: word-level fusion for character models ("auto" picks
-    it when the tokenizer is a character one), token-level for anything else."""
+    it when the tokenizer is a character one), token-level for anything else. oov_penalty and
+    lookahead are for word-level fusion (see WordLMFusion)."""
     if unit == "auto":
         unit = "word" if getattr(tokenizer, "kind", "") == "char" else "token"
     if unit not in ("word", "token"):
         raise ValueError(f"lm_unit must be 'word', 'token' or 'auto', not {unit!r}")
     lm = NGramLM.from_file(lm_path, device)
-    return WordLMFusion(lm, tokenizer.symbols) if unit == "word" else TokenLMFusion(lm, tokenizer.symbols)
+    if unit == "word":
+        return WordLMFusion(lm, tokenizer.symbols, oov_penalty=oov_penalty, lookahead=lookahead)
+    return TokenLMFusion(lm, tokenizer.symbols)
