@@ -241,7 +241,8 @@ def _best_per_utterance(score: torch.Tensor, utt: torch.Tensor, utterances: int,
     s_sorted = score.index_select(0, order)
     u_sorted = utt.index_select(0, order)
     best = score.new_full((utterances,), NEG_INF).scatter_reduce_(0, utt, score, "amax")
-    keep = (s_sorted >= (best - threshold).index_select(0, u_sorted)) & (s_sorted > NEG_INF)
+    floor = (best - threshold).clamp_(min=torch.finfo(score.dtype).min)  # finite, so -inf items fail it
+    keep = s_sorted >= floor.index_select(0, u_sorted)
     if n < u_sorted.shape[0]:
         keep &= torch.cat([u_sorted.new_full((n,), -1), u_sorted[:-n]]) != u_sorted
     return order.masked_select(keep)
@@ -354,15 +355,16 @@ def decode_beam(
         stay_nb.index_copy_(0, into, plus(stay_nb.index_select(0, into), g_nb.index_select(0, dup)))
         g_nb.index_fill_(0, dup, NEG_INF)
 
-        # Grows that cannot make the beam leave before the LM sees them: fusion adds at most
-        # `bonus_bound` to a grow's score, so a grow that falls beam_threshold below its
-        # utterance's best stay even with that would be dropped by the selection anyway.
         fused = weights @ hf[2:]  # (hyps,) lm_weight * ln P_lm + word_bonus * words
         stay_score = plus(stay_b, stay_nb).add_(fused)
-        bar = stay_score.new_full((batch,), NEG_INF).scatter_reduce_(0, utt, stay_score, "amax").sub_(beam_threshold + 1e-3)
-        bar = bar.index_select(0, utt).sub_(fused).sub_(bonus_bound).clamp_(min=torch.finfo(bar.dtype).min)  # (hyps,) what a grow needs
-        kept = (g_nb >= bar.index_select(0, g_parent)).nonzero().squeeze(1)  # also drops the merged grows (-inf)
-        g_parent, g_label, g_nb, g_key = (x.index_select(0, kept) for x in (g_parent, g_label, g_nb, g_key))
+        if bonus_bound < math.inf:
+            # Grows that cannot make the beam leave before the LM sees them: fusion adds at most
+            # `bonus_bound` to a grow's score, so a grow that falls beam_threshold below its
+            # utterance's best stay even with that would be dropped by the selection anyway.
+            bar = stay_score.new_full((batch,), NEG_INF).scatter_reduce_(0, utt, stay_score, "amax").sub_(beam_threshold + 1e-3)
+            bar = bar.index_select(0, utt).sub_(fused).sub_(bonus_bound).clamp_(min=torch.finfo(bar.dtype).min)  # (hyps,) what a grow needs
+            kept = (g_nb >= bar.index_select(0, g_parent)).nonzero().squeeze(1)  # also drops the merged grows (-inf)
+            g_parent, g_label, g_nb, g_key = (x.index_select(0, kept) for x in (g_parent, g_label, g_nb, g_key))
 
         # candidates [hyps | grows]: float rows, long columns, and their total scores
         g_i = hi.index_select(0, g_parent)  # (grows, 3 + S)

@@ -261,7 +261,8 @@ class NGramLM:
         an entry that may be the one past the end, whose log prob and back-off weight are 0)."""
         column = queries.view(-1, 1)
         start = self._first.index_select(0, self._bucket(column.view(-1)))
-        hit, at = (self._windows.index_select(0, start) == column).view(torch.uint8).max(dim=1)  # first match in the window
+        # max returns the first maximal index (torch.max docs), so `at` is 0 when nothing matched
+        hit, at = (self._windows.index_select(0, start) == column).view(torch.uint8).max(dim=1)
         return hit.view(queries.shape), (start + at).view(queries.shape)
 
     @classmethod
