@@ -14,9 +14,10 @@ The ARPA format (Stolcke's SRILM; also what KenLM reads and writes):
 P(w | h) = P_arpa(h w) when the n-gram h w is listed, else bow(h) * P(w | h minus its first word).
 
 Tensor form: every n-gram (unigrams included) is keyed by a 64-bit polynomial hash of its word
-ids, and the keys of all orders are sorted into one table looked up with `torch.searchsorted`.
-Keys are folded right to left (last word first), so the keys of (w), (h1 w), (h2 h1 w), ...
-are the prefix sums of one sequence and come out of a single `cumsum` (see `NGramLM.score`).
+ids, and the keys of all orders are sorted into one table, looked up through a bucket index on
+their top bits (two gathers per query, see `NGramLM._index_buckets`). The keys of the contexts
+(h1), (h2 h1), ... are the prefix sums of one sequence and come out of a single `cumsum`, and a
+suffix n-gram's key is its context's plus one term for the word (see `NGramLM.score`).
 """
 
 from __future__ import annotations
@@ -194,10 +195,11 @@ class NGramLM:
     State of a hypothesis = its last `order - 1` word ids, newest first, -1 where there are fewer
     words (the state after <s> alone is [bos, -1, ..., -1]).
 
-    All n-grams of all orders share one sorted table of hash keys, so one `searchsorted` looks
-    up, for every query, every suffix n-gram (w), (h1 w), (h2 h1 w), ... and every context
-    (h1), (h2 h1), ... at once; the answer is the probability of the longest listed suffix plus
-    the back-off weights of the longer contexts. The cost is the same ~20 tensor ops at any order.
+    All n-grams of all orders share one table of hash keys, so one lookup finds, for every
+    query, every suffix n-gram (w), (h1 w), (h2 h1 w), ... and every context (h1), (h2 h1), ...
+    at once; the answer is the probability of the longest listed suffix plus the back-off
+    weights of the listed contexts longer than it. The cost is the same ~30 tensor ops at any
+    order.
     """
 
     def __init__(self, arpa: Arpa, device: torch.device | str = "cpu"):
