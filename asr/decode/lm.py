@@ -253,7 +253,9 @@ class NGramLM:
         first = torch.searchsorted(self._bucket(keys), buckets)
         window = int((first[1:] - first[:-1]).max())
         self._first = first.to(torch.int32 if keys.numel() < 2**31 else torch.long)
-        self._windows = torch.cat([keys, keys[-1:].expand(window)]).unfold(0, window, 1)  # (ngrams + 1, window) view
+        padded = torch.cat([keys, keys[-1:].expand(window)])
+        self.keys = padded[: keys.numel()]  # the same memory as the windows
+        self._windows = padded.unfold(0, window, 1)  # (ngrams + 1, window) view
 
     def _bucket(self, keys: torch.Tensor) -> torch.Tensor:
         return (keys >> (64 - self._bits)) + (1 << (self._bits - 1))  # top bits, 0 .. 2**bits - 1, rising with the key
