@@ -6,7 +6,7 @@ import torch
 
 from asr.cli import main
 from asr.decode.kn import LMBuildError, estimate_kneser_ney
-from asr.decode.lm import Arpa, ArpaError, NGramLM, read_arpa, write_arpa
+from asr.decode.lm import ArpaError, NGramLM, read_arpa, write_arpa
 
 LN10 = math.log(10)
 
