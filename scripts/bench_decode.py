@@ -144,6 +144,7 @@ def main() -> int:
     parser.add_argument("--alphas", default="0.5,0.8,1.2,1.6", help="LM weights (on ln P) tried on dev, per decoder")
     parser.add_argument("--betas", default="0,1,2,3", help="word bonuses tried on dev, per decoder (word LM)")
     parser.add_argument("--batch-size", type=int, default=150, help="utterances per batch for ours")
+    parser.add_argument("--batch-sizes", default="", help="also time ours (word LM) at these batch sizes, e.g. 1,16,64")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the peers use one)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per decoder; the fastest counts")
     parser.add_argument("--skip", default="", help="comma-separated decoders to skip: pyctcdecode,flashlight")
@@ -215,6 +216,13 @@ def main() -> int:
         rows.append((name, lm, alpha, beta, wer, len(test_refs) / elapsed))
         print(f"  {name:<34} {lm:<14} alpha {alpha} beta {beta}  WER {wer:.2%}  {rows[-1][5]:8.1f} utt/s", file=sys.stderr, flush=True)
 
+    word_row = next(row for row in rows if row[0] == "ours, CPU" and row[1] == word_lm)
+    by_batch = []
+    for size in [int(b) for b in args.batch_sizes.split(",") if b]:
+        options = dict(fusion=word_fusion, lm_weight=word_row[2], word_bonus=word_row[3], **beam_opts)
+        elapsed = min(timed(lambda: run_ours(test_lps, tokenizer, size, cpu, **options))[1] for _ in range(args.repeats))
+        by_batch.append(f"batch {size}: {len(test_refs) / elapsed:.0f}")
+
     ours_speed = {lm: speed for name, lm, _, _, _, speed in rows if name == "ours, CPU"}
     ours_wer = {lm: wer for name, lm, _, _, wer, _ in rows if name == "ours, CPU"}
     print(f"\nbeam {args.beam}, top-k {args.top_k}, token_min_logp {args.token_min_logp}, beam threshold {args.beam_threshold}, "
@@ -228,6 +236,8 @@ def main() -> int:
         diff = f"{100 * (ours_wer[lm] - wer):+.2f} points" if compare else ""
         weights = f"{alpha}, {beta}" if alpha is not None else "-"
         print(f"| {name} | {lm} | {weights} | {wer:.2%} | {speed:.1f} | {ratio} | {diff} |")
+    if by_batch:
+        print(f"\nours, CPU, {word_lm}, utterances/s by batch size: " + ", ".join(by_batch))
     return 0
 
 
