@@ -110,7 +110,8 @@ class AugmentConfig:
 @dataclass
 class DecodeConfig:
     decoder: str = "greedy"  # "greedy" or "beam" (CTC prefix beam search, asr/decode/beam.py)
-    batch_size: int = 32  # utterances per decoding batch
+    batch_size: int = 32  # utterances per batch through features and model
+    beam_batch_size: int = 256  # utterances beam search decodes at once (model outputs are pooled up to it): its cost per frame is mostly fixed
     beam_size: int = 16  # prefixes kept per utterance, decoder=beam
     token_top_k: int = 8  # labels tried per frame (the frame's most probable), decoder=beam
     token_min_logp: float = -10.0  # ... and only those with at least this log probability

@@ -70,19 +70,30 @@ class Recognizer:
         return self.config.features.sample_rate
 
     @torch.inference_mode()
-    def transcribe_batch(self, audio: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        """audio (batch, samples) float32 at `sample_rate`, lengths (batch,) -> one text each."""
+    def log_probs(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """audio (batch, samples) float32 at `sample_rate`, lengths (batch,) -> the model's
+        log-probs (batch, frames, vocab) and frame lengths (batch,), on the model's device."""
         modules = (self.model, self.features)  # eval mode: no dropout, no dither
         was_training = [m.training for m in modules]
         for m in modules:
             m.eval()
         try:
             feats, frame_lengths = self.features(audio.to(self.device), lengths.to(self.device))  # (batch, frames, dim)
-            log_probs, frame_lengths = self.model(feats, frame_lengths)  # (batch, frames, vocab)
-            return self.decode_log_probs(log_probs, frame_lengths)
+            return self.model(feats, frame_lengths)
         finally:
             for m, mode in zip(modules, was_training):
                 m.train(mode)
+
+    def transcribe_batch(self, audio: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        """audio (batch, samples) float32 at `sample_rate`, lengths (batch,) -> one text each."""
+        return self.decode_log_probs(*self.log_probs(audio, lengths))
+
+    @property
+    def decode_pool(self) -> int:
+        """How many utterances' log-probs to decode at once: beam search amortizes its fixed
+        per-frame cost over a larger batch than the model's."""
+        decode = self.config.decode
+        return max(decode.batch_size, decode.beam_batch_size) if decode.decoder == "beam" else decode.batch_size
 
     def decode_log_probs(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         """log_probs (batch, frames, vocab), lengths (batch,) -> one text each, with the chosen decoder."""
@@ -165,12 +176,23 @@ def decode_dataset(
     utterances, dataset, loader = _dataset_loader(recognizer, utterances, batch_size)
     recognitions: list[Recognition] = []
     failed = list(dataset.rejected)
+    pending: list[tuple[str, str, torch.Tensor]] = []  # (id, text, log-probs) waiting for the decoder
+    normalize = recognizer.tokenizer.normalize
+
+    def decode_pending() -> None:
+        hyps = recognizer.decode_log_probs(*pad_log_probs([lp for _, _, lp in pending]))
+        recognitions.extend(Recognition(i, normalize(t), h) for (i, t, _), h in zip(pending, hyps))
+        pending.clear()
+
     for batch in tqdm(loader, desc="decode", unit="batch", disable=not progress, leave=False):
         failed.extend(batch.bad)
         if len(batch):
-            hyps = recognizer.transcribe_batch(batch.audio, batch.audio_lengths)
-            normalize = recognizer.tokenizer.normalize
-            recognitions.extend(Recognition(i, normalize(t), h) for i, t, h in zip(batch.ids, batch.texts, hyps))
+            log_probs, frame_lengths = recognizer.log_probs(batch.audio, batch.audio_lengths)
+            pending.extend(zip(batch.ids, batch.texts, (lp[:n] for lp, n in zip(log_probs, frame_lengths.tolist()))))
+            if len(pending) >= recognizer.decode_pool:
+                decode_pending()
+    if pending:
+        decode_pending()
     refs = [r.reference for r in recognitions]
     hyps = [r.hypothesis for r in recognitions]
     decoded = {r.id for r in recognitions}
@@ -191,9 +213,13 @@ class LogProbSet:
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Padded (batch, frames, vocab) log-probs and (batch,) lengths, in order."""
         for start in range(0, len(self.log_probs), batch_size):
-            chunk = self.log_probs[start : start + batch_size]
-            lengths = torch.tensor([len(x) for x in chunk], device=chunk[0].device)  # (batch,)
-            yield torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True), lengths
+            yield pad_log_probs(self.log_probs[start : start + batch_size])
+
+
+def pad_log_probs(chunk: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(frames_i, vocab) log-probs -> padded (batch, frames, vocab) and lengths (batch,)."""
+    lengths = torch.tensor([len(x) for x in chunk], device=chunk[0].device)
+    return torch.nn.utils.rnn.pad_sequence(list(chunk), batch_first=True), lengths
 
 
 @torch.inference_mode()
@@ -201,14 +227,11 @@ def collect_log_probs(recognizer: Recognizer, utterances: Sequence[Utterance], b
     """Run features and model over every utterance once (bad ones listed in `failed`)."""
     _, dataset, loader = _dataset_loader(recognizer, utterances, batch_size)
     result = LogProbSet([], [], [], list(dataset.rejected))
-    recognizer.model.eval()
-    recognizer.features.eval()
     for batch in loader:
         result.failed.extend(batch.bad)
         if not len(batch):
             continue
-        feats, frame_lengths = recognizer.features(batch.audio.to(recognizer.device), batch.audio_lengths.to(recognizer.device))
-        log_probs, frame_lengths = recognizer.model(feats, frame_lengths)  # (batch, frames, vocab)
+        log_probs, frame_lengths = recognizer.log_probs(batch.audio, batch.audio_lengths)  # (batch, frames, vocab)
         result.ids.extend(batch.ids)
         result.references.extend(recognizer.tokenizer.normalize(t) for t in batch.texts)
         result.log_probs.extend(lp[:n] for lp, n in zip(log_probs, frame_lengths.tolist()))
@@ -226,7 +249,7 @@ def tune_lm(
     pairs = [(a, b) for a in weights for b in bonuses]
     for alpha, beta in tqdm(pairs, desc="tune", disable=not progress, leave=False):
         recognizer.config.decode = replace(base, lm_weight=alpha, word_bonus=beta)
-        hyps = [h for lp, n in log_probs.batches(base.batch_size) for h in recognizer.decode_log_probs(lp, n)]
+        hyps = [h for lp, n in log_probs.batches(recognizer.decode_pool) for h in recognizer.decode_log_probs(lp, n)]
         results.append((alpha, beta, score_wer(log_probs.references, hyps).rate))
     recognizer.config.decode = base
     return sorted(results, key=lambda r: (r[2], r[0], r[1]))
