@@ -168,6 +168,16 @@ def _dataset_loader(recognizer: "Recognizer", utterances: Sequence[Utterance], b
     return utterances, dataset, make_loader(dataset, sampler=None, batch_size=batch_size)
 
 
+def _model_outputs(recognizer: Recognizer, batches: Iterable, failed: list) -> Iterator[tuple[list[str], list[str], list[torch.Tensor]]]:
+    """Run features and model over loader batches: (ids, texts, one (frames, vocab) log-prob
+    tensor per utterance) per batch; the batches' bad utterances are added to `failed`."""
+    for batch in batches:
+        failed.extend(batch.bad)
+        if len(batch):
+            log_probs, frame_lengths = recognizer.log_probs(batch.audio, batch.audio_lengths)  # (batch, frames, vocab)
+            yield batch.ids, batch.texts, [lp[:n] for lp, n in zip(log_probs, frame_lengths.tolist())]
+
+
 def decode_dataset(
     recognizer: Recognizer, utterances: Sequence[Utterance], batch_size: int = 32, progress: bool = False
 ) -> EvaluationResult:
@@ -184,13 +194,11 @@ def decode_dataset(
         recognitions.extend(Recognition(i, normalize(t), h) for (i, t, _), h in zip(pending, hyps))
         pending.clear()
 
-    for batch in tqdm(loader, desc="decode", unit="batch", disable=not progress, leave=False):
-        failed.extend(batch.bad)
-        if len(batch):
-            log_probs, frame_lengths = recognizer.log_probs(batch.audio, batch.audio_lengths)
-            pending.extend(zip(batch.ids, batch.texts, (lp[:n] for lp, n in zip(log_probs, frame_lengths.tolist()))))
-            if len(pending) >= recognizer.decode_pool:
-                decode_pending()
+    batches = tqdm(loader, desc="decode", unit="batch", disable=not progress, leave=False)
+    for ids, texts, log_probs in _model_outputs(recognizer, batches, failed):
+        pending.extend(zip(ids, texts, log_probs))
+        if len(pending) >= recognizer.decode_pool:
+            decode_pending()
     if pending:
         decode_pending()
     refs = [r.reference for r in recognitions]
@@ -227,14 +235,10 @@ def collect_log_probs(recognizer: Recognizer, utterances: Sequence[Utterance], b
     """Run features and model over every utterance once (bad ones listed in `failed`)."""
     _, dataset, loader = _dataset_loader(recognizer, utterances, batch_size)
     result = LogProbSet([], [], [], list(dataset.rejected))
-    for batch in loader:
-        result.failed.extend(batch.bad)
-        if not len(batch):
-            continue
-        log_probs, frame_lengths = recognizer.log_probs(batch.audio, batch.audio_lengths)  # (batch, frames, vocab)
-        result.ids.extend(batch.ids)
-        result.references.extend(recognizer.tokenizer.normalize(t) for t in batch.texts)
-        result.log_probs.extend(lp[:n] for lp, n in zip(log_probs, frame_lengths.tolist()))
+    for ids, texts, log_probs in _model_outputs(recognizer, loader, result.failed):
+        result.ids.extend(ids)
+        result.references.extend(recognizer.tokenizer.normalize(t) for t in texts)
+        result.log_probs.extend(log_probs)
     return result
 
 

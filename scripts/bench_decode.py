@@ -216,10 +216,10 @@ def main() -> int:
         rows.append((name, lm, alpha, beta, wer, len(test_refs) / elapsed))
         print(f"  {name:<34} {lm:<14} alpha {alpha} beta {beta}  WER {wer:.2%}  {rows[-1][5]:8.1f} utt/s", file=sys.stderr, flush=True)
 
-    word_row = next(row for row in rows if row[0] == "ours, CPU" and row[1] == word_lm)
     by_batch = []
     for size in [int(b) for b in args.batch_sizes.split(",") if b]:
-        options = dict(fusion=word_fusion, lm_weight=word_row[2], word_bonus=word_row[3], **beam_opts)
+        _, _, alpha, beta, _, _ = next(row for row in rows if row[0] == "ours, CPU" and row[1] == word_lm)
+        options = dict(fusion=word_fusion, lm_weight=alpha, word_bonus=beta, **beam_opts)
         elapsed = min(timed(lambda: run_ours(test_lps, tokenizer, size, cpu, **options))[1] for _ in range(args.repeats))
         by_batch.append(f"batch {size}: {len(test_refs) / elapsed:.0f}")
 
