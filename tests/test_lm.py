@@ -53,11 +53,16 @@ def test_scores_follow_the_backoff_rule_worked_by_hand(tmp_path):
         ("b", "b", "a"): -0.2 + -0.6,  # bow(b b) unlisted = 0, then bow(b) + P(a)
     }
     expected[("a", "b", "</s>")] = -0.25 + -0.2  # bow(a b) + P(</s> | b)
+    # the state after each: the longest end of the history that is a listed 1- or 2-gram
+    after = {("<s>", "a", "b"): ("a", "b"), ("x", "a", "b"): ("a", "b"), ("a", "b", "</s>"): ("b", "</s>"),
+             ("<s>", "a", "a"): ("a",), ("b", "b", "a"): ("a",)}
     for (h1, h2, w), log10p in expected.items():
-        state = torch.tensor([[lm.word_id(h2), lm.word_id(h1) if h1 != "x" else -1]])  # newest first
+        state = lm.start_state(1) if h1 == "<s>" else torch.zeros(1, dtype=torch.long)  # 0: the empty context
+        for h in ([h2] if h1 == "<s>" else [h1, h2]):
+            _, state = lm.score(state, torch.tensor([lm.word_id(h)]))
         logp, new_state = lm.score(state, torch.tensor([lm.word_id(w)]))
         assert logp.item() == pytest.approx(log10p * LN10, abs=1e-5), (h1, h2, w)
-        assert new_state.tolist() == [[lm.word_id(w), lm.word_id(h2)]]
+        assert lm.context_words[new_state.item()] == after[(h1, h2, w)]
     # an out-of-vocabulary word scores as <unk>
     assert lm.word_id("zebra") == lm.unk
     assert lm.score_sentence(["zebra"], eos=False) == pytest.approx((-0.5 - 2.0) * LN10, abs=1e-5)
@@ -66,7 +71,7 @@ def test_scores_follow_the_backoff_rule_worked_by_hand(tmp_path):
 def test_missing_unk_gets_kenlm_default(tmp_path):
     text = TINY_ARPA.replace("ngram 1=5", "ngram 1=4").replace("-2.0\t<unk>\n", "")
     lm = NGramLM.from_file(write(tmp_path, text))
-    logp, _ = lm.score(torch.tensor([[-1, -1]]), torch.tensor([lm.unk]))
+    logp, _ = lm.score(torch.tensor([0]), torch.tensor([lm.unk]))
     assert logp.item() == pytest.approx(-100 * LN10, rel=1e-6)
 
 
@@ -131,7 +136,7 @@ def test_kneser_ney_probabilities_sum_to_one(tmp_path, order):
         state = lm.start_state(1)
         for w in history:
             _, state = lm.score(state, torch.tensor([lm.word_id(w)]))
-        logp, _ = lm.score(state.expand(len(vocab), -1), vocab)
+        logp, _ = lm.score(state.expand(len(vocab)), vocab)
         assert torch.logsumexp(logp.double(), 0).item() == pytest.approx(0.0, abs=1e-5), history
 
 

@@ -58,7 +58,7 @@ class TokenLMFusion:
     """Token-level fusion: every label is an LM word (its symbol string), e.g. a phone n-gram.
     Works for any tokenizer: give it the tokenizer's symbols (index = label id).
 
-    State of a hypothesis: one long row, the LM state (its last order-1 LM words)."""
+    State of a hypothesis: one long column, the LM state."""
 
     max_gain = 0.0  # the most `grow` can raise an LM score: an LM log prob is <= 0
 
@@ -75,17 +75,17 @@ class TokenLMFusion:
         return self
 
     def init_state(self, hyps: int) -> torch.Tensor:
-        return self.lm.start_state(hyps)  # (hyps, order-1)
+        return self.lm.start_state(hyps, 1)
 
     def grow(self, state: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Hypotheses in `state` (grows, S) each growing by one of `labels` (grows,) ->
         LM ln prob (grows,), words added (grows,), their new state (grows, S)."""
-        logp, after = self.lm.score(state, self.token_words.index_select(0, labels))
-        return logp, torch.ones_like(logp), after
+        logp, after = self.lm.score(state.view(-1), self.token_words.index_select(0, labels))
+        return logp, torch.ones_like(logp), after.view(-1, 1)
 
     def final_scores(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         eos = torch.full(state.shape[:-1], self.lm.eos, dtype=torch.long, device=self.lm.device)
-        logp, _ = self.lm.score(state, eos)
+        logp, _ = self.lm.score(state.view(-1), eos)
         return logp, torch.zeros_like(logp)
 
 
@@ -108,8 +108,8 @@ class WordLMFusion:
     (OOV penalty, change of lookahead). Node 0 is the root; the last node, whose children are
     all itself, means "not the start of any listed word".
 
-    State of a hypothesis: one long row, [LM state before the unfinished word (order-1 words),
-    trie node of the unfinished word].
+    State of a hypothesis: two long columns, [LM state before the unfinished word, trie node of
+    the unfinished word].
     """
 
     def __init__(self, lm: NGramLM, symbols: Sequence[str], delimiter: str = SPACE, oov_penalty: float = -10.0, lookahead: bool = True):
@@ -177,7 +177,7 @@ class WordLMFusion:
         return self
 
     def init_state(self, hyps: int) -> torch.Tensor:
-        return torch.cat([self.lm.start_state(hyps), torch.zeros(hyps, 1, dtype=torch.long, device=self.lm.device)], dim=1)
+        return torch.stack([self.lm.start_state(hyps), torch.zeros(hyps, dtype=torch.long, device=self.lm.device)], dim=1)
 
     def grow(self, state: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Hypotheses in `state` (grows, S) each growing by one of `labels` (grows,) ->
@@ -186,19 +186,19 @@ class WordLMFusion:
         entry = state[:, -1] * self.vocab + labels
         ends_word = self.ends_word.index_select(0, entry)
         logp = self.penalty.index_select(0, entry)
-        after = torch.cat([state[:, :-1], self.trie.index_select(0, entry)[:, None]], dim=1)
+        after = torch.stack([state[:, 0], self.trie.index_select(0, entry)], dim=1)
         enders = ends_word.nonzero().squeeze(1)
         if enders.numel():
             ender_state = state.index_select(0, enders)
-            word_logp, ctx = self.lm.score(ender_state[:, :-1], self.node_word.index_select(0, ender_state[:, -1]))
-            logp.index_add_(0, enders, word_logp + self.end_cost.index_select(0, ender_state[:, -1]))
-            after[:, :-1].index_copy_(0, enders, ctx)
+            word_logp, ctx = self.lm.score(ender_state[:, 0], self.node_word.index_select(0, ender_state[:, 1]))
+            logp.index_add_(0, enders, word_logp + self.end_cost.index_select(0, ender_state[:, 1]))
+            after[:, 0].index_copy_(0, enders, ctx)
         return logp, ends_word.to(logp.dtype), after
 
     def final_scores(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pending = state[:, -1] != 0  # (hyps,) an unfinished word to score first
-        word_logp, after = self.lm.score(state[:, :-1], self.node_word.index_select(0, state[:, -1]))
-        ctx = torch.where(pending[:, None], after, state[:, :-1])
+        word_logp, after = self.lm.score(state[:, 0], self.node_word.index_select(0, state[:, 1]))
+        ctx = torch.where(pending, after, state[:, 0])
         eos = torch.full(pending.shape, self.lm.eos, dtype=torch.long, device=self.lm.device)
         eos_logp, _ = self.lm.score(ctx, eos)
         return (word_logp + self.end_cost.index_select(0, state[:, -1])) * pending + eos_logp, pending.to(eos_logp.dtype)

@@ -13,11 +13,10 @@ The ARPA format (Stolcke's SRILM; also what KenLM reads and writes):
 
 P(w | h) = P_arpa(h w) when the n-gram h w is listed, else bow(h) * P(w | h minus its first word).
 
-Tensor form: every n-gram (unigrams included) is keyed by a 64-bit polynomial hash of its word
-ids, and the keys of all orders are sorted into one table, looked up through a bucket index on
-their top bits (two gathers per query, see `NGramLM._index_buckets`). The keys of the contexts
-(h1), (h2 h1), ... are the prefix sums of one sequence and come out of a single `cumsum`, and a
-suffix n-gram's key is its context's plus one term for the word (see `NGramLM.score`).
+Tensor form (see `NGramLM`): an n-gram is keyed by (id of its context, its last word), its
+context being itself an n-gram (of one order less) with an id; the keys of all orders are in
+one sorted table, looked up through a bucket index (two gathers per query, see
+`NGramLM._index_buckets`).
 """
 
 from __future__ import annotations
@@ -38,7 +37,8 @@ MISSING_UNK_LOG10 = -100.0  # what KenLM assigns <unk> when an ARPA file does no
 
 # Polynomial hash modulo 2**64: int64 multiplication wraps around (two's complement) on CPU
 # and CUDA alike, so one step is an add and a multiply. The multiplier is odd (2**64 / golden
-# ratio); a false hit is about 2**-64 per lookup for sequences as short as n-grams and prefixes.
+# ratio); a false hit is about 2**-64 per lookup for sequences as short as label prefixes.
+# Multiplying by it alone is a bijection modulo 2**64: the LM's keys stay exact.
 _MUL = 0x9E3779B97F4A7C15 - (1 << 64)
 
 
@@ -49,20 +49,6 @@ class ArpaError(ValueError):
 def hash_step(key: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Fold one more id (>= 0) into a key (int64, same shape; the empty sequence is 0)."""
     return (key + ids + 1) * _MUL
-
-
-def _wrap(value: int) -> int:
-    """An integer modulo 2**64 as the int64 with the same bits."""
-    value %= 1 << 64
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def ngram_keys(ngrams: torch.Tensor) -> torch.Tensor:
-    """(num, n) word ids -> (num,) int64 keys, folded from the last word to the first."""
-    key = torch.zeros(ngrams.shape[0], dtype=torch.long, device=ngrams.device)
-    for j in range(ngrams.shape[1] - 1, -1, -1):
-        key = hash_step(key, ngrams[:, j])
-    return key
 
 
 @dataclass
@@ -192,18 +178,20 @@ def write_arpa(path: str | os.PathLike, arpa: Arpa) -> None:
 class NGramLM:
     """A back-off n-gram model as tensors, scoring batches of queries in natural-log units.
 
-    State of a hypothesis = its last `order - 1` word ids, newest first, -1 where there are fewer
-    words (the state after <s> alone is [bos, -1, ..., -1]).
+    State of a hypothesis = one id: its context, the longest end of its word history that the
+    model lists as an n-gram of order < N (KenLM's state minimization: a longer history scores
+    the same, since no listed n-gram starts with it and its back-off weight is 1). Id 0 is the
+    empty context; the state after <s> is the id of the 1-gram <s>.
 
-    All n-grams of all orders share one table of hash keys, so one lookup finds, for every
-    query, every suffix n-gram (w), (h1 w), (h2 h1 w), ... and every context (h1), (h2 h1), ...
-    at once; the answer is the probability of the longest listed suffix plus the back-off
-    weights of the listed contexts longer than it. The cost is the same ~30 tensor ops at any
-    order.
+    A query (context c, word w) looks up the N n-grams (c_j w), c_j the last j words of c
+    (j = 0 .. N-1), in one table, all at once (`_lookup`). The answer is ln P of the longest one
+    listed plus the back-off weights of c's listed ends longer than it (a per-context table, by
+    j), and the next state is that n-gram itself, or for an N-gram its longest listed end short
+    enough to be a context (a table by n-gram). About twenty tensor ops at any order.
     """
 
     def __init__(self, arpa: Arpa, device: torch.device | str = "cpu"):
-        self.order = arpa.order
+        self.order = order = arpa.order
         unigrams = {words[0]: value for words, value in arpa.ngrams[0].items()}
         unigrams.setdefault(UNK, (MISSING_UNK_LOG10, 0.0))
         self.words: list[str] = sorted(unigrams)
@@ -212,38 +200,62 @@ class NGramLM:
             if special not in self.word_ids:
                 raise ArpaError(f"the language model has no {special} 1-gram")
         self.bos, self.eos, self.unk = self.word_ids[BOS], self.word_ids[EOS], self.word_ids[UNK]
-        keys, values = [], []
-        for n, table in enumerate([{(w,): v for w, v in unigrams.items()}, *arpa.ngrams[1:]], start=1):
-            ids = torch.tensor([[self.word_ids[w] for w in words] for words in table], dtype=torch.long).reshape(-1, n)
-            keys.append(ngram_keys(ids))
-            values.append(torch.tensor(list(table.values()), dtype=torch.float64).reshape(-1, 2) * LN10)
-        key = torch.cat(keys)
+        vocab = len(self.words)
+        tables = [{(self.word_ids[w],): v for w, v in unigrams.items()}]
+        tables += [{tuple(self.word_ids[w] for w in words): v for words, v in table.items()} for table in arpa.ngrams[1:]]
+        # contexts: the empty one (id 0), then every n-gram of order < N (read_arpa has checked
+        # that an n-gram's context is listed, so every state's ends are contexts too, or unlisted)
+        context_id: dict[tuple[int, ...], int] = {(): 0}
+        for table in tables[:-1]:
+            for words in table:
+                context_id[words] = len(context_id)
+        contexts = list(context_id)
+        self._bos_state = context_id.get((self.bos,), 0)  # a 1-gram model has no contexts
+
+        def longest_context(words: tuple[int, ...]) -> int:  # the id of words' longest listed end
+            for start in range(max(len(words) - order + 1, 0), len(words)):
+                if words[start:] in context_id:
+                    return context_id[words[start:]]
+            return 0
+
+        # per context and j: the key part of its last j words (context id * vocab; -vocab when
+        # those words are not a context: no key matches) and the ln back-off weights of its
+        # listed ends longer than j
+        ends = torch.full((len(contexts), order), -1, dtype=torch.long)
+        bows = torch.zeros(len(contexts), order, dtype=torch.float64)
+        for cid, words in enumerate(contexts):
+            for j in range(len(words) + 1):
+                end = context_id.get(words[len(words) - j :], -1)
+                ends[cid, j] = end
+                if end > 0 and j > 0:
+                    bows[cid, : j] += tables[j - 1][words[len(words) - j :]][1]
+        keys, logps, nexts = [], [], []
+        for n, table in enumerate(tables, start=1):
+            for words, (logp, _) in table.items():
+                keys.append(context_id[words[:-1]] * vocab + words[-1])
+                logps.append(logp)
+                nexts.append(context_id[words] if n < order else longest_context(words[1:]))
+        # the table is sorted by key * MUL (mod 2**64): a bijection that spreads the keys evenly
+        # over the buckets of the index (see _index_buckets); a lookup matches exact keys
+        key = torch.tensor(keys, dtype=torch.long).mul_(_MUL)
         by_key = torch.argsort(key)
-        key = key[by_key]
-        if key.numel() > 1 and bool((key[1:] == key[:-1]).any()):
-            raise ArpaError("two n-grams share a hash key (should not happen; report it)")
-        value = torch.cat(values)[by_key].float()
         device = torch.device(device)
-        self.keys = key.to(device)  # (ngrams,) sorted hash keys of all orders
+        self.keys = key[by_key].to(device)
         self._index_buckets()
         # one entry more than there are n-grams: where a lookup that finds nothing points
-        self.logp = torch.cat([value[:, 0], value.new_zeros(1)]).to(device)  # (ngrams + 1,) ln P
-        self.bow = torch.cat([value[:, 1], value.new_zeros(1)]).to(device)  # (ngrams + 1,) ln back-off weight (0 if none)
-        # key of (h_n .. h1) = MUL**n * sum_i (h_i + 1) * MUL**(1-i) (see hash_step; MUL is odd,
-        # so it has an inverse modulo 2**64)
-        self._rise = torch.tensor([_wrap(pow(_MUL, n, 1 << 64)) for n in range(1, self.order + 1)], dtype=torch.long, device=device)
-        inverse = pow(_MUL, -1, 1 << 64)
-        self._fall = torch.tensor([_wrap(pow(inverse, i, 1 << 64)) for i in range(self.order)], dtype=torch.long, device=device)
-        self._orders = torch.arange(1, self.order + 1, device=device)  # (order,)
-        # a query row: the order suffix n-grams (w), (h1 w), ..., then the order-1 contexts (h1), (h2 h1), ...
-        self._word_part = torch.cat([self._rise, torch.zeros(self.order - 1, dtype=torch.long, device=device)])
+        self.logp = torch.cat([(torch.tensor(logps, dtype=torch.float64)[by_key] * LN10).float(), torch.zeros(1)]).to(device)  # (ngrams + 1,) ln P
+        self.next_state = torch.cat([torch.tensor(nexts, dtype=torch.long)[by_key], torch.zeros(1, dtype=torch.long)]).to(device)  # (ngrams + 1,)
+        self._ends = (ends * vocab).where(ends >= 0, -vocab).to(device)  # (contexts, order)
+        self._bows = (bows * LN10).float().to(device)  # (contexts, order)
+        self._levels = torch.arange(1, order + 1, device=device)  # (order,)
+        self.context_words = [tuple(self.words[i] for i in words) for words in contexts]  # by state id, for tests and tools
 
     def _index_buckets(self) -> None:
         """A bucket index over the sorted keys, so that a lookup is two gathers, not a binary search.
 
         A key's bucket is its top `_bits` bits; buckets rise with the keys, so each bucket's keys
         are one run of the sorted table, starting at `_first[bucket]`. With 2 to 4 buckets per
-        key the runs are short (a well-mixed hash spreads keys evenly); a query is compared with
+        key the runs are short (a well-mixed key spreads evenly); a query is compared with
         the `window` keys from its bucket's start, the longest run, all gathered at once from
         `_windows` (row i = keys[i : i + window]; the table's last key pads the end,
         where no other query can match it first)."""
@@ -262,7 +274,7 @@ class NGramLM:
 
     def _lookup(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(m, c) keys -> whether each is listed (uint8), and its entry (else its bucket's start:
-        an entry that may be the one past the end, whose log prob and back-off weight are 0)."""
+        an entry that may be the one past the end, whose log prob is 0)."""
         column = queries.view(-1, 1)
         start = self._first.index_select(0, self._bucket(column.view(-1)))
         # max returns the first maximal index (torch.max docs), so `at` is 0 when nothing matched
@@ -278,7 +290,7 @@ class NGramLM:
         return self.keys.device
 
     def to(self, device: torch.device | str) -> "NGramLM":
-        for name in ("keys", "logp", "bow", "_rise", "_fall", "_orders", "_word_part"):
+        for name in ("keys", "logp", "next_state", "_ends", "_bows", "_levels"):
             setattr(self, name, getattr(self, name).to(device))
         self._index_buckets()
         return self
@@ -286,49 +298,35 @@ class NGramLM:
     def unigram_logp(self) -> list[float]:
         """ln P(w) of every word, by word id, as the 1-gram table lists it."""
         ids = torch.arange(len(self.words), device=self.device)
-        _, idx = self._lookup((ids + 1) * self._rise[0])
-        return self.logp.index_select(0, idx).tolist()
+        logp, _ = self.score(torch.zeros_like(ids), ids)
+        return logp.tolist()
 
     def word_id(self, word: str) -> int:
         return self.word_ids.get(word, self.unk)
 
     def start_state(self, *shape: int) -> torch.Tensor:
-        """The state after <s>: (*shape, order - 1) long, newest word first."""
-        state = torch.full((*shape, max(self.order - 1, 1)), -1, dtype=torch.long, device=self.device)
-        state[..., 0] = self.bos
-        return state
+        """The state after <s>, (*shape) long."""
+        return torch.full(shape, self._bos_state, dtype=torch.long, device=self.device)
 
     def score(self, state: torch.Tensor, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ln P(word | state) and the state after it, for a whole batch.
 
-        state (..., order - 1) long, newest word first; words (...) long -> logp (...) float,
-        new state (..., order - 1).
+        state (...) long, words (...) long -> logp (...) float, new state (...) long.
         """
-        shape, order = words.shape, self.order
-        ctx = state.reshape(-1, state.shape[-1])  # (m, order - 1): h1, h2, ...
-        w = words.reshape(-1, 1)  # (m, 1)
-        if order == 1:
-            _, idx = self._lookup((w + 1) * self._rise)
-            return self.logp.index_select(0, idx.view(-1)).view(shape), state
-        # keys of the contexts (h1), (h2 h1), ... from one cumsum (hash_step folds the newest word
-        # last, so a prefix sum over h1, h2, ... times MUL**j is a key); a suffix n-gram adds the
-        # word: key(hj .. h1 w) = key(hj .. h1) + (w + 1) * MUL**(j+1)
-        contexts = ((ctx + 1) * self._fall[: order - 1]).cumsum(1).mul_(self._rise[: order - 1])  # (m, order - 1)
-        queries = ((w + 1) * self._word_part).add_(torch.cat([torch.zeros_like(w), contexts, contexts], dim=1))  # (m, 2 * order - 1)
+        shape = words.shape
+        queries = self._ends.index_select(0, state.reshape(-1)).add_(words.reshape(-1, 1)).mul_(_MUL)  # (m, order)
         found, idx = self._lookup(queries)
-        # the longest listed suffix (w alone always is: unknown words are <unk>) ...
-        longest, which = (found[:, :order] * self._orders).max(dim=1, keepdim=True)  # (m, 1) each
-        result = self.logp.index_select(0, idx[:, :order].gather(1, which).view(-1))
-        # ... plus the back-off weights of the listed contexts longer than its own
-        bow = self.bow.index_select(0, idx[:, order:].reshape(-1)).view(-1, order - 1)  # (m, order - 1)
-        result += (bow * (found[:, order:] * (self._orders[:-1] >= longest))).sum(dim=1)
-        new_state = torch.cat([w, ctx[:, :-1]], dim=1)
-        return result.view(shape), new_state.view(*shape, order - 1)
+        # the longest listed n-gram (the 1-gram always is: unknown words are <unk>) ...
+        _, which = (found * self._levels).max(dim=1, keepdim=True)  # (m, 1)
+        entry = idx.gather(1, which).view(-1)
+        # ... plus the back-off weights of the context's listed ends longer than its context
+        logp = self.logp.index_select(0, entry).add_(self._bows.view(-1).index_select(0, state.reshape(-1) * self.order + which.view(-1)))
+        return logp.view(shape), self.next_state.index_select(0, entry).view(shape)
 
     def score_sentence(self, words: Sequence[str], bos: bool = True, eos: bool = True) -> float:
         """Total ln probability of a word sequence (OOV words score as <unk>); for tests and tools."""
         ids = [self.word_id(w) for w in words] + ([self.eos] if eos else [])
-        state = self.start_state(1) if bos else torch.full((1, max(self.order - 1, 1)), -1, device=self.device)
+        state = self.start_state(1) if bos else torch.zeros(1, dtype=torch.long, device=self.device)
         total = 0.0
         for i in ids:
             logp, state = self.score(state, torch.tensor([i], device=self.device))
