@@ -208,6 +208,24 @@ def test_token_lm_with_a_made_up_phone_set(tmp_path):
     assert best.lm == pytest.approx(fusion.lm.score_sentence(["p1", "p2", "p3"]), abs=1e-4)
 
 
+def test_token_lm_tables_score_as_the_lm_does(tmp_path):
+    # a small token LM is read from (state, label) tables built once; a large one is asked at
+    # every step: both must decode the same, with the same scores
+    tok = CharTokenizer(chars="abc ")
+    write_arpa(tmp_path / "c.arpa", estimate_kneser_ney([list("|".join(s.split())) for s in ["ab c", "a b", "cab ba"] * 3], 4))
+    lm = NGramLM.from_file(tmp_path / "c.arpa")
+    tabulated, asked = TokenLMFusion(lm, tok.symbols), TokenLMFusion(lm, tok.symbols, table_limit=0)
+    assert tabulated.table_logp is not None and asked.table_logp is None
+    torch.manual_seed(4)
+    lp = (2 * torch.randn(4, 30, tok.vocab_size)).log_softmax(-1)
+    lengths = torch.tensor([30, 12, 25, 7])
+    options = dict(beam_size=6, lm_weight=0.8, word_bonus=0.3, nbest=4)
+    for a, b in zip(decode_beam(lp, lengths, fusion=tabulated, **options), decode_beam(lp, lengths, fusion=asked, **options)):
+        assert [h.ids for h in a] == [h.ids for h in b]
+        assert [h.lm for h in a] == pytest.approx([h.lm for h in b], abs=1e-5)
+        assert a[0].lm == pytest.approx(lm.score_sentence(["|" if c == " " else c for c in tok.decode(a[0].ids)]), abs=1e-4)
+
+
 def test_make_fusion_picks_word_level_for_characters(tmp_path):
     write_arpa(tmp_path / "w.arpa", estimate_kneser_ney([["a", "b"]], 2))
     assert isinstance(make_fusion(str(tmp_path / "w.arpa"), CharTokenizer()), WordLMFusion)

@@ -58,20 +58,33 @@ class TokenLMFusion:
     """Token-level fusion: every label is an LM word (its symbol string), e.g. a phone n-gram.
     Works for any tokenizer: give it the tokenizer's symbols (index = label id).
 
-    State of a hypothesis: one long column, the LM state."""
+    State of a hypothesis: one long column, the LM state.
+
+    The labels are few, so when the LM's contexts times the labels are at most `table_limit`,
+    every (state, label) is scored once here, into two tables the search reads with one gather
+    each; a larger LM is asked at every step.
+    """
 
     max_gain = 0.0  # the most `grow` can raise an LM score: an LM log prob is <= 0
 
-    def __init__(self, lm: NGramLM, symbols: Sequence[str], space_word: str = "|"):
+    def __init__(self, lm: NGramLM, symbols: Sequence[str], space_word: str = "|", table_limit: int = 1 << 22):
         self.lm = lm
         # label id -> LM word id (<unk> for symbols the LM does not know; blank is never scored);
         # a space label is the LM word `space_word` (ARPA words cannot be blank)
         words = [space_word if s == SPACE else s for s in symbols]
         self.token_words = torch.tensor([lm.word_id(w) for w in words], dtype=torch.long, device=lm.device)
+        self.vocab = len(symbols)
+        self.table_logp = self.table_next = None  # (contexts * vocab,) entry state * vocab + label
+        contexts = len(lm.context_words)
+        if contexts * self.vocab <= table_limit:
+            states = torch.arange(contexts, device=lm.device).repeat_interleave(self.vocab)
+            self.table_logp, self.table_next = lm.score(states, self.token_words.repeat(contexts))
 
     def to(self, device: torch.device) -> "TokenLMFusion":
         self.lm.to(device)
-        self.token_words = self.token_words.to(device)
+        for name in ("token_words", "table_logp", "table_next"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
         return self
 
     def init_state(self, hyps: int) -> torch.Tensor:
@@ -80,7 +93,11 @@ class TokenLMFusion:
     def grow(self, state: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Hypotheses in `state` (grows, S) each growing by one of `labels` (grows,) ->
         LM ln prob (grows,), words added (grows,), their new state (grows, S)."""
-        logp, after = self.lm.score(state.view(-1), self.token_words.index_select(0, labels))
+        if self.table_logp is None:
+            logp, after = self.lm.score(state.view(-1), self.token_words.index_select(0, labels))
+        else:
+            entry = state.view(-1) * self.vocab + labels
+            logp, after = self.table_logp.index_select(0, entry), self.table_next.index_select(0, entry)
         return logp, torch.ones_like(logp), after.view(-1, 1)
 
     def final_scores(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
