@@ -62,7 +62,7 @@ def test_scores_follow_the_backoff_rule_worked_by_hand(tmp_path):
             _, state = lm.score(state, torch.tensor([lm.word_id(h)]))
         logp, new_state = lm.score(state, torch.tensor([lm.word_id(w)]))
         assert logp.item() == pytest.approx(log10p * LN10, abs=1e-5), (h1, h2, w)
-        assert lm.context_words[new_state.item()] == after[(h1, h2, w)]
+        assert lm.context(new_state.item()) == after[(h1, h2, w)]
     # an out-of-vocabulary word scores as <unk>
     assert lm.word_id("zebra") == lm.unk
     assert lm.score_sentence(["zebra"], eos=False) == pytest.approx((-0.5 - 2.0) * LN10, abs=1e-5)

@@ -75,7 +75,7 @@ class TokenLMFusion:
         self.token_words = torch.tensor([lm.word_id(w) for w in words], dtype=torch.long, device=lm.device)
         self.vocab = len(symbols)
         self.table_logp = self.table_next = None  # (contexts * vocab,) entry state * vocab + label
-        contexts = len(lm.context_words)
+        contexts = lm.num_contexts
         if contexts * self.vocab <= table_limit:
             states = torch.arange(contexts, device=lm.device).repeat_interleave(self.vocab)
             self.table_logp, self.table_next = lm.score(states, self.token_words.repeat(contexts))

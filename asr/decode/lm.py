@@ -201,54 +201,101 @@ class NGramLM:
                 raise ArpaError(f"the language model has no {special} 1-gram")
         self.bos, self.eos, self.unk = self.word_ids[BOS], self.word_ids[EOS], self.word_ids[UNK]
         vocab = len(self.words)
-        tables = [{(self.word_ids[w],): v for w, v in unigrams.items()}]
-        tables += [{tuple(self.word_ids[w] for w in words): v for words, v in table.items()} for table in arpa.ngrams[1:]]
-        # contexts: the empty one (id 0), then every n-gram of order < N (read_arpa has checked
-        # that an n-gram's context is listed, so every state's ends are contexts too, or unlisted)
-        context_id: dict[tuple[int, ...], int] = {(): 0}
-        for table in tables[:-1]:
-            for words in table:
-                context_id[words] = len(context_id)
-        contexts = list(context_id)
-        self._bos_state = context_id.get((self.bos,), 0)  # a 1-gram model has no contexts
-
-        def longest_context(words: tuple[int, ...]) -> int:  # the id of words' longest listed end
-            for start in range(max(len(words) - order + 1, 0), len(words)):
-                if words[start:] in context_id:
-                    return context_id[words[start:]]
-            return 0
-
-        # per context and j: the key part of its last j words (context id * vocab; -vocab when
-        # those words are not a context: no key matches) and the ln back-off weights of its
-        # listed ends longer than j
-        ends = torch.full((len(contexts), order), -1, dtype=torch.long)
-        bows = torch.zeros(len(contexts), order, dtype=torch.float64)
-        for cid, words in enumerate(contexts):
-            for j in range(len(words) + 1):
-                end = context_id.get(words[len(words) - j :], -1)
-                ends[cid, j] = end
-                if end > 0 and j > 0:
-                    bows[cid, : j] += tables[j - 1][words[len(words) - j :]][1]
+        self.num_contexts = 1  # id 0: the empty context
+        # contexts, sorted by key (context id of all words but the last * vocab + the last word)
+        self._context_keys = torch.zeros(0, dtype=torch.long)
+        self._context_ids = torch.zeros(0, dtype=torch.long)
+        parents, lasts, bow_of = [torch.zeros(1, dtype=torch.long)], [torch.full((1,), -1)], [torch.zeros(1, dtype=torch.float64)]
         keys, logps, nexts = [], [], []
-        for n, table in enumerate(tables, start=1):
-            for words, (logp, _) in table.items():
-                keys.append(context_id[words[:-1]] * vocab + words[-1])
-                logps.append(logp)
-                nexts.append(context_id[words] if n < order else longest_context(words[1:]))
+        for n, table in enumerate([{(w,): v for w, v in unigrams.items()}, *arpa.ngrams[1:]], start=1):
+            ids = torch.tensor([[self.word_ids[w] for w in words] for words in table], dtype=torch.long).reshape(-1, n)
+            values = torch.tensor(list(table.values()), dtype=torch.float64).reshape(-1, 2) * LN10
+            # read_arpa has checked that every n-gram's context is listed: the walk finds it
+            parent, _ = self._find_context(ids[:, :-1])
+            key = parent * vocab + ids[:, -1]
+            keys.append(key)
+            logps.append(values[:, 0])
+            if n < order:  # an n-gram of order < N is a context, and the state after itself
+                new = torch.arange(self.num_contexts, self.num_contexts + len(table))
+                self.num_contexts += len(table)
+                all_keys = torch.cat([self._context_keys, key])
+                by_key = torch.argsort(all_keys)
+                self._context_keys, self._context_ids = all_keys[by_key], torch.cat([self._context_ids, new])[by_key]
+                parents.append(parent)
+                lasts.append(ids[:, -1])
+                bow_of.append(values[:, 1])
+                nexts.append(new)
+            else:  # the state after an N-gram: its longest end of order < N that is listed
+                nexts.append(self._longest_listed_end(ids[:, 1:]))
+        self._bos_state = int(self._find_context(torch.tensor([[self.bos]]))[0]) if order > 1 else 0
+        # per context and j: the key part of its last j words (their context id * vocab; -vocab
+        # when those words are not listed: no key matches), and the ln back-off weights of its
+        # listed ends longer than j
+        self._parent, self._last = torch.cat(parents), torch.cat(lasts)  # by context id
+        words_of = self._context_word_table()  # (contexts, order - 1), oldest first, -1 padding in front
+        ends = torch.full((self.num_contexts, order), -1, dtype=torch.long)
+        ends[:, 0] = 0
+        for j in range(1, order):
+            end, found = self._find_context(words_of[:, order - 1 - j :])
+            ends[:, j] = torch.where(found & (words_of[:, order - 1 - j] >= 0), end, -1)  # a context has ends up to its length
+        bow_of_end = torch.cat(bow_of)[ends.clamp(min=0)] * (ends >= 0)  # (contexts, order)
+        above = bow_of_end.flip(1).cumsum(1).flip(1)  # sum over the ends of length >= j
+        bows = torch.cat([above[:, 1:], torch.zeros(self.num_contexts, 1, dtype=torch.float64)], dim=1)  # ... > j
         # the table is sorted by key * MUL (mod 2**64): a bijection that spreads the keys evenly
         # over the buckets of the index (see _index_buckets); a lookup matches exact keys
-        key = torch.tensor(keys, dtype=torch.long).mul_(_MUL)
+        key = torch.cat(keys).mul_(_MUL)
         by_key = torch.argsort(key)
         device = torch.device(device)
         self.keys = key[by_key].to(device)
         self._index_buckets()
         # one entry more than there are n-grams: where a lookup that finds nothing points
-        self.logp = torch.cat([(torch.tensor(logps, dtype=torch.float64)[by_key] * LN10).float(), torch.zeros(1)]).to(device)  # (ngrams + 1,) ln P
-        self.next_state = torch.cat([torch.tensor(nexts, dtype=torch.long)[by_key], torch.zeros(1, dtype=torch.long)]).to(device)  # (ngrams + 1,)
+        self.logp = torch.cat([torch.cat(logps)[by_key].float(), torch.zeros(1)]).to(device)  # (ngrams + 1,) ln P
+        self.next_state = torch.cat([torch.cat(nexts)[by_key], torch.zeros(1, dtype=torch.long)]).to(device)  # (ngrams + 1,)
         self._ends = (ends * vocab).where(ends >= 0, -vocab).to(device)  # (contexts, order)
-        self._bows = (bows * LN10).float().to(device)  # (contexts, order)
+        self._bows = bows.float().to(device)  # (contexts, order)
         self._levels = torch.arange(1, order + 1, device=device)  # (order,)
-        self.context_words = [tuple(self.words[i] for i in words) for words in contexts]  # by state id, for tests and tools
+
+    def _find_context(self, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m, j) word ids, oldest first, -1 for none (in front) -> the context id of each row's
+        words and whether they are a listed context (CPU, for building the tables)."""
+        vocab = len(self.words)
+        context = torch.zeros(words.shape[0], dtype=torch.long)
+        found = torch.ones(words.shape[0], dtype=torch.bool)
+        for j in range(words.shape[1]):
+            w = words[:, j]
+            key = context * vocab + w
+            at = torch.searchsorted(self._context_keys, key).clamp(max=max(self._context_keys.numel() - 1, 0))
+            hit = self._context_keys[at] == key if self._context_keys.numel() else torch.zeros_like(found)
+            step = w >= 0  # padding leaves the context as it is
+            found &= hit | ~step
+            context = torch.where(step & hit, self._context_ids[at] if self._context_keys.numel() else context, context)
+        return torch.where(found, context, 0), found
+
+    def _longest_listed_end(self, words: torch.Tensor) -> torch.Tensor:
+        """(m, N-1) word ids -> the context id of each row's longest listed end (0: none)."""
+        best = torch.zeros(words.shape[0], dtype=torch.long)
+        for start in range(words.shape[1] - 1, -1, -1):  # shortest first, longer ones override
+            context, found = self._find_context(words[:, start:])
+            best = torch.where(found, context, best)
+        return best
+
+    def _context_word_table(self) -> torch.Tensor:
+        """(contexts, order - 1) word ids of every context, oldest first, -1 padding in front."""
+        width = max(self.order - 1, 1)
+        table = torch.full((self.num_contexts, width), -1, dtype=torch.long)
+        node = torch.arange(self.num_contexts)
+        for j in range(width - 1, -1, -1):
+            table[:, j] = self._last[node]
+            node = self._parent[node]
+        return table
+
+    def context(self, state: int) -> tuple[str, ...]:
+        """The words of a state's context, oldest first (for tests and tools)."""
+        words = []
+        while state:
+            words.append(self.words[int(self._last[state])])
+            state = int(self._parent[state])
+        return tuple(reversed(words))
 
     def _index_buckets(self) -> None:
         """A bucket index over the sorted keys, so that a lookup is two gathers, not a binary search.
