@@ -170,7 +170,7 @@ def apply_decoder_options(recognizer, args: argparse.Namespace):
     decode = recognizer.config.decode
     changes = {
         "decoder": args.decoder, "beam_size": args.beam_size, "token_top_k": args.top_k, "lm": args.lm,
-        "token_min_logp": args.token_min_logp, "beam_threshold": args.beam_threshold,
+        "token_min_logp": args.token_min_logp, "token_cum_prob": args.token_cum_prob, "beam_threshold": args.beam_threshold,
         "lm_unit": args.lm_unit, "lm_weight": args.lm_weight, "word_bonus": args.word_bonus,
         "oov_penalty": args.oov_penalty, "lm_lookahead": args.lm_lookahead,
     }
@@ -257,6 +257,7 @@ def add_decoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam-size", type=int, help="prefixes kept per utterance (default 16)")
     p.add_argument("--top-k", type=int, help="labels tried per frame (default 8)")
     p.add_argument("--token-min-logp", type=float, help="and only labels with at least this log probability (default -10)")
+    p.add_argument("--token-cum-prob", type=float, help="and only the most probable labels (blank included) whose probabilities first add up to this (default 1: all)")
     p.add_argument("--beam-threshold", type=float, help="drop prefixes scoring more than this below the utterance's best (default 15)")
     p.add_argument("--lm", help="ARPA n-gram file for shallow fusion (see `asr lm build`)")
     p.add_argument("--lm-unit", choices=["auto", "word", "token"], help="word: scored at spaces (char models); token: one LM word per label")

@@ -115,6 +115,7 @@ class DecodeConfig:
     beam_size: int = 16  # prefixes kept per utterance, decoder=beam
     token_top_k: int = 8  # labels tried per frame (the frame's most probable), decoder=beam
     token_min_logp: float = -10.0  # ... and only those with at least this log probability
+    token_cum_prob: float = 1.0  # ... and only the most probable labels (blank too) whose probabilities first add up to this; 1 = all
     beam_threshold: float = 15.0  # drop prefixes scoring more than this below the utterance's best
     blank_skip: float = 0.999  # skip frames whose blank probability exceeds this (after the first of a run); 1 = never
     lm: str = ""  # ARPA n-gram file for shallow fusion; empty = no LM

@@ -106,6 +106,7 @@ class Recognizer:
             beam_size=decode.beam_size,
             token_top_k=decode.token_top_k,
             token_min_logp=decode.token_min_logp,
+            token_cum_prob=decode.token_cum_prob,
             beam_threshold=decode.beam_threshold,
             blank_skip=decode.blank_skip,
             fusion=self.fusion,

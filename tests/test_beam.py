@@ -278,19 +278,20 @@ def test_cli_evaluate_and_transcribe_with_beam_and_lm(tmp_path, capsys):
     from asr.inference import Recognizer
 
     recognizer = Recognizer.from_checkpoint(ckpt, device="cpu")
-    args = build_parser().parse_args(["evaluate", ckpt, str(manifests["dev"]), "--lm", lm, "--oov-penalty", "-3", "--no-lm-lookahead"])
-    apply_decoder_options(recognizer, args)
+    args = build_parser().parse_args(["evaluate", ckpt, str(manifests["dev"]), "--lm", lm, "--oov-penalty", "-3", "--no-lm-lookahead", "--token-cum-prob", "0.95"])
+    decode = apply_decoder_options(recognizer, args)
     assert recognizer.fusion.oov_penalty == -3.0 and recognizer.fusion.max_gain == 0.0  # no lookahead: nothing to gain
+    assert decode.token_cum_prob == 0.95 and recognizer.config.decode.token_cum_prob == 0.95
 
 
-def test_frame_candidates_are_the_top_k_labels_above_the_floor():
+def test_frame_candidates_are_the_top_k_labels_above_the_floor_within_the_cut():
     from asr.decode.beam import _frame_candidates
 
     torch.manual_seed(6)
     lp = (3 * torch.randn(3, 9, 7)).log_softmax(-1)
     lengths = torch.tensor([9, 4, 0])
-    for top_k, floor in [(2, -3.0), (3, float("-inf")), (6, -1.5), (8, -2.0)]:
-        ids, logps = _frame_candidates(lp, lengths, top_k, floor, blank=0)
+    for top_k, floor, cut in [(2, -3.0, 1.0), (3, float("-inf"), 1.0), (6, -1.5, 1.0), (8, -2.0, 1.0), (6, float("-inf"), 0.9), (3, -4.0, 0.5)]:
+        ids, logps = _frame_candidates(lp, lengths, top_k, floor, blank=0, cum_prob=cut)
         for b in range(3):
             for t in range(9):
                 row = b * 9 + t
@@ -298,9 +299,18 @@ def test_frame_candidates_are_the_top_k_labels_above_the_floor():
                 want = set()
                 if t < lengths[b]:
                     ranked = sorted(range(1, 7), key=lambda c: -lp[b, t, c].item())[:top_k]
-                    want = {c for c in ranked if lp[b, t, c] >= floor}
-                assert got == want, (top_k, floor, b, t)
+                    # the cut: the fewest most probable labels, blank included, holding `cut`
+                    nucleus, mass = set(), 0.0
+                    for c in sorted(range(7), key=lambda c: -lp[b, t, c].item()):
+                        if mass >= cut:
+                            break
+                        nucleus.add(c)
+                        mass += lp[b, t, c].exp().item()
+                    want = {c for c in ranked if lp[b, t, c] >= floor and c in nucleus}
+                assert got == want, (top_k, floor, cut, b, t)
                 assert all(logps[row][j] == lp[b, t, ids[row][j]] for j in range(ids.shape[1]) if logps[row][j] > float("-inf"))
+    with pytest.raises(ValueError, match="token_cum_prob"):
+        decode_beam(lp, lengths, token_cum_prob=0.0)
 
 
 def test_evaluation_pools_model_batches_for_beam_search(tmp_path):

@@ -15,8 +15,8 @@ and a label or two worth trying per frame, and the flat list only pays for those
 taken longest first, so the ones that have ended are the list's tail and leave it by slicing.
 Each frame:
  1. every hypothesis stays, and grows by the frame's candidate labels (its `token_top_k` most
-    probable, those at least `token_min_logp`, found for all frames at once); grows that come
-    out at -inf are dropped;
+    probable, those at least `token_min_logp`, within `token_cum_prob`, found for all frames at
+    once); grows that come out at -inf are dropped;
  2. a grown prefix already in the list is found by its 64-bit hash (the hash of the empty
     prefix differs per utterance, so one sort of the hashes covers the batch) and merged into it;
  3. the LM scores only the grows that finish a word (or every grow, for token-level fusion);
@@ -272,6 +272,7 @@ def decode_beam(
     beam_size: int = 16,
     token_top_k: int = 16,
     token_min_logp: float = NEG_INF,
+    token_cum_prob: float = 1.0,
     beam_threshold: float = math.inf,
     blank_skip: float = 1.0,
     fusion: Fusion | None = None,
@@ -286,6 +287,8 @@ def decode_beam(
     log_probs (batch, frames, vocab) log-softmax output, lengths (batch,).
     token_top_k: labels tried per frame (the frame's most probable non-blank labels);
     token_min_logp: and only those with log prob at least this;
+    token_cum_prob: and only the frame's most probable labels (blank included) whose probabilities
+    first add up to this (ctcdecode's cutoff_prob; 1.0 = all);
     beam_threshold: drop prefixes whose score is more than this below the utterance's best;
     blank_skip: frames whose blank probability exceeds it are skipped after the first of a run
     (1.0 = never); merge: "sum" adds the probabilities of alignments of the same prefix (prefix
@@ -293,6 +296,8 @@ def decode_beam(
     """
     if merge not in ("sum", "max"):
         raise ValueError(f"merge must be 'sum' or 'max', not {merge!r}")
+    if not 0.0 < token_cum_prob <= 1.0:
+        raise ValueError(f"token_cum_prob must be in (0, 1], not {token_cum_prob}")
     if beam_size < 1 or token_top_k < 1:
         raise ValueError("beam_size and token_top_k must be at least 1")
     if not beam_threshold > 0:
@@ -309,7 +314,7 @@ def decode_beam(
     by_length = torch.argsort(lengths, descending=True, stable=True)
     log_probs, lengths = log_probs.index_select(0, by_length), lengths.index_select(0, by_length)
     ends = lengths.tolist()  # per utterance (longest first), the frame at which it leaves
-    cand_id, cand_lp = _frame_candidates(log_probs, lengths, token_top_k, token_min_logp, blank)  # (batch * frames, k)
+    cand_id, cand_lp = _frame_candidates(log_probs, lengths, token_top_k, token_min_logp, blank, token_cum_prob)  # (batch * frames, k)
     k = cand_id.shape[1]
     flat_lp = log_probs.reshape(-1)  # entry (utterance * frames + t) * vocab + label
 
@@ -430,13 +435,18 @@ def decode_beam(
     return results
 
 
-def _frame_candidates(log_probs: torch.Tensor, lengths: torch.Tensor, top_k: int, min_logp: float, blank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _frame_candidates(log_probs: torch.Tensor, lengths: torch.Tensor, top_k: int, min_logp: float, blank: int, cum_prob: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The labels each frame tries: its `top_k` most probable non-blank labels with log prob at
-    least `min_logp`. log_probs (batch, frames, vocab) -> the labels and their log probs, both
-    (batch * frames, k), k the most any frame has (padded with log prob -inf)."""
+    least `min_logp`, among the most probable labels (blank included) whose probabilities first
+    reach `cum_prob` in sum. log_probs (batch, frames, vocab) -> the labels and their log probs,
+    both (batch * frames, k), k the most any frame has (padded with log prob -inf)."""
     batch, frames, vocab = log_probs.shape
     lp = log_probs.reshape(-1, vocab)
     ok = lp >= min_logp
+    if cum_prob < 1.0:  # a label is in if the labels more probable than it hold less than cum_prob
+        ranked, order = lp.sort(dim=1, descending=True)
+        p = ranked.exp()
+        ok &= torch.zeros_like(ok).scatter_(1, order, p.cumsum(1).sub_(p) < cum_prob)
     ok[:, blank] = False
     ok &= (torch.arange(frames, device=lp.device) < lengths[:, None]).view(-1, 1)  # frames past the end try nothing
     count = ok.sum(dim=1)
