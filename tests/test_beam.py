@@ -239,9 +239,10 @@ def test_cuda_matches_cpu(tmp_path):
     torch.manual_seed(0)
     lp = (3 * torch.randn(8, 40, tok.vocab_size)).log_softmax(-1)
     lengths = torch.randint(10, 41, (8,))
-    cpu = decode_beam(lp, lengths, fusion=make_fusion(str(tmp_path / "w.arpa"), tok), nbest=4)
-    gpu = decode_beam(lp.cuda(), lengths.cuda(), fusion=make_fusion(str(tmp_path / "w.arpa"), tok, device="cuda"), nbest=4)
-    assert [[h.ids for h in u] for u in cpu] == [[h.ids for h in u] for u in gpu]
+    for unit in ("word", "token"):  # token fusion reads its (state, label) tables on the GPU
+        cpu = decode_beam(lp, lengths, fusion=make_fusion(str(tmp_path / "w.arpa"), tok, unit=unit), nbest=4)
+        gpu = decode_beam(lp.cuda(), lengths.cuda(), fusion=make_fusion(str(tmp_path / "w.arpa"), tok, unit=unit, device="cuda"), nbest=4)
+        assert [[h.ids for h in u] for u in cpu] == [[h.ids for h in u] for u in gpu]
 
 
 def test_cli_evaluate_and_transcribe_with_beam_and_lm(tmp_path, capsys):
