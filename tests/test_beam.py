@@ -224,6 +224,16 @@ def test_token_lm_tables_score_as_the_lm_does(tmp_path):
         assert [h.ids for h in a] == [h.ids for h in b]
         assert [h.lm for h in a] == pytest.approx([h.lm for h in b], abs=1e-5)
         assert a[0].lm == pytest.approx(lm.score_sentence(["|" if c == " " else c for c in tok.decode(a[0].ids)]), abs=1e-4)
+    # an LM with more contexts than one build step takes: every entry as the LM scores it
+    rng = torch.Generator().manual_seed(0)
+    text = ["".join("abc "[i] for i in torch.randint(0, 4, (40,), generator=rng)).split() for _ in range(1000)]
+    write_arpa(tmp_path / "big.arpa", estimate_kneser_ney([list("|".join(s)) for s in text], 8))
+    big = NGramLM.from_file(tmp_path / "big.arpa")
+    fusion = TokenLMFusion(big, tok.symbols)
+    assert big.num_contexts > (1 << 16) // tok.vocab_size
+    states = torch.arange(big.num_contexts).repeat_interleave(tok.vocab_size)
+    logp, after = big.score(states, fusion.token_words.repeat(big.num_contexts))
+    assert torch.equal(fusion.table_logp, logp) and torch.equal(fusion.table_next, after)
 
 
 def test_make_fusion_picks_word_level_for_characters(tmp_path):

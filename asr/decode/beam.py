@@ -77,8 +77,10 @@ class TokenLMFusion:
         self.table_logp = self.table_next = None  # (contexts * vocab,) entry state * vocab + label
         contexts = lm.num_contexts
         if contexts * self.vocab <= table_limit:
-            states = torch.arange(contexts, device=lm.device).repeat_interleave(self.vocab)
-            self.table_logp, self.table_next = lm.score(states, self.token_words.repeat(contexts))
+            chunk = max((1 << 16) // self.vocab, 1)  # states per call: bounds the lookup's memory
+            parts = [lm.score(torch.arange(first, min(first + chunk, contexts), device=lm.device).repeat_interleave(self.vocab),
+                              self.token_words.repeat(min(chunk, contexts - first))) for first in range(0, contexts, chunk)]
+            self.table_logp, self.table_next = (torch.cat(part) for part in zip(*parts))
 
     def to(self, device: torch.device) -> "TokenLMFusion":
         self.lm.to(device)

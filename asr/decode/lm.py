@@ -257,18 +257,19 @@ class NGramLM:
 
     def _find_context(self, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(m, j) word ids, oldest first, -1 for none (in front) -> the context id of each row's
-        words and whether they are a listed context (CPU, for building the tables)."""
+        words and whether they are a listed context (CPU, for building the tables; j > 0 only
+        once the 1-grams are contexts)."""
         vocab = len(self.words)
         context = torch.zeros(words.shape[0], dtype=torch.long)
         found = torch.ones(words.shape[0], dtype=torch.bool)
         for j in range(words.shape[1]):
             w = words[:, j]
             key = context * vocab + w
-            at = torch.searchsorted(self._context_keys, key).clamp(max=max(self._context_keys.numel() - 1, 0))
-            hit = self._context_keys[at] == key if self._context_keys.numel() else torch.zeros_like(found)
+            at = torch.searchsorted(self._context_keys, key).clamp_(max=self._context_keys.numel() - 1)
+            hit = self._context_keys[at] == key
             step = w >= 0  # padding leaves the context as it is
             found &= hit | ~step
-            context = torch.where(step & hit, self._context_ids[at] if self._context_keys.numel() else context, context)
+            context = torch.where(step & hit, self._context_ids[at], context)
         return torch.where(found, context, 0), found
 
     def _longest_listed_end(self, words: torch.Tensor) -> torch.Tensor:
