@@ -111,6 +111,24 @@ def test_pruned_batch_equals_one_at_a_time(tmp_path, lm):
         assert [h.score for h in alone] == pytest.approx([h.score for h in batched[b]], abs=1e-4)
 
 
+@pytest.mark.parametrize("lm", ["word", "word-no-lookahead", "token"])
+def test_early_pruning_changes_nothing(tmp_path, lm):
+    # grows dropped before the LM sees them (their label's bound on what fusion can add) are
+    # exactly those the selection would drop: same n-best, same scores, as with no early pruning
+    tok = CharTokenizer(chars="abc ")
+    write_arpa(tmp_path / "w.arpa", estimate_kneser_ney([s.split() for s in ["ab c", "a b", "cab ba", "bb a"] * 3], 3))
+    bounded, unbounded = (make_fusion(str(tmp_path / "w.arpa"), tok, unit=lm.split("-")[0], lookahead=lm == "word") for _ in range(2))
+    unbounded.label_gain.fill_(math.inf)  # no bound: no early pruning
+    options = dict(lm_weight=0.9, word_bonus=0.6)
+    torch.manual_seed(7)
+    lp = (torch.randn(5, 30, tok.vocab_size) * 2.5).log_softmax(-1)
+    lengths = torch.tensor([30, 22, 9, 30, 15])
+    pruned, unpruned = (decode_beam(lp, lengths, beam_size=4, token_top_k=3, beam_threshold=4.0, fusion=f, nbest=4, **options) for f in (bounded, unbounded))
+    for a, b in zip(pruned, unpruned):
+        assert [h.ids for h in a] == [h.ids for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+
+
 def test_beam_threshold_keeps_only_close_prefixes():
     torch.manual_seed(3)
     lp = (2 * torch.randn(4, 30, 6)).log_softmax(-1)
@@ -291,7 +309,7 @@ def test_cli_evaluate_and_transcribe_with_beam_and_lm(tmp_path, capsys):
     recognizer = Recognizer.from_checkpoint(ckpt, device="cpu")
     args = build_parser().parse_args(["evaluate", ckpt, str(manifests["dev"]), "--lm", lm, "--oov-penalty", "-3", "--no-lm-lookahead", "--token-cum-prob", "0.95"])
     decode = apply_decoder_options(recognizer, args)
-    assert recognizer.fusion.oov_penalty == -3.0 and recognizer.fusion.max_gain == 0.0  # no lookahead: nothing to gain
+    assert recognizer.fusion.oov_penalty == -3.0 and recognizer.fusion.label_gain.max() == 0.0  # no lookahead: nothing to gain
     assert decode.token_cum_prob == 0.95 and recognizer.config.decode.token_cum_prob == 0.95
 
 

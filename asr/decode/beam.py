@@ -65,8 +65,6 @@ class TokenLMFusion:
     each; a larger LM is asked at every step.
     """
 
-    max_gain = 0.0  # the most `grow` can raise an LM score: an LM log prob is <= 0
-
     def __init__(self, lm: NGramLM, symbols: Sequence[str], space_word: str = "|", table_limit: int = 1 << 22):
         self.lm = lm
         # label id -> LM word id (<unk> for symbols the LM does not know; blank is never scored);
@@ -74,6 +72,10 @@ class TokenLMFusion:
         words = [space_word if s == SPACE else s for s in symbols]
         self.token_words = torch.tensor([lm.word_id(w) for w in words], dtype=torch.long, device=lm.device)
         self.vocab = len(symbols)
+        # per label, the most a grow by it can add to the LM score (an LM log prob is <= 0) and
+        # to the words scored (see decode_beam's early pruning)
+        self.label_gain = torch.zeros(self.vocab, device=lm.device)
+        self.label_words = torch.ones(self.vocab, device=lm.device)
         self.table_logp = self.table_next = None  # (contexts * vocab,) entry state * vocab + label
         contexts = lm.num_contexts
         if contexts * self.vocab <= table_limit:
@@ -84,7 +86,7 @@ class TokenLMFusion:
 
     def to(self, device: torch.device) -> "TokenLMFusion":
         self.lm.to(device)
-        for name in ("token_words", "table_logp", "table_next"):
+        for name in ("token_words", "label_gain", "label_words", "table_logp", "table_next"):
             if getattr(self, name) is not None:
                 setattr(self, name, getattr(self, name).to(device))
         return self
@@ -181,8 +183,15 @@ class WordLMFusion:
         # less the lookahead paid in advance
         unlisted = [0.0] + [oov_penalty if w == lm.unk else 0.0 for w in node_word[1:]] + [0.0]
         self.end_cost = (torch.tensor(unlisted) - look).to(lm.device)
-        self.max_gain = math.inf if lookahead else 0.0  # a word's LM score may beat its lookahead
         self.vocab = len(symbols)
+        # per label, the most a grow by it can add to the LM score and to the words scored (see
+        # decode_beam's early pruning): within a word, the penalty (a lookahead only falls); a
+        # finished word's LM score may beat its lookahead by any amount, without lookahead
+        # it is a log prob (<= 0)
+        self.label_gain = penalty.max(dim=0).values
+        self.label_gain[self.delimiter] = math.inf if lookahead else 0.0
+        self.label_words = (torch.arange(len(symbols)) == self.delimiter).float().to(lm.device)
+        self.label_gain = self.label_gain.to(lm.device)
         # (nodes + 1) * vocab tables, entry node * vocab + label
         self.trie = trie.flatten().to(lm.device)
         self.ends_word = ends_word.flatten().to(lm.device)
@@ -191,7 +200,7 @@ class WordLMFusion:
 
     def to(self, device: torch.device) -> "WordLMFusion":
         self.lm.to(device)
-        for name in ("trie", "ends_word", "penalty", "node_word", "end_cost"):
+        for name in ("trie", "ends_word", "penalty", "node_word", "end_cost", "label_gain", "label_words"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -334,9 +343,15 @@ def decode_beam(
     history: list[tuple[torch.Tensor, torch.Tensor]] = []  # per frame: (parent hyp, label added or -1)
     ended: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (frames seen, place in the list, hf, hi) of utterances that ended
     weights = torch.tensor([lm_weight, word_bonus], device=device)
-    # the most fusion can add to a grow's score: one word's bonus, and what its LM score can gain
-    gain = 0.0 if fusion is None else fusion.max_gain
-    bonus_bound = max(word_bonus, 0.0) + lm_weight * gain if lm_weight >= 0 and gain < math.inf else math.inf
+    # per label, the most fusion can add to the score of a grow by it (its LM gain and word bonus)
+    bound = torch.zeros(vocab, device=device)
+    if fusion is not None:
+        gain = fusion.label_gain.to(device)
+        if lm_weight >= 0:  # (lm_weight 0: the LM counts for nothing, an unbounded gain included)
+            bound = torch.where(gain < math.inf, lm_weight * gain, math.inf if lm_weight > 0 else 0.0) + max(word_bonus, 0.0) * fusion.label_words.to(device)
+        else:
+            bound = torch.full((vocab,), math.inf, device=device)
+    early_pruning = bool((bound < math.inf).any())
     stay_parent = torch.arange(batch * beam_size, device=device)
     stay_label = torch.full((batch * beam_size,), -1, device=device)
     live = batch  # utterances 0 .. live-1 still have frames
@@ -381,13 +396,14 @@ def decode_beam(
 
         fused = weights @ hf[2:]  # (hyps,) lm_weight * ln P_lm + word_bonus * words
         stay_score = plus(stay_b, stay_nb).add_(fused)
-        if bonus_bound < math.inf:
+        if early_pruning:
             # Grows that cannot make the beam leave before the LM sees them: fusion adds at most
-            # `bonus_bound` to a grow's score, so a grow that falls beam_threshold below its
+            # `bound[label]` to a grow's score, so a grow that falls beam_threshold below its
             # utterance's best stay even with that would be dropped by the selection anyway.
             bar = stay_score.new_full((batch,), NEG_INF).scatter_reduce_(0, utt, stay_score, "amax").sub_(beam_threshold + 1e-3)
-            bar = bar.index_select(0, utt).sub_(fused).sub_(bonus_bound).clamp_(min=torch.finfo(bar.dtype).min)  # (hyps,) what a grow needs
-            kept = (g_nb >= bar.index_select(0, g_parent)).nonzero().squeeze(1)  # also drops the merged grows (-inf)
+            bar = bar.index_select(0, utt).sub_(fused)  # (hyps,) what a grow needs, before fusion
+            need = bar.index_select(0, g_parent).sub_(bound.index_select(0, g_label)).clamp_(min=torch.finfo(bar.dtype).min)
+            kept = (g_nb >= need).nonzero().squeeze(1)  # also drops the merged grows (-inf)
             g_parent, g_label, g_nb, g_key = (x.index_select(0, kept) for x in (g_parent, g_label, g_nb, g_key))
 
         # candidates [hyps | grows]: float rows, long columns, and their total scores
