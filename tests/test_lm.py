@@ -93,6 +93,7 @@ def test_arpa_round_trip(tmp_path):
         (("ngram 2=3", "ngram 2=three"), 3, "count 'three'"),
         (("-0.4\ta b\t-0.25", "-0.4\ta b\tabc"), 15, "back-off weight 'abc' is not a number"),
         (("-0.8\tb\t-0.2", "x\tb\t-0.2"), 10, "log probability 'x' is not a number"),
+        (("-0.8\tb\t-0.2", "nan\tb\t-0.2"), 10, "log probability 'nan' is not a number"),
         (("-0.2\tb </s>", "-0.2\tb"), 16, "needs 3 or 4 fields, found 2"),
         (("-0.2\tb </s>", "-0.2\tb c"), 16, "word 'c' is not among the 1-grams"),
         (("\\2-grams:", "\\3-grams:"), 13, "expected the \\2-grams: section"),

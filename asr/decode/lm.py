@@ -62,13 +62,17 @@ class Arpa:
         return len(self.ngrams)
 
 
-_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-?inf$", re.IGNORECASE)
+_SECTION = re.compile(r"\\(\d+)-grams:")
 
 
 def _parse_float(text: str, where: str, what: str) -> float:
-    if not _NUMBER.match(text):
+    try:
+        value = float(text)  # also takes "-inf" (SRILM writes it for impossible events)
+    except ValueError:
+        value = math.nan
+    if math.isnan(value) or "_" in text:  # float() would take "nan" and "1_0"; ARPA has neither
         raise ArpaError(f"{where}: {what} {text!r} is not a number")
-    return float(text)
+    return value
 
 
 def read_arpa(path: str | os.PathLike) -> Arpa:
@@ -103,7 +107,7 @@ def read_arpa(path: str | os.PathLike) -> Arpa:
                 _check_count(path, number, order, counts, ngrams)
                 state = "end"
                 continue
-            section = re.fullmatch(r"\\(\d+)-grams:", line)
+            section = _SECTION.fullmatch(line) if line[0] == "\\" else None
             if section:
                 n = int(section.group(1))
                 if state == "data" and not counts:
