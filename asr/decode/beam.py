@@ -351,7 +351,7 @@ def decode_beam(
             bound = torch.where(gain < math.inf, lm_weight * gain, math.inf if lm_weight > 0 else 0.0) + max(word_bonus, 0.0) * fusion.label_words.to(device)
         else:
             bound = torch.full((vocab,), math.inf, device=device)
-    early_pruning = bool((bound < math.inf).any())
+    early_pruning = beam_threshold < math.inf and bool((bound < math.inf).any())
     stay_parent = torch.arange(batch * beam_size, device=device)
     stay_label = torch.full((batch * beam_size,), -1, device=device)
     live = batch  # utterances 0 .. live-1 still have frames
