@@ -80,9 +80,13 @@ class TokenLMFusion:
         contexts = lm.num_contexts
         if contexts * self.vocab <= table_limit:
             chunk = max((1 << 16) // self.vocab, 1)  # states per call: bounds the lookup's memory
-            parts = [lm.score(torch.arange(first, min(first + chunk, contexts), device=lm.device).repeat_interleave(self.vocab),
-                              self.token_words.repeat(min(chunk, contexts - first))) for first in range(0, contexts, chunk)]
-            self.table_logp, self.table_next = (torch.cat(part) for part in zip(*parts))
+            logps, nexts = [], []
+            for first in range(0, contexts, chunk):
+                states = torch.arange(first, min(first + chunk, contexts), device=lm.device)
+                logp, after = lm.score(states.repeat_interleave(self.vocab), self.token_words.repeat(len(states)))
+                logps.append(logp)
+                nexts.append(after)
+            self.table_logp, self.table_next = torch.cat(logps), torch.cat(nexts)
 
     def to(self, device: torch.device) -> "TokenLMFusion":
         self.lm.to(device)
@@ -188,10 +192,10 @@ class WordLMFusion:
         # decode_beam's early pruning): within a word, the penalty (a lookahead only falls); a
         # finished word's LM score may beat its lookahead by any amount, without lookahead
         # it is a log prob (<= 0)
-        self.label_gain = penalty.max(dim=0).values
-        self.label_gain[self.delimiter] = math.inf if lookahead else 0.0
+        label_gain = penalty.max(dim=0).values
+        label_gain[self.delimiter] = math.inf if lookahead else 0.0
+        self.label_gain = label_gain.to(lm.device)
         self.label_words = (torch.arange(len(symbols)) == self.delimiter).float().to(lm.device)
-        self.label_gain = self.label_gain.to(lm.device)
         # (nodes + 1) * vocab tables, entry node * vocab + label
         self.trie = trie.flatten().to(lm.device)
         self.ends_word = ends_word.flatten().to(lm.device)
@@ -211,7 +215,7 @@ class WordLMFusion:
         """Hypotheses in `state` (grows, S) each growing by one of `labels` (grows,) ->
         LM ln prob (grows,), words added (grows,), their new state (grows, S).
         The LM is only asked about the grows that finish a word."""
-        entry = state[:, -1] * self.vocab + labels
+        entry = state[:, 1] * self.vocab + labels
         ends_word = self.ends_word.index_select(0, entry)
         logp = self.penalty.index_select(0, entry)
         after = torch.stack([state[:, 0], self.trie.index_select(0, entry)], dim=1)
@@ -224,12 +228,12 @@ class WordLMFusion:
         return logp, ends_word.to(logp.dtype), after
 
     def final_scores(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pending = state[:, -1] != 0  # (hyps,) an unfinished word to score first
+        pending = state[:, 1] != 0  # (hyps,) an unfinished word to score first
         word_logp, after = self.lm.score(state[:, 0], self.node_word.index_select(0, state[:, 1]))
         ctx = torch.where(pending, after, state[:, 0])
         eos = torch.full(pending.shape, self.lm.eos, dtype=torch.long, device=self.lm.device)
         eos_logp, _ = self.lm.score(ctx, eos)
-        return (word_logp + self.end_cost.index_select(0, state[:, -1])) * pending + eos_logp, pending.to(eos_logp.dtype)
+        return (word_logp + self.end_cost.index_select(0, state[:, 1])) * pending + eos_logp, pending.to(eos_logp.dtype)
 
 
 Fusion = TokenLMFusion | WordLMFusion
@@ -345,12 +349,12 @@ def decode_beam(
     weights = torch.tensor([lm_weight, word_bonus], device=device)
     # per label, the most fusion can add to the score of a grow by it (its LM gain and word bonus)
     bound = torch.zeros(vocab, device=device)
-    if fusion is not None:
-        gain = fusion.label_gain.to(device)
-        if lm_weight >= 0:  # (lm_weight 0: the LM counts for nothing, an unbounded gain included)
-            bound = torch.where(gain < math.inf, lm_weight * gain, math.inf if lm_weight > 0 else 0.0) + max(word_bonus, 0.0) * fusion.label_words.to(device)
-        else:
-            bound = torch.full((vocab,), math.inf, device=device)
+    if fusion is not None and lm_weight < 0:  # an LM loss would count as a gain, without bound
+        bound.fill_(math.inf)
+    elif fusion is not None:
+        if lm_weight > 0:  # (at 0 the LM counts for nothing, an unbounded gain included)
+            bound += lm_weight * fusion.label_gain.to(device)
+        bound += max(word_bonus, 0.0) * fusion.label_words.to(device)
     early_pruning = beam_threshold < math.inf and bool((bound < math.inf).any())
     stay_parent = torch.arange(batch * beam_size, device=device)
     stay_label = torch.full((batch * beam_size,), -1, device=device)
