@@ -6,13 +6,19 @@ same ARPA file, same beam size, same run. Prints WER and utterances/s for each, 
     asr demo --out demo_out                      # a checkpoint and a corpus, if you have none
     python scripts/bench_decode.py --checkpoint demo_out/run/best.pt --corpus demo_out/corpus
 
+To decode on another machine (a GPU) without the model and audio, run the model once here and
+carry the log-probs (a few MB): `--save-log-probs lp.pt` writes them with the tokenizer and the
+LM training text and stops; `--log-probs lp.pt` then replaces --checkpoint and --corpus.
+
 Two comparisons:
  1. word LM (an N-gram over words, estimated from the training transcripts by `asr lm build`):
     ours (word-level fusion) vs pyctcdecode vs flashlight-text's LexiconDecoder (its lexicon
     is the LM's vocabulary, spelled in characters; the space label is its word separator);
  2. character LM (an N-gram over the labels, "|" for space): ours (token-level fusion) vs
     flashlight-text's LexiconFreeDecoder. pyctcdecode has no token-level LM.
-Greedy decoding and beam search without an LM are listed for reference.
+Greedy decoding and beam search without an LM are listed for reference. With a CUDA GPU, ours also
+runs there (same code, same LMs) in batches of --batch-size and of 64, and the GPU's batch-64 speed
+is compared with flashlight-text on the CPU (the issue's target: at least 10x).
 
 Pruning is the same for all: beam size, labels per frame (top-k: ours and flashlight; a log-prob
 floor: ours and pyctcdecode), and a beam threshold (prefixes more than it below the best are dropped;
@@ -41,8 +47,9 @@ from asr.decode.beam import TokenLMFusion, WordLMFusion, decode_beam
 from asr.decode.kn import estimate_kneser_ney
 from asr.decode.lm import NGramLM, read_arpa, sentences_from_file, write_arpa
 from asr.inference import Recognizer, collect_log_probs
+from asr.fileio import atomic_path
 from asr.metrics import score_wer
-from asr.text import SPACE, normalize_text
+from asr.text import SPACE, normalize_text, tokenizer_from_dict
 
 
 def timed(fn):
@@ -64,6 +71,25 @@ def run_ours(log_probs, tokenizer, batch_size, device, **options):
     if device.type == "cuda":
         torch.cuda.synchronize()
     return texts
+
+
+def load_inputs(args) -> tuple:
+    """(tokenizer, {"dev"|"test": (log-probs, references)}, LM training sentences), from a checkpoint
+    and corpus or from a --save-log-probs file."""
+    if args.log_probs:
+        data = torch.load(args.log_probs, weights_only=True)  # tensors, strings and lists only
+        sets = {split: (data[f"{split}_log_probs"], data[f"{split}_references"]) for split in ("dev", "test")}
+        return tokenizer_from_dict(data["tokenizer"]), sets, data["lm_sentences"]
+    if not (args.checkpoint and args.corpus):
+        sys.exit("bench_decode.py: give --checkpoint and --corpus, or --log-probs")
+    recognizer = Recognizer.from_checkpoint(args.checkpoint, device="cpu")
+    corpus = Path(args.corpus)
+    sets = {}
+    for split in ("dev", "test"):
+        data = collect_log_probs(recognizer, read_manifest(corpus / f"{split}.jsonl"))
+        sets[split] = ([x.cpu().contiguous() for x in data.log_probs], data.references)
+    sentences = [normalize_text(t).split() for t in sentences_from_file(corpus / "train.jsonl")]
+    return recognizer.tokenizer, sets, sentences
 
 
 def pyctcdecode_decoder(symbols, arpa, alpha, beta):
@@ -133,8 +159,10 @@ def run_flashlight(decoder_and_tokens, log_probs):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="a trained character model (e.g. demo_out/run/best.pt)")
-    parser.add_argument("--corpus", required=True, help="folder with train.jsonl (LM text), dev.jsonl (tuning) and test.jsonl")
+    parser.add_argument("--checkpoint", help="a trained character model (e.g. demo_out/run/best.pt)")
+    parser.add_argument("--corpus", help="folder with train.jsonl (LM text), dev.jsonl (tuning) and test.jsonl")
+    parser.add_argument("--save-log-probs", metavar="PATH", help="write the model's dev/test log-probs, tokenizer and LM text here, and stop")
+    parser.add_argument("--log-probs", metavar="PATH", help="decode these (from --save-log-probs) instead of --checkpoint/--corpus")
     parser.add_argument("--beam", type=int, default=16)
     parser.add_argument("--top-k", type=int, default=8, help="labels tried per frame (ours and flashlight's beam_size_token)")
     parser.add_argument("--token-min-logp", type=float, default=-10.0, help="labels tried only at least this log prob (ours, pyctcdecode)")
@@ -154,17 +182,18 @@ def main() -> int:
     alphas = [float(a) for a in args.alphas.split(",")]
     betas = [float(b) for b in args.betas.split(",")]
 
-    recognizer = Recognizer.from_checkpoint(args.checkpoint, device="cpu")
-    tokenizer = recognizer.tokenizer
+    tokenizer, sets, sentences = load_inputs(args)
     symbols = tokenizer.symbols
-    corpus = Path(args.corpus)
-    sets = {}
-    for split in ("dev", "test"):
-        data = collect_log_probs(recognizer, read_manifest(corpus / f"{split}.jsonl"))
-        sets[split] = ([x.cpu().contiguous() for x in data.log_probs], data.references)
+    if args.save_log_probs:
+        data = {"tokenizer": tokenizer.to_dict(), "lm_sentences": sentences}
+        for split, (log_probs, references) in sets.items():
+            data[f"{split}_log_probs"], data[f"{split}_references"] = log_probs, references
+        with atomic_path(args.save_log_probs) as tmp:
+            torch.save(data, tmp)
+        print(f"wrote {args.save_log_probs}", file=sys.stderr)
+        return 0
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_decode."))
-    sentences = [normalize_text(t).split() for t in sentences_from_file(corpus / "train.jsonl")]
     word_arpa = str(workdir / f"words.{args.order}gram.arpa")
     write_arpa(word_arpa, estimate_kneser_ney(sentences, args.order))
     char_arpa = str(workdir / f"chars.{args.char_order}gram.arpa")
@@ -176,9 +205,9 @@ def main() -> int:
     beam_opts = dict(beam_size=args.beam, token_top_k=args.top_k, token_min_logp=args.token_min_logp, beam_threshold=args.beam_threshold)
     word_lm, char_lm = f"word {args.order}-gram", f"char {args.char_order}-gram"
 
-    def ours(fusion, device=cpu):
+    def ours(fusion, device=cpu, batch_size=args.batch_size):
         def make(alpha, beta):
-            return lambda lps: run_ours(lps, tokenizer, args.batch_size, device, fusion=fusion, lm_weight=alpha, word_bonus=beta, **beam_opts)
+            return lambda lps: run_ours(lps, tokenizer, batch_size, device, fusion=fusion, lm_weight=alpha, word_bonus=beta, **beam_opts)
         return make
 
     decoders = [  # (name, lm, make(alpha, beta) -> decode(log_probs) -> texts, tuned betas)
@@ -186,14 +215,19 @@ def main() -> int:
         ("ours, CPU", "-", lambda a, b: lambda lps: run_ours(lps, tokenizer, args.batch_size, cpu, **beam_opts), None),
         ("ours, CPU", word_lm, ours(word_fusion), betas),
     ]
-    if torch.cuda.is_available():
-        gpu_fusion = WordLMFusion(NGramLM.from_file(word_arpa, "cuda"), symbols)
-        decoders.append(("ours, CUDA", word_lm, ours(gpu_fusion, torch.device("cuda")), betas))
+    gpu = torch.device("cuda") if torch.cuda.is_available() else None
+    if gpu:  # same code and LMs on the GPU: one batch of all test utterances, and batches of 64
+        gpu_fusions = {word_lm: WordLMFusion(NGramLM.from_file(word_arpa, gpu), symbols), char_lm: TokenLMFusion(NGramLM.from_file(char_arpa, gpu), symbols)}
+        decoders.append(("ours, CUDA", word_lm, ours(gpu_fusions[word_lm], gpu), betas))
+        decoders.append(("ours, CUDA, batch 64", word_lm, ours(gpu_fusions[word_lm], gpu, 64), betas))
     if "pyctcdecode" not in skip:
         decoders.append(("pyctcdecode", word_lm, lambda a, b: partial(run_pyctcdecode, decoder=pyctcdecode_decoder(symbols, word_arpa, a, b), beam=args.beam, token_min_logp=args.token_min_logp, beam_threshold=args.beam_threshold), betas))
     if "flashlight" not in skip:
         decoders.append(("flashlight-text LexiconDecoder", word_lm, lambda a, b: partial(run_flashlight, flashlight_lexicon_decoder(symbols, word_arpa, args.beam, args.top_k, args.beam_threshold, a, b)), betas))
     decoders.append(("ours, CPU", char_lm, ours(char_fusion), [0.0]))
+    if gpu:
+        decoders.append(("ours, CUDA", char_lm, ours(gpu_fusions[char_lm], gpu), [0.0]))
+        decoders.append(("ours, CUDA, batch 64", char_lm, ours(gpu_fusions[char_lm], gpu, 64), [0.0]))
     if "flashlight" not in skip:
         decoders.append(("flashlight-text LexiconFreeDecoder", char_lm, lambda a, b: partial(run_flashlight, flashlight_lexicon_free_decoder(symbols, char_arpa, args.beam, args.top_k, args.beam_threshold, a)), [0.0]))
 
@@ -238,6 +272,13 @@ def main() -> int:
         print(f"| {name} | {lm} | {weights} | {wer:.2%} | {speed:.1f} | {ratio} | {diff} |")
     if by_batch:
         print(f"\nours, CPU, {word_lm}, utterances/s by batch size: " + ", ".join(by_batch))
+    if gpu:
+        print(f"\nGPU ({torch.cuda.get_device_name(gpu)}) vs flashlight-text on this CPU (target: a batch of 64 at least 10x faster):")
+        for lm, peer in ((word_lm, "flashlight-text LexiconDecoder"), (char_lm, "flashlight-text LexiconFreeDecoder")):
+            ours_gpu = next(speed for name, row_lm, _, _, _, speed in rows if name == "ours, CUDA, batch 64" and row_lm == lm)
+            flashlight = next((speed for name, row_lm, _, _, _, speed in rows if name == peer and row_lm == lm), None)
+            versus = f" = {ours_gpu / flashlight:.2f}x {peer} ({flashlight:.1f})" if flashlight else ""
+            print(f"  {lm}: ours, CUDA, batch 64: {ours_gpu:.1f} utt/s{versus}")
     return 0
 
 

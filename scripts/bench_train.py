@@ -21,6 +21,7 @@ gets cores / N (override with --threads).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -93,11 +94,17 @@ def main() -> None:
             feats, frame_lengths = features(batch.audio.to(device), batch.audio_lengths.to(device))
         prebuilt.append((torch.randn_like(feats), frame_lengths, batch.targets.to(device), batch.target_lengths.to(device)))
 
+    def autocast():
+        if config.train.amp and device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def run_bare() -> float:
         sync(device)
         start = time.perf_counter()
         for feats, frame_lengths, targets, target_lengths in prebuilt:
-            log_probs, out_lengths = model(feats, frame_lengths)
+            with autocast():  # the pipeline's precision: bf16 on CUDA with train.amp, as compute_loss
+                log_probs, out_lengths = model(feats, frame_lengths)
             losses, _ = ctc_loss(log_probs, out_lengths, targets, target_lengths)
             optimizer.zero_grad(set_to_none=True)
             (losses.sum() / target_lengths.sum()).backward()
@@ -126,7 +133,8 @@ def main() -> None:
     pipeline_rate = audio_seconds / statistics.median(pipeline)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; model {config.model.num_layers}x{config.model.hidden_size} "
-          f"{'bi' if config.model.bidirectional else 'uni'}-{config.model.cell}; "
+          f"{'bi' if config.model.bidirectional else 'uni'}-{config.model.cell}"
+          f"{', bf16 autocast' if config.train.amp and device.type == 'cuda' else ''}; "
           f"{len(batches)} batches, {audio_seconds:.1f} s of audio per round; median of {args.rounds} rounds")
     print(f"bare model+loss+optimizer   {bare_rate:8.1f} s of audio / s")
     print(f"full pipeline               {pipeline_rate:8.1f} s of audio / s")

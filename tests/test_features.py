@@ -320,8 +320,16 @@ def test_cuda_matches_cpu(wav_path: Path) -> None:
     gpu, gpu_lengths = extractor(batch.cuda(), lengths.cuda())
     assert gpu.is_cuda and torch.equal(gpu_lengths.cpu(), cpu_lengths)
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-3, rtol=1e-3)
-    fbank = compute_fbank(audio.cuda(), KALDI)
-    torch.testing.assert_close(fbank.cpu(), compute_fbank(audio, KALDI), atol=1e-3, rtol=1e-4)
+    # cuFFT and pocketfft round differently. A float32 power spectrum is exact to about eps times
+    # the frame's peak power, so a mel bin far below its frame's peak (> ~20 nats; 0.2 % of them
+    # here) differs by percents in the log: on an H100, up to 0.015 at 26 nats below, while the
+    # bins within 15 nats of the peak agreed to 1.6e-4 and the powers to 1.9e-6 of the peak.
+    gpu, cpu = compute_fbank(audio.cuda(), KALDI).cpu().double(), compute_fbank(audio, KALDI).double()
+    peak = cpu.amax(dim=1, keepdim=True)
+    near = cpu > peak - 15
+    assert near.float().mean() > 0.9
+    torch.testing.assert_close(gpu[near], cpu[near], atol=1e-3, rtol=1e-4)
+    assert ((gpu.exp() - cpu.exp()).abs() <= 1e-5 * peak.exp()).all()
 
 
 def test_dither_only_in_training_mode(wav_path: Path) -> None:
