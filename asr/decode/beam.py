@@ -98,9 +98,10 @@ class TokenLMFusion:
     def init_state(self, hyps: int) -> torch.Tensor:
         return self.lm.start_state(hyps, 1)
 
-    def grow(self, state: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def grow(self, state: torch.Tensor, labels: torch.Tensor, dense: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Hypotheses in `state` (grows, S) each growing by one of `labels` (grows,) ->
-        LM ln prob (grows,), words added (grows,), their new state (grows, S)."""
+        LM ln prob (grows,), words added (grows,), their new state (grows, S). (`dense`: see
+        WordLMFusion.grow; every grow is scored here anyway.)"""
         if self.table_logp is None:
             logp, after = self.lm.score(state.view(-1), self.token_words.index_select(0, labels))
         else:
@@ -211,14 +212,20 @@ class WordLMFusion:
     def init_state(self, hyps: int) -> torch.Tensor:
         return torch.stack([self.lm.start_state(hyps), torch.zeros(hyps, dtype=torch.long, device=self.lm.device)], dim=1)
 
-    def grow(self, state: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def grow(self, state: torch.Tensor, labels: torch.Tensor, dense: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Hypotheses in `state` (grows, S) each growing by one of `labels` (grows,) ->
         LM ln prob (grows,), words added (grows,), their new state (grows, S).
-        The LM is only asked about the grows that finish a word."""
+        The LM is only asked about the grows that finish a word; with `dense`, about every grow
+        (the answers of the others are dropped), so that the shapes do not depend on the data."""
         entry = state[:, 1] * self.vocab + labels
         ends_word = self.ends_word.index_select(0, entry)
         logp = self.penalty.index_select(0, entry)
         after = torch.stack([state[:, 0], self.trie.index_select(0, entry)], dim=1)
+        if dense:
+            word_logp, ctx = self.lm.score(state[:, 0], self.node_word.index_select(0, state[:, 1]))
+            logp = logp + torch.where(ends_word, word_logp + self.end_cost.index_select(0, state[:, 1]), 0.0)
+            after[:, 0] = torch.where(ends_word, ctx, state[:, 0])
+            return logp, ends_word.to(logp.dtype), after
         enders = ends_word.nonzero().squeeze(1)
         if enders.numel():
             ender_state = state.index_select(0, enders)
@@ -296,6 +303,7 @@ def decode_beam(
     nbest: int = 1,
     merge: str = "sum",
     blank: int = BLANK_ID,
+    layout: str = "auto",
 ) -> list[list[Hypothesis]]:
     """Prefix beam search over a batch; returns the `nbest` best hypotheses per utterance, best first.
 
@@ -307,7 +315,10 @@ def decode_beam(
     beam_threshold: drop prefixes whose score is more than this below the utterance's best;
     blank_skip: frames whose blank probability exceeds it are skipped after the first of a run
     (1.0 = never); merge: "sum" adds the probabilities of alignments of the same prefix (prefix
-    search), "max" keeps the best one (Viterbi; with beam 1 and no LM this is exactly greedy).
+    search), "max" keeps the best one (Viterbi; with beam 1 and no LM this is exactly greedy);
+    layout: "flat" (this function's list of live hypotheses), "dense" (the same search on a
+    fixed (utterance, beam) grid, replayed as a CUDA graph on a GPU: `asr.decode.dense`), or
+    "auto": dense on CUDA, flat elsewhere.
     """
     if merge not in ("sum", "max"):
         raise ValueError(f"merge must be 'sum' or 'max', not {merge!r}")
@@ -317,12 +328,21 @@ def decode_beam(
         raise ValueError("beam_size and token_top_k must be at least 1")
     if not beam_threshold > 0:
         raise ValueError(f"beam_threshold must be positive, not {beam_threshold}")
+    if layout not in ("auto", "flat", "dense"):
+        raise ValueError(f"layout must be 'auto', 'flat' or 'dense', not {layout!r}")
     plus = torch.logaddexp if merge == "sum" else torch.maximum
     device = log_probs.device
     log_probs = log_probs.float()
     lengths = lengths.to(device)
     if blank_skip < 1.0:
         log_probs, lengths = skip_blank_frames(log_probs, lengths, blank_skip, blank)
+    if layout == "dense" or (layout == "auto" and device.type == "cuda"):
+        from asr.decode.dense import decode_beam_dense
+
+        return decode_beam_dense(
+            log_probs, lengths, beam_size, token_top_k, token_min_logp, token_cum_prob, beam_threshold,
+            fusion, lm_weight, word_bonus, nbest, merge, blank,
+        )
     batch, frames, vocab = log_probs.shape
     # Longest utterance first: the hypotheses are grouped by utterance, so the utterances that
     # have ended are a tail of the list, and leave it by slicing.
@@ -464,13 +484,7 @@ def _frame_candidates(log_probs: torch.Tensor, lengths: torch.Tensor, top_k: int
     both (batch * frames, k), k the most any frame has (padded with log prob -inf)."""
     batch, frames, vocab = log_probs.shape
     lp = log_probs.reshape(-1, vocab)
-    ok = lp >= min_logp
-    if cum_prob < 1.0:  # a label is in if the labels more probable than it hold less than cum_prob
-        ranked, order = lp.sort(dim=1, descending=True)
-        p = ranked.exp()
-        ok &= torch.zeros_like(ok).scatter_(1, order, p.cumsum(1).sub_(p) < cum_prob)
-    ok[:, blank] = False
-    ok &= (torch.arange(frames, device=lp.device) < lengths[:, None]).view(-1, 1)  # frames past the end try nothing
+    ok = candidate_mask(lp, lengths, frames, min_logp, blank, cum_prob)
     count = ok.sum(dim=1)
     if top_k < vocab - 1:  # the frames with more labels than that keep their top_k
         over = (count > top_k).nonzero().squeeze(1)
@@ -488,6 +502,20 @@ def _frame_candidates(log_probs: torch.Tensor, lengths: torch.Tensor, top_k: int
     cand_id = torch.full((lp.shape[0] * k,), blank, dtype=torch.long, device=lp.device).index_copy_(0, into, at - r * vocab)
     cand_lp = torch.full((lp.shape[0] * k,), NEG_INF, device=lp.device).index_copy_(0, into, lp.view(-1).index_select(0, at))
     return cand_id.view(-1, k), cand_lp.view(-1, k)
+
+
+def candidate_mask(lp: torch.Tensor, lengths: torch.Tensor, frames: int, min_logp: float, blank: int, cum_prob: float) -> torch.Tensor:
+    """Which labels of each frame may be tried, before the top-k: lp (batch * frames, vocab) ->
+    bool, the same shape. Not blank, log prob at least `min_logp`, within `cum_prob`, and
+    nothing for frames past the utterance's end."""
+    ok = lp >= min_logp
+    if cum_prob < 1.0:  # a label is in if the labels more probable than it hold less than cum_prob
+        ranked, order = lp.sort(dim=1, descending=True)
+        p = ranked.exp()
+        ok &= torch.zeros_like(ok).scatter_(1, order, p.cumsum(1).sub_(p) < cum_prob)
+    ok[:, blank] = False
+    ok &= (torch.arange(frames, device=lp.device) < lengths[:, None]).view(-1, 1)  # frames past the end try nothing
+    return ok
 
 
 def _backtrack(history: list[tuple[torch.Tensor, torch.Tensor]], seen: torch.Tensor, index: torch.Tensor) -> list[list[int]]:

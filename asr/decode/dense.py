@@ -1,0 +1,185 @@
+"""The prefix beam search of `asr.decode.beam`, on a dense (utterance, beam) grid: the layout
+for GPUs.
+
+The flat list of `decode_beam` pays only for live hypotheses and tried labels, which is what a
+CPU wants; but its sizes change every frame, so each frame reads a few sizes back to the host
+and launches ~150 small kernels one by one. On a GPU that is all launch latency: an H100 was
+busy ~5 % of the time. Here every frame does the same work on the same shapes (beam_size
+slots per utterance, each trying the frame's `token_top_k` labels, dead slots at -inf), with no
+host read inside the loop, so on CUDA one frame step is captured once as a CUDA graph and
+replayed for every frame (torch.cuda.graphs; "CUDA Graphs" in the PyTorch docs). On the CPU
+the same step runs eagerly; tests check it against the flat search there.
+
+The search is the same: the same candidates per frame, the same merge of a grown prefix into
+an equal one already in the beam (found by comparing every grow's hash with the utterance's
+slots), the same LM fusion (word-level fusion asks the LM for every grow and keeps the answers
+of those that end a word), the same selection (the utterance's best `beam_size` within
+`beam_threshold` of its best). Only exact score ties may be broken differently.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from asr.decode.beam import NEG_INF, _UTT_MUL, Fusion, Hypothesis, candidate_mask
+from asr.decode.lm import hash_step
+
+
+def _candidates(log_probs: torch.Tensor, lengths: torch.Tensor, k: int, min_logp: float, blank: int, cum_prob: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each frame's labels to try, as `beam._frame_candidates` picks them, in k fixed places:
+    (batch, frames, k) labels and log probs, -inf where a frame has fewer than k."""
+    batch, frames, vocab = log_probs.shape
+    ok = candidate_mask(log_probs.reshape(-1, vocab), lengths, frames, min_logp, blank, cum_prob)
+    c_lp, c_id = log_probs.masked_fill(~ok.view(batch, frames, vocab), NEG_INF).topk(k, dim=2)
+    return c_id, c_lp
+
+
+@torch.inference_mode()
+def decode_beam_dense(
+    log_probs: torch.Tensor,
+    lengths: torch.Tensor,
+    beam_size: int,
+    token_top_k: int,
+    token_min_logp: float,
+    token_cum_prob: float,
+    beam_threshold: float,
+    fusion: Fusion | None,
+    lm_weight: float,
+    word_bonus: float,
+    nbest: int,
+    merge: str,
+    blank: int,
+    cuda_graph: bool = True,
+) -> list[list[Hypothesis]]:
+    """`decode_beam` on the dense grid (its arguments, checked there; blank frames already
+    skipped). cuda_graph: on CUDA, replay one captured frame step (else launch it per frame)."""
+    plus = torch.logaddexp if merge == "sum" else torch.maximum
+    device = log_probs.device
+    log_probs = log_probs.float().contiguous()
+    lengths = lengths.to(device)
+    n_utt, frames, vocab = log_probs.shape
+    beam = beam_size
+    k = max(min(token_top_k, vocab - 1), 1)
+    cand_id, cand_lp = _candidates(log_probs, lengths, k, token_min_logp, blank, token_cum_prob)  # (utts, frames, k)
+    weights = torch.tensor([lm_weight, word_bonus], device=device)
+
+    # The grid: hf (utts, beam, 4) float, [p_b, p_nb, ln P_lm so far, words scored so far], and
+    # hi (utts, beam, 2 + S) long, [last label, prefix hash, fusion state (S columns)]. Slot 0
+    # holds the empty prefix (its hash differs per utterance, as in decode_beam); the other
+    # slots start dead (p_b = p_nb = -inf).
+    hf = torch.zeros(n_utt, beam, 4, device=device)
+    hf[:, :, :2] = NEG_INF
+    hf[:, 0, 0] = 0.0
+    state = fusion.init_state(n_utt * beam).view(n_utt, beam, -1) if fusion is not None else torch.zeros(n_utt, beam, 0, dtype=torch.long, device=device)
+    empty_key = (torch.arange(n_utt, device=device) * _UTT_MUL)[:, None, None].expand(n_utt, beam, 1)
+    hi = torch.cat([torch.full_like(empty_key, blank), empty_key, state], dim=2)
+    width = hi.shape[2]
+    # per frame, each slot's parent slot and the label it added (-1: none)
+    hist_parent = torch.empty(frames, n_utt, beam, dtype=torch.long, device=device)
+    hist_label = torch.empty_like(hist_parent)
+    t = torch.zeros(1, dtype=torch.long, device=device)  # the frame, kept on the device
+    # constants of the step: a candidate's parent slot, a stay's label, a grow's p_b
+    parents = torch.cat([torch.arange(beam, device=device), torch.arange(beam * k, device=device).div_(k, rounding_mode="floor")])
+    parents = parents.expand(n_utt, -1)
+    slots = parents[:, :beam]
+    no_label = torch.full((n_utt, beam), -1, dtype=torch.long, device=device)
+    grow_pb = torch.full((n_utt, beam * k, 1), NEG_INF, device=device)
+    floor_min = torch.finfo(torch.float32).min
+
+    def step() -> None:
+        lp = log_probs.index_select(1, t).squeeze(1)  # (utts, vocab)
+        c_id = cand_id.index_select(1, t).squeeze(1)  # (utts, k)
+        c_lp = cand_lp.index_select(1, t).squeeze(1)
+        active = (t < lengths)[:, None]  # (utts, 1) utterances with this frame
+        p_b, p_nb, last, key = hf[:, :, 0], hf[:, :, 1], hi[:, :, 0], hi[:, :, 1]
+        total = plus(p_b, p_nb)  # (utts, beam)
+        stay_b = total + lp[:, blank, None]
+        stay_nb = p_nb + lp.gather(1, last)
+        # grow every slot by every candidate (a repeat only from p_b): (utts, beam * k)
+        grow = torch.where(c_id[:, None, :] == last[:, :, None], p_b[:, :, None], total[:, :, None]).add_(c_lp[:, None, :]).view(n_utt, -1)
+        g_label = c_id.repeat(1, beam)
+        g_key = hash_step(key.repeat_interleave(k, dim=1), g_label)
+        # a grow equal to a live slot's prefix joins its p_nb and is no candidate itself
+        same = (g_key[:, :, None] == key[:, None, :]) & (total > NEG_INF)[:, None, :]  # (utts, beam * k, beam)
+        stay_nb = plus(stay_nb, torch.where(same, grow[:, :, None], NEG_INF).amax(dim=1))
+        g_nb = grow.masked_fill(same.any(dim=2), NEG_INF)
+        g_f = torch.cat([grow_pb, g_nb[:, :, None], hf[:, :, 2:].repeat_interleave(k, dim=1)], dim=2)  # (utts, beam * k, 4)
+        g_i = torch.cat([g_label[:, :, None], g_key[:, :, None], hi[:, :, 2:].repeat_interleave(k, dim=1)], dim=2)
+        if fusion is not None:
+            d_lm, d_words, after = fusion.grow(g_i[:, :, 2:].reshape(-1, width - 2), g_label.view(-1), dense=True)
+            g_f[:, :, 2] += d_lm.view(n_utt, -1)
+            g_f[:, :, 3] += d_words.view(n_utt, -1)
+            g_i[:, :, 2:] = after.view(n_utt, -1, width - 2)
+        s_f = torch.stack([stay_b, stay_nb, hf[:, :, 2], hf[:, :, 3]], dim=2)
+        c_f = torch.cat([s_f, g_f], dim=1)  # (utts, beam + beam * k, 4): the candidates, stays first
+        c_i = torch.cat([hi, g_i], dim=1)
+        score = plus(c_f[:, :, 0], c_f[:, :, 1]).add_(c_f[:, :, 2:] @ weights)  # (utts, beam + beam * k)
+
+        # each utterance keeps its best `beam` candidates within `beam_threshold` of its best
+        floor = (score.amax(dim=1, keepdim=True) - beam_threshold).clamp_(min=floor_min)
+        top, pick = score.topk(beam, dim=1)
+        new_f = c_f.gather(1, pick[:, :, None].expand(-1, -1, 4))
+        new_f[:, :, :2].masked_fill_((top < floor)[:, :, None], NEG_INF)
+        new_i = c_i.gather(1, pick[:, :, None].expand(-1, -1, width))
+        hf.copy_(torch.where(active[:, :, None], new_f, hf))  # utterances that have ended keep their grid
+        hi.copy_(torch.where(active[:, :, None], new_i, hi))
+        label = torch.where(pick >= beam, new_i[:, :, 0], -1)
+        hist_parent.index_copy_(0, t, torch.where(active, parents.gather(1, pick), slots)[None])
+        hist_label.index_copy_(0, t, torch.where(active, label, no_label)[None])
+        t.add_(1)
+
+    if frames:
+        _run(step, frames, [hf, hi, t], cuda_graph and device.type == "cuda")
+
+    # every utterance has ended: score its slots as they are
+    acoustic = plus(hf[:, :, 0], hf[:, :, 1])  # (utts, beam)
+    lm_total, words_total = hf[:, :, 2], hf[:, :, 3]
+    if fusion is not None:
+        final_lm, final_words = fusion.final_scores(hi[:, :, 2:].reshape(-1, width - 2))
+        lm_total, words_total = lm_total + final_lm.view(n_utt, beam), words_total + final_words.view(n_utt, beam)
+    score = acoustic + lm_weight * lm_total + word_bonus * words_total
+    score = score.masked_fill(acoustic == NEG_INF, NEG_INF)
+    best, slot = score.topk(min(nbest, beam), dim=1)  # (utts, n) best first
+    spelled = _backtrack(hist_parent.cpu(), hist_label.cpu(), slot.cpu())
+    rows = [best.tolist()] + [x.gather(1, slot).tolist() for x in (acoustic, lm_total, words_total)]
+    results: list[list[Hypothesis]] = []
+    for b in range(n_utt):
+        results.append([
+            Hypothesis(spelled[b][j], s, a, lm_score, int(w))
+            for j, (s, a, lm_score, w) in enumerate(zip(*(row[b] for row in rows)))
+            if s > NEG_INF
+        ])
+    return results
+
+
+def _run(step, frames: int, buffers: list[torch.Tensor], use_graph: bool) -> None:
+    """Call `step` once per frame; on CUDA, capture it once and replay the capture."""
+    if not use_graph:
+        for _ in range(frames):
+            step()
+        return
+    start = [b.clone() for b in buffers]
+    side = torch.cuda.Stream()  # warm-up before capture, on a side stream (PyTorch's recipe)
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    for b, s in zip(buffers, start):  # undo the warm-up frame
+        b.copy_(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for _ in range(frames):
+        graph.replay()
+
+
+def _backtrack(hist_parent: torch.Tensor, hist_label: torch.Tensor, slot: torch.Tensor) -> list[list[list[int]]]:
+    """Labels of the chosen slots (utts, n), walking the back-pointers (frames, utts, beam) from
+    the last frame (an ended utterance's slots point to themselves, adding no label)."""
+    frames = hist_parent.shape[0]
+    labels = torch.empty(frames, *slot.shape, dtype=torch.long)
+    for t in range(frames - 1, -1, -1):
+        labels[t] = hist_label[t].gather(1, slot)
+        slot = hist_parent[t].gather(1, slot)
+    per_utt = labels.permute(1, 2, 0).tolist()  # (utts, n, frames)
+    return [[[c for c in row if c >= 0] for row in utt] for utt in per_utt]
