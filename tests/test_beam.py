@@ -37,56 +37,61 @@ def brute_force(log_probs):
     return totals
 
 
-def test_blank_trap_beam_beats_greedy():
+@pytest.mark.parametrize("layout", ["flat", "dense"])
+def test_blank_trap_beam_beats_greedy(layout):
     # each frame: blank 0.6, a 0.4. Greedy: "" (0.36). But "a" has 0.4*0.4 + 2*0.4*0.6 = 0.64.
     lp = frames({0: 0.6, 1: 0.4}, {0: 0.6, 1: 0.4}, vocab=2)
     assert decode_greedy(lp, torch.tensor([2])) == [[]]
-    [best] = decode_beam(lp, torch.tensor([2]), beam_size=4)[0][:1]
+    [best] = decode_beam(lp, torch.tensor([2]), beam_size=4, layout=layout)[0][:1]
     assert best.ids == [1]
     assert best.acoustic == pytest.approx(math.log(0.64), abs=1e-5)
 
 
-def test_repeat_trap_beam_beats_greedy():
+@pytest.mark.parametrize("layout", ["flat", "dense"])
+def test_repeat_trap_beam_beats_greedy(layout):
     # greedy reads a,blank,a as "aa" (0.24); "a" collects a a a, a a _, a _ _ = 0.21 + 0.14 + 0.16 = 0.51
     lp = frames({1: 1.0}, {0: 0.4, 1: 0.35, 2: 0.25}, {1: 0.6, 0: 0.4}, vocab=3)
     assert decode_greedy(lp, torch.tensor([3])) == [[1, 1]]
-    hyps = decode_beam(lp, torch.tensor([3]), beam_size=4, nbest=2)[0]
+    hyps = decode_beam(lp, torch.tensor([3]), beam_size=4, nbest=2, layout=layout)[0]
     assert [h.ids for h in hyps] == [[1], [1, 1]]
     assert hyps[0].acoustic == pytest.approx(math.log(0.51), abs=1e-5)
     assert hyps[1].acoustic == pytest.approx(math.log(0.24), abs=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["flat", "dense"])
 @pytest.mark.parametrize("seed", range(6))
-def test_agrees_with_brute_force_over_all_alignments(seed):
+def test_agrees_with_brute_force_over_all_alignments(seed, layout):
     torch.manual_seed(seed)
     T, V = 5, 4
     lp = (2 * torch.randn(1, T, V)).log_softmax(-1)
     truth = brute_force(lp[0])
-    hyps = decode_beam(lp, torch.tensor([T]), beam_size=128, token_top_k=V, nbest=8)[0]
+    hyps = decode_beam(lp, torch.tensor([T]), beam_size=128, token_top_k=V, nbest=8, layout=layout)[0]
     ranked = sorted(truth, key=truth.get, reverse=True)
     assert [tuple(h.ids) for h in hyps] == ranked[: len(hyps)]
     for h in hyps:
         assert h.acoustic == pytest.approx(truth[tuple(h.ids)], abs=1e-4)
 
 
-def test_beam_one_viterbi_is_greedy_exactly():
+@pytest.mark.parametrize("layout", ["flat", "dense"])
+def test_beam_one_viterbi_is_greedy_exactly(layout):
     torch.manual_seed(0)
     lp = (3 * torch.randn(16, 60, 12)).log_softmax(-1)
     lengths = torch.randint(1, 61, (16,))
-    beam = decode_beam(lp, lengths, beam_size=1, merge="max")
+    beam = decode_beam(lp, lengths, beam_size=1, merge="max", layout=layout)
     assert [h[0].ids for h in beam] == decode_greedy(lp, lengths)
     # with a frame skip too: dropped frames are blank runs, which greedy reads the same way
-    beam = decode_beam(lp, lengths, beam_size=1, merge="max", blank_skip=0.5)
+    beam = decode_beam(lp, lengths, beam_size=1, merge="max", blank_skip=0.5, layout=layout)
     assert [h[0].ids for h in beam] == decode_greedy(lp, lengths)
 
 
-def test_batch_equals_one_at_a_time_and_nbest_is_sorted_and_distinct():
+@pytest.mark.parametrize("layout", ["flat", "dense"])
+def test_batch_equals_one_at_a_time_and_nbest_is_sorted_and_distinct(layout):
     torch.manual_seed(1)
     lp = (2 * torch.randn(5, 30, 7)).log_softmax(-1)
     lengths = torch.tensor([30, 12, 1, 25, 7])
-    batched = decode_beam(lp, lengths, beam_size=6, nbest=6)
+    batched = decode_beam(lp, lengths, beam_size=6, nbest=6, layout=layout)
     for b in range(5):
-        alone = decode_beam(lp[b : b + 1, : lengths[b]], lengths[b : b + 1], beam_size=6, nbest=6)[0]
+        alone = decode_beam(lp[b : b + 1, : lengths[b]], lengths[b : b + 1], beam_size=6, nbest=6, layout=layout)[0]
         assert [h.ids for h in alone] == [h.ids for h in batched[b]]
         assert [h.score for h in alone] == pytest.approx([h.score for h in batched[b]], abs=1e-4)
         scores = [h.score for h in batched[b]]
@@ -94,8 +99,9 @@ def test_batch_equals_one_at_a_time_and_nbest_is_sorted_and_distinct():
         assert len({tuple(h.ids) for h in batched[b]}) == len(scores)
 
 
+@pytest.mark.parametrize("layout", ["flat", "dense"])
 @pytest.mark.parametrize("lm", [None, "word", "token"])
-def test_pruned_batch_equals_one_at_a_time(tmp_path, lm):
+def test_pruned_batch_equals_one_at_a_time(tmp_path, lm, layout):
     # utterances at very different score levels: each prunes against its own best, not the batch's
     tok = CharTokenizer(chars="abc ")
     write_arpa(tmp_path / "w.arpa", estimate_kneser_ney([s.split() for s in ["ab c", "a b", "cab ba"] * 3], 3))
@@ -103,7 +109,7 @@ def test_pruned_batch_equals_one_at_a_time(tmp_path, lm):
     torch.manual_seed(2)
     lp = (torch.randn(6, 25, tok.vocab_size) * torch.tensor([0.5, 4.0, 1.0, 3.0, 2.0, 0.7])[:, None, None]).log_softmax(-1)
     lengths = torch.tensor([25, 9, 20, 1, 17, 25])
-    options = dict(beam_size=5, token_top_k=3, token_min_logp=-4.0, beam_threshold=3.0, fusion=fusion, lm_weight=0.7, word_bonus=0.5, nbest=5)
+    options = dict(beam_size=5, token_top_k=3, token_min_logp=-4.0, beam_threshold=3.0, fusion=fusion, lm_weight=0.7, word_bonus=0.5, nbest=5, layout=layout)
     batched = decode_beam(lp, lengths, **options)
     for b in range(6):
         alone = decode_beam(lp[b : b + 1, : lengths[b]], lengths[b : b + 1], **options)[0]
@@ -129,6 +135,33 @@ def test_early_pruning_changes_nothing(tmp_path, lm):
         assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
 
 
+@pytest.mark.parametrize("lm", [None, "word", "word-no-lookahead", "token"])
+def test_dense_grid_search_equals_the_flat_one(tmp_path, lm):
+    # the GPU layout (asr.decode.dense, run eagerly here) against the flat list: same n-best,
+    # same scores and parts, across pruning options, both merges and utterances of any length
+    tok = CharTokenizer(chars="abc ")
+    write_arpa(tmp_path / "w.arpa", estimate_kneser_ney([s.split() for s in ["ab c", "a b", "cab ba", "bb a", "c c"] * 3], 3))
+    fusion = None if lm is None else make_fusion(str(tmp_path / "w.arpa"), tok, unit=lm.split("-")[0], lookahead=lm != "word-no-lookahead")
+    torch.manual_seed(11)
+    lp = (torch.randn(7, 40, tok.vocab_size) * torch.tensor([0.5, 4.0, 1.0, 3.0, 2.0, 0.7, 2.5])[:, None, None]).log_softmax(-1)
+    lengths = torch.tensor([40, 9, 33, 1, 0, 40, 21])
+    settings = [
+        dict(beam_size=6, token_top_k=3),
+        dict(beam_size=5, token_top_k=4, token_min_logp=-3.0, beam_threshold=4.0),
+        dict(beam_size=8, token_top_k=2, token_cum_prob=0.9, merge="max"),
+        dict(beam_size=4, token_top_k=4, beam_threshold=6.0, blank_skip=0.6),
+    ]
+    for options in settings:
+        options = dict(options, fusion=fusion, lm_weight=0.8, word_bonus=0.4, nbest=4)
+        flat = decode_beam(lp, lengths, layout="flat", **options)
+        dense = decode_beam(lp, lengths, layout="dense", **options)
+        for a, b in zip(flat, dense):
+            assert [h.ids for h in a] == [h.ids for h in b], options
+            assert [h.num_words for h in a] == [h.num_words for h in b]
+            for field in ("score", "acoustic", "lm"):
+                assert [getattr(h, field) for h in a] == pytest.approx([getattr(h, field) for h in b], abs=1e-4)
+
+
 def test_beam_threshold_keeps_only_close_prefixes():
     torch.manual_seed(3)
     lp = (2 * torch.randn(4, 30, 6)).log_softmax(-1)
@@ -142,8 +175,9 @@ def test_beam_threshold_keeps_only_close_prefixes():
         decode_beam(lp, lengths, beam_threshold=0.0)
 
 
+@pytest.mark.parametrize("layout", ["flat", "dense"])
 @pytest.mark.parametrize("lm", [None, "word", "token"])
-def test_frames_with_no_label_to_try(tmp_path, lm):
+def test_frames_with_no_label_to_try(tmp_path, lm, layout):
     # token_min_logp above every label's log prob: nothing grows, every utterance stays empty
     tok = CharTokenizer(chars="ab ")
     write_arpa(tmp_path / "w.arpa", estimate_kneser_ney([["ab", "ba"]], 2))
@@ -151,7 +185,7 @@ def test_frames_with_no_label_to_try(tmp_path, lm):
     torch.manual_seed(4)
     lp = torch.randn(3, 8, tok.vocab_size).log_softmax(-1)
     lengths = torch.tensor([8, 5, 0])
-    result = decode_beam(lp, lengths, token_min_logp=0.0, fusion=fusion)
+    result = decode_beam(lp, lengths, token_min_logp=0.0, fusion=fusion, layout=layout)
     for b, hyps in enumerate(result):
         assert hyps[0].ids == []
         assert hyps[0].acoustic == pytest.approx(float(lp[b, : lengths[b], 0].sum()), abs=1e-4)
@@ -269,8 +303,11 @@ def test_cuda_matches_cpu(tmp_path):
     lengths = torch.randint(10, 41, (8,))
     for unit in ("word", "token"):  # token fusion reads its (state, label) tables on the GPU
         cpu = decode_beam(lp, lengths, fusion=make_fusion(str(tmp_path / "w.arpa"), tok, unit=unit), nbest=4)
-        gpu = decode_beam(lp.cuda(), lengths.cuda(), fusion=make_fusion(str(tmp_path / "w.arpa"), tok, unit=unit, device="cuda"), nbest=4)
-        assert [[h.ids for h in u] for u in cpu] == [[h.ids for h in u] for u in gpu]
+        gpu_fusion = make_fusion(str(tmp_path / "w.arpa"), tok, unit=unit, device="cuda")
+        for layout in ("auto", "flat"):  # auto: the dense grid, replayed as a CUDA graph
+            gpu = decode_beam(lp.cuda(), lengths.cuda(), fusion=gpu_fusion, nbest=4, layout=layout)
+            assert [[h.ids for h in u] for u in cpu] == [[h.ids for h in u] for u in gpu]
+            assert [h.score for u in cpu for h in u] == pytest.approx([h.score for u in gpu for h in u], abs=1e-4)
 
 
 def test_cli_evaluate_and_transcribe_with_beam_and_lm(tmp_path, capsys):

@@ -19,6 +19,7 @@ of those that end a word), the same selection (the utterance's best `beam_size` 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from asr.decode.beam import NEG_INF, _UTT_MUL, Fusion, Hypothesis, candidate_mask
@@ -61,6 +62,12 @@ def decode_beam_dense(
     beam = beam_size
     k = max(min(token_top_k, vocab - 1), 1)
     cand_id, cand_lp = _candidates(log_probs, lengths, k, token_min_logp, blank, token_cum_prob)  # (utts, frames, k)
+    # A frame past an utterance's end becomes certain blank (and tries no label): each prefix
+    # then stays with its total in p_b and its score unchanged, so the step needs no mask.
+    past = torch.arange(frames, device=device) >= lengths[:, None]  # (utts, frames)
+    neutral = torch.full((vocab,), NEG_INF, device=device)
+    neutral[blank] = 0.0
+    log_probs = torch.where(past[:, :, None], neutral, log_probs)
     weights = torch.tensor([lm_weight, word_bonus], device=device)
 
     # The grid: hf (utts, beam, 4) float, [p_b, p_nb, ln P_lm so far, words scored so far], and
@@ -78,54 +85,52 @@ def decode_beam_dense(
     hist_parent = torch.empty(frames, n_utt, beam, dtype=torch.long, device=device)
     hist_label = torch.empty_like(hist_parent)
     t = torch.zeros(1, dtype=torch.long, device=device)  # the frame, kept on the device
-    # constants of the step: a candidate's parent slot, a stay's label, a grow's p_b
+    # constants of the step: a candidate's parent slot, a grow's p_b
     parents = torch.cat([torch.arange(beam, device=device), torch.arange(beam * k, device=device).div_(k, rounding_mode="floor")])
     parents = parents.expand(n_utt, -1)
-    slots = parents[:, :beam]
-    no_label = torch.full((n_utt, beam), -1, dtype=torch.long, device=device)
     grow_pb = torch.full((n_utt, beam * k, 1), NEG_INF, device=device)
-    floor_min = torch.finfo(torch.float32).min
+    row_start = torch.arange(n_utt, device=device)[:, None] * (beam + beam * k)
+    S = width - 2
 
     def step() -> None:
         lp = log_probs.index_select(1, t).squeeze(1)  # (utts, vocab)
-        c_id = cand_id.index_select(1, t).squeeze(1)  # (utts, k)
-        c_lp = cand_lp.index_select(1, t).squeeze(1)
-        active = (t < lengths)[:, None]  # (utts, 1) utterances with this frame
+        c_id = cand_id.index_select(1, t)  # (utts, 1, k)
+        c_lp = cand_lp.index_select(1, t)
         p_b, p_nb, last, key = hf[:, :, 0], hf[:, :, 1], hi[:, :, 0], hi[:, :, 1]
         total = plus(p_b, p_nb)  # (utts, beam)
         stay_b = total + lp[:, blank, None]
         stay_nb = p_nb + lp.gather(1, last)
-        # grow every slot by every candidate (a repeat only from p_b): (utts, beam * k)
-        grow = torch.where(c_id[:, None, :] == last[:, :, None], p_b[:, :, None], total[:, :, None]).add_(c_lp[:, None, :]).view(n_utt, -1)
-        g_label = c_id.repeat(1, beam)
-        g_key = hash_step(key.repeat_interleave(k, dim=1), g_label)
+        # grow every slot by every candidate (a repeat only from p_b): (utts, beam * k), slot-major
+        grow = torch.where(c_id == last[:, :, None], p_b[:, :, None], total[:, :, None]).add_(c_lp).view(n_utt, -1)
+        g_label = c_id.expand(n_utt, beam, k).reshape(n_utt, -1)
+        g_key = hash_step(key[:, :, None], c_id).view(n_utt, -1)
         # a grow equal to a live slot's prefix joins its p_nb and is no candidate itself
         same = (g_key[:, :, None] == key[:, None, :]) & (total > NEG_INF)[:, None, :]  # (utts, beam * k, beam)
         stay_nb = plus(stay_nb, torch.where(same, grow[:, :, None], NEG_INF).amax(dim=1))
         g_nb = grow.masked_fill(same.any(dim=2), NEG_INF)
-        g_f = torch.cat([grow_pb, g_nb[:, :, None], hf[:, :, 2:].repeat_interleave(k, dim=1)], dim=2)  # (utts, beam * k, 4)
-        g_i = torch.cat([g_label[:, :, None], g_key[:, :, None], hi[:, :, 2:].repeat_interleave(k, dim=1)], dim=2)
+        g_f = torch.cat([grow_pb, g_nb[:, :, None], hf[:, :, None, 2:].expand(n_utt, beam, k, 2).reshape(n_utt, -1, 2)], dim=2)  # (utts, beam * k, 4)
+        g_state = hi[:, :, None, 2:].expand(n_utt, beam, k, S).reshape(n_utt, beam * k, S)
         if fusion is not None:
-            d_lm, d_words, after = fusion.grow(g_i[:, :, 2:].reshape(-1, width - 2), g_label.view(-1), dense=True)
+            d_lm, d_words, after = fusion.grow(g_state.view(-1, S), g_label.view(-1), dense=True)
             g_f[:, :, 2] += d_lm.view(n_utt, -1)
             g_f[:, :, 3] += d_words.view(n_utt, -1)
-            g_i[:, :, 2:] = after.view(n_utt, -1, width - 2)
+            g_state = after.view(n_utt, -1, S)
         s_f = torch.stack([stay_b, stay_nb, hf[:, :, 2], hf[:, :, 3]], dim=2)
         c_f = torch.cat([s_f, g_f], dim=1)  # (utts, beam + beam * k, 4): the candidates, stays first
-        c_i = torch.cat([hi, g_i], dim=1)
+        c_i = torch.cat([hi, torch.cat([g_label[:, :, None], g_key[:, :, None], g_state], dim=2)], dim=1)
         score = plus(c_f[:, :, 0], c_f[:, :, 1]).add_(c_f[:, :, 2:] @ weights)  # (utts, beam + beam * k)
 
         # each utterance keeps its best `beam` candidates within `beam_threshold` of its best
-        floor = (score.amax(dim=1, keepdim=True) - beam_threshold).clamp_(min=floor_min)
-        top, pick = score.topk(beam, dim=1)
-        new_f = c_f.gather(1, pick[:, :, None].expand(-1, -1, 4))
-        new_f[:, :, :2].masked_fill_((top < floor)[:, :, None], NEG_INF)
-        new_i = c_i.gather(1, pick[:, :, None].expand(-1, -1, width))
-        hf.copy_(torch.where(active[:, :, None], new_f, hf))  # utterances that have ended keep their grid
-        hi.copy_(torch.where(active[:, :, None], new_i, hi))
-        label = torch.where(pick >= beam, new_i[:, :, 0], -1)
-        hist_parent.index_copy_(0, t, torch.where(active, parents.gather(1, pick), slots)[None])
-        hist_label.index_copy_(0, t, torch.where(active, label, no_label)[None])
+        # (a stable sort: ties in candidate order, as decode_beam; on a GPU one kernel for these
+        # short rows, where topk takes two)
+        ranked, pick = score.sort(dim=1, descending=True, stable=True)
+        pick = pick[:, :beam]
+        rows = pick + row_start  # (utts, beam) rows of the flattened candidates
+        torch.index_select(c_f.view(-1, 4), 0, rows.view(-1), out=hf.view(-1, 4))
+        hf[:, :, :2].masked_fill_((ranked[:, :beam] < ranked[:, :1] - beam_threshold)[:, :, None], NEG_INF)
+        torch.index_select(c_i.view(-1, width), 0, rows.view(-1), out=hi.view(-1, width))
+        hist_parent.index_copy_(0, t, parents.gather(1, pick)[None])
+        hist_label.index_copy_(0, t, torch.where(pick >= beam, hi[:, :, 0], -1)[None])
         t.add_(1)
 
     if frames:
@@ -159,27 +164,31 @@ def _run(step, frames: int, buffers: list[torch.Tensor], use_graph: bool) -> Non
             step()
         return
     start = [b.clone() for b in buffers]
-    side = torch.cuda.Stream()  # warm-up before capture, on a side stream (PyTorch's recipe)
+    side = torch.cuda.Stream()  # warm up, then capture, on a side stream (PyTorch's recipe)
     side.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
     with torch.cuda.stream(side):
         step()
-    torch.cuda.current_stream().wait_stream(side)
-    for b, s in zip(buffers, start):  # undo the warm-up frame
-        b.copy_(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+        for b, s in zip(buffers, start):  # undo the warm-up frame
+            b.copy_(s)
+        # capture_begin/end rather than the torch.cuda.graph context, which also runs
+        # gc.collect() and empty_cache(): tens of ms per batch, for nothing here
+        graph.capture_begin()
         step()
+        graph.capture_end()
+    torch.cuda.current_stream().wait_stream(side)
     for _ in range(frames):
         graph.replay()
 
 
 def _backtrack(hist_parent: torch.Tensor, hist_label: torch.Tensor, slot: torch.Tensor) -> list[list[list[int]]]:
-    """Labels of the chosen slots (utts, n), walking the back-pointers (frames, utts, beam) from
-    the last frame (an ended utterance's slots point to themselves, adding no label)."""
-    frames = hist_parent.shape[0]
-    labels = torch.empty(frames, *slot.shape, dtype=torch.long)
+    """Labels of the chosen slots (utts, n), walking the back-pointers (frames, utts, beam)
+    from the last frame (past its end, an utterance's slots only stay, adding no label)."""
+    parent, label, at = hist_parent.numpy(), hist_label.numpy(), slot.numpy()
+    frames = parent.shape[0]
+    labels = np.empty((frames, *at.shape), dtype=np.int64)
     for t in range(frames - 1, -1, -1):
-        labels[t] = hist_label[t].gather(1, slot)
-        slot = hist_parent[t].gather(1, slot)
-    per_utt = labels.permute(1, 2, 0).tolist()  # (utts, n, frames)
+        labels[t] = np.take_along_axis(label[t], at, axis=1)
+        at = np.take_along_axis(parent[t], at, axis=1)
+    per_utt = labels.transpose(1, 2, 0).tolist()  # (utts, n, frames)
     return [[[c for c in row if c >= 0] for row in utt] for utt in per_utt]
