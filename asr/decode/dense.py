@@ -81,13 +81,10 @@ def decode_beam_dense(
     empty_key = (torch.arange(n_utt, device=device) * _UTT_MUL)[:, None, None].expand(n_utt, beam, 1)
     hi = torch.cat([torch.full_like(empty_key, blank), empty_key, state], dim=2)
     width = hi.shape[2]
-    # per frame, each slot's parent slot and the label it added (-1: none)
-    hist_parent = torch.empty(frames, n_utt, beam, dtype=torch.long, device=device)
-    hist_label = torch.empty_like(hist_parent)
+    # per frame, the candidate each slot was picked from (spelled out after the last frame)
+    picks = torch.empty(frames, n_utt, beam, dtype=torch.long, device=device)
     t = torch.zeros(1, dtype=torch.long, device=device)  # the frame, kept on the device
-    # constants of the step: a candidate's parent slot, a grow's p_b
-    parents = torch.cat([torch.arange(beam, device=device), torch.arange(beam * k, device=device).div_(k, rounding_mode="floor")])
-    parents = parents.expand(n_utt, -1)
+    # constants of the step: a grow's p_b, where each utterance's candidates start
     grow_pb = torch.full((n_utt, beam * k, 1), NEG_INF, device=device)
     row_start = torch.arange(n_utt, device=device)[:, None] * (beam + beam * k)
     S = width - 2
@@ -121,16 +118,14 @@ def decode_beam_dense(
         score = plus(c_f[:, :, 0], c_f[:, :, 1]).add_(c_f[:, :, 2:] @ weights)  # (utts, beam + beam * k)
 
         # each utterance keeps its best `beam` candidates within `beam_threshold` of its best
-        # (a stable sort: ties in candidate order, as decode_beam; on a GPU one kernel for these
-        # short rows, where topk takes two)
+        # (a stable sort: ties in candidate order, as in decode_beam)
         ranked, pick = score.sort(dim=1, descending=True, stable=True)
         pick = pick[:, :beam]
         rows = pick + row_start  # (utts, beam) rows of the flattened candidates
         torch.index_select(c_f.view(-1, 4), 0, rows.view(-1), out=hf.view(-1, 4))
         hf[:, :, :2].masked_fill_((ranked[:, :beam] < ranked[:, :1] - beam_threshold)[:, :, None], NEG_INF)
         torch.index_select(c_i.view(-1, width), 0, rows.view(-1), out=hi.view(-1, width))
-        hist_parent.index_copy_(0, t, parents.gather(1, pick)[None])
-        hist_label.index_copy_(0, t, torch.where(pick >= beam, hi[:, :, 0], -1)[None])
+        picks.index_copy_(0, t, pick[None])
         t.add_(1)
 
     if frames:
@@ -144,14 +139,20 @@ def decode_beam_dense(
         lm_total, words_total = lm_total + final_lm.view(n_utt, beam), words_total + final_words.view(n_utt, beam)
     score = acoustic + lm_weight * lm_total + word_bonus * words_total
     score = score.masked_fill(acoustic == NEG_INF, NEG_INF)
-    best, slot = score.topk(min(nbest, beam), dim=1)  # (utts, n) best first
-    spelled = _backtrack(hist_parent.cpu(), hist_label.cpu(), slot.cpu())
-    rows = [best.tolist()] + [x.gather(1, slot).tolist() for x in (acoustic, lm_total, words_total)]
+    best, slot = (x[:, :nbest] for x in score.sort(dim=1, descending=True, stable=True))  # (utts, n) best first
+    # candidate c of the step: a stay of slot c (c < beam), or slot (c - beam) // k grown by the
+    # frame's candidate label (c - beam) % k
+    grown = picks >= beam
+    g = (picks - beam).clamp_(min=0)
+    parent = torch.where(grown, g.div(k, rounding_mode="floor"), picks)
+    label = torch.where(grown, cand_id.transpose(0, 1).gather(2, g % k), -1)  # (frames, utts, beam)
+    spelled = _backtrack(parent.cpu(), label.cpu(), slot.cpu())
+    columns = [best.tolist()] + [x.gather(1, slot).tolist() for x in (acoustic, lm_total, words_total)]
     results: list[list[Hypothesis]] = []
     for b in range(n_utt):
         results.append([
             Hypothesis(spelled[b][j], s, a, lm_score, int(w))
-            for j, (s, a, lm_score, w) in enumerate(zip(*(row[b] for row in rows)))
+            for j, (s, a, lm_score, w) in enumerate(zip(*(column[b] for column in columns)))
             if s > NEG_INF
         ])
     return results
