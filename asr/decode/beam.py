@@ -22,8 +22,10 @@ Each frame:
  3. the LM scores only the grows that finish a word (or every grow, for token-level fusion);
  4. each utterance keeps its best `beam_size` candidates within `beam_threshold` of its best
     (one sort of all candidates by (utterance, -score)).
-Prefixes are spelled out at the end from per-frame back-pointers. The code is the same on CPU
-and CUDA; the flat list costs a few small device-to-host reads per frame (its new sizes).
+Prefixes are spelled out at the end from per-frame back-pointers. The flat list costs a few
+small device-to-host reads per frame (its new sizes), which a GPU pays for in idle time; on
+CUDA `decode_beam` therefore runs the same search on a dense (utterance, beam) grid, replayed
+as a CUDA graph (`asr.decode.dense`; `layout=` chooses).
 
 Scores: log P_ctc(prefix) + lm_weight * ln P_lm(words) + word_bonus * num_words. A fusion object
 decides what a "word" is: `WordLMFusion` scores whole words at each delimiter (the space of a
