@@ -342,8 +342,9 @@ def decode_beam(
         from asr.decode.dense import decode_beam_dense
 
         return decode_beam_dense(
-            log_probs, lengths, beam_size, token_top_k, token_min_logp, token_cum_prob, beam_threshold,
-            fusion, lm_weight, word_bonus, nbest, merge, blank,
+            log_probs, lengths, beam_size=beam_size, token_top_k=token_top_k, token_min_logp=token_min_logp,
+            token_cum_prob=token_cum_prob, beam_threshold=beam_threshold, fusion=fusion, lm_weight=lm_weight,
+            word_bonus=word_bonus, nbest=nbest, merge=merge, blank=blank,
         )
     batch, frames, vocab = log_probs.shape
     # Longest utterance first: the hypotheses are grouped by utterance, so the utterances that
