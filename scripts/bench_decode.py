@@ -47,8 +47,8 @@ from asr.decode import decode_greedy
 from asr.decode.beam import TokenLMFusion, WordLMFusion, decode_beam
 from asr.decode.kn import estimate_kneser_ney
 from asr.decode.lm import NGramLM, read_arpa, sentences_from_file, write_arpa
-from asr.inference import Recognizer, collect_log_probs
 from asr.fileio import atomic_path
+from asr.inference import Recognizer, collect_log_probs
 from asr.metrics import score_wer
 from asr.text import SPACE, normalize_text, tokenizer_from_dict
 
@@ -217,7 +217,7 @@ def main() -> int:
         ("ours, CPU", word_lm, ours(word_fusion), betas),
     ]
     gpu = torch.device("cuda") if torch.cuda.is_available() else None
-    if gpu:  # same code and LMs on the GPU: one batch of all test utterances, and batches of 64
+    if gpu:  # the same LMs on the GPU: one batch of all test utterances, and batches of 64
         gpu_fusions = {word_lm: WordLMFusion(NGramLM.from_file(word_arpa, gpu), symbols), char_lm: TokenLMFusion(NGramLM.from_file(char_arpa, gpu), symbols)}
         decoders.append(("ours, CUDA", word_lm, ours(gpu_fusions[word_lm], gpu), betas))
         decoders.append(("ours, CUDA, batch 64", word_lm, ours(gpu_fusions[word_lm], gpu, 64), betas))
