@@ -224,25 +224,31 @@ class WordLMFusion:
         logp = self.penalty.index_select(0, entry)
         after = torch.stack([state[:, 0], self.trie.index_select(0, entry)], dim=1)
         if dense:
-            word_logp, ctx = self.lm.score(state[:, 0], self.node_word.index_select(0, state[:, 1]))
-            logp = logp + torch.where(ends_word, word_logp + self.end_cost.index_select(0, state[:, 1]), 0.0)
+            word_logp, ctx = self._end_word(state)
+            logp = logp + torch.where(ends_word, word_logp, 0.0)
             after[:, 0] = torch.where(ends_word, ctx, state[:, 0])
             return logp, ends_word.to(logp.dtype), after
         enders = ends_word.nonzero().squeeze(1)
         if enders.numel():
-            ender_state = state.index_select(0, enders)
-            word_logp, ctx = self.lm.score(ender_state[:, 0], self.node_word.index_select(0, ender_state[:, 1]))
-            logp.index_add_(0, enders, word_logp + self.end_cost.index_select(0, ender_state[:, 1]))
+            word_logp, ctx = self._end_word(state.index_select(0, enders))
+            logp.index_add_(0, enders, word_logp)
             after[:, 0].index_copy_(0, enders, ctx)
         return logp, ends_word.to(logp.dtype), after
 
+    def _end_word(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hypotheses in `state` (hyps, S) ending their unfinished word -> what that adds to the
+        LM score (the word's ln P, OOV penalty and lookahead settled) and the LM state after it."""
+        node = state[:, 1]
+        word_logp, ctx = self.lm.score(state[:, 0], self.node_word.index_select(0, node))
+        return word_logp + self.end_cost.index_select(0, node), ctx
+
     def final_scores(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pending = state[:, 1] != 0  # (hyps,) an unfinished word to score first
-        word_logp, after = self.lm.score(state[:, 0], self.node_word.index_select(0, state[:, 1]))
+        word_logp, after = self._end_word(state)
         ctx = torch.where(pending, after, state[:, 0])
         eos = torch.full(pending.shape, self.lm.eos, dtype=torch.long, device=self.lm.device)
         eos_logp, _ = self.lm.score(ctx, eos)
-        return (word_logp + self.end_cost.index_select(0, state[:, 1])) * pending + eos_logp, pending.to(eos_logp.dtype)
+        return word_logp * pending + eos_logp, pending.to(eos_logp.dtype)
 
 
 Fusion = TokenLMFusion | WordLMFusion

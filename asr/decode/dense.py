@@ -135,7 +135,7 @@ def decode_beam_dense(
     acoustic = plus(hf[:, :, 0], hf[:, :, 1])  # (utts, beam)
     lm_total, words_total = hf[:, :, 2], hf[:, :, 3]
     if fusion is not None:
-        final_lm, final_words = fusion.final_scores(hi[:, :, 2:].reshape(-1, width - 2))
+        final_lm, final_words = fusion.final_scores(hi[:, :, 2:].reshape(-1, S))
         lm_total, words_total = lm_total + final_lm.view(n_utt, beam), words_total + final_words.view(n_utt, beam)
     score = acoustic + lm_weight * lm_total + word_bonus * words_total
     score = score.masked_fill(acoustic == NEG_INF, NEG_INF)
