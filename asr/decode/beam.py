@@ -100,16 +100,17 @@ class TokenLMFusion:
     def init_state(self, hyps: int) -> torch.Tensor:
         return self.lm.start_state(hyps, 1)
 
-    def grow(self, state: torch.Tensor, labels: torch.Tensor, dense: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Hypotheses in `state` (grows, S) each growing by one of `labels` (grows,) ->
-        LM ln prob (grows,), words added (grows,), their new state (grows, S). (`dense`: see
-        WordLMFusion.grow; every grow is scored here anyway.)"""
+    def grow_(self, state: torch.Tensor, labels: torch.Tensor, dense: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hypotheses in `state` (grows, S) each growing by one of `labels` (grows,) -> LM ln
+        prob (grows,), words added (grows,); `state` becomes theirs after the grow, in place.
+        (`dense`: see WordLMFusion.grow_; every grow is scored here anyway.)"""
         if self.table_logp is None:
-            logp, after = self.lm.score(state.view(-1), self.token_words.index_select(0, labels))
+            logp, after = self.lm.score(state[:, 0], self.token_words.index_select(0, labels))
         else:
-            entry = state.view(-1) * self.vocab + labels
+            entry = torch.add(labels, state[:, 0], alpha=self.vocab)
             logp, after = self.table_logp.index_select(0, entry), self.table_next.index_select(0, entry)
-        return logp, torch.ones_like(logp), after.view(-1, 1)
+        state[:, 0] = after
+        return logp, torch.ones_like(logp)
 
     def final_scores(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         eos = torch.full(state.shape[:-1], self.lm.eos, dtype=torch.long, device=self.lm.device)
@@ -214,26 +215,26 @@ class WordLMFusion:
     def init_state(self, hyps: int) -> torch.Tensor:
         return torch.stack([self.lm.start_state(hyps), torch.zeros(hyps, dtype=torch.long, device=self.lm.device)], dim=1)
 
-    def grow(self, state: torch.Tensor, labels: torch.Tensor, dense: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Hypotheses in `state` (grows, S) each growing by one of `labels` (grows,) ->
-        LM ln prob (grows,), words added (grows,), their new state (grows, S).
+    def grow_(self, state: torch.Tensor, labels: torch.Tensor, dense: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hypotheses in `state` (grows, S) each growing by one of `labels` (grows,) -> LM ln
+        prob (grows,), words added (grows,); `state` becomes theirs after the grow, in place.
         The LM is only asked about the grows that finish a word; with `dense`, about every grow
         (the answers of the others are dropped), so that the shapes do not depend on the data."""
-        entry = state[:, 1] * self.vocab + labels
+        entry = torch.add(labels, state[:, 1], alpha=self.vocab)
         ends_word = self.ends_word.index_select(0, entry)
         logp = self.penalty.index_select(0, entry)
-        after = torch.stack([state[:, 0], self.trie.index_select(0, entry)], dim=1)
         if dense:
             word_logp, ctx = self._end_word(state)
-            logp = logp + torch.where(ends_word, word_logp, 0.0)
-            after[:, 0] = torch.where(ends_word, ctx, state[:, 0])
-            return logp, ends_word.to(logp.dtype), after
-        enders = ends_word.nonzero().squeeze(1)
-        if enders.numel():
-            word_logp, ctx = self._end_word(state.index_select(0, enders))
-            logp.index_add_(0, enders, word_logp)
-            after[:, 0].index_copy_(0, enders, ctx)
-        return logp, ends_word.to(logp.dtype), after
+            logp += word_logp.masked_fill_(~ends_word, 0.0)
+            state[:, 0] = torch.where(ends_word, ctx, state[:, 0])
+        else:
+            enders = ends_word.nonzero().squeeze(1)
+            if enders.numel():
+                word_logp, ctx = self._end_word(state.index_select(0, enders))
+                logp.index_add_(0, enders, word_logp)
+                state[:, 0].index_copy_(0, enders, ctx)
+        state[:, 1] = self.trie.index_select(0, entry)
+        return logp, ends_word.to(logp.dtype)
 
     def _end_word(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hypotheses in `state` (hyps, S) ending their unfinished word -> what that adds to the
@@ -283,15 +284,14 @@ def _best_per_utterance(score: torch.Tensor, utt: torch.Tensor, utterances: int,
     the score's float32 bits in the low, made to rise with the score (a negative float's
     magnitude bits are flipped). An item is in its utterance's top n when the item n places
     before it belongs to another utterance."""
-    bits = score.view(torch.int32).long()
+    bits = score.view(torch.int32)
     order = torch.argsort((utt << 32).sub_(bits ^ ((bits >> 31) & 0x7FFFFFFF)), stable=True)
-    s_sorted = score.index_select(0, order)
-    u_sorted = utt.index_select(0, order)
     best = score.new_full((utterances,), NEG_INF).scatter_reduce_(0, utt, score, "amax")
-    floor = (best - threshold).clamp_(min=torch.finfo(score.dtype).min)  # finite, so -inf items fail it
-    keep = s_sorted >= floor.index_select(0, u_sorted)
-    if n < u_sorted.shape[0]:
-        keep &= torch.cat([u_sorted.new_full((n,), -1), u_sorted[:-n]]) != u_sorted
+    floor = best.sub_(threshold).clamp_(min=torch.finfo(score.dtype).min)  # finite, so -inf items fail it
+    keep = (score >= floor.index_select(0, utt)).index_select(0, order)
+    if n < order.shape[0]:
+        u_sorted = utt.index_select(0, order)
+        keep[n:] &= u_sorted[n:] != u_sorted[:-n]
     return order.masked_select(keep)
 
 
@@ -361,12 +361,13 @@ def decode_beam(
     cand_id, cand_lp = _frame_candidates(log_probs, lengths, token_top_k, token_min_logp, blank, token_cum_prob)  # (batch * frames, k)
     k = cand_id.shape[1]
     flat_lp = log_probs.reshape(-1)  # entry (utterance * frames + t) * vocab + label
+    blank_lp = log_probs[:, :, blank].reshape(-1)  # entry utterance * frames + t
 
     # The hypotheses, grouped by utterance, best first: hf (4, hyps) float, rows [p_b, p_nb,
     # ln P_lm so far, words scored so far], and hi (hyps, 3 + S) long, columns [utterance, last
     # label, prefix hash, fusion state (S columns)]. One per utterance to start: the empty prefix
-    # (last label: blank), whose hash differs per utterance, so that one sort finds equal
-    # prefixes anywhere in the batch.
+    # (last label: blank), whose hash differs per utterance, so that equal hashes mean equal
+    # prefixes of one utterance anywhere in the batch.
     utt = torch.arange(batch, device=device)
     hf = torch.zeros(4, batch, device=device)
     hf[1] = NEG_INF
@@ -385,6 +386,7 @@ def decode_beam(
             bound += lm_weight * fusion.label_gain.to(device)
         bound += max(word_bonus, 0.0) * fusion.label_words.to(device)
     early_pruning = beam_threshold < math.inf and bool((bound < math.inf).any())
+    lowest = torch.finfo(hf.dtype).min
     stay_parent = torch.arange(batch * beam_size, device=device)
     stay_label = torch.full((batch * beam_size,), -1, device=device)
     live = batch  # utterances 0 .. live-1 still have frames
@@ -403,39 +405,39 @@ def decode_beam(
         p_b, p_nb = hf[0], hf[1]
         total = plus(p_b, p_nb)  # (hyps,)
         row = utt * frames + t  # (hyps,) the hypothesis's (utterance, frame)
-        at = row * vocab
-        stay_b = total + flat_lp.index_select(0, at + blank)
-        stay_nb = p_nb + flat_lp.index_select(0, at + last)  # an empty prefix has p_nb = -inf
 
         # grow: hyp + c for the frame's candidate labels c (a repeat only from alignments ending in blank)
         cand = cand_id.index_select(0, row)  # (hyps, k)
         grow = torch.where(cand == last[:, None], p_b[:, None], total[:, None]).add_(cand_lp.index_select(0, row))
         flat = (grow > NEG_INF).view(-1).nonzero().squeeze(1)  # (grows,) the finite ones
-        g_parent = torch.div(flat, k, rounding_mode="floor")
+        g_parent = flat.div(k, rounding_mode="floor")
         g_label = cand.view(-1).index_select(0, flat)
         g_nb = grow.view(-1).index_select(0, flat)
         g_key = hash_step(key.index_select(0, g_parent), g_label)
+        # stay: blank, or the last label again; written over p_b and p_nb, which the grows have read
+        torch.add(total, blank_lp.index_select(0, row), out=p_b)
+        p_nb.add_(flat_lp.index_select(0, torch.add(last, row, alpha=vocab)))  # an empty prefix has p_nb = -inf
 
         # A grown prefix already in the list: its alignments join that hypothesis's p_nb, and it
-        # is no new candidate. Prefixes in the list are distinct, and so are the grows (one
-        # parent, one label), so equal keys come in pairs, the hypothesis first (stable sort).
-        keys = torch.cat([key, g_key])
-        by_key = keys.argsort(stable=True)
-        pairs = (keys.index_select(0, by_key).diff() == 0).nonzero().squeeze(1)
-        into = by_key.index_select(0, pairs)  # (dups,) hypotheses
-        dup = by_key.index_select(0, pairs + 1).sub_(num)  # (dups,) grows
-        stay_nb.index_copy_(0, into, plus(stay_nb.index_select(0, into), g_nb.index_select(0, dup)))
+        # is no new candidate. The list's prefixes are distinct, and so are the grows (one
+        # parent, one label), so at most one grow lands on each hypothesis: found by hash, the
+        # grows' searched among the list's, sorted.
+        sorted_key, order = key.sort()
+        at = torch.searchsorted(sorted_key, g_key).clamp_(max=num - 1)
+        dup = (sorted_key.index_select(0, at) == g_key).nonzero().squeeze(1)  # (dups,) grows
+        into = order.index_select(0, at.index_select(0, dup))  # (dups,) hypotheses
+        p_nb.index_copy_(0, into, plus(p_nb.index_select(0, into), g_nb.index_select(0, dup)))
         g_nb.index_fill_(0, dup, NEG_INF)
 
         fused = weights @ hf[2:]  # (hyps,) lm_weight * ln P_lm + word_bonus * words
-        stay_score = plus(stay_b, stay_nb).add_(fused)
+        stay_score = plus(p_b, p_nb).add_(fused)
         if early_pruning:
             # Grows that cannot make the beam leave before the LM sees them: fusion adds at most
             # `bound[label]` to a grow's score, so a grow that falls beam_threshold below its
             # utterance's best stay even with that would be dropped by the selection anyway.
             bar = stay_score.new_full((batch,), NEG_INF).scatter_reduce_(0, utt, stay_score, "amax").sub_(beam_threshold + 1e-3)
             bar = bar.index_select(0, utt).sub_(fused)  # (hyps,) what a grow needs, before fusion
-            need = bar.index_select(0, g_parent).sub_(bound.index_select(0, g_label)).clamp_(min=torch.finfo(bar.dtype).min)
+            need = bar.index_select(0, g_parent).sub_(bound.index_select(0, g_label)).clamp_(min=lowest)
             kept = (g_nb >= need).nonzero().squeeze(1)  # also drops the merged grows (-inf)
             g_parent, g_label, g_nb, g_key = (x.index_select(0, kept) for x in (g_parent, g_label, g_nb, g_key))
 
@@ -447,14 +449,12 @@ def decode_beam(
         g_i[:, 1] = g_label
         g_i[:, 2] = g_key
         if fusion is not None:
-            d_lm, d_words, g_i[:, 3:] = fusion.grow(g_i[:, 3:], g_label)
+            d_lm, d_words = fusion.grow_(g_i[:, 3:], g_label)
             g_f[2] += d_lm
             g_f[3] += d_words
-        hf[0] = stay_b
-        hf[1] = stay_nb
         c_f = torch.cat([hf, g_f], dim=1)  # (4, cands)
         c_i = torch.cat([hi, g_i])  # (cands, 3 + S)
-        score = torch.cat([stay_score, g_nb + weights @ g_f[2:]])  # (cands,)
+        score = torch.cat([stay_score, torch.addmv(g_nb, g_f[2:].t(), weights)])  # (cands,)
 
         # each utterance keeps its best `beam_size` within `beam_threshold` of its best
         pick = _best_per_utterance(score, c_i[:, 0], batch, beam_size, beam_threshold)  # grouped by utterance, best first

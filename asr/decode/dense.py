@@ -107,12 +107,11 @@ def decode_beam_dense(
         stay_nb = plus(stay_nb, torch.where(same, grow[:, :, None], NEG_INF).amax(dim=1))
         g_nb = grow.masked_fill(same.any(dim=2), NEG_INF)
         g_f = torch.cat([grow_pb, g_nb[:, :, None], hf[:, :, None, 2:].expand(n_utt, beam, k, 2).reshape(n_utt, -1, 2)], dim=2)  # (utts, beam * k, 4)
-        g_state = hi[:, :, None, 2:].expand(n_utt, beam, k, S).reshape(n_utt, beam * k, S)
+        g_state = hi.new_empty(n_utt, beam, k, S).copy_(hi[:, :, None, 2:].expand(n_utt, beam, k, S)).view(n_utt, beam * k, S)  # grow_ writes it
         if fusion is not None:
-            d_lm, d_words, after = fusion.grow(g_state.view(-1, S), g_label.view(-1), dense=True)
+            d_lm, d_words = fusion.grow_(g_state.view(-1, S), g_label.view(-1), dense=True)
             g_f[:, :, 2] += d_lm.view(n_utt, -1)
             g_f[:, :, 3] += d_words.view(n_utt, -1)
-            g_state = after.view(n_utt, -1, S)
         s_f = torch.stack([stay_b, stay_nb, hf[:, :, 2], hf[:, :, 3]], dim=2)
         c_f = torch.cat([s_f, g_f], dim=1)  # (utts, beam + beam * k, 4): the candidates, stays first
         c_i = torch.cat([hi, torch.cat([g_label[:, :, None], g_key[:, :, None], g_state], dim=2)], dim=1)
