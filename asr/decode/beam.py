@@ -18,7 +18,8 @@ Each frame:
     probable, those at least `token_min_logp`, within `token_cum_prob`, found for all frames at
     once); grows that come out at -inf are dropped;
  2. a grown prefix already in the list is found by its 64-bit hash (the hash of the empty
-    prefix differs per utterance, so one sort of the hashes covers the batch) and merged into it;
+    prefix differs per utterance, so the list's hashes, sorted once, serve the whole batch)
+    and merged into it;
  3. the LM scores only the grows that finish a word (or every grow, for token-level fusion);
  4. each utterance keeps its best `beam_size` candidates within `beam_threshold` of its best
     (one sort of all candidates by (utterance, -score)).
