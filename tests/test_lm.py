@@ -6,7 +6,8 @@ import torch
 
 from asr.cli import main
 from asr.decode.kn import LMBuildError, estimate_kneser_ney
-from asr.decode.lm import ArpaError, NGramLM, read_arpa, write_arpa
+from asr.decode.arpa import ArpaError, read_arpa, write_arpa
+from asr.decode.lm import NGramLM
 
 LN10 = math.log(10)
 
