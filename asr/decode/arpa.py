@@ -55,7 +55,6 @@ class ArpaTables:
     logp: list[np.ndarray]  # (count,) float64 log10 P(last word | context)
     bow: list[np.ndarray]  # (count,) float64 log10 back-off weight, 0 where the line has none
     context: list[np.ndarray]  # (count,) int64 row of the context among the (n-1)-grams (0 for 1-grams)
-    lines: list[np.ndarray]  # (count,) int64 line number of each n-gram, for error messages
 
     @property
     def order(self) -> int:
@@ -102,7 +101,7 @@ class _ArpaReader:
         self.counts: list[int] = []  # from \data\, by order
         self.words: list[str] = []
         self.word_id: dict[str, int] = {}
-        self.tables = ArpaTables(self.words, [], [], [], [], [])
+        self.tables = ArpaTables(self.words, [], [], [], [])
         # per order read so far: its keys (row of the context * vocab + last word id), sorted, and
         # the row of each, to find the contexts of the next order
         self.sorted_keys: list[tuple[np.ndarray, np.ndarray]] = []
@@ -117,13 +116,14 @@ class _ArpaReader:
                 raise ArpaError(f"{self.name}:{number}: expected the \\{n}-grams: section, found \\{found}-grams:")
             if n > len(self.counts):
                 raise ArpaError(f"{self.name}:{number}: \\{n}-grams: section has no 'ngram {n}=count' line in \\data\\")
+            # lines: (count,) int64 the line of each n-gram, for the messages of the checks below
             ids, logp, bow, lines, stop = self._read_ngrams(numbered, n, number)
             self._add_section(n, ids, logp, bow, lines)
             if stop is None:
                 raise ArpaError(f"{self.name}:{self.last_line}: file ends without \\end\\")
             number, line = stop
             if line != "\\end\\" and not _SECTION.fullmatch(line):
-                self._raise_line_error(number, line, n)
+                self._raise_line_error(number, line, n, lines)
             if line == "\\end\\" and n != len(self.counts):
                 raise ArpaError(f"{self.name}:{number}: \\end\\ before the \\{n + 1}-grams: section")
             if len(lines) != self.counts[n - 1]:
@@ -237,12 +237,12 @@ class _ArpaReader:
             raise ArpaError(f"{self.name}:{lines[first]}: {n}-gram {words!r} is listed twice (first at line {lines[earlier]})")
         if n < len(self.counts):  # the next order looks its contexts up among these
             self.sorted_keys.append((key, by_key))
-        for table, value in zip((self.tables.ids, self.tables.logp, self.tables.bow, self.tables.context, self.tables.lines),
-                                (ids, logp, bow, context, lines)):
+        for table, value in zip((self.tables.ids, self.tables.logp, self.tables.bow, self.tables.context), (ids, logp, bow, context)):
             table.append(value)
 
-    def _raise_line_error(self, number: int, line: str, n: int) -> NoReturn:
-        """The ArpaError for a line that `_read_ngrams` stopped at, checked as a line by itself."""
+    def _raise_line_error(self, number: int, line: str, n: int, lines: np.ndarray) -> NoReturn:
+        """The ArpaError for a line that `_read_ngrams` stopped at, checked as a line by itself
+        (`lines`: those of the section's n-grams before it)."""
         where = f"{self.name}:{number}"
         fields = line.split()
         if len(fields) not in (n + 1, n + 2):
@@ -254,7 +254,7 @@ class _ArpaReader:
             if w not in self.word_id:
                 raise ArpaError(f"{where}: word {w!r} is not among the 1-grams")
         w = fields[1]
-        raise ArpaError(f"{where}: 1-gram {w!r} is listed twice (first at line {self.tables.lines[0][self.word_id[w]]})")
+        raise ArpaError(f"{where}: 1-gram {w!r} is listed twice (first at line {lines[self.word_id[w]]})")
 
 
 def read_arpa(path: str | os.PathLike) -> Arpa:

@@ -23,6 +23,8 @@ BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 LN10 = math.log(10.0)
 MISSING_UNK_LOG10 = -100.0  # what KenLM assigns <unk> when an ARPA file does not list it
 
+_BLOCK = 1 << 20  # rows per step where the tables are built in blocks
+
 # Polynomial hash modulo 2**64: int64 multiplication wraps around (two's complement) on CPU
 # and CUDA alike, so one step is an add and a multiply. The multiplier is odd (2**64 / golden
 # ratio); a false hit is about 2**-64 per lookup for sequences as short as label prefixes.
@@ -80,7 +82,7 @@ class NGramLM:
             parent = torch.from_numpy(arpa.context[n - 1]) + first_id if n > 1 else torch.zeros(count, dtype=torch.long)
             key = parent * vocab + last  # (count,)
             keys.append(key)
-            logps.append(logp * LN10)
+            logps.append((logp * LN10).float())
             if n < order:  # an n-gram of order < N is a context, and the state after itself
                 first_id = self.num_contexts
                 self.num_contexts += count
@@ -91,10 +93,12 @@ class NGramLM:
         # all contexts, sorted by key, for _find_context
         self._context_keys, by_key = torch.sort(torch.cat(context_keys)) if context_keys else (torch.zeros(0, dtype=torch.long),) * 2
         self._context_ids = by_key + 1
-        # the state after an N-gram: its longest end of order < N that is listed
+        # the state after an N-gram: its longest end of order < N that is listed (in blocks of
+        # rows: the lookups' temporaries stay small next to the tables)
         top = arpa.ids[order - 1]
         nexts = [torch.arange(1, self.num_contexts)] if order > 1 else []
-        nexts.append(self._longest_listed_end(word_of[torch.from_numpy(top[:, 1:]).long()]))
+        for start in range(0, len(top), _BLOCK):
+            nexts.append(self._longest_listed_end(word_of[torch.from_numpy(top[start : start + _BLOCK, 1:]).long()]))
         self._bos_state = int(self._find_context(torch.tensor([[self.bos]]))[0]) if order > 1 else 0
         # per context and j: the key part of its last j words (their context id * vocab; -vocab
         # when those words are not listed: no key matches), and the ln back-off weights of its
@@ -111,14 +115,17 @@ class NGramLM:
         bows = torch.cat([above[:, 1:], torch.zeros(self.num_contexts, 1, dtype=torch.float64)], dim=1)  # ... > j
         # the table is sorted by key * MUL (mod 2**64): a bijection that spreads the keys evenly
         # over the buckets of the index (see _index_buckets); a lookup matches exact keys
-        key = torch.cat(keys).mul_(_MUL)
-        by_key = torch.argsort(key)
+        key, by_key = torch.sort(torch.cat(keys).mul_(_MUL))  # (ngrams,)
+        del keys, context_keys
         device = torch.device(device)
-        self.keys = key[by_key].to(device)
+        self.keys = key.to(device)
         self._index_buckets()
         # one entry more than there are n-grams: where a lookup that finds nothing points
-        self.logp = torch.cat([torch.cat(logps)[by_key].float(), torch.zeros(1)]).to(device)  # (ngrams + 1,) ln P
-        self.next_state = torch.cat([torch.cat(nexts)[by_key], torch.zeros(1, dtype=torch.long)]).to(device)  # (ngrams + 1,)
+        logp = torch.zeros(len(by_key) + 1)  # (ngrams + 1,) ln P
+        logp[:-1] = torch.cat(logps)[by_key]
+        next_state = torch.zeros(len(by_key) + 1, dtype=torch.long)  # (ngrams + 1,)
+        next_state[:-1] = torch.cat(nexts)[by_key]
+        self.logp, self.next_state = logp.to(device), next_state.to(device)
         self._ends = (ends * vocab).where(ends >= 0, -vocab).to(device)  # (contexts, order)
         self._bows = bows.float().to(device)  # (contexts, order)
         self._levels = torch.arange(1, order + 1, device=device)  # (order,)
@@ -177,10 +184,13 @@ class NGramLM:
         where no other query can match it first)."""
         keys = self.keys
         self._bits = min(max(keys.numel().bit_length() + 1, 2), 62)
-        buckets = torch.arange((1 << self._bits) + 1, device=keys.device)
-        first = torch.searchsorted(self._bucket(keys), buckets)
-        window = int((first[1:] - first[:-1]).max())
-        self._first = first.to(torch.int32 if keys.numel() < 2**31 else torch.long)
+        # a bucket's run starts after the keys of the buckets below it (a count, not a search: no
+        # (buckets,) int64 temporaries beside the table)
+        counts = torch.bincount(self._bucket(keys), minlength=1 << self._bits)  # (buckets,)
+        window = int(counts.max())
+        self._first = torch.zeros(counts.numel() + 1, dtype=torch.int32 if keys.numel() < 2**31 else torch.long, device=keys.device)
+        torch.cumsum(counts, 0, out=self._first[1:])
+        del counts
         padded = torch.cat([keys, keys[-1:].expand(window)])
         self.keys = padded[: keys.numel()]  # the same memory as the windows
         self._windows = padded.unfold(0, window, 1)  # (ngrams + 1, window) view
