@@ -162,7 +162,9 @@ class _ArpaReader:
             self.counts.append(int(value))
         raise ArpaError(f"{self.name}:{self.last_line}: file ends without \\end\\")
 
-    def _read_ngrams(self, numbered: Iterator[tuple[int, str]], n: int, number: int):
+    def _read_ngrams(
+        self, numbered: Iterator[tuple[int, str]], n: int, number: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[int, str] | None]:
         """Read the n-gram lines after the section header at line `number`, up to the first line
         that is not a well-formed one -> the section's word ids, log10 probs, back-off weights and
         line numbers (grown as arrays: 4 bytes a word id, 8 a number), and that line's (number,
