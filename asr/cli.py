@@ -212,7 +212,8 @@ def build_lm(text: str, output: str | Path, order: int, unit: str = "word", phon
     """Estimate a modified Kneser-Ney n-gram from a text file or manifest, write it as ARPA
     (atomically), and return a one-line summary."""
     from asr.decode.kn import estimate_kneser_ney
-    from asr.decode.lm import sentences_from_file, write_arpa
+    from asr.decode.arpa import write_arpa
+    from asr.decode.lm import sentences_from_file
     from asr.text import normalize_text
 
     if unit == "phone":  # a phone n-gram for token-level fusion with phone models
@@ -392,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from asr.data.corpora import CorpusError
     from asr.data.manifest import ManifestError
     from asr.decode.kn import LMBuildError
-    from asr.decode.lm import ArpaError
+    from asr.decode.arpa import ArpaError
     from asr.plot import PlotError
     from asr.train import TrainingError
 

@@ -46,7 +46,8 @@ from asr.data.manifest import read_manifest
 from asr.decode import decode_greedy
 from asr.decode.beam import TokenLMFusion, WordLMFusion, decode_beam
 from asr.decode.kn import estimate_kneser_ney
-from asr.decode.lm import NGramLM, read_arpa, sentences_from_file, write_arpa
+from asr.decode.arpa import read_arpa, write_arpa
+from asr.decode.lm import NGramLM, sentences_from_file
 from asr.fileio import atomic_path
 from asr.inference import Recognizer, collect_log_probs
 from asr.metrics import score_wer

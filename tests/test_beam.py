@@ -8,7 +8,8 @@ from asr.cli import main
 from asr.decode import decode_greedy
 from asr.decode.beam import TokenLMFusion, WordLMFusion, decode_beam, make_fusion, skip_blank_frames
 from asr.decode.kn import estimate_kneser_ney
-from asr.decode.lm import NGramLM, write_arpa
+from asr.decode.arpa import write_arpa
+from asr.decode.lm import NGramLM
 from asr.text import CharTokenizer
 
 

@@ -6,7 +6,8 @@ import torch
 
 from asr.cli import main
 from asr.decode.kn import LMBuildError, estimate_kneser_ney
-from asr.decode.lm import ArpaError, NGramLM, read_arpa, write_arpa
+from asr.decode.arpa import ArpaError, arpa_lines, read_arpa, write_arpa
+from asr.decode.lm import NGramLM
 
 LN10 = math.log(10)
 
@@ -86,37 +87,56 @@ def test_arpa_round_trip(tmp_path):
             assert table[key] == pytest.approx(table_again[key], abs=1e-7)
 
 
+LOADERS = pytest.mark.parametrize("load", [read_arpa, NGramLM.from_file], ids=["read_arpa", "from_file"])
+
+
+@LOADERS
 @pytest.mark.parametrize(
-    "change, line, message",
+    "changes, line, message",
     [
-        (("ngram 2=3", "ngram 2=4"), 18, "says ngram 2=4, but the section has 3"),
-        (("ngram 2=3", "ngram 2=three"), 3, "count 'three'"),
-        (("-0.4\ta b\t-0.25", "-0.4\ta b\tabc"), 15, "back-off weight 'abc' is not a number"),
-        (("-0.8\tb\t-0.2", "x\tb\t-0.2"), 10, "log probability 'x' is not a number"),
-        (("-0.8\tb\t-0.2", "nan\tb\t-0.2"), 10, "log probability 'nan' is not a number"),
-        (("-0.2\tb </s>", "-0.2\tb"), 16, "needs 3 or 4 fields, found 2"),
-        (("-0.2\tb </s>", "-0.2\tb c"), 16, "word 'c' is not among the 1-grams"),
-        (("\\2-grams:", "\\3-grams:"), 13, "expected the \\2-grams: section"),
-        (("\\3-grams:\n-0.05\t<s> a b\n\n", ""), 18, "before the \\3-grams: section"),
+        ([("ngram 2=3", "ngram 2=4")], 18, "says ngram 2=4, but the section has 3"),
+        ([("ngram 2=3", "ngram 2=three")], 3, "count 'three'"),
+        ([("ngram 3=1\n", "")], 17, "\\3-grams: section has no 'ngram 3=count' line"),
+        ([("-0.4\ta b\t-0.25", "-0.4\ta b\tabc")], 15, "back-off weight 'abc' is not a number"),
+        ([("-0.8\tb\t-0.2", "x\tb\t-0.2")], 10, "log probability 'x' is not a number"),
+        ([("-0.8\tb\t-0.2", "nan\tb\t-0.2")], 10, "log probability 'nan' is not a number"),
+        ([("-0.8\tb\t-0.2", "-1_0\tb\t-0.2")], 10, "log probability '-1_0' is not a number"),
+        ([("-0.2\tb </s>", "-0.2\tb")], 16, "needs 3 or 4 fields, found 2"),
+        ([("-0.2\tb </s>", "-0.2\tb c")], 16, "word 'c' is not among the 1-grams"),
+        ([("\\2-grams:", "\\3-grams:")], 13, "expected the \\2-grams: section"),
+        ([("\\3-grams:\n-0.05\t<s> a b\n\n", "")], 18, "before the \\3-grams: section"),
+        ([("-0.05\t<s> a b", "-0.05\tb a b")], 19, "context 'b a' of this 3-gram is not listed as a 2-gram"),
+        # the contexts of a section are checked all at once, yet the first offending line is the
+        # one named, also before an error on a later line of the section
+        ([("ngram 3=1", "ngram 3=4"), ("-0.05\t<s> a b\n", "-0.05\t<s> a b\n-0.1\tb a b\n-0.1\ta a b\nx\tb a </s>\n")],
+         20, "context 'b a' of this 3-gram is not listed"),
+        ([("ngram 2=3", "ngram 2=4"), ("-0.2\tb </s>\n", "-0.2\tb </s>\n-0.3\tb </s>\n")],
+         17, "2-gram 'b </s>' is listed twice (first at line 16)"),
+        ([("ngram 1=5", "ngram 1=6"), ("-2.0\t<unk>\n", "-2.0\t<unk>\n-0.9\ta\n")], 12, "1-gram 'a' is listed twice (first at line 9)"),
     ],
 )
-def test_malformed_arpa_names_the_line(tmp_path, change, line, message):
-    old, new = change
-    assert old in TINY_ARPA
-    path = write(tmp_path, TINY_ARPA.replace(old, new))
+def test_malformed_arpa_names_the_line(tmp_path, load, changes, line, message):
+    text = TINY_ARPA
+    for old, new in changes:
+        assert old in text
+        text = text.replace(old, new)
+    path = write(tmp_path, text)
     with pytest.raises(ArpaError) as e:
-        read_arpa(path)
+        load(path)
     assert f"{path}:{line}:" in str(e.value)
     assert message in str(e.value)
 
 
-def test_malformed_arpa_without_header_or_end(tmp_path):
+@LOADERS
+def test_malformed_arpa_without_header_or_end(tmp_path, load):
     with pytest.raises(ArpaError, match="no \\\\data\\\\ header"):
-        read_arpa(write(tmp_path, "just some text\n"))
+        load(write(tmp_path, "just some text\n"))
     with pytest.raises(ArpaError, match=r"lm.arpa:20: file ends without \\end\\"):
-        read_arpa(write(tmp_path, TINY_ARPA.replace("\\end\\\n", "")))
+        load(write(tmp_path, TINY_ARPA.replace("\\end\\\n", "")))
+    with pytest.raises(ArpaError, match=r"lm.arpa:17: file ends without \\end\\"):
+        load(write(tmp_path, TINY_ARPA.split("\\3-grams:")[0]))
     with pytest.raises(ArpaError, match="no such ARPA file"):
-        read_arpa(tmp_path / "nope.arpa")
+        load(tmp_path / "nope.arpa")
 
 
 def random_corpus(seed=0, num=300):
@@ -150,6 +170,81 @@ def test_kneser_ney_discounts_counts(tmp_path):
         estimate_kneser_ney([[]], 2)
     with pytest.raises(LMBuildError):
         estimate_kneser_ney([["<s>"]], 2)
+
+
+def random_arpa(seed, order=4, num_words=30, per_order=200):
+    """A random ARPA text: every n-gram's context is listed (the format requires it), its suffix
+    not always (so states back off over unlisted ends); some back-off weights left out, lines
+    shuffled, blank lines between them, no <unk>."""
+    rng = random.Random(seed)
+    words = ["<s>", "</s>"] + [f"v{i}" for i in range(num_words)]
+    tables = [{(w,): None for w in words}]
+    for n in range(2, order + 1):
+        lower, grams = [g for g in tables[-1] if g[-1] != "</s>"], {}
+        while len(grams) < per_order:
+            grams[rng.choice(lower) + (rng.choice(words[1:]),)] = None
+        tables.append(grams)
+    lines = ["\\data\\"] + [f"ngram {n}={len(t)}" for n, t in enumerate(tables, start=1)]
+    for n, table in enumerate(tables, start=1):
+        lines.append(f"\n\\{n}-grams:")
+        for gram in rng.sample(sorted(table), len(table)):
+            bow = f"\t{rng.uniform(-1, 0):.4f}" if n < order and rng.random() < 0.7 else ""
+            lines.append(f"{rng.uniform(-5, -0.1):.4f}\t{' '.join(gram)}{bow}" + "\n" * (rng.random() < 0.05))
+    return "\n".join(lines + ["\\end\\\n"])
+
+
+def assert_same_lm(a, b):
+    assert vars(a).keys() == vars(b).keys()
+    for name, value in vars(a).items():
+        other = getattr(b, name)
+        if isinstance(value, torch.Tensor):
+            assert value.dtype == other.dtype and torch.equal(value, other), name
+        else:
+            assert value == other, name
+
+
+def test_streamed_file_builds_the_same_lm_as_the_dicts(tmp_path):
+    # from_file never builds the dicts; NGramLM(read_arpa(...)) converts them: every tensor agrees
+    paths = [write(tmp_path, TINY_ARPA), write(tmp_path, random_arpa(seed=1), "random4.arpa")]
+    for order in (1, 2, 3, 4):
+        paths.append(tmp_path / f"kn{order}.arpa")
+        write_arpa(paths[-1], estimate_kneser_ney(random_corpus(seed=order), order))
+    for path in paths:
+        assert_same_lm(NGramLM.from_file(path), NGramLM(read_arpa(path)))
+    # an Arpa built in memory goes through the same reader (its numbers written exactly)
+    arpa = estimate_kneser_ney(random_corpus(seed=2), 3)
+    exact = read_arpa(write(tmp_path, "".join(arpa_lines(arpa, exact=True)), "exact.arpa"))
+    assert exact == arpa
+    assert_same_lm(NGramLM(arpa), NGramLM.from_file(tmp_path / "exact.arpa"))
+
+
+def backoff_log10(ngrams, history, word):
+    """log10 P(word | history) by the back-off rule, straight from an Arpa's dicts."""
+    order = len(ngrams)
+    h = tuple(history)[len(history) - min(len(history), order - 1) :]
+    bows = 0.0
+    while h + (word,) not in ngrams[len(h)]:
+        bows += ngrams[len(h) - 1].get(h, (0.0, 0.0))[1]
+        h = h[1:]
+    return bows + ngrams[len(h)][h + (word,)][0]
+
+
+def test_random_4gram_scores_follow_the_backoff_rule(tmp_path):
+    path = write(tmp_path, random_arpa(seed=7))
+    lm, arpa = NGramLM.from_file(path), read_arpa(path)
+    words = [w for (w,) in arpa.ngrams[0] if w != "<s>"]
+    ids = torch.tensor([lm.word_id(w) for w in words])
+    rng = random.Random(8)
+    # histories that follow listed n-grams (long listed contexts) and random ones
+    histories = [list(rng.choice(list(arpa.ngrams[3])))[: rng.randint(0, 4)] for _ in range(40)]
+    histories += [[rng.choice(words) for _ in range(rng.randint(0, 6))] for _ in range(40)]
+    for history in histories:
+        state = torch.zeros(1, dtype=torch.long)  # the empty context: no <s> in front
+        for w in history:
+            _, state = lm.score(state, torch.tensor([lm.word_id(w)]))
+        logp, _ = lm.score(state.expand(len(ids)), ids)
+        expected = [backoff_log10(arpa.ngrams, history, w) * LN10 for w in words]
+        assert logp.tolist() == pytest.approx(expected, abs=1e-4), history
 
 
 def test_scores_match_kenlm(tmp_path):

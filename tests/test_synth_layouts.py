@@ -113,7 +113,7 @@ def test_phone_training_and_per_end_to_end(timit_corpus, capsys):
     assert "training-set phones" in out and "CER" not in out  # no character rates for a phone model
 
     # token-level fusion: a phone 4-gram over the folded training phones, beam search with it
-    from asr.decode.lm import read_arpa
+    from asr.decode.arpa import read_arpa
     from asr.phones import PHONE_SETS
 
     lm = root / "phones.arpa"

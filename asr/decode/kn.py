@@ -18,7 +18,8 @@ import math
 from collections import Counter, defaultdict
 from typing import Iterable, Sequence
 
-from asr.decode.lm import BOS, EOS, UNK, Arpa
+from asr.decode.arpa import Arpa
+from asr.decode.lm import BOS, EOS, UNK
 
 NEVER_LOG10 = -99.0  # log10 P(<s>): never predicted (as lmplz writes it)
 

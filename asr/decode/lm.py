@@ -1,15 +1,5 @@
-"""Back-off n-gram language models: ARPA files of any order in and out, and a tensor form that
-scores a whole batch of (context, word) queries at once, on the decoder's device.
-
-The ARPA format (Stolcke's SRILM; also what KenLM reads and writes):
-
-    \\data\\
-    ngram 1=3
-    ngram 2=2
-    \\1-grams:
-    -1.0  <s>  -0.3        log10 P(w)   w   [log10 back-off weight]
-    ...
-    \\end\\
+"""Back-off n-gram language models as tensors that score a whole batch of (context, word) queries
+at once, on the decoder's device. They load from ARPA files (`asr/decode/arpa.py`) of any order.
 
 P(w | h) = P_arpa(h w) when the n-gram h w is listed, else bow(h) * P(w | h minus its first word).
 
@@ -23,17 +13,17 @@ from __future__ import annotations
 
 import math
 import os
-import re
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
 
-from asr.fileio import atomic_write
+from asr.decode.arpa import Arpa, ArpaError, ArpaTables, arpa_lines, parse_arpa, parse_arpa_lines
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 LN10 = math.log(10.0)
 MISSING_UNK_LOG10 = -100.0  # what KenLM assigns <unk> when an ARPA file does not list it
+
+_BLOCK = 1 << 20  # rows per step where the tables are built in blocks
 
 # Polynomial hash modulo 2**64: int64 multiplication wraps around (two's complement) on CPU
 # and CUDA alike, so one step is an add and a multiply. The multiplier is odd (2**64 / golden
@@ -42,141 +32,9 @@ MISSING_UNK_LOG10 = -100.0  # what KenLM assigns <unk> when an ARPA file does no
 _MUL = 0x9E3779B97F4A7C15 - (1 << 64)
 
 
-class ArpaError(ValueError):
-    """A malformed ARPA file; the message names the file and line."""
-
-
 def hash_step(key: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Fold one more id (>= 0) into a key (int64, same shape; the empty sequence is 0)."""
     return (key + ids + 1) * _MUL
-
-
-@dataclass
-class Arpa:
-    """An ARPA file as plain Python: `ngrams[n-1]` maps a word tuple to (log10 prob, log10 bow)."""
-
-    ngrams: list[dict[tuple[str, ...], tuple[float, float]]]
-
-    @property
-    def order(self) -> int:
-        return len(self.ngrams)
-
-
-_SECTION = re.compile(r"\\(\d+)-grams:")
-
-
-def _parse_float(text: str, where: str, what: str) -> float:
-    try:
-        value = float(text)  # also takes "-inf" (SRILM writes it for impossible events)
-    except ValueError:
-        value = math.nan
-    if math.isnan(value) or "_" in text:  # float() would take "nan" and "1_0"; ARPA has neither
-        raise ArpaError(f"{where}: {what} {text!r} is not a number")
-    return value
-
-
-def read_arpa(path: str | os.PathLike) -> Arpa:
-    """Parse an ARPA file of any order. Errors are ArpaError naming `path:line`."""
-    path = str(path)
-    try:
-        f = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise ArpaError(f"{path}: no such ARPA file") from None
-    counts: dict[int, int] = {}
-    ngrams: list[dict[tuple[str, ...], tuple[float, float]]] = []
-    state = "start"  # start -> data -> ngrams -> end
-    order = 0  # the n of the section being read
-    last_line = 0
-    with f:
-        for number, raw in enumerate(f, start=1):
-            last_line = number
-            where = f"{path}:{number}"
-            line = raw.strip()
-            if not line:
-                continue
-            if state == "start":
-                if line == "\\data\\":
-                    state = "data"
-                continue  # text before \data\ is a comment
-            if state == "end":
-                continue
-            if line == "\\end\\":
-                if state != "ngrams" or len(ngrams) != len(counts):
-                    missing = len(ngrams) + 1
-                    raise ArpaError(f"{where}: \\end\\ before the \\{missing}-grams: section")
-                _check_count(path, number, order, counts, ngrams)
-                state = "end"
-                continue
-            section = _SECTION.fullmatch(line) if line[0] == "\\" else None
-            if section:
-                n = int(section.group(1))
-                if state == "data" and not counts:
-                    raise ArpaError(f"{where}: n-gram section before any 'ngram N=count' line")
-                if state == "ngrams":
-                    _check_count(path, number, order, counts, ngrams)
-                if n != len(ngrams) + 1:
-                    raise ArpaError(f"{where}: expected the \\{len(ngrams) + 1}-grams: section, found \\{n}-grams:")
-                if n not in counts:
-                    raise ArpaError(f"{where}: \\{n}-grams: section has no 'ngram {n}=count' line in \\data\\")
-                ngrams.append({})
-                order, state = n, "ngrams"
-                continue
-            if state == "data":
-                m = re.fullmatch(r"ngram\s+(\d+)\s*=\s*(\S+)", line)
-                if not m:
-                    raise ArpaError(f"{where}: expected 'ngram N=count' in \\data\\, found {line[:40]!r}")
-                n, value = int(m.group(1)), m.group(2)
-                if not value.isdigit():
-                    raise ArpaError(f"{where}: count {value!r} for {n}-grams is not a whole number")
-                if n != len(counts) + 1:
-                    raise ArpaError(f"{where}: 'ngram {n}=' out of order (expected ngram {len(counts) + 1}=)")
-                counts[n] = int(value)
-                continue
-            # an n-gram line: logp w1 .. wn [bow]
-            fields = line.split()
-            if len(fields) not in (order + 1, order + 2):
-                raise ArpaError(f"{where}: a {order}-gram line needs {order + 1} or {order + 2} fields, found {len(fields)}")
-            logp = _parse_float(fields[0], where, "log probability")
-            words = tuple(fields[1 : order + 1])
-            bow = _parse_float(fields[order + 1], where, "back-off weight") if len(fields) == order + 2 else 0.0
-            if order > 1:
-                for w in words:
-                    if (w,) not in ngrams[0]:
-                        raise ArpaError(f"{where}: word {w!r} is not among the 1-grams")
-                if words[:-1] not in ngrams[order - 2]:
-                    raise ArpaError(f"{where}: context {' '.join(words[:-1])!r} of this {order}-gram is not listed as a {order - 1}-gram")
-            ngrams[order - 1][words] = (logp, bow)
-    if state != "end":
-        if state == "start":
-            raise ArpaError(f"{path}: no \\data\\ header")
-        raise ArpaError(f"{path}:{last_line}: file ends without \\end\\")
-    if not ngrams:
-        raise ArpaError(f"{path}: no n-grams")
-    return Arpa(ngrams)
-
-
-def _check_count(path: str, number: int, order: int, counts: dict[int, int], ngrams: list) -> None:
-    found = len(ngrams[order - 1])
-    if found != counts[order]:
-        raise ArpaError(f"{path}:{number}: \\data\\ says ngram {order}={counts[order]}, but the section has {found}")
-
-
-def write_arpa(path: str | os.PathLike, arpa: Arpa) -> None:
-    """Write an ARPA file atomically (log10 values, 7 decimals, n-grams sorted)."""
-    with atomic_write(path) as f:
-        f.write("\\data\\\n")
-        for n, table in enumerate(arpa.ngrams, start=1):
-            f.write(f"ngram {n}={len(table)}\n")
-        for n, table in enumerate(arpa.ngrams, start=1):
-            f.write(f"\n\\{n}-grams:\n")
-            highest = n == arpa.order
-            for words in sorted(table):
-                logp, bow = table[words]
-                line = f"{logp:.7f}\t{' '.join(words)}"
-                if not highest and bow != 0.0:
-                    line += f"\t{bow:.7f}"
-                f.write(line + "\n")
-        f.write("\n\\end\\\n")
 
 
 class NGramLM:
@@ -194,43 +52,53 @@ class NGramLM:
     enough to be a context (a table by n-gram). About twenty tensor ops at any order.
     """
 
-    def __init__(self, arpa: Arpa, device: torch.device | str = "cpu"):
+    def __init__(self, arpa: Arpa | ArpaTables, device: torch.device | str = "cpu"):
+        if isinstance(arpa, Arpa):  # through the file parser, which checks it (floats written exactly)
+            arpa = parse_arpa_lines(arpa_lines(arpa, exact=True), "<Arpa>")
         self.order = order = arpa.order
-        unigrams = {words[0]: value for words, value in arpa.ngrams[0].items()}
-        unigrams.setdefault(UNK, (MISSING_UNK_LOG10, 0.0))
-        self.words: list[str] = sorted(unigrams)
+        file_words = arpa.words + ([] if UNK in arpa.words else [UNK])  # by file order; ids as in `arpa`
+        by_word = sorted(range(len(file_words)), key=file_words.__getitem__)
+        self.words: list[str] = [file_words[i] for i in by_word]
         self.word_ids = {w: i for i, w in enumerate(self.words)}
         for special in (BOS, EOS):
             if special not in self.word_ids:
                 raise ArpaError(f"the language model has no {special} 1-gram")
         self.bos, self.eos, self.unk = self.word_ids[BOS], self.word_ids[EOS], self.word_ids[UNK]
         vocab = len(self.words)
-        self.num_contexts = 1  # id 0: the empty context
-        # contexts, sorted by key (context id of all words but the last * vocab + the last word)
-        self._context_keys = torch.zeros(0, dtype=torch.long)
-        self._context_ids = torch.zeros(0, dtype=torch.long)
+        word_of = torch.empty(vocab, dtype=torch.long)  # (vocab,) file word id -> ours (sorted)
+        word_of[torch.tensor(by_word)] = torch.arange(vocab)
+        # context ids: 0 the empty context, then the n-grams of each order < N in file order
+        self.num_contexts = 1
         parents, lasts, bow_of = [torch.zeros(1, dtype=torch.long)], [torch.full((1,), -1)], [torch.zeros(1, dtype=torch.float64)]
-        keys, logps, nexts = [], [], []
-        for n, table in enumerate([{(w,): v for w, v in unigrams.items()}, *arpa.ngrams[1:]], start=1):
-            ids = torch.tensor([[self.word_ids[w] for w in words] for words in table], dtype=torch.long).reshape(-1, n)
-            values = torch.tensor(list(table.values()), dtype=torch.float64).reshape(-1, 2) * LN10
-            # read_arpa has checked that every n-gram's context is listed: the walk finds it
-            parent, _ = self._find_context(ids[:, :-1])
-            key = parent * vocab + ids[:, -1]
+        keys, logps, context_keys = [], [], []
+        first_id = 0  # the context id of the first (n-1)-gram
+        for n in range(1, order + 1):
+            logp = torch.from_numpy(arpa.logp[n - 1])  # (count,) float64 log10
+            bow = torch.from_numpy(arpa.bow[n - 1])
+            if n == 1 and len(file_words) > len(arpa.words):  # <unk> is not listed
+                logp, bow = torch.cat([logp, torch.tensor([MISSING_UNK_LOG10])]), torch.cat([bow, torch.zeros(1, dtype=torch.float64)])
+            count = len(logp)
+            last = word_of[torch.from_numpy(arpa.ids[n - 1][:, -1]).long()] if n > 1 else word_of
+            parent = torch.from_numpy(arpa.context[n - 1]) + first_id if n > 1 else torch.zeros(count, dtype=torch.long)
+            key = parent * vocab + last  # (count,)
             keys.append(key)
-            logps.append(values[:, 0])
+            logps.append((logp * LN10).float())
             if n < order:  # an n-gram of order < N is a context, and the state after itself
-                new = torch.arange(self.num_contexts, self.num_contexts + len(table))
-                self.num_contexts += len(table)
-                all_keys = torch.cat([self._context_keys, key])
-                by_key = torch.argsort(all_keys)
-                self._context_keys, self._context_ids = all_keys[by_key], torch.cat([self._context_ids, new])[by_key]
+                first_id = self.num_contexts
+                self.num_contexts += count
+                context_keys.append(key)
                 parents.append(parent)
-                lasts.append(ids[:, -1])
-                bow_of.append(values[:, 1])
-                nexts.append(new)
-            else:  # the state after an N-gram: its longest end of order < N that is listed
-                nexts.append(self._longest_listed_end(ids[:, 1:]))
+                lasts.append(last)
+                bow_of.append(bow * LN10)
+        # all contexts, sorted by key, for _find_context
+        self._context_keys, by_key = torch.sort(torch.cat(context_keys)) if context_keys else (torch.zeros(0, dtype=torch.long),) * 2
+        self._context_ids = by_key + 1
+        # the state after an N-gram: its longest end of order < N that is listed (in blocks of
+        # rows: the lookups' temporaries stay small next to the tables)
+        top = arpa.ids[order - 1]
+        nexts = [torch.arange(1, self.num_contexts)] if order > 1 else []
+        for start in range(0, len(top), _BLOCK):
+            nexts.append(self._longest_listed_end(word_of[torch.from_numpy(top[start : start + _BLOCK, 1:]).long()]))
         self._bos_state = int(self._find_context(torch.tensor([[self.bos]]))[0]) if order > 1 else 0
         # per context and j: the key part of its last j words (their context id * vocab; -vocab
         # when those words are not listed: no key matches), and the ln back-off weights of its
@@ -247,14 +115,17 @@ class NGramLM:
         bows = torch.cat([above[:, 1:], torch.zeros(self.num_contexts, 1, dtype=torch.float64)], dim=1)  # ... > j
         # the table is sorted by key * MUL (mod 2**64): a bijection that spreads the keys evenly
         # over the buckets of the index (see _index_buckets); a lookup matches exact keys
-        key = torch.cat(keys).mul_(_MUL)
-        by_key = torch.argsort(key)
+        key, by_key = torch.sort(torch.cat(keys).mul_(_MUL))  # (ngrams,)
+        del keys, context_keys
         device = torch.device(device)
-        self.keys = key[by_key].to(device)
+        self.keys = key.to(device)
         self._index_buckets()
         # one entry more than there are n-grams: where a lookup that finds nothing points
-        self.logp = torch.cat([torch.cat(logps)[by_key].float(), torch.zeros(1)]).to(device)  # (ngrams + 1,) ln P
-        self.next_state = torch.cat([torch.cat(nexts)[by_key], torch.zeros(1, dtype=torch.long)]).to(device)  # (ngrams + 1,)
+        logp = torch.zeros(len(by_key) + 1)  # (ngrams + 1,) ln P
+        logp[:-1] = torch.cat(logps)[by_key]
+        next_state = torch.zeros(len(by_key) + 1, dtype=torch.long)  # (ngrams + 1,)
+        next_state[:-1] = torch.cat(nexts)[by_key]
+        self.logp, self.next_state = logp.to(device), next_state.to(device)
         self._ends = (ends * vocab).where(ends >= 0, -vocab).to(device)  # (contexts, order)
         self._bows = bows.float().to(device)  # (contexts, order)
         self._levels = torch.arange(1, order + 1, device=device)  # (order,)
@@ -313,10 +184,13 @@ class NGramLM:
         where no other query can match it first)."""
         keys = self.keys
         self._bits = min(max(keys.numel().bit_length() + 1, 2), 62)
-        buckets = torch.arange((1 << self._bits) + 1, device=keys.device)
-        first = torch.searchsorted(self._bucket(keys), buckets)
-        window = int((first[1:] - first[:-1]).max())
-        self._first = first.to(torch.int32 if keys.numel() < 2**31 else torch.long)
+        # a bucket's run starts after the keys of the buckets below it (a count, not a search: no
+        # (buckets,) int64 temporaries beside the table)
+        counts = torch.bincount(self._bucket(keys), minlength=1 << self._bits)  # (buckets,)
+        window = int(counts.max())
+        self._first = torch.zeros(counts.numel() + 1, dtype=torch.int32 if keys.numel() < 2**31 else torch.long, device=keys.device)
+        torch.cumsum(counts, 0, out=self._first[1:])
+        del counts
         padded = torch.cat([keys, keys[-1:].expand(window)])
         self.keys = padded[: keys.numel()]  # the same memory as the windows
         self._windows = padded.unfold(0, window, 1)  # (ngrams + 1, window) view
@@ -335,7 +209,8 @@ class NGramLM:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "NGramLM":
-        return cls(read_arpa(path), device)
+        """Load an ARPA file (streamed into arrays, see `parse_arpa`). Errors are ArpaError naming `path:line`."""
+        return cls(parse_arpa(path), device)
 
     @property
     def device(self) -> torch.device:
