@@ -3,7 +3,7 @@
     asr synth OUT [--num-utterances N] [--seed S] [--layout manifest|timit|librispeech]
     asr prepare librispeech|timit|kaldi|nemo ROOT OUT_DIR
     asr train CONFIG [key=value ...] [--resume]
-    asr transcribe CKPT FILE... [--json] [--decoder beam --lm LM.arpa ...]
+    asr transcribe CKPT FILE... [--json] [--nbest N] [--decoder beam --lm LM.arpa ...]
     asr evaluate CKPT MANIFEST [--output FILE] [--decoder beam --lm LM.arpa ...] [--tune-lm]
     asr lm build TEXT -o LM.arpa [--order N] [--unit word|char|phone]
     asr demo [--out DIR]
@@ -80,22 +80,35 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
+    from asr.config import ConfigError
     from asr.inference import Recognizer
 
+    if args.nbest < 1:
+        raise ConfigError(f"--nbest must be at least 1, not {args.nbest}")
+    if args.nbest > 1 and args.decoder == "greedy":
+        raise ConfigError("--nbest needs beam search, not --decoder greedy")
     recognizer = Recognizer.from_checkpoint(args.checkpoint, device=args.device)
+    if args.nbest > 1 and args.decoder is None:
+        args.decoder = "beam"  # an n-best list only comes from a beam
     apply_decoder_options(recognizer, args)
     num_failed = 0
-    for path, text, error in recognizer.transcribe_files(args.files, batch_size=args.batch_size):
-        if error is not None:
+    for result in recognizer.transcribe_files(args.files, batch_size=args.batch_size, nbest=args.nbest):
+        if result.error is not None:
             num_failed += 1
             if args.json:
-                print(json.dumps({"file": path, "error": error}, ensure_ascii=False), flush=True)
-            print(f"error: {error}", file=sys.stderr, flush=True)
+                print(json.dumps({"file": result.path, "error": result.error}, ensure_ascii=False), flush=True)
+            print(f"error: {result.error}", file=sys.stderr, flush=True)
             continue
         if args.json:
-            print(json.dumps({"file": path, "text": text}, ensure_ascii=False), flush=True)
+            record = {"file": result.path, "text": result.text}
+            if args.nbest > 1:
+                record["nbest"] = [{"text": a.text, "score": a.score, "acoustic": a.acoustic, "lm": a.lm, "words": a.num_words} for a in result.nbest]
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+        elif args.nbest > 1:  # one line per alternative: file, rank, score, text
+            for rank, a in enumerate(result.nbest, start=1):
+                print(f"{result.path}\t{rank}\t{a.score:.3f}\t{a.text}", flush=True)
         else:
-            print(f"{path}\t{text}", flush=True)
+            print(f"{result.path}\t{result.text}", flush=True)
     if num_failed:
         print(f"{num_failed} of {len(args.files)} file(s) failed", file=sys.stderr)
     return 1 if num_failed else 0
@@ -306,8 +319,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"(lm_weight {decode.lm_weight}, word_bonus {decode.word_bonus})")
     print("[5/5] transcribing one held-out file (beam + LM)")
     utterance = read_manifest(config.data.test)[0]
-    [(path, text, error)] = list(recognizer.transcribe_files([utterance.audio]))
-    print(f"  file       {path}\n  reference  {recognizer.tokenizer.normalize(utterance.text)}\n  hypothesis {text if error is None else error}")
+    [result] = list(recognizer.transcribe_files([utterance.audio]))
+    print(f"  file       {result.path}\n  reference  {recognizer.tokenizer.normalize(utterance.text)}\n"
+          f"  hypothesis {result.text if result.error is None else result.error}")
     print(f"checkpoint: {checkpoint}\nmetrics log: {run_dir / 'metrics.jsonl'}")
     print(f"wall time: {time.perf_counter() - started:.1f} s")
     return 0
@@ -345,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
+    p.add_argument("--nbest", type=int, default=1, help="print each file's N best transcripts with their scores (beam search; default 1)")
     add_decoder_options(p)
     p.set_defaults(func=cmd_transcribe)
 

@@ -33,6 +33,27 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+@dataclass
+class Alternative:
+    """One of an utterance's n best transcripts, with its beam-search scores (natural log)."""
+
+    text: str
+    score: float  # acoustic + lm_weight * lm + word_bonus * num_words: what ranks the list
+    acoustic: float  # ln P_ctc(text | audio), over all its alignments
+    lm: float  # ln P_lm of its words, </s> included (0 without an LM)
+    num_words: int  # words (or tokens) the LM scored
+
+
+@dataclass
+class Transcript:
+    """What `Recognizer.transcribe_files` says of one file."""
+
+    path: str
+    text: str | None  # None when the file could not be read
+    error: str | None  # why not
+    nbest: list[Alternative]  # with nbest > 1: the n best, best first (text is the first's)
+
+
 class Recognizer:
     """A model with its feature extractor and tokenizer, on one device, in eval mode."""
 
@@ -97,9 +118,16 @@ class Recognizer:
 
     def decode_log_probs(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         """log_probs (batch, frames, vocab), lengths (batch,) -> one text each, with the chosen decoder."""
-        decode = self.config.decode
-        if decode.decoder == "greedy":
+        if self.config.decode.decoder == "greedy":
             return [self.tokenizer.decode(ids) for ids in decode_greedy(log_probs, lengths)]
+        return [alternatives[0].text if alternatives else "" for alternatives in self.decode_nbest(log_probs, lengths, 1)]
+
+    def decode_nbest(self, log_probs: torch.Tensor, lengths: torch.Tensor, n: int) -> list[list[Alternative]]:
+        """log_probs (batch, frames, vocab), lengths (batch,) -> each utterance's `n` best
+        transcripts, best first, by beam search with the decode config's options and LM."""
+        decode = self.config.decode
+        if decode.decoder != "beam":
+            raise ValueError("n-best lists come from beam search: set the decoder to 'beam'")
         nbest = decode_beam(
             log_probs,
             lengths,
@@ -112,11 +140,13 @@ class Recognizer:
             fusion=self.fusion,
             lm_weight=decode.lm_weight,
             word_bonus=decode.word_bonus,
+            nbest=n,
         )
-        return [self.tokenizer.decode(hyps[0].ids if hyps else []) for hyps in nbest]
+        return [[Alternative(self.tokenizer.decode(h.ids), h.score, h.acoustic, h.lm, h.num_words) for h in hyps] for hyps in nbest]
 
-    def transcribe_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 16) -> Iterator[tuple[str, str | None, str | None]]:
-        """Yield (path, text, error) per file, in order; a bad file yields its error and the rest go on."""
+    def transcribe_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 16, nbest: int = 1) -> Iterator[Transcript]:
+        """One Transcript per file, in order; a bad file gets its error and the rest go on.
+        nbest > 1: each also carries its n best transcripts (beam search only)."""
         for start in range(0, len(paths), batch_size):
             chunk = [str(p) for p in paths[start : start + batch_size]]
             loaded: dict[str, torch.Tensor] = {}
@@ -126,14 +156,19 @@ class Recognizer:
                     loaded[p] = torch.from_numpy(load_audio(p, self.sample_rate))
                 except AudioError as e:
                     errors[p] = str(e)
+            decoded: dict[str, list[Alternative]] = {}
             texts: dict[str, str] = {}
             if loaded:
                 names = list(loaded)
                 lengths = torch.tensor([len(loaded[n]) for n in names])  # (batch,)
                 audio = torch.nn.utils.rnn.pad_sequence([loaded[n] for n in names], batch_first=True)  # (batch, samples)
-                texts = dict(zip(names, self.transcribe_batch(audio, lengths)))
+                if nbest > 1:
+                    decoded = dict(zip(names, self.decode_nbest(*self.log_probs(audio, lengths), nbest)))
+                    texts = {n: alternatives[0].text if alternatives else "" for n, alternatives in decoded.items()}
+                else:
+                    texts = dict(zip(names, self.transcribe_batch(audio, lengths)))
             for p in chunk:
-                yield p, texts.get(p), errors.get(p)
+                yield Transcript(p, texts.get(p), errors.get(p), decoded.get(p, []))
 
 
 @dataclass

@@ -1,4 +1,5 @@
 import itertools
+import json
 import math
 
 import pytest
@@ -338,6 +339,24 @@ def test_cli_evaluate_and_transcribe_with_beam_and_lm(tmp_path, capsys):
     wav = manifests["dev"].parent / "wav" / "dev0.wav"
     assert main(["transcribe", ckpt, str(wav), "--decoder", "beam", "--beam-size", "2"]) == 0
     assert capsys.readouterr().out.startswith(str(wav) + "\t")
+    # n-best: ranked by score, each score the sum it stands for, the first one the transcript
+    lm_options = ["--lm", lm, "--lm-weight", "0.7", "--word-bonus", "0.5", "--beam-size", "8"]
+    assert main(["transcribe", ckpt, str(wav), *lm_options]) == 0
+    best = capsys.readouterr().out.rstrip("\n").split("\t")[1]
+    assert main(["transcribe", ckpt, str(wav), "--json", "--nbest", "4", *lm_options]) == 0
+    [record] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    nbest = record["nbest"]
+    assert 1 < len(nbest) <= 4 and record["text"] == nbest[0]["text"] == best
+    assert len({a["text"] for a in nbest}) == len(nbest)
+    assert [a["score"] for a in nbest] == sorted((a["score"] for a in nbest), reverse=True)
+    for a in nbest:
+        assert a["score"] == pytest.approx(a["acoustic"] + 0.7 * a["lm"] + 0.5 * a["words"], abs=1e-3)
+        assert a["lm"] < 0 and a["words"] == len(a["text"].split())
+    assert main(["transcribe", ckpt, str(wav), "--nbest", "4", *lm_options]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [(r[0], int(r[1]), r[3]) for r in rows] == [(str(wav), i + 1, a["text"]) for i, a in enumerate(nbest)]
+    assert main(["transcribe", ckpt, str(wav), "--nbest", "3", "--decoder", "greedy"]) == 2
+    assert "--nbest needs beam search" in capsys.readouterr().err
     assert main(["evaluate", ckpt, str(manifests["dev"]), "--lm", str(tmp_path / "missing.arpa")]) == 2
     assert "no such ARPA file" in capsys.readouterr().err
     # the word-fusion options reach the fusion
