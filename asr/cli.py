@@ -88,8 +88,6 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     if args.nbest > 1 and args.decoder == "greedy":
         raise ConfigError("--nbest needs beam search, not --decoder greedy")
     recognizer = Recognizer.from_checkpoint(args.checkpoint, device=args.device)
-    if args.nbest > 1 and args.decoder is None:
-        args.decoder = "beam"  # an n-best list only comes from a beam
     apply_decoder_options(recognizer, args)
     num_failed = 0
     for result in recognizer.transcribe_files(args.files, batch_size=args.batch_size, nbest=args.nbest):
@@ -188,8 +186,8 @@ def apply_decoder_options(recognizer, args: argparse.Namespace):
         "oov_penalty": args.oov_penalty, "lm_lookahead": args.lm_lookahead,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
-    if args.lm and args.decoder is None:
-        changes["decoder"] = "beam"  # an LM only makes sense with beam search
+    if args.decoder is None and (args.lm or getattr(args, "nbest", 1) > 1):
+        changes["decoder"] = "beam"  # an LM, or an n-best list, only makes sense with beam search
     decode = replace(decode, **changes)
     recognizer.set_decoder(decode)
     return decode
