@@ -218,6 +218,35 @@ def test_streamed_file_builds_the_same_lm_as_the_dicts(tmp_path):
     assert_same_lm(NGramLM(arpa), NGramLM.from_file(tmp_path / "exact.arpa"))
 
 
+@pytest.mark.parametrize("suffix, magic", [(".gz", b"\x1f\x8b"), (".bz2", b"BZh"), (".xz", b"\xfd7zXZ")])
+def test_compressed_arpa_round_trip(tmp_path, suffix, magic):
+    # written compressed by its suffix, read back by its first bytes, whatever its name
+    arpa = estimate_kneser_ney(random_corpus(seed=5), 3)
+    write_arpa(tmp_path / "plain.arpa", arpa)
+    write_arpa(tmp_path / f"lm.arpa{suffix}", arpa)
+    data = (tmp_path / f"lm.arpa{suffix}").read_bytes()
+    assert data.startswith(magic) and len(data) < (tmp_path / "plain.arpa").stat().st_size
+    (tmp_path / "renamed.arpa").write_bytes(data)
+    assert read_arpa(tmp_path / "renamed.arpa") == read_arpa(tmp_path / f"lm.arpa{suffix}") == read_arpa(tmp_path / "plain.arpa")
+    assert_same_lm(NGramLM.from_file(tmp_path / f"lm.arpa{suffix}"), NGramLM.from_file(tmp_path / "plain.arpa"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["plain.arpa", f"lm.arpa{suffix}", "renamed.arpa"])  # no temporaries left
+
+
+@LOADERS
+def test_truncated_or_undecodable_arpa_names_the_line(tmp_path, load):
+    write_arpa(tmp_path / "lm.arpa.gz", estimate_kneser_ney(random_corpus(seed=6), 3))
+    data = (tmp_path / "lm.arpa.gz").read_bytes()
+    (tmp_path / "cut.arpa.gz").write_bytes(data[: len(data) // 2])  # a download that stopped half way
+    with pytest.raises(ArpaError, match=r"cut\.arpa\.gz:\d+: cannot decompress the file after line \d+"):
+        load(tmp_path / "cut.arpa.gz")
+    latin1 = TINY_ARPA.replace("-0.8\tb\t-0.2", "-0.8\tcaf\u00e9\t-0.2").encode("latin-1")
+    (tmp_path / "latin1.arpa").write_bytes(latin1)
+    with pytest.raises(ArpaError, match=r"latin1\.arpa:10: not UTF-8 text \(byte 0xe9 at column 9\)"):
+        load(tmp_path / "latin1.arpa")
+    with pytest.raises(ArpaError, match="no such ARPA file"):
+        load(tmp_path / "missing.arpa.gz")
+
+
 def backoff_log10(ngrams, history, word):
     """log10 P(word | history) by the back-off rule, straight from an Arpa's dicts."""
     order = len(ngrams)
@@ -277,6 +306,8 @@ def test_lm_build_cli(tmp_path, capsys):
     chars = read_arpa(tmp_path / "chars.arpa")
     assert ("|",) in chars.ngrams[0] and ("t", "h", "e") in chars.ngrams[2]
     assert main(["lm", "build", str(tmp_path / "missing.txt"), "-o", str(tmp_path / "x.arpa")]) == 2
+    assert main(["lm", "build", str(text), "-o", str(tmp_path / "lm.arpa.gz"), "--order", "2"]) == 0  # gzip, by the name
+    assert (tmp_path / "lm.arpa.gz").read_bytes()[:2] == b"\x1f\x8b" and read_arpa(tmp_path / "lm.arpa.gz") == arpa
 
 
 def test_bucket_lookup_finds_every_key_and_nothing_else(tmp_path):

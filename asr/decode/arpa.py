@@ -12,20 +12,27 @@
 n-gram, where a dict of word tuples takes ~800), checking it as it goes; `NGramLM` builds its
 tensors from those. `read_arpa` / `write_arpa` turn a file into plain Python dicts (`Arpa`) and
 back, for small models and tools (`asr lm build`, tests).
+
+Files may be compressed with gzip, bzip2 or xz (LibriSpeech's LMs come as .arpa.gz): reading
+goes by the file's first bytes, writing by its name's suffix (.gz, .bz2, .xz), as KenLM does.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
+import lzma
 import math
 import os
 import re
 from array import array
 from dataclasses import dataclass
-from typing import Iterable, Iterator, NoReturn
+from typing import IO, Iterable, Iterator, NoReturn
 
 import numpy as np
 
-from asr.fileio import atomic_write
+from asr.fileio import atomic_path
 
 
 class ArpaError(ValueError):
@@ -75,15 +82,49 @@ def _parse_float(text: str, where: str, what: str) -> float:
     return value
 
 
-def parse_arpa(path: str | os.PathLike) -> ArpaTables:
-    """Read an ARPA file of any order into arrays, line by line. Errors are ArpaError naming `path:line`."""
-    path = str(path)
+# a compressed file's first bytes -> the module that opens it
+_MAGIC = ((b"\x1f\x8b", gzip), (b"BZh", bz2), (b"\xfd7zXZ\x00", lzma))
+_SUFFIX = {".gz": gzip, ".bz2": bz2, ".xz": lzma}
+
+
+def open_arpa(path: str | os.PathLike, binary: bool = False) -> IO:
+    """Open an ARPA file for reading as text (or bytes), decompressing it if its first bytes say
+    it is gzip, bzip2 or xz. ArpaError if there is no such file."""
     try:
-        f = open(path, encoding="utf-8")
-    except FileNotFoundError:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise ArpaError(f"{path}: no such ARPA file") from None
-    with f:
-        return parse_arpa_lines(f, path)
+    opener = next((module.open for magic, module in _MAGIC if head.startswith(magic)), open)
+    return opener(path, "rb") if binary else opener(path, "rt", encoding="utf-8")
+
+
+def parse_arpa(path: str | os.PathLike) -> ArpaTables:
+    """Read an ARPA file of any order (plain, or compressed: see `open_arpa`) into arrays, line
+    by line. Errors are ArpaError naming `path:line`."""
+    path = str(path)
+    with open_arpa(path) as f:
+        return parse_arpa_lines(_checked_lines(f, path), path)
+
+
+def _checked_lines(f: IO[str], path: str) -> Iterator[str]:
+    """The lines of `f`; a file that is not UTF-8 text, or not whole (a truncated download), is
+    an ArpaError naming the line."""
+    number = 0
+    try:
+        for number, line in enumerate(f, start=1):
+            yield line
+    except UnicodeDecodeError:
+        # text is decoded a block at a time: find the line again, in bytes (only on this error)
+        with open_arpa(path, binary=True) as raw:
+            for number, line in enumerate(raw, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ArpaError(f"{path}:{number}: not UTF-8 text (byte {line[e.start]:#04x} at column {e.start + 1})") from None
+        raise
+    except (EOFError, OSError, lzma.LZMAError) as e:  # gzip.BadGzipFile is an OSError
+        raise ArpaError(f"{path}:{number + 1}: cannot decompress the file after line {number}: {e}") from None
 
 
 def parse_arpa_lines(lines: Iterable[str], name: str) -> ArpaTables:
@@ -291,6 +332,13 @@ def arpa_lines(arpa: Arpa, exact: bool = False) -> Iterator[str]:
 
 
 def write_arpa(path: str | os.PathLike, arpa: Arpa) -> None:
-    """Write an ARPA file atomically (log10 values, 7 decimals, n-grams sorted)."""
-    with atomic_write(path) as f:
-        f.writelines(arpa_lines(arpa))
+    """Write an ARPA file atomically (log10 values, 7 decimals, n-grams sorted), compressed when
+    the name ends in .gz, .bz2 or .xz."""
+    module = _SUFFIX.get(os.path.splitext(path)[1].lower())
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
+        if module is gzip:  # no name (it would be the temporary one) and no time in the header
+            stream = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)
+        else:
+            stream = module.open(raw, "wb") if module else raw
+        with io.TextIOWrapper(stream, encoding="utf-8") as f:
+            f.writelines(arpa_lines(arpa))
