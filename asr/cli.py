@@ -6,6 +6,7 @@
     asr transcribe CKPT FILE... [--json] [--nbest N] [--decoder beam --lm LM.arpa ...]
     asr evaluate CKPT MANIFEST [--output FILE] [--decoder beam --lm LM.arpa ...] [--tune-lm]
     asr lm build TEXT -o LM.arpa [--order N] [--unit word|char|phone]
+    asr lm compile LM.arpa[.gz] -o LM.bin
     asr demo [--out DIR]
     asr plot RUN_DIR [--output PNG]
 
@@ -244,6 +245,22 @@ def cmd_lm_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lm_compile(args: argparse.Namespace) -> int:
+    """ARPA (plain or compressed) -> the decoder's tables, saved to load in a moment (`NGramLM.save`)."""
+    import time
+
+    from asr.decode.lm import NGramLM
+
+    start = time.perf_counter()
+    lm = NGramLM.from_file(args.arpa)
+    loaded = time.perf_counter() - start
+    lm.save(args.output)
+    size = Path(args.output).stat().st_size
+    print(f"{args.output}: order {lm.order}, {lm.keys.numel()} n-grams, {len(lm.words)} words, {size / 2**20:.1f} MiB "
+          f"(reading {args.arpa} took {loaded:.1f} s; `--lm {args.output}` maps it in instead)")
+    return 0
+
+
 def phone_sentences(manifest: str, phone_set: int) -> list[list[str]]:
     """The `phones` of every utterance of a manifest, folded onto `phone_set` (what a phone model's
     tokenizer emits), one LM sentence each."""
@@ -271,7 +288,7 @@ def add_decoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-min-logp", type=float, help="and only labels with at least this log probability (default -10)")
     p.add_argument("--token-cum-prob", type=float, help="and only the most probable labels (blank included) whose probabilities first add up to this (default 1: all)")
     p.add_argument("--beam-threshold", type=float, help="drop prefixes scoring more than this below the utterance's best (default 15)")
-    p.add_argument("--lm", help="ARPA n-gram file for shallow fusion (see `asr lm build`)")
+    p.add_argument("--lm", help="n-gram LM for shallow fusion: an ARPA file (plain or .gz/.bz2/.xz; see `asr lm build`) or `asr lm compile`'s output")
     p.add_argument("--lm-unit", choices=["auto", "word", "token"], help="word: scored at spaces (char models); token: one LM word per label")
     p.add_argument("--lm-weight", type=float, help="alpha, the weight of ln P_lm")
     p.add_argument("--word-bonus", type=float, help="beta, added per word")
@@ -383,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "phone: a manifest's `phones`, folded to --phone-set (for phone models)")
     q.add_argument("--phone-set", type=int, choices=[61, 48, 39], default=48, help="with --unit phone: the model's phone set")
     q.set_defaults(func=cmd_lm_build)
+    q = lm_sub.add_parser("compile", help="turn an ARPA file (plain, .gz, .bz2, .xz) into the decoder's tables, which --lm loads in a moment")
+    q.add_argument("arpa", help="ARPA file, plain or compressed")
+    q.add_argument("-o", "--output", required=True, help="file to write (e.g. lm.bin); --lm takes it wherever it takes an ARPA file")
+    q.set_defaults(func=cmd_lm_compile)
 
     p = sub.add_parser("demo", help="synthesize, train, evaluate and transcribe, end to end")
     p.add_argument("--out", default="demo_out", help="folder for the corpus, checkpoints and logs")

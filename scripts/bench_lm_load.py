@@ -1,6 +1,7 @@
-"""Loading an ARPA language model: `NGramLM.from_file` (streams the file into arrays) vs the
-dict path `NGramLM(read_arpa(path))` vs KenLM's `kenlm.Model(path)` (its probing hash tables),
-each in its own process, on the same file. Prints seconds and peak memory for each and the ratios.
+"""Loading an ARPA language model: `NGramLM.from_file` (streams the file into arrays), the same
+on what `asr lm compile` made of the file (its tables, memory-mapped), the dict path
+`NGramLM(read_arpa(path))`, and KenLM's `kenlm.Model(path)` (its probing hash tables), each in its
+own process, on the same file. Prints seconds and peak memory for each and the ratios.
 
     python scripts/bench_lm_load.py --words 200000 --bigrams 600000 --trigrams 700000
     python scripts/bench_lm_load.py --arpa 3-gram.arpa                 # a real file
@@ -101,8 +102,8 @@ def child(loader: str, path: str) -> None:
     else:
         from asr.decode.lm import NGramLM
 
-        if loader == "ours":
-            load = lambda: NGramLM.from_file(path)  # noqa: E731
+        if loader in ("ours", "compiled"):  # the ARPA file, or what `asr lm compile` made of it
+            load = lambda: NGramLM.from_file(path if loader == "ours" else path + ".bin")  # noqa: E731
         else:
             try:
                 from asr.decode.arpa import read_arpa
@@ -113,7 +114,7 @@ def child(loader: str, path: str) -> None:
     started = time.perf_counter()
     model = load()
     seconds = time.perf_counter() - started
-    result = {"seconds": seconds, "peak_kib": memory_kib("VmHWM:") - before}
+    result = {"seconds": seconds, "peak_kib": memory_kib("VmHWM:") - before, "held_kib": memory_kib("VmRSS:") - before}
     if loader != "kenlm":  # a fingerprint of the tensors, to check that both paths build the same model
         result["fingerprint"] = [model.num_contexts, model.keys.numel(), float(model.logp.double().sum()),
                                  int(model.next_state.sum()), float(model._bows.double().sum())]
@@ -139,8 +140,8 @@ def main() -> None:
     parser.add_argument("--trigrams", type=int, default=700_000, help="3-grams of the synthetic file (0: a bigram model)")
     parser.add_argument("--fourgrams", type=int, default=0, help="4-grams of the synthetic file")
     parser.add_argument("--old-tree", help="run the dict path with this directory first on PYTHONPATH")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["ours", "old", "kenlm"], help="loaders not to run")
-    parser.add_argument("--child", choices=["ours", "old", "kenlm"], help=argparse.SUPPRESS)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["ours", "compiled", "old", "kenlm"], help="loaders not to run")
+    parser.add_argument("--child", choices=["ours", "compiled", "old", "kenlm"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.arpa)
@@ -156,24 +157,30 @@ def main() -> None:
         path.read_bytes()  # the page cache holds it for every loader alike
         with open(path, encoding="utf-8") as f:
             num_ngrams = sum(int(line.split("=")[1]) for line in f if line.startswith("ngram "))
+        if "compiled" not in args.skip:  # `asr lm compile`, beside the file
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "asr", "lm", "compile", str(path), "-o", f"{path}.bin"], check=True, capture_output=True)
+            print(f"asr lm compile: {time.perf_counter() - started:.1f} s, {Path(f'{path}.bin').stat().st_size / 2**20:.0f} MiB")
         results = {}
-        for loader in ("ours", "old", "kenlm"):
+        for loader in ("ours", "compiled", "old", "kenlm"):
             if loader in args.skip:
                 continue
             results[loader] = run_child(loader, path, args.old_tree if loader == "old" else None)
-    names = {"ours": "NGramLM.from_file", "old": "NGramLM(read_arpa(path))" + (f" [{args.old_tree}]" if args.old_tree else ""),
+    names = {"ours": "NGramLM.from_file", "compiled": "NGramLM.from_file (compiled)", "old": "NGramLM(read_arpa(path))" + (f" [{args.old_tree}]" if args.old_tree else ""),
              "kenlm": "kenlm.Model (probing)"}
     print(f"{num_ngrams} n-grams in all")
     for loader, r in results.items():
         print(f"{names[loader]:<40} {r['seconds']:7.2f} s   peak +{r['peak_kib'] / 2**10:7.0f} MiB "
-              f"({r['peak_kib'] * 1024 / num_ngrams:5.0f} bytes per n-gram)")
-    ours = results.get("ours")
-    for other in ("kenlm", "old"):
-        if ours and other in results:
-            r = results[other]
-            print(f"ours / {other}: time {ours['seconds'] / r['seconds']:.2f}, memory {ours['peak_kib'] / r['peak_kib']:.2f}")
-    if ours and "old" in results:
-        print(f"same model (fingerprint of the tensors): {'yes' if ours['fingerprint'] == results['old']['fingerprint'] else 'NO'}")
+              f"({r['peak_kib'] * 1024 / num_ngrams:5.0f} bytes per n-gram), held after +{r['held_kib'] / 2**10:7.0f} MiB")
+    for mine in ("ours", "compiled"):
+        for other in ("kenlm", "old"):
+            if mine in results and other in results:
+                a, b = results[mine], results[other]
+                print(f"{mine} / {other}: time {a['seconds'] / b['seconds']:.2f}, peak memory {a['peak_kib'] / b['peak_kib']:.2f}")
+    for mine, other in (("compiled", "ours"), ("old", "ours")):
+        if mine in results and other in results:
+            same = results[mine]["fingerprint"] == results[other]["fingerprint"]
+            print(f"{mine} builds the same model as {other} (fingerprint of the tensors): {'yes' if same else 'NO'}")
 
 
 if __name__ == "__main__":

@@ -358,7 +358,7 @@ def test_cli_evaluate_and_transcribe_with_beam_and_lm(tmp_path, capsys):
     assert main(["transcribe", ckpt, str(wav), "--nbest", "3", "--decoder", "greedy"]) == 2
     assert "--nbest needs beam search" in capsys.readouterr().err
     assert main(["evaluate", ckpt, str(manifests["dev"]), "--lm", str(tmp_path / "missing.arpa")]) == 2
-    assert "no such ARPA file" in capsys.readouterr().err
+    assert "no such language model file" in capsys.readouterr().err
     # the word-fusion options reach the fusion
     from asr.cli import apply_decoder_options, build_parser
     from asr.inference import Recognizer

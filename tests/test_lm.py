@@ -135,7 +135,7 @@ def test_malformed_arpa_without_header_or_end(tmp_path, load):
         load(write(tmp_path, TINY_ARPA.replace("\\end\\\n", "")))
     with pytest.raises(ArpaError, match=r"lm.arpa:17: file ends without \\end\\"):
         load(write(tmp_path, TINY_ARPA.split("\\3-grams:")[0]))
-    with pytest.raises(ArpaError, match="no such ARPA file"):
+    with pytest.raises(ArpaError, match="no such (ARPA|language model) file"):
         load(tmp_path / "nope.arpa")
 
 
@@ -243,8 +243,46 @@ def test_truncated_or_undecodable_arpa_names_the_line(tmp_path, load):
     (tmp_path / "latin1.arpa").write_bytes(latin1)
     with pytest.raises(ArpaError, match=r"latin1\.arpa:10: not UTF-8 text \(byte 0xe9 at column 9\)"):
         load(tmp_path / "latin1.arpa")
-    with pytest.raises(ArpaError, match="no such ARPA file"):
+    with pytest.raises(ArpaError, match="no such (ARPA|language model) file"):
         load(tmp_path / "missing.arpa.gz")
+
+
+def test_compiled_lm_loads_the_same_tables(tmp_path, capsys):
+    # `asr lm compile` saves the tables; from_file maps them back in, every tensor the same
+    for name, text in (("tiny.arpa", TINY_ARPA), ("random4.arpa", random_arpa(seed=9))):
+        arpa = write(tmp_path, text, name)
+        compiled = tmp_path / f"{name}.bin"
+        assert main(["lm", "compile", str(arpa), "-o", str(compiled)]) == 0
+        assert f"{compiled}: order" in capsys.readouterr().out
+        assert_same_lm(NGramLM.from_file(compiled), NGramLM.from_file(arpa))
+    lm = NGramLM.from_file(tmp_path / "tiny.arpa.bin")
+    assert lm.score_sentence(["a", "b"]) == pytest.approx((-0.3 - 0.05 - 0.25 - 0.2) * LN10, abs=1e-6)  # <s> a, a b, backed off: b </s>
+    assert main(["lm", "compile", str(tmp_path / "missing.arpa"), "-o", str(tmp_path / "x.bin")]) == 2
+    assert not (tmp_path / "x.bin").exists()
+
+
+def test_compiled_lm_that_is_not_ours_or_is_damaged_is_a_clear_error(tmp_path):
+    arpa = write(tmp_path, TINY_ARPA)
+    NGramLM.from_file(arpa).save(tmp_path / "good.bin")
+    good = torch.load(tmp_path / "good.bin", weights_only=True)
+
+    def check(data, message, name="bad.bin"):
+        torch.save(data, tmp_path / name)
+        with pytest.raises(ArpaError, match=message) as e:
+            NGramLM.from_file(tmp_path / name)
+        assert str(tmp_path / name) in str(e.value)
+
+    check({"weights": torch.zeros(3)}, "not a language model file of ours")
+    check({**good, "version": 99}, "version 99; this asr reads version 1")
+    check({k: v for k, v in good.items() if k != "next_state"}, "lacks or garbles 'next_state'")
+    check({**good, "logp": good["logp"].double()}, "'logp' is torch.float64")
+    check({**good, "next_state": good["next_state"].clone().fill_(10**6)}, "an index out of range")
+    check({**good, "words": good["words"][:-1] + good["words"][:1]}, "a word listed twice")
+    check({**good, "evil": Exception("unpickling an object")}, "not a language model file of ours")  # weights_only refuses
+    data = (tmp_path / "good.bin").read_bytes()
+    (tmp_path / "cut.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArpaError, match="cut.bin: not a language model file of ours"):
+        NGramLM.from_file(tmp_path / "cut.bin")
 
 
 def backoff_log10(ngrams, history, word):

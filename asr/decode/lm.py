@@ -18,12 +18,15 @@ from typing import Iterable, Sequence
 import torch
 
 from asr.decode.arpa import Arpa, ArpaError, ArpaTables, arpa_lines, parse_arpa, parse_arpa_lines
+from asr.fileio import atomic_path
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 LN10 = math.log(10.0)
 MISSING_UNK_LOG10 = -100.0  # what KenLM assigns <unk> when an ARPA file does not list it
 
 _BLOCK = 1 << 20  # rows per step where the tables are built in blocks
+_FORMAT, _VERSION = "asr.ngram", 1  # the binary form (`NGramLM.save`): a torch.save zip archive
+_ZIP_MAGIC = b"PK\x03\x04"
 
 # Polynomial hash modulo 2**64: int64 multiplication wraps around (two's complement) on CPU
 # and CUDA alike, so one step is an add and a multiply. The multiplier is odd (2**64 / golden
@@ -129,6 +132,8 @@ class NGramLM:
         self._ends = (ends * vocab).where(ends >= 0, -vocab).to(device)  # (contexts, order)
         self._bows = bows.float().to(device)  # (contexts, order)
         self._levels = torch.arange(1, order + 1, device=device)  # (order,)
+        del self._context_keys, self._context_ids  # for building only
+        self._parent, self._last = self._parent.int(), self._last.int()  # for `context`
 
     def _find_context(self, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(m, j) word ids, oldest first, -1 for none (in front) -> the context id of each row's
@@ -168,7 +173,9 @@ class NGramLM:
     def context(self, state: int) -> tuple[str, ...]:
         """The words of a state's context, oldest first (for tests and tools)."""
         words = []
-        while state:
+        for _ in range(self.order - 1):  # a context has fewer words than the order
+            if not state:
+                break
             words.append(self.words[int(self._last[state])])
             state = int(self._parent[state])
         return tuple(reversed(words))
@@ -191,9 +198,12 @@ class NGramLM:
         self._first = torch.zeros(counts.numel() + 1, dtype=torch.int32 if keys.numel() < 2**31 else torch.long, device=keys.device)
         torch.cumsum(counts, 0, out=self._first[1:])
         del counts
-        padded = torch.cat([keys, keys[-1:].expand(window)])
-        self.keys = padded[: keys.numel()]  # the same memory as the windows
-        self._windows = padded.unfold(0, window, 1)  # (ngrams + 1, window) view
+        self._padded = torch.cat([keys, keys[-1:].expand(window)])  # (ngrams + window,)
+        self._set_windows(keys.numel(), window)
+
+    def _set_windows(self, ngrams: int, window: int) -> None:
+        self.keys = self._padded[:ngrams]  # the same memory as the windows
+        self._windows = self._padded.unfold(0, window, 1)  # (ngrams + 1, window) view
 
     def _bucket(self, keys: torch.Tensor) -> torch.Tensor:
         return (keys >> (64 - self._bits)) + (1 << (self._bits - 1))  # top bits, 0 .. 2**bits - 1, rising with the key
@@ -209,17 +219,95 @@ class NGramLM:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "NGramLM":
-        """Load an ARPA file (streamed into arrays, see `parse_arpa`). Errors are ArpaError naming `path:line`."""
-        return cls(parse_arpa(path), device)
+        """Load an ARPA file (plain or compressed, streamed into arrays: see `parse_arpa`), or the
+        binary form `save` writes (`asr lm compile`), told apart by the file's first bytes.
+        Errors are ArpaError naming the file (and the line, in an ARPA file)."""
+        try:
+            with open(path, "rb") as f:
+                binary = f.read(4) == _ZIP_MAGIC
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ArpaError(f"{path}: no such language model file") from None
+        return cls._load(path, device) if binary else cls(parse_arpa(path), device)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model's tables as they are (atomically), for `from_file` to map back in a
+        moment and at their own size: a torch.save archive of plain tensors, numbers and the word
+        list, read with weights_only=True (nothing is unpickled but those)."""
+        data = {
+            "format": _FORMAT, "version": _VERSION, "order": self.order, "words": self.words,
+            "num_contexts": self.num_contexts, "bos_state": self._bos_state, "bits": self._bits,
+            "window": self._windows.shape[1], "padded_keys": self._padded, "first": self._first,
+            "logp": self.logp, "next_state": self.next_state, "ends": self._ends, "bows": self._bows,
+            "parent": self._parent, "last": self._last,
+        }
+        with atomic_path(path) as tmp:
+            torch.save({k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in data.items()}, tmp)
+
+    @classmethod
+    def _load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "NGramLM":
+        """The model `save` wrote. The tensors are memory-mapped from the file (on CPU), so
+        loading reads only the word list; its shapes and dtypes are checked here."""
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # a broken archive, or one that holds more than tensors and numbers
+            raise ArpaError(f"{path}: not a language model file of ours ({type(e).__name__}: {e})") from None
+        if not isinstance(data, dict) or data.get("format") != _FORMAT:
+            raise ArpaError(f"{path}: not a language model file of ours (a torch archive without format {_FORMAT!r})")
+        if data.get("version") != _VERSION:
+            raise ArpaError(f"{path}: language model file version {data.get('version')!r}; this asr reads version {_VERSION}")
+        lm = cls.__new__(cls)
+        try:
+            lm.order, lm.words, lm.num_contexts = int(data["order"]), list(data["words"]), int(data["num_contexts"])
+            lm._bos_state, lm._bits, window = int(data["bos_state"]), int(data["bits"]), int(data["window"])
+            lm._padded, lm._first, lm.logp, lm.next_state = data["padded_keys"], data["first"], data["logp"], data["next_state"]
+            lm._ends, lm._bows, lm._parent, lm._last = data["ends"], data["bows"], data["parent"], data["last"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArpaError(f"{path}: language model file lacks or garbles {e}") from None
+        ngrams = lm._padded.numel() - window
+        expected = {  # name: (tensor, dtypes, shape)
+            "padded_keys": (lm._padded, (torch.long,), (ngrams + window,)),
+            "first": (lm._first, (torch.int32, torch.long), ((1 << lm._bits) + 1,)),
+            "logp": (lm.logp, (torch.float32,), (ngrams + 1,)),
+            "next_state": (lm.next_state, (torch.long,), (ngrams + 1,)),
+            "ends": (lm._ends, (torch.long,), (lm.num_contexts, lm.order)),
+            "bows": (lm._bows, (torch.float32,), (lm.num_contexts, lm.order)),
+            "parent": (lm._parent, (torch.int32,), (lm.num_contexts,)),
+            "last": (lm._last, (torch.int32,), (lm.num_contexts,)),
+        }
+        for name, (tensor, dtypes, shape) in expected.items():
+            if not isinstance(tensor, torch.Tensor) or tensor.dtype not in dtypes or tuple(tensor.shape) != shape:
+                got = f"{tensor.dtype} {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise ArpaError(f"{path}: language model file's {name!r} is {got}, expected {dtypes[0]} {shape}")
+        # the values every lookup indexes with, in range (one pass over each table)
+        vocab = len(lm.words)
+        sound = (
+            window >= 1 and lm.order >= 1 and 2 <= lm._bits <= 62 and vocab == len(set(lm.words))
+            and 0 <= lm._bos_state < lm.num_contexts and bool(lm._ends.ge(-vocab).all()) and bool(lm._ends.lt(lm.num_contexts * vocab).all())
+            and int(lm._first[0]) == 0 and int(lm._first[-1]) == ngrams and bool(lm._first.diff().ge(0).all())
+            and bool(lm.next_state.ge(0).all()) and bool(lm.next_state.lt(lm.num_contexts).all())
+            and bool(lm._parent.ge(0).all()) and bool(lm._parent.lt(lm.num_contexts).all())
+            and bool(lm._last.ge(-1).all()) and bool(lm._last.lt(vocab).all())
+        )
+        if not sound:
+            raise ArpaError(f"{path}: language model file is inconsistent (an index out of range, or a word listed twice)")
+        lm.word_ids = {w: i for i, w in enumerate(lm.words)}
+        for special in (BOS, EOS, UNK):
+            if special not in lm.word_ids:
+                raise ArpaError(f"{path}: language model file has no {special} word")
+        lm.bos, lm.eos, lm.unk = lm.word_ids[BOS], lm.word_ids[EOS], lm.word_ids[UNK]
+        lm._levels = torch.arange(1, lm.order + 1)
+        lm._set_windows(ngrams, window)
+        return lm if torch.device(device).type == "cpu" else lm.to(device)
 
     @property
     def device(self) -> torch.device:
         return self.keys.device
 
     def to(self, device: torch.device | str) -> "NGramLM":
-        for name in ("keys", "logp", "next_state", "_ends", "_bows", "_levels"):
+        ngrams, window = self.keys.numel(), self._windows.shape[1]
+        for name in ("_padded", "_first", "logp", "next_state", "_ends", "_bows", "_levels"):
             setattr(self, name, getattr(self, name).to(device))
-        self._index_buckets()
+        self._set_windows(ngrams, window)
         return self
 
     def unigram_logp(self) -> list[float]:

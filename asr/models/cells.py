@@ -382,7 +382,7 @@ def _slstm_forward(xp: Tensor, R: Tensor) -> Tuple[Tensor, Tensor]:
     h_t = o_t * c_t / n_t. The exponentials' arguments are <= 0, so nothing overflows; h is invariant
     to m, so m carries no gradient. The forget gate is the sigmoid variant (the paper allows exp too).
     """
-    batch, frames = xp.shape[0], xp.shape[1]
+    batch = xp.shape[0]
     H = R.shape[1]
     h = xp.new_zeros(batch, H)
     c = xp.new_zeros(batch, H)

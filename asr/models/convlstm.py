@@ -31,7 +31,7 @@ def _convlstm_loop(xc: Tensor, weight: Tensor, peephole: Tensor, padding: int) -
 
     Returns H (batch, frames, C, freq) and C_T (batch, C, freq).
     """
-    batch, frames, freq = xc.shape[0], xc.shape[1], xc.shape[3]
+    batch, freq = xc.shape[0], xc.shape[3]
     channels = weight.shape[1]
     h = xc.new_zeros(batch, channels, freq)
     c = xc.new_zeros(batch, channels, freq)
