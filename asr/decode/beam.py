@@ -553,9 +553,10 @@ def _backtrack(history: list[tuple[torch.Tensor, torch.Tensor]], seen: torch.Ten
 
 
 def make_fusion(lm_path: str, tokenizer, unit: str = "auto", device: torch.device | str = "cpu", oov_penalty: float = -10.0, lookahead: bool = True) -> Fusion:
-    """Load an ARPA file for a tokenizer: word-level fusion for character models ("auto" picks
-    it when the tokenizer is a character one), token-level for anything else. oov_penalty and
-    lookahead are for word-level fusion (see WordLMFusion)."""
+    """Load an n-gram LM (an ARPA file, or `asr lm compile`'s output) for a tokenizer: word-level
+    fusion for character models ("auto" picks it when the tokenizer is a character one),
+    token-level for anything else. oov_penalty and lookahead are for word-level fusion (see
+    WordLMFusion)."""
     if unit == "auto":
         unit = "word" if getattr(tokenizer, "kind", "") == "char" else "token"
     if unit not in ("word", "token"):

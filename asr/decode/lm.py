@@ -11,6 +11,7 @@ one sorted table, looked up through a bucket index (two gathers per query, see
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 from typing import Iterable, Sequence
@@ -33,6 +34,16 @@ _ZIP_MAGIC = b"PK\x03\x04"
 # ratio); a false hit is about 2**-64 per lookup for sequences as short as label prefixes.
 # Multiplying by it alone is a bijection modulo 2**64: the LM's keys stay exact.
 _MUL = 0x9E3779B97F4A7C15 - (1 << 64)
+
+
+def _release_free_memory() -> None:
+    """Hand the free pages of the C heap back to the system (glibc's malloc_trim(3)). glibc keeps
+    what a big build freed for later use, some 2x the tables after an ARPA file is loaded; a
+    no-op where there is no glibc."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def hash_step(key: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -93,6 +104,7 @@ class NGramLM:
                 parents.append(parent)
                 lasts.append(last)
                 bow_of.append(bow * LN10)
+            del logp, bow, last, parent, key
         # all contexts, sorted by key, for _find_context
         self._context_keys, by_key = torch.sort(torch.cat(context_keys)) if context_keys else (torch.zeros(0, dtype=torch.long),) * 2
         self._context_ids = by_key + 1
@@ -107,33 +119,47 @@ class NGramLM:
         # when those words are not listed: no key matches), and the ln back-off weights of its
         # listed ends longer than j
         self._parent, self._last = torch.cat(parents), torch.cat(lasts)  # by context id
+        del parents, lasts, context_keys
         words_of = self._context_word_table()  # (contexts, order - 1), oldest first, -1 padding in front
         ends = torch.full((self.num_contexts, order), -1, dtype=torch.long)
         ends[:, 0] = 0
         for j in range(1, order):
             end, found = self._find_context(words_of[:, order - 1 - j :])
             ends[:, j] = torch.where(found & (words_of[:, order - 1 - j] >= 0), end, -1)  # a context has ends up to its length
-        bow_of_end = torch.cat(bow_of)[ends.clamp(min=0)] * (ends >= 0)  # (contexts, order)
-        above = bow_of_end.flip(1).cumsum(1).flip(1)  # sum over the ends of length >= j
-        bows = torch.cat([above[:, 1:], torch.zeros(self.num_contexts, 1, dtype=torch.float64)], dim=1)  # ... > j
+            del end, found
+        del words_of, self._context_keys, self._context_ids  # the rest needs no search among the contexts
+        # the ln back-off weights of each context's listed ends longer than j: a running sum from
+        # the longest end down, a column at a time (float64, as the file's numbers are summed)
+        bow_of = torch.cat(bow_of)
+        bows = torch.zeros(self.num_contexts, order)
+        running = torch.zeros(self.num_contexts, dtype=torch.float64)
+        for j in range(order - 1, 0, -1):
+            running += bow_of.index_select(0, ends[:, j].clamp(min=0)).mul_(ends[:, j] >= 0)
+            bows[:, j - 1] = running
+        del bow_of, running
+        self._ends = ends.mul_(vocab).masked_fill_(ends < 0, -vocab)  # (contexts, order), in place
+        del ends
         # the table is sorted by key * MUL (mod 2**64): a bijection that spreads the keys evenly
         # over the buckets of the index (see _index_buckets); a lookup matches exact keys
-        key, by_key = torch.sort(torch.cat(keys).mul_(_MUL))  # (ngrams,)
-        del keys, context_keys
-        device = torch.device(device)
-        self.keys = key.to(device)
+        key = torch.cat(keys).mul_(_MUL)
+        del keys
+        key, by_key = torch.sort(key)  # (ngrams,)
+        self.keys = key
+        del key
         self._index_buckets()
         # one entry more than there are n-grams: where a lookup that finds nothing points
-        logp = torch.zeros(len(by_key) + 1)  # (ngrams + 1,) ln P
-        logp[:-1] = torch.cat(logps)[by_key]
-        next_state = torch.zeros(len(by_key) + 1, dtype=torch.long)  # (ngrams + 1,)
-        next_state[:-1] = torch.cat(nexts)[by_key]
-        self.logp, self.next_state = logp.to(device), next_state.to(device)
-        self._ends = (ends * vocab).where(ends >= 0, -vocab).to(device)  # (contexts, order)
-        self._bows = bows.float().to(device)  # (contexts, order)
-        self._levels = torch.arange(1, order + 1, device=device)  # (order,)
-        del self._context_keys, self._context_ids  # for building only
+        self.logp = torch.zeros(len(by_key) + 1)  # (ngrams + 1,) ln P
+        torch.index_select(torch.cat(logps), 0, by_key, out=self.logp[:-1])
+        del logps
+        self.next_state = torch.zeros(len(by_key) + 1, dtype=torch.long)  # (ngrams + 1,)
+        nexts = torch.cat(nexts)
+        torch.index_select(nexts, 0, by_key, out=self.next_state[:-1])
+        del nexts, by_key
+        self._bows = bows  # (contexts, order)
+        self._levels = torch.arange(1, order + 1)  # (order,)
         self._parent, self._last = self._parent.int(), self._last.int()  # for `context`
+        if torch.device(device).type != "cpu":
+            self.to(device)
 
     def _find_context(self, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(m, j) word ids, oldest first, -1 for none (in front) -> the context id of each row's
@@ -191,13 +217,17 @@ class NGramLM:
         where no other query can match it first)."""
         keys = self.keys
         self._bits = min(max(keys.numel().bit_length() + 1, 2), 62)
-        # a bucket's run starts after the keys of the buckets below it (a count, not a search: no
-        # (buckets,) int64 temporaries beside the table)
-        counts = torch.bincount(self._bucket(keys), minlength=1 << self._bits)  # (buckets,)
-        window = int(counts.max())
-        self._first = torch.zeros(counts.numel() + 1, dtype=torch.int32 if keys.numel() < 2**31 else torch.long, device=keys.device)
-        torch.cumsum(counts, 0, out=self._first[1:])
-        del counts
+        # a bucket's run starts after the keys of the buckets below it: where the bucket's number
+        # would go among the keys' (rising) bucket numbers, found a block of buckets at a time,
+        # so that no (buckets,) int64 temporary sits beside the table
+        buckets, small = 1 << self._bits, keys.numel() < 2**31
+        self._first = torch.empty(buckets + 1, dtype=torch.int32 if small else torch.long, device=keys.device)
+        of_keys = self._bucket(keys)  # (ngrams,) rising
+        for start in range(0, buckets + 1, _BLOCK):
+            number = torch.arange(start, min(start + _BLOCK, buckets + 1), device=keys.device)
+            torch.searchsorted(of_keys, number, out_int32=small, out=self._first[start : start + len(number)])
+        del of_keys
+        window = max(int(self._first.diff().max()), 1)
         self._padded = torch.cat([keys, keys[-1:].expand(window)])  # (ngrams + window,)
         self._set_windows(keys.numel(), window)
 
@@ -227,7 +257,11 @@ class NGramLM:
                 binary = f.read(4) == _ZIP_MAGIC
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ArpaError(f"{path}: no such language model file") from None
-        return cls._load(path, device) if binary else cls(parse_arpa(path), device)
+        if binary:
+            return cls._load(path, device)
+        lm = cls(parse_arpa(path), device)
+        _release_free_memory()  # what the parser and the build freed
+        return lm
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the model's tables as they are (atomically), for `from_file` to map back in a
