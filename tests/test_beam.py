@@ -355,6 +355,13 @@ def test_cli_evaluate_and_transcribe_with_beam_and_lm(tmp_path, capsys):
     assert main(["transcribe", ckpt, str(wav), "--nbest", "4", *lm_options]) == 0
     rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
     assert [(r[0], int(r[1]), r[3]) for r in rows] == [(str(wav), i + 1, a["text"]) for i, a in enumerate(nbest)]
+    # the same LM compiled (and gzipped ARPA): the same n-best, scores and all
+    assert main(["lm", "compile", lm, "-o", str(tmp_path / "lm.bin")]) == 0
+    assert main(["lm", "build", str(manifests["train"]), "-o", str(tmp_path / "lm.arpa.gz"), "--order", "2"]) == 0
+    capsys.readouterr()
+    for other in (str(tmp_path / "lm.bin"), str(tmp_path / "lm.arpa.gz")):
+        assert main(["transcribe", ckpt, str(wav), "--json", "--nbest", "4", *lm_options, "--lm", other]) == 0
+        assert json.loads(capsys.readouterr().out)["nbest"] == nbest
     assert main(["transcribe", ckpt, str(wav), "--nbest", "3", "--decoder", "greedy"]) == 2
     assert "--nbest needs beam search" in capsys.readouterr().err
     assert main(["evaluate", ckpt, str(manifests["dev"]), "--lm", str(tmp_path / "missing.arpa")]) == 2
