@@ -278,6 +278,8 @@ def test_compiled_lm_that_is_not_ours_or_is_damaged_is_a_clear_error(tmp_path):
     check({**good, "logp": good["logp"].double()}, "'logp' is torch.float64")
     check({**good, "next_state": good["next_state"].clone().fill_(10**6)}, "an index out of range")
     check({**good, "words": good["words"][:-1] + good["words"][:1]}, "a word listed twice")
+    check({**good, "window": 1, "padded_keys": good["padded_keys"][: len(good["padded_keys"]) - good["window"] + 1]}, "an index out of range")
+    check({**good, "bits": 10**9}, "inconsistent \\(bits 1000000000")
     check({**good, "evil": Exception("unpickling an object")}, "not a language model file of ours")  # weights_only refuses
     data = (tmp_path / "good.bin").read_bytes()
     (tmp_path / "cut.bin").write_bytes(data[: len(data) // 2])

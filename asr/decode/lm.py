@@ -297,7 +297,10 @@ class NGramLM:
             lm._ends, lm._bows, lm._parent, lm._last = data["ends"], data["bows"], data["parent"], data["last"]
         except (KeyError, TypeError, ValueError) as e:
             raise ArpaError(f"{path}: language model file lacks or garbles {e}") from None
-        ngrams = lm._padded.numel() - window
+        if not (2 <= lm._bits <= 62 and window >= 1 and lm.order >= 1 and lm.num_contexts >= 1 and all(isinstance(w, str) for w in lm.words)):
+            raise ArpaError(f"{path}: language model file is inconsistent (bits {lm._bits}, window {window}, order {lm.order}, "
+                            f"{lm.num_contexts} contexts, or a word that is not a string)")
+        ngrams = lm._padded.numel() - window if isinstance(lm._padded, torch.Tensor) else 0
         expected = {  # name: (tensor, dtypes, shape)
             "padded_keys": (lm._padded, (torch.long,), (ngrams + window,)),
             "first": (lm._first, (torch.int32, torch.long), ((1 << lm._bits) + 1,)),
@@ -313,15 +316,16 @@ class NGramLM:
                 got = f"{tensor.dtype} {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
                 raise ArpaError(f"{path}: language model file's {name!r} is {got}, expected {dtypes[0]} {shape}")
         # the values every lookup indexes with, in range (one pass over each table)
-        vocab = len(lm.words)
+        vocab, runs = len(lm.words), lm._first.diff()  # runs: keys per bucket, at most the window
         sound = (
-            window >= 1 and lm.order >= 1 and 2 <= lm._bits <= 62 and vocab == len(set(lm.words))
-            and 0 <= lm._bos_state < lm.num_contexts and bool(lm._ends.ge(-vocab).all()) and bool(lm._ends.lt(lm.num_contexts * vocab).all())
-            and int(lm._first[0]) == 0 and int(lm._first[-1]) == ngrams and bool(lm._first.diff().ge(0).all())
+            vocab == len(set(lm.words)) and 0 <= lm._bos_state < lm.num_contexts
+            and bool(lm._ends.ge(-vocab).all()) and bool(lm._ends.lt(lm.num_contexts * vocab).all())
+            and int(lm._first[0]) == 0 and int(lm._first[-1]) == ngrams and bool(runs.ge(0).all()) and int(runs.max()) <= window
             and bool(lm.next_state.ge(0).all()) and bool(lm.next_state.lt(lm.num_contexts).all())
             and bool(lm._parent.ge(0).all()) and bool(lm._parent.lt(lm.num_contexts).all())
             and bool(lm._last.ge(-1).all()) and bool(lm._last.lt(vocab).all())
         )
+        del runs
         if not sound:
             raise ArpaError(f"{path}: language model file is inconsistent (an index out of range, or a word listed twice)")
         lm.word_ids = {w: i for i, w in enumerate(lm.words)}
