@@ -36,7 +36,8 @@ from asr.fileio import atomic_path
 
 
 class ArpaError(ValueError):
-    """A malformed ARPA file; the message names the file and line."""
+    """A missing or malformed language model file (ARPA text, or `asr lm compile`'s output); the
+    message names the file, and the line in an ARPA file."""
 
 
 @dataclass
@@ -87,14 +88,19 @@ _MAGIC = ((b"\x1f\x8b", gzip), (b"BZh", bz2), (b"\xfd7zXZ\x00", lzma))
 _SUFFIX = {".gz": gzip, ".bz2": bz2, ".xz": lzma}
 
 
+def file_head(path: str | os.PathLike, size: int, what: str = "ARPA file") -> bytes:
+    """The first `size` bytes of a file, to tell its format by; ArpaError if there is no such file."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise ArpaError(f"{path}: no such {what}") from None
+
+
 def open_arpa(path: str | os.PathLike, binary: bool = False) -> IO:
     """Open an ARPA file for reading as text (or bytes), decompressing it if its first bytes say
     it is gzip, bzip2 or xz. ArpaError if there is no such file."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(6)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise ArpaError(f"{path}: no such ARPA file") from None
+    head = file_head(path, 6)
     opener = next((module.open for magic, module in _MAGIC if head.startswith(magic)), open)
     return opener(path, "rb") if binary else opener(path, "rt", encoding="utf-8")
 

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from asr.decode.arpa import Arpa, ArpaError, ArpaTables, arpa_lines, parse_arpa, parse_arpa_lines
+from asr.decode.arpa import Arpa, ArpaError, ArpaTables, arpa_lines, file_head, parse_arpa, parse_arpa_lines
 from asr.fileio import atomic_path
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
@@ -252,12 +252,7 @@ class NGramLM:
         """Load an ARPA file (plain or compressed, streamed into arrays: see `parse_arpa`), or the
         binary form `save` writes (`asr lm compile`), told apart by the file's first bytes.
         Errors are ArpaError naming the file (and the line, in an ARPA file)."""
-        try:
-            with open(path, "rb") as f:
-                binary = f.read(4) == _ZIP_MAGIC
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise ArpaError(f"{path}: no such language model file") from None
-        if binary:
+        if file_head(path, len(_ZIP_MAGIC), "language model file") == _ZIP_MAGIC:
             return cls._load(path, device)
         lm = cls(parse_arpa(path), device)
         _release_free_memory()  # what the parser and the build freed
