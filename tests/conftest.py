@@ -1,9 +1,18 @@
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
+
+# Without a GPU, Triton's kernels (asr.decode.triton_beam) run on CPU tensors through its
+# interpreter, which `triton.jit` picks when TRITON_INTERPRET=1 is set as triton (its own
+# library functions included) and the kernel module are imported: so it is set here, before
+# any test imports either. On a GPU machine the kernel runs compiled, in the CUDA tests.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def write_noise_corpus(root: Path, num_train: int = 16, num_dev: int = 4, seed: int = 0) -> dict[str, Path]:
@@ -44,8 +53,6 @@ TINY_OVERRIDES = [
 
 
 def pytest_collection_modifyitems(config, items):
-    import torch
-
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

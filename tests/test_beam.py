@@ -1,6 +1,7 @@
 import itertools
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -12,6 +13,16 @@ from asr.decode.kn import estimate_kneser_ney
 from asr.decode.arpa import write_arpa
 from asr.decode.lm import NGramLM
 from asr.text import CharTokenizer
+
+try:  # the Triton kernel (asr.decode.triton_beam): compiled on a GPU, interpreted on CPU tensors (see conftest.py)
+    import triton  # noqa: F401
+
+    HAVE_TRITON = True
+except ImportError:
+    HAVE_TRITON = False
+INTERPRETABLE = HAVE_TRITON and os.environ.get("TRITON_INTERPRET") == "1"
+TRITON = pytest.param("triton", marks=pytest.mark.skipif(not INTERPRETABLE, reason="needs triton (interpreted, on a machine without a GPU)"))
+LAYOUTS = ["flat", "dense", TRITON]
 
 
 def frames(*rows, vocab):
@@ -39,7 +50,7 @@ def brute_force(log_probs):
     return totals
 
 
-@pytest.mark.parametrize("layout", ["flat", "dense"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_blank_trap_beam_beats_greedy(layout):
     # each frame: blank 0.6, a 0.4. Greedy: "" (0.36). But "a" has 0.4*0.4 + 2*0.4*0.6 = 0.64.
     lp = frames({0: 0.6, 1: 0.4}, {0: 0.6, 1: 0.4}, vocab=2)
@@ -49,7 +60,7 @@ def test_blank_trap_beam_beats_greedy(layout):
     assert best.acoustic == pytest.approx(math.log(0.64), abs=1e-5)
 
 
-@pytest.mark.parametrize("layout", ["flat", "dense"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_repeat_trap_beam_beats_greedy(layout):
     # greedy reads a,blank,a as "aa" (0.24); "a" collects a a a, a a _, a _ _ = 0.21 + 0.14 + 0.16 = 0.51
     lp = frames({1: 1.0}, {0: 0.4, 1: 0.35, 2: 0.25}, {1: 0.6, 0: 0.4}, vocab=3)
@@ -60,7 +71,7 @@ def test_repeat_trap_beam_beats_greedy(layout):
     assert hyps[1].acoustic == pytest.approx(math.log(0.24), abs=1e-5)
 
 
-@pytest.mark.parametrize("layout", ["flat", "dense"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("seed", range(6))
 def test_agrees_with_brute_force_over_all_alignments(seed, layout):
     torch.manual_seed(seed)
@@ -74,7 +85,7 @@ def test_agrees_with_brute_force_over_all_alignments(seed, layout):
         assert h.acoustic == pytest.approx(truth[tuple(h.ids)], abs=1e-4)
 
 
-@pytest.mark.parametrize("layout", ["flat", "dense"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_beam_one_viterbi_is_greedy_exactly(layout):
     torch.manual_seed(0)
     lp = (3 * torch.randn(16, 60, 12)).log_softmax(-1)
@@ -164,6 +175,37 @@ def test_dense_grid_search_equals_the_flat_one(tmp_path, lm):
                 assert [getattr(h, field) for h in a] == pytest.approx([getattr(h, field) for h in b], abs=1e-4)
 
 
+@pytest.mark.skipif(not INTERPRETABLE, reason="needs triton (interpreted, on a machine without a GPU)")
+@pytest.mark.parametrize("lm", [None, "word", "word-no-lookahead", "token", "token-no-table"])
+def test_triton_kernel_search_equals_the_flat_one(tmp_path, lm):
+    # the Triton kernel (one program per utterance, its beam in registers), run by Triton's
+    # interpreter, against the flat list: same n-best, same scores and parts, across pruning
+    # options, both merges, utterances of any length, and every kind of LM fusion (token-level
+    # fusion with its (state, label) tables, and asking the n-gram itself at every grow)
+    tok = CharTokenizer(chars="abc ")
+    write_arpa(tmp_path / "w.arpa", estimate_kneser_ney([s.split() for s in ["ab c", "a b", "cab ba", "bb a", "c c"] * 3], 3))
+    fusion = None if lm is None else make_fusion(str(tmp_path / "w.arpa"), tok, unit=lm.split("-")[0], lookahead=lm != "word-no-lookahead")
+    if lm == "token-no-table":
+        fusion = TokenLMFusion(fusion.lm, tok.symbols, table_limit=0)
+        assert fusion.table_logp is None
+    torch.manual_seed(11)
+    lp = (torch.randn(7, 40, tok.vocab_size) * torch.tensor([0.5, 4.0, 1.0, 3.0, 2.0, 0.7, 2.5])[:, None, None]).log_softmax(-1)
+    lengths = torch.tensor([40, 9, 33, 1, 0, 40, 21])
+    settings = [
+        dict(beam_size=6, token_top_k=3, token_min_logp=-3.0, beam_threshold=4.0),
+        dict(beam_size=5, token_top_k=2, token_cum_prob=0.9, merge="max", blank_skip=0.6),
+    ]
+    for options in settings:
+        options = dict(options, fusion=fusion, lm_weight=0.8, word_bonus=0.4, nbest=4)
+        flat = decode_beam(lp, lengths, layout="flat", **options)
+        kernel = decode_beam(lp, lengths, layout="triton", **options)
+        for a, b in zip(flat, kernel):
+            assert [h.ids for h in a] == [h.ids for h in b], options
+            assert [h.num_words for h in a] == [h.num_words for h in b]
+            for field in ("score", "acoustic", "lm"):
+                assert [getattr(h, field) for h in a] == pytest.approx([getattr(h, field) for h in b], abs=1e-4)
+
+
 def test_beam_threshold_keeps_only_close_prefixes():
     torch.manual_seed(3)
     lp = (2 * torch.randn(4, 30, 6)).log_softmax(-1)
@@ -177,7 +219,7 @@ def test_beam_threshold_keeps_only_close_prefixes():
         decode_beam(lp, lengths, beam_threshold=0.0)
 
 
-@pytest.mark.parametrize("layout", ["flat", "dense"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("lm", [None, "word", "token"])
 def test_frames_with_no_label_to_try(tmp_path, lm, layout):
     # token_min_logp above every label's log prob: nothing grows, every utterance stays empty
@@ -306,7 +348,8 @@ def test_cuda_matches_cpu(tmp_path):
     for unit in ("word", "token"):  # token fusion reads its (state, label) tables on the GPU
         cpu = decode_beam(lp, lengths, fusion=make_fusion(str(tmp_path / "w.arpa"), tok, unit=unit), nbest=4)
         gpu_fusion = make_fusion(str(tmp_path / "w.arpa"), tok, unit=unit, device="cuda")
-        for layout in ("auto", "flat"):  # auto: the dense grid, replayed as a CUDA graph
+        layouts = ("auto", "flat", "triton") if HAVE_TRITON else ("auto", "flat")
+        for layout in layouts:  # auto: the dense grid, replayed as a CUDA graph; triton: one kernel
             gpu = decode_beam(lp.cuda(), lengths.cuda(), fusion=gpu_fusion, nbest=4, layout=layout)
             assert [[h.ids for h in u] for u in cpu] == [[h.ids for h in u] for u in gpu]
             assert [h.score for u in cpu for h in u] == pytest.approx([h.score for u in gpu for h in u], abs=1e-4)
