@@ -52,27 +52,26 @@ def _plus(a, b, MERGE_SUM: tl.constexpr):
 
 
 @triton.jit
-def _lm_score(state, word, mask, ends_ptr, first_ptr, keys_ptr, logp_ptr, next_ptr, bows_ptr, order, window, shift, bucket_base, mul):
-    """NGramLM.score for a block of (state, word) pairs (any shape, int64): ln P and the state
-    after. For j = 0 .. order-1 the n-gram (last j words of the context, word) is looked up in
-    the bucket-indexed key table; the longest one listed answers, plus the back-off weights of
-    the context's listed ends longer than it."""
+def _lm_score(state, word, mask, ends_ptr, first_ptr, keys_ptr, logp_ptr, next_ptr, bows_ptr, window, shift, bucket_base, mul,
+              ORDER: tl.constexpr, WP: tl.constexpr):
+    """NGramLM.score for a block of (state, word) pairs (n,) int64: ln P and the state after.
+    For j = 0 .. ORDER-1 (unrolled, so the loads of all orders are in flight together) the
+    n-gram (last j words of the context, word) is looked up in its bucket's window of the
+    sorted key table, all WP (the window rounded up to a power of 2) keys at once; the longest
+    one listed answers, plus the back-off weights of the context's listed ends longer than it."""
+    w = tl.arange(0, WP)
     entry = tl.zeros_like(state)
     which = tl.zeros_like(state)
-    for j in range(order):
-        end = tl.load(ends_ptr + state * order + j, mask=mask, other=-1)
+    for j in tl.static_range(ORDER):
+        end = tl.load(ends_ptr + state * ORDER + j, mask=mask, other=-1)
         key = (end + word) * mul
         start = tl.load(first_ptr + ((key >> shift) + bucket_base), mask=mask, other=0).to(tl.int64)
-        found = state < 0  # (states are >= 0: none found yet)
-        at = start
-        for w in range(window):
-            probe = mask & ~found
-            hit = probe & (tl.load(keys_ptr + start + w, mask=probe, other=0) == key)
-            at = tl.where(hit, start + w, at)
-            found = found | hit
-        entry = tl.where(found, at, entry)
+        probe = mask[:, None] & (w[None, :] < window)  # (n, WP)
+        hit = (probe & (tl.load(keys_ptr + start[:, None] + w[None, :], mask=probe, other=0) == key[:, None])).to(tl.int32)
+        found = tl.max(hit, axis=1) > 0  # (n,) j = 0 always is: every word is a 1-gram
+        entry = tl.where(found, start + tl.argmax(hit, axis=1, tie_break_left=True), entry)
         which = tl.where(found, j, which)
-    logp = tl.load(logp_ptr + entry, mask=mask, other=0.0) + tl.load(bows_ptr + state * order + which, mask=mask, other=0.0)
+    logp = tl.load(logp_ptr + entry, mask=mask, other=0.0) + tl.load(bows_ptr + state * ORDER + which, mask=mask, other=0.0)
     return logp, tl.load(next_ptr + entry, mask=mask, other=0)
 
 
@@ -83,11 +82,12 @@ def _beam_kernel(
     out_f_ptr, out_i_ptr,  # out: (B, 4, BP) f32 [p_b, p_nb, lm, words], (B, 2, BP) i64 [state 0, state 1]
     sf_ptr, si_ptr,  # scratch: (B, 5, NCP) f32 [score, p_b, p_nb, lm, words], (B, 4, NCP) i64 [last, key, state 0, state 1]
     ends_ptr, first_ptr, keys_ptr, lmlogp_ptr, next_ptr, bows_ptr,  # NGramLM tables
-    order, window, shift, bucket_base, mul, start_state,
+    window, shift, bucket_base, mul, start_state,
     trie_ptr, endsw_ptr, pen_ptr, nodeword_ptr, endcost_ptr,  # WordLMFusion tables
     tokword_ptr, tlogp_ptr, tnext_ptr,  # TokenLMFusion tables
     B, T, V, K, beam, blank, lm_weight, word_bonus, threshold, utt_mul,
     BP: tl.constexpr, KP: tl.constexpr, NCP: tl.constexpr, FUSION: tl.constexpr, MERGE_SUM: tl.constexpr,
+    ORDER: tl.constexpr, WP: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     length = tl.load(len_ptr + b)
@@ -136,7 +136,7 @@ def _beam_kernel(
             # only the delimiter ends a word, and then the LM's answer depends on the slot alone
             asks = alive & (node != 0)
             word = tl.load(nodeword_ptr + node, mask=asks, other=0)
-            w_lp, w_ctx = _lm_score(st0, word, asks, ends_ptr, first_ptr, keys_ptr, lmlogp_ptr, next_ptr, bows_ptr, order, window, shift, bucket_base, mul)
+            w_lp, w_ctx = _lm_score(st0, word, asks, ends_ptr, first_ptr, keys_ptr, lmlogp_ptr, next_ptr, bows_ptr, window, shift, bucket_base, mul, ORDER, WP)
             w_lp += tl.load(endcost_ptr + node, mask=asks, other=0.0)
             d_lm = tl.load(pen_ptr + entry) + tl.where(ends, w_lp[:, None], 0.0)
             d_words = ends.to(tl.float32)
@@ -150,9 +150,11 @@ def _beam_kernel(
             g_st1 = tl.zeros((BP, KP), tl.int64)
         elif FUSION == 3:
             word = tl.load(tokword_ptr + c_id)
-            asks = alive[:, None] & (c_id[None, :] > -1)
-            d_lm, g_st0 = _lm_score(st0[:, None] + tl.zeros((BP, KP), tl.int64), word[None, :] + tl.zeros((BP, KP), tl.int64), asks,
-                                    ends_ptr, first_ptr, keys_ptr, lmlogp_ptr, next_ptr, bows_ptr, order, window, shift, bucket_base, mul)
+            asks = alive[:, None] & (c_lp[None, :] > float("-inf"))
+            d_lm, g_st0 = _lm_score(tl.reshape(st0[:, None] + tl.zeros((BP, KP), tl.int64), (BP * KP,)), tl.reshape(word[None, :] + tl.zeros((BP, KP), tl.int64), (BP * KP,)),
+                                    tl.reshape(asks, (BP * KP,)), ends_ptr, first_ptr, keys_ptr, lmlogp_ptr, next_ptr, bows_ptr, window, shift, bucket_base, mul, ORDER, WP)
+            d_lm = tl.reshape(d_lm, (BP, KP))
+            g_st0 = tl.reshape(g_st0, (BP, KP))
             d_words = tl.full((BP, KP), 1.0, tl.float32)
             g_st1 = tl.zeros((BP, KP), tl.int64)
         else:
@@ -223,14 +225,15 @@ def _beam_kernel(
     tl.store(out_i + BP, st1)
 
 
-def _lm_args(lm: NGramLM | None, device: torch.device) -> list:
+def _lm_args(lm: NGramLM | None, device: torch.device) -> tuple[list, dict]:
+    """The kernel's NGramLM arguments, and its constants for them (dummies without an LM)."""
     if lm is None:
         dummy = torch.zeros(1, dtype=torch.long, device=device)
-        return [dummy, dummy, dummy, dummy.float(), dummy, dummy.float(), 1, 0, 0, 0, _MUL, 0]
-    return [
-        lm._ends, lm._first, lm._padded, lm.logp, lm.next_state, lm._bows,
-        lm.order, lm._windows.shape[1], 64 - lm._bits, 1 << (lm._bits - 1), _MUL, lm.start_state(1).item(),
-    ]
+        return [dummy, dummy, dummy, dummy.float(), dummy, dummy.float(), 1, 0, 0, _MUL, 0], dict(ORDER=1, WP=1)
+    window = lm._windows.shape[1]
+    tables = [lm._ends, lm._first, lm._padded, lm.logp, lm.next_state, lm._bows]
+    sizes = dict(ORDER=lm.order, WP=triton.next_power_of_2(window))
+    return tables + [window, 64 - lm._bits, 1 << (lm._bits - 1), _MUL, lm.start_state(1).item()], sizes
 
 
 @torch.inference_mode()
@@ -248,9 +251,13 @@ def decode_beam_triton(
     nbest: int,
     merge: str,
     blank: int,
+    num_warps: int | None = None,
 ) -> list[list[Hypothesis]]:
     """`decode_beam` as one Triton kernel (its arguments, checked there; blank frames already
-    skipped; lengths on log_probs' device)."""
+    skipped; lengths on log_probs' device). num_warps: threads per utterance, in warps of 32;
+    by default 2 (ptxas for sm_90: ~165 registers a thread, no spills; one warp keeps every
+    reduction inside the warp but needs 255), and 4 when a token LM is asked at every grow
+    (its (slots * labels, window) lookups spill with fewer)."""
     device = log_probs.device
     if device.type != "cuda" and not INTERPRETED:
         raise ValueError("the triton layout runs on a CUDA device (or, for tests, on the CPU under TRITON_INTERPRET=1)")
@@ -282,11 +289,13 @@ def decode_beam_triton(
     else:
         raise TypeError(f"the triton layout knows WordLMFusion and TokenLMFusion, not {type(fusion).__name__}")
     if n_utt and frames:
+        lm_tables, lm_sizes = _lm_args(lm, device)
+        num_warps = num_warps or (4 if kind == _TOKEN_LM else 2)
         _beam_kernel[(n_utt,)](
             log_probs, lengths.long().contiguous(), c_id, c_lp, parent, label, out_f, out_i, scratch_f, scratch_i,
-            *_lm_args(lm, device), *word_tables, *token_tables,
+            *lm_tables, *word_tables, *token_tables,
             n_utt, frames, vocab, k, beam_size, blank, float(lm_weight), float(word_bonus), float(beam_threshold), _UTT_MUL,
-            BP=bp, KP=kp, NCP=ncp, FUSION=kind, MERGE_SUM=merge == "sum",
+            BP=bp, KP=kp, NCP=ncp, FUSION=kind, MERGE_SUM=merge == "sum", **lm_sizes, num_warps=num_warps,
         )
     else:  # nothing to search: every utterance keeps the empty prefix
         out_f.fill_(NEG_INF)
