@@ -26,7 +26,8 @@ Each frame:
 Prefixes are spelled out at the end from per-frame back-pointers. The flat list costs a few
 small device-to-host reads per frame (its new sizes), which a GPU pays for in idle time; on
 CUDA `decode_beam` therefore runs the same search on a dense (utterance, beam) grid, replayed
-as a CUDA graph (`asr.decode.dense`; `layout=` chooses).
+as a CUDA graph (`asr.decode.dense`), or, with layout="triton", as one Triton kernel that runs
+every frame of an utterance in one program (`asr.decode.triton_beam`; `layout=` chooses).
 
 Scores: log P_ctc(prefix) + lm_weight * ln P_lm(words) + word_bonus * num_words. A fusion object
 decides what a "word" is: `WordLMFusion` scores whole words at each delimiter (the space of a
@@ -326,8 +327,10 @@ def decode_beam(
     (1.0 = never); merge: "sum" adds the probabilities of alignments of the same prefix (prefix
     search), "max" keeps the best one (Viterbi; with beam 1 and no LM this is exactly greedy);
     layout: "flat" (this function's list of live hypotheses), "dense" (the same search on a
-    fixed (utterance, beam) grid, replayed as a CUDA graph on a GPU: `asr.decode.dense`), or
-    "auto": dense on CUDA, flat elsewhere.
+    fixed (utterance, beam) grid, replayed as a CUDA graph on a GPU: `asr.decode.dense`),
+    "triton" (the dense grid's search as one Triton kernel, a program per utterance: CUDA
+    only, or Triton's interpreter; `asr.decode.triton_beam`), or "auto": dense on CUDA, flat
+    elsewhere.
     """
     if merge not in ("sum", "max"):
         raise ValueError(f"merge must be 'sum' or 'max', not {merge!r}")
