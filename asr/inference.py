@@ -66,6 +66,8 @@ class Recognizer:
         """Choose greedy or beam decoding (and load the LM it names) for later calls."""
         if decode.decoder not in ("greedy", "beam"):
             raise ValueError(f"decoder must be 'greedy' or 'beam', not {decode.decoder!r}")
+        if decode.beam_layout not in ("auto", "flat", "dense", "triton"):
+            raise ValueError(f"decode.beam_layout must be 'auto', 'flat', 'dense' or 'triton', not {decode.beam_layout!r}")
         self.config.decode = decode
         self.fusion = None
         if decode.decoder == "beam" and decode.lm:
@@ -137,6 +139,7 @@ class Recognizer:
             token_cum_prob=decode.token_cum_prob,
             beam_threshold=decode.beam_threshold,
             blank_skip=decode.blank_skip,
+            layout=decode.beam_layout,
             fusion=self.fusion,
             lm_weight=decode.lm_weight,
             word_bonus=decode.word_bonus,

@@ -476,3 +476,9 @@ def test_evaluation_pools_model_batches_for_beam_search(tmp_path):
     assert [i for i, _ in results[256]] == [u.id for u in utterances]
     assert results[1] == results[5] == results[256]
     assert any(h for _, h in results[256])  # an untrained model still spells something to compare
+    # decode.beam_layout reaches the search: the other layouts read the same texts
+    for layout in ("flat", "dense") + (("triton",) if INTERPRETABLE else ()):
+        recognizer.set_decoder(replace(config.decode, decoder="beam", beam_size=4, batch_size=3, beam_layout=layout))
+        assert [(r.id, r.hypothesis) for r in decode_dataset(recognizer, utterances, batch_size=3).recognitions] == results[256], layout
+    with pytest.raises(ValueError, match="beam_layout"):
+        recognizer.set_decoder(replace(config.decode, decoder="beam", beam_layout="grid"))

@@ -313,7 +313,7 @@ def decode_beam_triton(
     score = acoustic + lm_weight * lm_total + word_bonus * words_total
     score = score.masked_fill(acoustic == NEG_INF, NEG_INF)
     best, slot = (x[:, :nbest] for x in score.sort(dim=1, descending=True, stable=True))  # (utts, n) best first
-    spelled = _backtrack(parent.long().cpu(), label.long().cpu(), slot.cpu())
+    spelled = _backtrack(parent.cpu(), label.cpu(), slot.cpu())  # int32: half the copy
     columns = [best.tolist()] + [x.gather(1, slot).tolist() for x in (acoustic, lm_total, words_total)]
     return [
         [Hypothesis(spelled[b][j], s, a, lm_score, int(w)) for j, (s, a, lm_score, w) in enumerate(zip(*(column[b] for column in columns))) if s > NEG_INF]
