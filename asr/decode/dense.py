@@ -130,21 +130,31 @@ def decode_beam_dense(
     if frames:
         _run(step, frames, [hf, hi, t], cuda_graph and device.type == "cuda")
 
-    # every utterance has ended: score its slots as they are
-    acoustic = plus(hf[:, :, 0], hf[:, :, 1])  # (utts, beam)
-    lm_total, words_total = hf[:, :, 2], hf[:, :, 3]
-    if fusion is not None:
-        final_lm, final_words = fusion.final_scores(hi[:, :, 2:].reshape(-1, S))
-        lm_total, words_total = lm_total + final_lm.view(n_utt, beam), words_total + final_words.view(n_utt, beam)
-    score = acoustic + lm_weight * lm_total + word_bonus * words_total
-    score = score.masked_fill(acoustic == NEG_INF, NEG_INF)
-    best, slot = (x[:, :nbest] for x in score.sort(dim=1, descending=True, stable=True))  # (utts, n) best first
     # candidate c of the step: a stay of slot c (c < beam), or slot (c - beam) // k grown by the
     # frame's candidate label (c - beam) % k
     grown = picks >= beam
     g = (picks - beam).clamp_(min=0)
     parent = torch.where(grown, g.div(k, rounding_mode="floor"), picks)
     label = torch.where(grown, cand_id.transpose(0, 1).gather(2, g % k), -1)  # (frames, utts, beam)
+    return final_hypotheses(hf[:, :, 0], hf[:, :, 1], hf[:, :, 2], hf[:, :, 3], hi[:, :, 2:], parent, label, fusion, lm_weight, word_bonus, nbest, merge)
+
+
+def final_hypotheses(
+    p_b: torch.Tensor, p_nb: torch.Tensor, lm_total: torch.Tensor, words_total: torch.Tensor, state: torch.Tensor,
+    parent: torch.Tensor, label: torch.Tensor, fusion: Fusion | None, lm_weight: float, word_bonus: float, nbest: int, merge: str,
+) -> list[list[Hypothesis]]:
+    """Every utterance has ended: score the grid's slots as they are (p_b, p_nb, ln P_lm so far,
+    words so far: (utts, beam); state (utts, beam, S) the fusion's), and spell out each
+    utterance's `nbest` best by the back-pointers (parent slot, label added or -1: (frames,
+    utts, beam))."""
+    n_utt, beam = p_b.shape
+    acoustic = torch.logaddexp(p_b, p_nb) if merge == "sum" else torch.maximum(p_b, p_nb)  # (utts, beam)
+    if fusion is not None:
+        final_lm, final_words = fusion.final_scores(state.reshape(n_utt * beam, -1))
+        lm_total, words_total = lm_total + final_lm.view(n_utt, beam), words_total + final_words.view(n_utt, beam)
+    score = acoustic + lm_weight * lm_total + word_bonus * words_total
+    score = score.masked_fill(acoustic == NEG_INF, NEG_INF)
+    best, slot = (x[:, :nbest] for x in score.sort(dim=1, descending=True, stable=True))  # (utts, n) best first
     spelled = _backtrack(parent.cpu(), label.cpu(), slot.cpu())
     columns = [best.tolist()] + [x.gather(1, slot).tolist() for x in (acoustic, lm_total, words_total)]
     results: list[list[Hypothesis]] = []

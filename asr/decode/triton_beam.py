@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from asr.decode.beam import NEG_INF, _UTT_MUL, Fusion, Hypothesis, TokenLMFusion, WordLMFusion
-from asr.decode.dense import _backtrack, _candidates
+from asr.decode.dense import _candidates, final_hypotheses
 from asr.decode.lm import _MUL, NGramLM
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"  # what triton.jit saw at import
@@ -303,19 +303,5 @@ def decode_beam_triton(
         out_f[:, 2:] = 0.0
         out_i[:, 0] = lm.start_state(1).item() if lm is not None else 0
         out_i[:, 1] = 0
-    plus = torch.logaddexp if merge == "sum" else torch.maximum
-    acoustic = plus(out_f[:, 0], out_f[:, 1])  # (utts, bp)
-    lm_total, words_total = out_f[:, 2], out_f[:, 3]
-    if fusion is not None:
-        state = out_i[:, : (2 if kind == _WORD else 1)].transpose(1, 2).reshape(n_utt * bp, -1)
-        final_lm, final_words = fusion.final_scores(state)
-        lm_total, words_total = lm_total + final_lm.view(n_utt, bp), words_total + final_words.view(n_utt, bp)
-    score = acoustic + lm_weight * lm_total + word_bonus * words_total
-    score = score.masked_fill(acoustic == NEG_INF, NEG_INF)
-    best, slot = (x[:, :nbest] for x in score.sort(dim=1, descending=True, stable=True))  # (utts, n) best first
-    spelled = _backtrack(parent.cpu(), label.cpu(), slot.cpu())  # int32: half the copy
-    columns = [best.tolist()] + [x.gather(1, slot).tolist() for x in (acoustic, lm_total, words_total)]
-    return [
-        [Hypothesis(spelled[b][j], s, a, lm_score, int(w)) for j, (s, a, lm_score, w) in enumerate(zip(*(column[b] for column in columns))) if s > NEG_INF]
-        for b in range(n_utt)
-    ]
+    state = out_i[:, : (2 if kind == _WORD else 1)].transpose(1, 2)  # (utts, bp, S)
+    return final_hypotheses(out_f[:, 0], out_f[:, 1], out_f[:, 2], out_f[:, 3], state, parent, label, fusion, lm_weight, word_bonus, nbest, merge)
