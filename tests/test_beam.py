@@ -148,13 +148,20 @@ def test_early_pruning_changes_nothing(tmp_path, lm):
         assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
 
 
-@pytest.mark.parametrize("lm", [None, "word", "word-no-lookahead", "token"])
-def test_dense_grid_search_equals_the_flat_one(tmp_path, lm):
-    # the GPU layout (asr.decode.dense, run eagerly here) against the flat list: same n-best,
-    # same scores and parts, across pruning options, both merges and utterances of any length
+@pytest.mark.parametrize("layout", ["dense", TRITON])
+@pytest.mark.parametrize("lm", [None, "word", "word-no-lookahead", "token", "token-no-table"])
+def test_grid_layouts_search_equals_the_flat_one(tmp_path, lm, layout):
+    # the GPU layouts against the flat list: the dense grid (asr.decode.dense, run eagerly here)
+    # and the Triton kernel (asr.decode.triton_beam, one program per utterance, run by Triton's
+    # interpreter here). Same n-best, same scores and parts, across pruning options, both
+    # merges, utterances of any length, and every kind of LM fusion (token-level fusion both
+    # with its (state, label) tables and asking the n-gram itself at every grow)
     tok = CharTokenizer(chars="abc ")
     write_arpa(tmp_path / "w.arpa", estimate_kneser_ney([s.split() for s in ["ab c", "a b", "cab ba", "bb a", "c c"] * 3], 3))
     fusion = None if lm is None else make_fusion(str(tmp_path / "w.arpa"), tok, unit=lm.split("-")[0], lookahead=lm != "word-no-lookahead")
+    if lm == "token-no-table":
+        fusion = TokenLMFusion(fusion.lm, tok.symbols, table_limit=0)
+        assert fusion.table_logp is None
     torch.manual_seed(11)
     lp = (torch.randn(7, 40, tok.vocab_size) * torch.tensor([0.5, 4.0, 1.0, 3.0, 2.0, 0.7, 2.5])[:, None, None]).log_softmax(-1)
     lengths = torch.tensor([40, 9, 33, 1, 0, 40, 21])
@@ -167,39 +174,8 @@ def test_dense_grid_search_equals_the_flat_one(tmp_path, lm):
     for options in settings:
         options = dict(options, fusion=fusion, lm_weight=0.8, word_bonus=0.4, nbest=4)
         flat = decode_beam(lp, lengths, layout="flat", **options)
-        dense = decode_beam(lp, lengths, layout="dense", **options)
-        for a, b in zip(flat, dense):
-            assert [h.ids for h in a] == [h.ids for h in b], options
-            assert [h.num_words for h in a] == [h.num_words for h in b]
-            for field in ("score", "acoustic", "lm"):
-                assert [getattr(h, field) for h in a] == pytest.approx([getattr(h, field) for h in b], abs=1e-4)
-
-
-@pytest.mark.skipif(not INTERPRETABLE, reason="needs triton (interpreted, on a machine without a GPU)")
-@pytest.mark.parametrize("lm", [None, "word", "word-no-lookahead", "token", "token-no-table"])
-def test_triton_kernel_search_equals_the_flat_one(tmp_path, lm):
-    # the Triton kernel (one program per utterance, its beam in registers), run by Triton's
-    # interpreter, against the flat list: same n-best, same scores and parts, across pruning
-    # options, both merges, utterances of any length, and every kind of LM fusion (token-level
-    # fusion with its (state, label) tables, and asking the n-gram itself at every grow)
-    tok = CharTokenizer(chars="abc ")
-    write_arpa(tmp_path / "w.arpa", estimate_kneser_ney([s.split() for s in ["ab c", "a b", "cab ba", "bb a", "c c"] * 3], 3))
-    fusion = None if lm is None else make_fusion(str(tmp_path / "w.arpa"), tok, unit=lm.split("-")[0], lookahead=lm != "word-no-lookahead")
-    if lm == "token-no-table":
-        fusion = TokenLMFusion(fusion.lm, tok.symbols, table_limit=0)
-        assert fusion.table_logp is None
-    torch.manual_seed(11)
-    lp = (torch.randn(7, 40, tok.vocab_size) * torch.tensor([0.5, 4.0, 1.0, 3.0, 2.0, 0.7, 2.5])[:, None, None]).log_softmax(-1)
-    lengths = torch.tensor([40, 9, 33, 1, 0, 40, 21])
-    settings = [
-        dict(beam_size=6, token_top_k=3, token_min_logp=-3.0, beam_threshold=4.0),
-        dict(beam_size=5, token_top_k=2, token_cum_prob=0.9, merge="max", blank_skip=0.6),
-    ]
-    for options in settings:
-        options = dict(options, fusion=fusion, lm_weight=0.8, word_bonus=0.4, nbest=4)
-        flat = decode_beam(lp, lengths, layout="flat", **options)
-        kernel = decode_beam(lp, lengths, layout="triton", **options)
-        for a, b in zip(flat, kernel):
+        grid = decode_beam(lp, lengths, layout=layout, **options)
+        for a, b in zip(flat, grid):
             assert [h.ids for h in a] == [h.ids for h in b], options
             assert [h.num_words for h in a] == [h.num_words for h in b]
             for field in ("score", "acoustic", "lm"):
