@@ -233,7 +233,7 @@ def _lm_args(lm: NGramLM | None, device: torch.device) -> tuple[list, dict]:
     window = lm._windows.shape[1]
     tables = [lm._ends, lm._first, lm._padded, lm.logp, lm.next_state, lm._bows]
     sizes = dict(ORDER=lm.order, WP=triton.next_power_of_2(window))
-    return tables + [window, 64 - lm._bits, 1 << (lm._bits - 1), _MUL, lm.start_state(1).item()], sizes
+    return tables + [window, 64 - lm._bits, 1 << (lm._bits - 1), _MUL, lm._bos_state], sizes
 
 
 @torch.inference_mode()
@@ -301,7 +301,7 @@ def decode_beam_triton(
         out_f.fill_(NEG_INF)
         out_f[:, 0, 0] = 0.0
         out_f[:, 2:] = 0.0
-        out_i[:, 0] = lm.start_state(1).item() if lm is not None else 0
+        out_i[:, 0] = lm._bos_state if lm is not None else 0
         out_i[:, 1] = 0
     state = out_i[:, : (2 if kind == _WORD else 1)].transpose(1, 2)  # (utts, bp, S)
     return final_hypotheses(out_f[:, 0], out_f[:, 1], out_f[:, 2], out_f[:, 3], state, parent, label, fusion, lm_weight, word_bonus, nbest, merge)
