@@ -18,7 +18,7 @@ from asr.config import Config, DecodeConfig
 from asr.data.loader import UtteranceDataset, make_loader
 from asr.data.manifest import Utterance
 from asr.decode import decode_greedy
-from asr.decode.beam import Fusion, decode_beam, make_fusion
+from asr.decode.beam import LAYOUTS, Fusion, decode_beam, make_fusion
 from asr.features import FeatureExtractor
 from asr.fileio import atomic_write
 from asr.metrics import ErrorCounts, PhoneErrors, score_cer, score_per, score_wer
@@ -66,8 +66,8 @@ class Recognizer:
         """Choose greedy or beam decoding (and load the LM it names) for later calls."""
         if decode.decoder not in ("greedy", "beam"):
             raise ValueError(f"decoder must be 'greedy' or 'beam', not {decode.decoder!r}")
-        if decode.beam_layout not in ("auto", "flat", "dense", "triton"):
-            raise ValueError(f"decode.beam_layout must be 'auto', 'flat', 'dense' or 'triton', not {decode.beam_layout!r}")
+        if decode.beam_layout not in LAYOUTS:
+            raise ValueError(f"decode.beam_layout must be one of {', '.join(LAYOUTS)}, not {decode.beam_layout!r}")
         self.config.decode = decode
         self.fusion = None
         if decode.decoder == "beam" and decode.lm:

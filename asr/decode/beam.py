@@ -47,6 +47,7 @@ from asr.text import BLANK_ID, SPACE
 
 NEG_INF = float("-inf")
 _UTT_MUL = 0x2545F4914F6CDD1D  # odd; spreads utterance indices into distinct empty-prefix hashes
+LAYOUTS = ("auto", "flat", "dense", "triton")  # decode_beam's layout (see its docstring)
 
 
 @dataclass
@@ -340,26 +341,21 @@ def decode_beam(
         raise ValueError("beam_size and token_top_k must be at least 1")
     if not beam_threshold > 0:
         raise ValueError(f"beam_threshold must be positive, not {beam_threshold}")
-    if layout not in ("auto", "flat", "dense", "triton"):
-        raise ValueError(f"layout must be 'auto', 'flat', 'dense' or 'triton', not {layout!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     plus = torch.logaddexp if merge == "sum" else torch.maximum
     device = log_probs.device
     log_probs = log_probs.float()
     lengths = lengths.to(device)
     if blank_skip < 1.0:
         log_probs, lengths = skip_blank_frames(log_probs, lengths, blank_skip, blank)
-    if layout == "triton":
-        from asr.decode.triton_beam import decode_beam_triton
-
-        return decode_beam_triton(
-            log_probs, lengths, beam_size=beam_size, token_top_k=token_top_k, token_min_logp=token_min_logp,
-            token_cum_prob=token_cum_prob, beam_threshold=beam_threshold, fusion=fusion, lm_weight=lm_weight,
-            word_bonus=word_bonus, nbest=nbest, merge=merge, blank=blank,
-        )
-    if layout == "dense" or (layout == "auto" and device.type == "cuda"):
-        from asr.decode.dense import decode_beam_dense
-
-        return decode_beam_dense(
+    if layout == "dense" or layout == "triton" or (layout == "auto" and device.type == "cuda"):
+        # the grid layouts: the same search, arguments checked here, blank frames skipped
+        if layout == "triton":
+            from asr.decode.triton_beam import decode_beam_triton as search
+        else:
+            from asr.decode.dense import decode_beam_dense as search
+        return search(
             log_probs, lengths, beam_size=beam_size, token_top_k=token_top_k, token_min_logp=token_min_logp,
             token_cum_prob=token_cum_prob, beam_threshold=beam_threshold, fusion=fusion, lm_weight=lm_weight,
             word_bonus=word_bonus, nbest=nbest, merge=merge, blank=blank,
