@@ -211,6 +211,21 @@ def test_frames_with_no_label_to_try(tmp_path, lm, layout):
         assert hyps[0].acoustic == pytest.approx(float(lp[b, : lengths[b], 0].sum()), abs=1e-4)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("lm", [None, "word", "token"])
+def test_no_frames_and_no_utterances(tmp_path, lm, layout):
+    # a batch with no frames keeps the empty prefix, scored by the LM's </s> alone; an empty batch gives []
+    tok = CharTokenizer(chars="ab ")
+    write_arpa(tmp_path / "w.arpa", estimate_kneser_ney([["ab", "ba"]], 2))
+    fusion = None if lm is None else make_fusion(str(tmp_path / "w.arpa"), tok, unit=lm)
+    result = decode_beam(torch.zeros(2, 0, tok.vocab_size), torch.zeros(2, dtype=torch.long), fusion=fusion, lm_weight=0.5, layout=layout)
+    eos = 0.0 if fusion is None else fusion.lm.score_sentence([])
+    for hyps in result:
+        assert [h.ids for h in hyps] == [[]]
+        assert hyps[0].acoustic == 0.0 and hyps[0].lm == pytest.approx(eos, abs=1e-5)
+    assert decode_beam(torch.zeros(0, 3, tok.vocab_size), torch.zeros(0, dtype=torch.long), fusion=fusion, layout=layout) == []
+
+
 def test_skip_blank_frames_keeps_a_repeat_across_a_blank_run():
     lp = frames({1: 0.9}, {0: 0.999}, {0: 0.999}, {0: 0.999}, {1: 0.9}, vocab=3)
     short, lengths = skip_blank_frames(lp, torch.tensor([5]), threshold=0.99)

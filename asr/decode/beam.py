@@ -343,6 +343,8 @@ def decode_beam(
         raise ValueError(f"beam_threshold must be positive, not {beam_threshold}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    if log_probs.shape[0] == 0:
+        return []
     plus = torch.logaddexp if merge == "sum" else torch.maximum
     device = log_probs.device
     log_probs = log_probs.float()

@@ -195,7 +195,7 @@ def _backtrack(hist_parent: torch.Tensor, hist_label: torch.Tensor, slot: torch.
     """Labels of the chosen slots (utts, n), walking the back-pointers (frames, utts, beam)
     from the last frame (past its end, an utterance's slots only stay, adding no label)."""
     frames, n_utt, beam = hist_parent.shape
-    parent, label = hist_parent.numpy().reshape(frames, -1), hist_label.numpy().reshape(frames, -1)
+    parent, label = hist_parent.numpy().reshape(frames, n_utt * beam), hist_label.numpy().reshape(frames, n_utt * beam)
     base = np.arange(n_utt)[:, None] * beam  # each utterance's first slot, in the flattened grid
     at = (slot.numpy() + base).ravel()
     base = np.broadcast_to(base, slot.shape).ravel()

@@ -288,7 +288,7 @@ def decode_beam_triton(
             kind, token_tables = _TOKEN_LM, [fusion.token_words, f32, i64]
     else:
         raise TypeError(f"the triton layout knows WordLMFusion and TokenLMFusion, not {type(fusion).__name__}")
-    if n_utt and frames:
+    if n_utt:  # (with no frames, each program just writes its start: the empty prefix)
         lm_tables, lm_sizes = _lm_args(lm, device)
         num_warps = num_warps or (4 if kind == _TOKEN_LM else 2)
         _beam_kernel[(n_utt,)](
@@ -297,11 +297,5 @@ def decode_beam_triton(
             n_utt, frames, vocab, k, beam_size, blank, float(lm_weight), float(word_bonus), float(beam_threshold), _UTT_MUL,
             BP=bp, KP=kp, NCP=ncp, FUSION=kind, MERGE_SUM=merge == "sum", **lm_sizes, num_warps=num_warps,
         )
-    else:  # nothing to search: every utterance keeps the empty prefix
-        out_f.fill_(NEG_INF)
-        out_f[:, 0, 0] = 0.0
-        out_f[:, 2:] = 0.0
-        out_i[:, 0] = lm._bos_state if lm is not None else 0
-        out_i[:, 1] = 0
     state = out_i[:, : (2 if kind == _WORD else 1)].transpose(1, 2)  # (utts, bp, S)
     return final_hypotheses(out_f[:, 0], out_f[:, 1], out_f[:, 2], out_f[:, 3], state, parent, label, fusion, lm_weight, word_bonus, nbest, merge)
