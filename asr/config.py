@@ -118,7 +118,7 @@ class DecodeConfig:
     token_cum_prob: float = 1.0  # ... and only the most probable labels (blank too) whose probabilities first add up to this; 1 = all
     beam_threshold: float = 15.0  # drop prefixes scoring more than this below the utterance's best
     blank_skip: float = 0.999  # skip frames whose blank probability exceeds this (after the first of a run); 1 = never
-    beam_layout: str = "auto"  # "flat" (CPU), "dense" (CUDA graph), "triton" (one kernel, CUDA), "auto" (dense on CUDA, else flat)
+    beam_layout: str = "auto"  # "numba" (compiled loop, CPU), "flat" (torch ops), "dense" (CUDA graph), "triton" (one kernel, CUDA), "auto" (dense on CUDA, numba on CPU)
     lm: str = ""  # ARPA n-gram file for shallow fusion; empty = no LM
     lm_unit: str = "auto"  # "word" (char models: scored at spaces), "token" (one LM word per label), "auto" (word for char models)
     lm_weight: float = 0.5  # alpha: weight of ln P_lm

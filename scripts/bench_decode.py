@@ -218,6 +218,7 @@ def main() -> int:
         ("greedy", "-", lambda a, b: lambda lps: run_ours(lps, tokenizer, args.batch_size, cpu, greedy=True), None),
         ("ours, CPU", "-", lambda a, b: lambda lps: run_ours(lps, tokenizer, args.batch_size, cpu, **beam_opts), None),
         ("ours, CPU", word_lm, ours(word_fusion), betas),
+        ("ours, CPU, flat list", word_lm, ours(word_fusion, layout="flat"), betas),
     ]
     gpu = torch.device("cuda") if torch.cuda.is_available() else None
     try:  # the one-kernel layout (asr.decode.triton_beam) needs Triton, which CUDA builds of torch bring
@@ -239,6 +240,7 @@ def main() -> int:
     if "flashlight" not in skip:
         decoders.append(("flashlight-text LexiconDecoder", word_lm, lambda a, b: partial(run_flashlight, flashlight_lexicon_decoder(symbols, word_arpa, args.beam, args.top_k, args.beam_threshold, a, b)), betas))
     decoders.append(("ours, CPU", char_lm, ours(char_fusion), [0.0]))
+    decoders.append(("ours, CPU, flat list", char_lm, ours(char_fusion, layout="flat"), [0.0]))
     if gpu:
         decoders.append(("ours, CUDA", char_lm, ours(gpu_fusions[char_lm], gpu), [0.0]))
         decoders.append(("ours, CUDA, batch 64", char_lm, ours(gpu_fusions[char_lm], gpu, 64), [0.0]))

@@ -22,7 +22,14 @@ except ImportError:
     HAVE_TRITON = False
 INTERPRETABLE = HAVE_TRITON and os.environ.get("TRITON_INTERPRET") == "1"
 TRITON = pytest.param("triton", marks=pytest.mark.skipif(not INTERPRETABLE, reason="needs triton (interpreted, on a machine without a GPU)"))
-LAYOUTS = ["flat", "dense", TRITON]
+try:  # the compiled CPU loop (asr.decode.numba_beam), decode_beam's default on the CPU
+    import numba  # noqa: F401
+
+    HAVE_NUMBA = True
+except ImportError:
+    HAVE_NUMBA = False
+NUMBA = pytest.param("numba", marks=pytest.mark.skipif(not HAVE_NUMBA, reason="needs numba"))
+LAYOUTS = ["flat", "dense", TRITON, NUMBA]
 
 
 def frames(*rows, vocab):
@@ -97,7 +104,7 @@ def test_beam_one_viterbi_is_greedy_exactly(layout):
     assert [h[0].ids for h in beam] == decode_greedy(lp, lengths)
 
 
-@pytest.mark.parametrize("layout", ["flat", "dense"])
+@pytest.mark.parametrize("layout", ["flat", "dense", NUMBA])
 def test_batch_equals_one_at_a_time_and_nbest_is_sorted_and_distinct(layout):
     torch.manual_seed(1)
     lp = (2 * torch.randn(5, 30, 7)).log_softmax(-1)
@@ -112,7 +119,7 @@ def test_batch_equals_one_at_a_time_and_nbest_is_sorted_and_distinct(layout):
         assert len({tuple(h.ids) for h in batched[b]}) == len(scores)
 
 
-@pytest.mark.parametrize("layout", ["flat", "dense"])
+@pytest.mark.parametrize("layout", ["flat", "dense", NUMBA])
 @pytest.mark.parametrize("lm", [None, "word", "token"])
 def test_pruned_batch_equals_one_at_a_time(tmp_path, lm, layout):
     # utterances at very different score levels: each prunes against its own best, not the batch's
@@ -130,8 +137,9 @@ def test_pruned_batch_equals_one_at_a_time(tmp_path, lm, layout):
         assert [h.score for h in alone] == pytest.approx([h.score for h in batched[b]], abs=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["flat", NUMBA])
 @pytest.mark.parametrize("lm", ["word", "word-no-lookahead", "token"])
-def test_early_pruning_changes_nothing(tmp_path, lm):
+def test_early_pruning_changes_nothing(tmp_path, lm, layout):
     # grows dropped before the LM sees them (their label's bound on what fusion can add) are
     # exactly those the selection would drop: same n-best, same scores, as with no early pruning
     tok = CharTokenizer(chars="abc ")
@@ -142,18 +150,19 @@ def test_early_pruning_changes_nothing(tmp_path, lm):
     torch.manual_seed(7)
     lp = (torch.randn(5, 30, tok.vocab_size) * 2.5).log_softmax(-1)
     lengths = torch.tensor([30, 22, 9, 30, 15])
-    pruned, unpruned = (decode_beam(lp, lengths, beam_size=4, token_top_k=3, beam_threshold=4.0, fusion=f, nbest=4, **options) for f in (bounded, unbounded))
+    pruned, unpruned = (decode_beam(lp, lengths, beam_size=4, token_top_k=3, beam_threshold=4.0, fusion=f, nbest=4, layout=layout, **options) for f in (bounded, unbounded))
     for a, b in zip(pruned, unpruned):
         assert [h.ids for h in a] == [h.ids for h in b]
         assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
 
 
-@pytest.mark.parametrize("layout", ["dense", TRITON])
+@pytest.mark.parametrize("layout", ["dense", TRITON, NUMBA])
 @pytest.mark.parametrize("lm", [None, "word", "word-no-lookahead", "token", "token-no-table"])
-def test_grid_layouts_search_equals_the_flat_one(tmp_path, lm, layout):
-    # the GPU layouts against the flat list: the dense grid (asr.decode.dense, run eagerly here)
-    # and the Triton kernel (asr.decode.triton_beam, one program per utterance, run by Triton's
-    # interpreter here). Same n-best, same scores and parts, across pruning options, both
+def test_other_layouts_search_equals_the_flat_one(tmp_path, lm, layout):
+    # the other layouts against the flat list: the dense grid (asr.decode.dense, run eagerly
+    # here), the Triton kernel (asr.decode.triton_beam, one program per utterance, run by
+    # Triton's interpreter here) and the compiled CPU loop (asr.decode.numba_beam, one loop per
+    # utterance). Same n-best, same scores and parts, across pruning options, both
     # merges, utterances of any length, and every kind of LM fusion (token-level fusion both
     # with its (state, label) tables and asking the n-gram itself at every grow)
     tok = CharTokenizer(chars="abc ")
@@ -180,6 +189,53 @@ def test_grid_layouts_search_equals_the_flat_one(tmp_path, lm, layout):
             assert [h.num_words for h in a] == [h.num_words for h in b]
             for field in ("score", "acoustic", "lm"):
                 assert [getattr(h, field) for h in a] == pytest.approx([getattr(h, field) for h in b], abs=1e-4)
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="needs numba")
+@pytest.mark.parametrize("lm", ["word", "token"])
+def test_numba_layout_equals_the_flat_one_at_full_size(tmp_path, lm):
+    # the CPU default at the sizes it is used at: a 29-label character model, beam 16, top-k 8,
+    # a 3-gram over a few hundred words, peaky frames (mostly blank, as a trained CTC model's),
+    # a batch of 24 utterances of up to 150 frames; the same n-best as the flat list
+    import random
+
+    rng = random.Random(3)
+    letters = "abcdefghijklmnopqrstuvwxyz'"
+    words = ["".join(rng.choice(letters[:12]) for _ in range(rng.randint(1, 6))) for _ in range(300)]
+    sentences = [[rng.choice(words) for _ in range(rng.randint(2, 9))] for _ in range(400)]
+    tok = CharTokenizer()
+    write_arpa(tmp_path / "w.arpa", estimate_kneser_ney(sentences, 3))
+    fusion = make_fusion(str(tmp_path / "w.arpa"), tok, unit=lm)
+    torch.manual_seed(5)
+    logits = torch.randn(24, 150, tok.vocab_size) * 3.0
+    logits[:, :, 0] += 4.0 * (torch.rand(24, 150) < 0.6)  # blank wins most frames
+    lp = logits.log_softmax(-1)
+    lengths = torch.randint(1, 151, (24,))
+    for threshold in (10.0, math.inf):
+        options = dict(beam_size=16, token_top_k=8, token_min_logp=-10.0, beam_threshold=threshold, fusion=fusion, lm_weight=1.2, word_bonus=1.0, nbest=3)
+        flat = decode_beam(lp, lengths, layout="flat", **options)
+        compiled = decode_beam(lp, lengths, layout="numba", **options)
+        for a, b in zip(flat, compiled):
+            assert [h.ids for h in a] == [h.ids for h in b]
+            assert [h.num_words for h in a] == [h.num_words for h in b]
+            for field in ("score", "acoustic", "lm"):
+                assert [getattr(h, field) for h in a] == pytest.approx([getattr(h, field) for h in b], abs=1e-3)
+
+
+def test_auto_layout_falls_back_to_the_flat_list_without_numba(monkeypatch):
+    from asr.decode import beam
+
+    torch.manual_seed(4)
+    lp = (2 * torch.randn(3, 20, 6)).log_softmax(-1)
+    lengths = torch.tensor([20, 11, 5])
+    monkeypatch.setattr(beam, "_have_numba", lambda: False)
+    fallback = decode_beam(lp, lengths, beam_size=4, nbest=2)
+    flat = decode_beam(lp, lengths, beam_size=4, nbest=2, layout="flat")
+    assert [[(h.ids, h.score) for h in u] for u in fallback] == [[(h.ids, h.score) for h in u] for u in flat]
+    with pytest.raises(ImportError):  # and asked for by name, numba's absence is an error, not a silent flat list
+        monkeypatch.setitem(__import__("sys").modules, "numba", None)
+        monkeypatch.delitem(__import__("sys").modules, "asr.decode.numba_beam", raising=False)
+        decode_beam(lp, lengths, beam_size=4, layout="numba")
 
 
 def test_beam_threshold_keeps_only_close_prefixes():
@@ -468,7 +524,7 @@ def test_evaluation_pools_model_batches_for_beam_search(tmp_path):
     assert results[1] == results[5] == results[256]
     assert any(h for _, h in results[256])  # an untrained model still spells something to compare
     # decode.beam_layout reaches the search: the other layouts read the same texts
-    for layout in ("flat", "dense") + (("triton",) if INTERPRETABLE else ()):
+    for layout in ("flat", "dense") + (("triton",) if INTERPRETABLE else ()) + (("numba",) if HAVE_NUMBA else ()):
         recognizer.set_decoder(replace(config.decode, decoder="beam", beam_size=4, batch_size=3, beam_layout=layout))
         assert [(r.id, r.hypothesis) for r in decode_dataset(recognizer, utterances, batch_size=3).recognitions] == results[256], layout
     with pytest.raises(ValueError, match="beam_layout"):

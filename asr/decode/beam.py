@@ -27,7 +27,10 @@ Prefixes are spelled out at the end from per-frame back-pointers. The flat list 
 small device-to-host reads per frame (its new sizes), which a GPU pays for in idle time; on
 CUDA `decode_beam` therefore runs the same search on a dense (utterance, beam) grid, replayed
 as a CUDA graph (`asr.decode.dense`), or, with layout="triton", as one Triton kernel that runs
-every frame of an utterance in one program (`asr.decode.triton_beam`; `layout=` chooses).
+every frame of an utterance in one program (`asr.decode.triton_beam`; `layout=` chooses). On a
+CPU the ~130 ops a frame cost 1-3 us each, mostly overhead, so there `decode_beam` runs this
+same search compiled by numba, a loop per utterance (`asr.decode.numba_beam`), when numba
+imports; the flat list is the reference the other layouts are tested against.
 
 Scores: log P_ctc(prefix) + lm_weight * ln P_lm(words) + word_bonus * num_words. A fusion object
 decides what a "word" is: `WordLMFusion` scores whole words at each delimiter (the space of a
@@ -47,7 +50,7 @@ from asr.text import BLANK_ID, SPACE
 
 NEG_INF = float("-inf")
 _UTT_MUL = 0x2545F4914F6CDD1D  # odd; spreads utterance indices into distinct empty-prefix hashes
-LAYOUTS = ("auto", "flat", "dense", "triton")  # decode_beam's layout (see its docstring)
+LAYOUTS = ("auto", "flat", "dense", "triton", "numba")  # decode_beam's layout (see its docstring)
 
 
 @dataclass
@@ -330,8 +333,9 @@ def decode_beam(
     layout: "flat" (this function's list of live hypotheses), "dense" (the same search on a
     fixed (utterance, beam) grid, replayed as a CUDA graph on a GPU: `asr.decode.dense`),
     "triton" (the dense grid's search as one Triton kernel, a program per utterance: CUDA
-    only, or Triton's interpreter; `asr.decode.triton_beam`), or "auto": dense on CUDA, flat
-    elsewhere.
+    only, or Triton's interpreter; `asr.decode.triton_beam`), "numba" (the flat list's search
+    compiled by numba, a loop per utterance: CPU only; `asr.decode.numba_beam`), or "auto":
+    dense on CUDA, numba on the CPU (the flat list where numba does not import).
     """
     if merge not in ("sum", "max"):
         raise ValueError(f"merge must be 'sum' or 'max', not {merge!r}")
@@ -351,10 +355,14 @@ def decode_beam(
     lengths = lengths.to(device)
     if blank_skip < 1.0:
         log_probs, lengths = skip_blank_frames(log_probs, lengths, blank_skip, blank)
-    if layout == "dense" or layout == "triton" or (layout == "auto" and device.type == "cuda"):
-        # the grid layouts: the same search, arguments checked here, blank frames skipped
+    if layout == "auto":
+        layout = "dense" if device.type == "cuda" else ("numba" if _have_numba() else "flat")
+    if layout != "flat":
+        # the other layouts: the same search, arguments checked here, blank frames skipped
         if layout == "triton":
             from asr.decode.triton_beam import decode_beam_triton as search
+        elif layout == "numba":
+            from asr.decode.numba_beam import decode_beam_numba as search
         else:
             from asr.decode.dense import decode_beam_dense as search
         return search(
@@ -387,15 +395,7 @@ def decode_beam(
     history: list[tuple[torch.Tensor, torch.Tensor]] = []  # per frame: (parent hyp, label added or -1)
     ended: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (frames seen, place in the list, hf, hi) of utterances that ended
     weights = torch.tensor([lm_weight, word_bonus], device=device)
-    # per label, the most fusion can add to the score of a grow by it (its LM gain and word bonus)
-    bound = torch.zeros(vocab, device=device)
-    if fusion is not None and lm_weight < 0:  # an LM loss would count as a gain, without bound
-        bound.fill_(math.inf)
-    elif fusion is not None:
-        if lm_weight > 0:  # (at 0 the LM counts for nothing, an unbounded gain included)
-            bound += lm_weight * fusion.label_gain.to(device)
-        bound += max(word_bonus, 0.0) * fusion.label_words.to(device)
-    early_pruning = beam_threshold < math.inf and bool((bound < math.inf).any())
+    bound, early_pruning = fusion_bound(fusion, vocab, lm_weight, word_bonus, beam_threshold, device)
     lowest = torch.finfo(hf.dtype).min
     stay_parent = torch.arange(batch * beam_size, device=device)
     stay_label = torch.full((batch * beam_size,), -1, device=device)
@@ -494,6 +494,28 @@ def decode_beam(
     for i, b in enumerate(owner):
         results[b].append(Hypothesis(spelled[i], score[i], acoustic[i], lm_total[i], int(words[i])))
     return results
+
+
+def _have_numba() -> bool:
+    """Whether numba imports (it compiles the CPU layout; without it, the flat list runs)."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def fusion_bound(fusion: Fusion | None, vocab: int, lm_weight: float, word_bonus: float, beam_threshold: float, device: torch.device) -> tuple[torch.Tensor, bool]:
+    """Per label, the most fusion can add to the score of a grow by it (its LM gain and word
+    bonus): (vocab,) float; and whether that prunes anything (decode_beam's early pruning)."""
+    bound = torch.zeros(vocab, device=device)
+    if fusion is not None and lm_weight < 0:  # an LM loss would count as a gain, without bound
+        bound.fill_(math.inf)
+    elif fusion is not None:
+        if lm_weight > 0:  # (at 0 the LM counts for nothing, an unbounded gain included)
+            bound += lm_weight * fusion.label_gain.to(device)
+        bound += max(word_bonus, 0.0) * fusion.label_words.to(device)
+    return bound, beam_threshold < math.inf and bool((bound < math.inf).any())
 
 
 def _frame_candidates(log_probs: torch.Tensor, lengths: torch.Tensor, top_k: int, min_logp: float, blank: int, cum_prob: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,295 @@
+"""The prefix beam search of `asr.decode.beam` as one compiled loop per utterance (numba): the
+layout for CPUs.
+
+The flat list runs ~130 torch ops per frame. On a CPU each costs 1-3 us however little it does,
+so with the hypotheses of a peaky CTC model (a few live prefixes per utterance, a label or two
+worth trying per frame) most of a frame is op overhead: on the demo's test set that capped the
+flat list at ~5-6x pyctcdecode. Here numba compiles the search (to machine code, through LLVM,
+at first use, cached on disk) and each utterance walks its own frames with its hypotheses in a
+few small arrays, paying only for its live prefixes and the labels they try.
+
+The search is the flat list's, step for step: the same candidate labels per frame
+(`beam._frame_candidates`, computed for the whole batch in torch), stays, then grows by
+(hypothesis, label); a grow equal to a live prefix merges into its p_nb (found by hash); the
+same early pruning before the LM; word- or token-level fusion as `WordLMFusion.grow_` and
+`TokenLMFusion.grow_` compute it (the same tables, the n-gram looked up as `NGramLM.score`
+does); the best `beam_size` within `beam_threshold` of the best survive, best first, exact ties
+to the earlier candidate (the flat list's stable sort). Scores are float32, as in torch. The
+back-pointers (parent slot, label added) are followed afterwards by `dense.final_hypotheses`,
+which also adds the final LM scores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+
+from asr.decode.beam import _UTT_MUL, Fusion, Hypothesis, TokenLMFusion, WordLMFusion, _frame_candidates, fusion_bound
+from asr.decode.dense import final_hypotheses
+from asr.decode.lm import _MUL, NGramLM
+
+_NO_FUSION, _WORD, _TOKEN_TABLE, _TOKEN_LM = 0, 1, 2, 3
+_F32 = np.float32
+_NEG_INF = _F32(-np.inf)
+_LOWEST = _F32(np.finfo(np.float32).min)
+
+
+@numba.njit(cache=True, nogil=True)
+def _plus(a, b, merge_sum):
+    """ln(e^a + e^b) as torch.logaddexp computes it (prefix search), or max(a, b) (Viterbi)."""
+    if not merge_sum:
+        return max(a, b)
+    if a == b and math.isinf(a):
+        return a
+    return max(a, b) + np.log1p(np.exp(-abs(a - b)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _lm_score(state, word, ends, first, keys, logp, next_state, bows, window, shift, bucket_base):
+    """NGramLM.score for one (state, word): ln P and the state after. The n-grams (last j words
+    of the context, word), j = 0 .. order-1, are looked up in their buckets' runs of the sorted
+    key table; the longest listed one answers, plus the back-off weights of the context's
+    listed ends longer than it."""
+    entry = 0
+    which = 0
+    for j in range(ends.shape[1]):
+        key = (ends[state, j] + word) * _MUL  # wraps modulo 2**64, as in torch
+        at = first[(key >> shift) + bucket_base]
+        for w in range(window):  # the run is sorted: stop at the first key not below ours
+            other = keys[at + w]
+            if other >= key:
+                if other == key:
+                    entry = at + w
+                    which = j
+                break
+    return logp[entry] + bows[state, which], next_state[entry]
+
+
+@numba.njit(cache=True, nogil=True)
+def _search(
+    lp, lengths, cand_id, cand_lp,  # (B, T, V) f32, (B,) i64, (B, T, K) i64 and f32 (-inf: none)
+    parent_out, label_out, f_out, state_out,  # out: (T, B, beam) i32 x2, (4, B, beam) f32, (B, beam, 2) i64
+    beam, blank, threshold, early, bound, lm_weight, word_bonus, merge_sum, kind,
+    ends, first, keys, lm_logp, next_state, bows, window, shift, bucket_base, start_state,  # NGramLM
+    trie, ends_word, penalty, node_word, end_cost,  # WordLMFusion tables
+    token_words, table_logp, table_next,  # TokenLMFusion tables
+):
+    num_utt, frames, vocab = lp.shape
+    k = cand_id.shape[2]
+    slack = _F32(threshold + 1e-3)  # early pruning's margin, as in decode_beam
+    thr = _F32(threshold)
+    # the live hypotheses of one utterance, best first: floats, and [last label, hash, state 0, state 1]
+    hf = np.empty((4, beam), np.float32)  # p_b, p_nb, ln P_lm so far, words so far
+    hi = np.empty((4, beam), np.int64)
+    # the candidates of a frame: stays (the first n), then grows
+    cap = beam + beam * k
+    cf = np.empty((4, cap), np.float32)
+    ci = np.empty((4, cap), np.int64)
+    c_parent = np.empty(cap, np.int64)
+    c_label = np.empty(cap, np.int64)
+    score = np.empty(cap, np.float32)
+    fused = np.empty(beam, np.float32)
+    total = np.empty(beam, np.float32)
+    pick = np.empty(beam, np.int64)
+    for b in range(num_utt):
+        n = 1  # the empty prefix: last label blank, the utterance's own hash
+        hf[0, 0], hf[1, 0], hf[2, 0], hf[3, 0] = 0.0, _NEG_INF, 0.0, 0.0
+        hi[0, 0], hi[1, 0], hi[2, 0], hi[3, 0] = blank, b * _UTT_MUL, start_state, 0
+        length = lengths[b]
+        for t in range(length):
+            lp_blank = lp[b, t, blank]
+            # stays: blank, or the last label again
+            for i in range(n):
+                total[i] = _plus(hf[0, i], hf[1, i], merge_sum)
+                cf[0, i] = total[i] + lp_blank
+                cf[1, i] = hf[1, i] + lp[b, t, hi[0, i]]
+                cf[2, i] = hf[2, i]
+                cf[3, i] = hf[3, i]
+                for s in range(4):
+                    ci[s, i] = hi[s, i]
+                c_parent[i] = i
+                c_label[i] = -1
+            # grows by the frame's candidate labels (a repeat only from p_b); one equal to a live
+            # prefix joins that one's p_nb and is no candidate itself
+            m = n
+            for i in range(n):
+                for j in range(k):
+                    c = cand_id[b, t, j]
+                    g = (hf[0, i] if c == hi[0, i] else total[i]) + cand_lp[b, t, j]
+                    if not g > _NEG_INF:
+                        continue
+                    g_key = (hi[1, i] + c + 1) * _MUL
+                    joined = False
+                    for other in range(n):
+                        if hi[1, other] == g_key:
+                            cf[1, other] = _plus(cf[1, other], g, merge_sum)
+                            joined = True
+                            break
+                    if not joined:
+                        c_parent[m] = i
+                        c_label[m] = c
+                        ci[1, m] = g_key
+                        cf[1, m] = g
+                        m += 1
+            best_stay = _NEG_INF
+            for i in range(n):
+                fused[i] = lm_weight * hf[2, i] + word_bonus * hf[3, i]
+                score[i] = _plus(cf[0, i], cf[1, i], merge_sum) + fused[i]
+                best_stay = max(best_stay, score[i])
+            if early:  # grows that cannot make the beam, whatever the LM adds, leave before it is asked
+                kept = n
+                for g in range(n, m):
+                    need = max(best_stay - slack - fused[c_parent[g]] - bound[c_label[g]], _LOWEST)
+                    if cf[1, g] >= need:
+                        c_parent[kept], c_label[kept], ci[1, kept], cf[1, kept] = c_parent[g], c_label[g], ci[1, g], cf[1, g]
+                        kept += 1
+                m = kept
+            # LM fusion: what each grow adds to ln P_lm and to the words scored, and its state after
+            for g in range(n, m):
+                i, c = c_parent[g], c_label[g]
+                d_lm, d_words = _F32(0.0), _F32(0.0)
+                st0, st1 = hi[2, i], hi[3, i]
+                if kind == 1:  # word: the delimiter ends the unfinished word, which the LM then scores
+                    entry = st1 * vocab + c
+                    d_lm = penalty[entry]
+                    if ends_word[entry]:
+                        w_lp, st0 = _lm_score(hi[2, i], node_word[st1], ends, first, keys, lm_logp, next_state, bows, window, shift, bucket_base)
+                        d_lm = d_lm + (w_lp + end_cost[st1])
+                        d_words = _F32(1.0)
+                    st1 = trie[entry]
+                elif kind == 2:  # token, tables
+                    entry = st0 * vocab + c
+                    d_lm = table_logp[entry]
+                    st0 = table_next[entry]
+                    d_words = _F32(1.0)
+                elif kind == 3:  # token, the LM itself
+                    d_lm, st0 = _lm_score(st0, token_words[c], ends, first, keys, lm_logp, next_state, bows, window, shift, bucket_base)
+                    d_words = _F32(1.0)
+                cf[0, g] = _NEG_INF
+                cf[2, g] = hf[2, i] + d_lm
+                cf[3, g] = hf[3, i] + d_words
+                ci[0, g] = c
+                ci[2, g] = st0
+                ci[3, g] = st1
+                score[g] = cf[1, g] + (lm_weight * cf[2, g] + word_bonus * cf[3, g])
+
+            # keep the best `beam` within `threshold` of the best, best first, ties to the earlier
+            best = _NEG_INF
+            for c in range(m):
+                best = max(best, score[c])
+            floor = max(best - thr, _LOWEST)  # finite, so -inf candidates fail it
+            count = 0
+            for c in range(m):
+                s = score[c]
+                if not s >= floor:
+                    continue
+                if count < beam:
+                    at = count
+                    count += 1
+                elif s > score[pick[beam - 1]]:
+                    at = beam - 1
+                else:
+                    continue
+                while at > 0 and score[pick[at - 1]] < s:
+                    pick[at] = pick[at - 1]
+                    at -= 1
+                pick[at] = c
+            for slot in range(beam):
+                if slot < count:
+                    c = pick[slot]
+                    for s in range(4):
+                        hf[s, slot] = cf[s, c]
+                        hi[s, slot] = ci[s, c]
+                    parent_out[t, b, slot] = c_parent[c]
+                    label_out[t, b, slot] = c_label[c]
+                else:
+                    parent_out[t, b, slot] = slot
+                    label_out[t, b, slot] = -1
+            n = count
+        for t in range(length, frames):  # past the end: every slot stays
+            for slot in range(beam):
+                parent_out[t, b, slot] = slot
+                label_out[t, b, slot] = -1
+        for slot in range(beam):
+            live = slot < n
+            f_out[0, b, slot] = hf[0, slot] if live else _NEG_INF
+            f_out[1, b, slot] = hf[1, slot] if live else _NEG_INF
+            f_out[2, b, slot] = hf[2, slot] if live else 0.0
+            f_out[3, b, slot] = hf[3, slot] if live else 0.0
+            state_out[b, slot, 0] = hi[2, slot] if live else start_state
+            state_out[b, slot, 1] = hi[3, slot] if live else 0
+
+
+def _lm_arrays(lm: NGramLM | None) -> tuple:
+    """The search's NGramLM arguments (dummies without an LM)."""
+    if lm is None:
+        one = np.zeros(1, np.int64)
+        return (np.zeros((1, 1), np.int64), one, one, np.zeros(1, np.float32), one, np.zeros((1, 1), np.float32), 1, 0, 0, 0)
+    window = lm._windows.shape[1]
+    return (
+        lm._ends.numpy(), lm._first.numpy(), lm._padded.numpy(), lm.logp.numpy(), lm.next_state.numpy(), lm._bows.numpy(),
+        window, 64 - lm._bits, 1 << (lm._bits - 1), lm._bos_state,
+    )
+
+
+@torch.inference_mode()
+def decode_beam_numba(
+    log_probs: torch.Tensor,
+    lengths: torch.Tensor,
+    beam_size: int,
+    token_top_k: int,
+    token_min_logp: float,
+    token_cum_prob: float,
+    beam_threshold: float,
+    fusion: Fusion | None,
+    lm_weight: float,
+    word_bonus: float,
+    nbest: int,
+    merge: str,
+    blank: int,
+) -> list[list[Hypothesis]]:
+    """`decode_beam` as one compiled loop per utterance (its arguments, checked there; blank
+    frames already skipped). CPU tensors only."""
+    if log_probs.device.type != "cpu":
+        raise ValueError(f"the numba layout runs on the CPU, not on {log_probs.device.type}")
+    log_probs = log_probs.float().contiguous()
+    lengths = lengths.long().contiguous()
+    n_utt, frames, vocab = log_probs.shape
+    cand_id, cand_lp = _frame_candidates(log_probs, lengths, token_top_k, token_min_logp, blank, token_cum_prob)  # (utts * frames, k)
+    k = cand_id.shape[1]
+    bound, early = fusion_bound(fusion, vocab, lm_weight, word_bonus, beam_threshold, log_probs.device)
+
+    i64, f32 = np.zeros(1, np.int64), np.zeros(1, np.float32)
+    word_tables, token_tables = (i64, np.zeros(1, np.bool_), f32, i64, f32), (i64, f32, i64)
+    if fusion is None:
+        kind, lm = _NO_FUSION, None
+    elif isinstance(fusion, WordLMFusion):
+        kind, lm = _WORD, fusion.lm
+        word_tables = (fusion.trie.numpy(), fusion.ends_word.numpy(), fusion.penalty.numpy(), fusion.node_word.numpy(), fusion.end_cost.numpy())
+    elif isinstance(fusion, TokenLMFusion):
+        lm = fusion.lm
+        if fusion.table_logp is not None:
+            kind, token_tables = _TOKEN_TABLE, (i64, fusion.table_logp.numpy(), fusion.table_next.numpy())
+        else:
+            kind, token_tables = _TOKEN_LM, (fusion.token_words.numpy(), f32, i64)
+    else:
+        raise TypeError(f"the numba layout knows WordLMFusion and TokenLMFusion, not {type(fusion).__name__}")
+    if lm is not None and lm.device.type != "cpu":
+        raise ValueError(f"the numba layout needs the LM on the CPU, not on {lm.device.type}")
+
+    parent = np.empty((frames, n_utt, beam_size), np.int32)
+    label = np.empty((frames, n_utt, beam_size), np.int32)
+    out_f = np.empty((4, n_utt, beam_size), np.float32)
+    out_state = np.empty((n_utt, beam_size, 2), np.int64)
+    _search(
+        log_probs.numpy(), lengths.numpy(), cand_id.view(n_utt, frames, k).numpy(), cand_lp.view(n_utt, frames, k).numpy(),
+        parent, label, out_f, out_state,
+        beam_size, blank, float(beam_threshold), early, bound.numpy(), _F32(lm_weight), _F32(word_bonus), merge == "sum", kind,
+        *_lm_arrays(lm), *word_tables, *token_tables,
+    )
+    out_f, out_state = torch.from_numpy(out_f), torch.from_numpy(out_state)
+    state = out_state[:, :, : (2 if kind == _WORD else 1)]
+    return final_hypotheses(out_f[0], out_f[1], out_f[2], out_f[3], state, torch.from_numpy(parent), torch.from_numpy(label), fusion, lm_weight, word_bonus, nbest, merge)
