@@ -142,11 +142,12 @@ def decode_beam_dense(
 def final_hypotheses(
     p_b: torch.Tensor, p_nb: torch.Tensor, lm_total: torch.Tensor, words_total: torch.Tensor, state: torch.Tensor,
     parent: torch.Tensor, label: torch.Tensor, fusion: Fusion | None, lm_weight: float, word_bonus: float, nbest: int, merge: str,
+    backtrack=None,
 ) -> list[list[Hypothesis]]:
     """Every utterance has ended: score the grid's slots as they are (p_b, p_nb, ln P_lm so far,
     words so far: (utts, beam); state (utts, beam, S) the fusion's), and spell out each
     utterance's `nbest` best by the back-pointers (parent slot, label added or -1: (frames,
-    utts, beam))."""
+    utts, beam)), with `backtrack` (default `_backtrack`; same arguments, same answer)."""
     n_utt, beam = p_b.shape
     acoustic = torch.logaddexp(p_b, p_nb) if merge == "sum" else torch.maximum(p_b, p_nb)  # (utts, beam)
     if fusion is not None:
@@ -155,7 +156,7 @@ def final_hypotheses(
     score = acoustic + lm_weight * lm_total + word_bonus * words_total
     score = score.masked_fill(acoustic == NEG_INF, NEG_INF)
     best, slot = (x[:, :nbest] for x in score.sort(dim=1, descending=True, stable=True))  # (utts, n) best first
-    spelled = _backtrack(parent.cpu(), label.cpu(), slot.cpu())
+    spelled = (backtrack or _backtrack)(parent.cpu(), label.cpu(), slot.cpu())
     columns = [best.tolist()] + [x.gather(1, slot).tolist() for x in (acoustic, lm_total, words_total)]
     results: list[list[Hypothesis]] = []
     for b in range(n_utt):

@@ -223,6 +223,28 @@ def _search(
             state_out[b, slot, 1] = hi[3, slot] if live else 0
 
 
+@numba.njit(cache=True, nogil=True)
+def _spell(parent, label, slot):
+    """Labels of the chosen slots (utts, n), walking the back-pointers (frames, utts, beam) from
+    the last frame: (utts, n, frames), -1 where a frame added none."""
+    frames = parent.shape[0]
+    num_utt, n = slot.shape
+    out = np.full((num_utt, n, frames), -1, np.int64)
+    for b in range(num_utt):
+        for j in range(n):
+            at = slot[b, j]
+            for t in range(frames - 1, -1, -1):
+                out[b, j, t] = label[t, b, at]
+                at = parent[t, b, at]
+    return out
+
+
+def _backtrack(parent: torch.Tensor, label: torch.Tensor, slot: torch.Tensor) -> list[list[list[int]]]:
+    """`dense._backtrack`, compiled: the labels of each utterance's chosen slots."""
+    labels = _spell(parent.numpy(), label.numpy(), slot.numpy()).tolist()
+    return [[[c for c in row if c >= 0] for row in utt] for utt in labels]
+
+
 def _lm_arrays(lm: NGramLM | None) -> tuple:
     """The search's NGramLM arguments (dummies without an LM)."""
     if lm is None:
@@ -292,4 +314,6 @@ def decode_beam_numba(
     )
     out_f, out_state = torch.from_numpy(out_f), torch.from_numpy(out_state)
     state = out_state[:, :, : (2 if kind == _WORD else 1)]
-    return final_hypotheses(out_f[0], out_f[1], out_f[2], out_f[3], state, torch.from_numpy(parent), torch.from_numpy(label), fusion, lm_weight, word_bonus, nbest, merge)
+    return final_hypotheses(
+        out_f[0], out_f[1], out_f[2], out_f[3], state, torch.from_numpy(parent), torch.from_numpy(label), fusion, lm_weight, word_bonus, nbest, merge, _backtrack,
+    )
