@@ -16,7 +16,9 @@ Two comparisons:
     is the LM's vocabulary, spelled in characters; the space label is its word separator);
  2. character LM (an N-gram over the labels, "|" for space): ours (token-level fusion) vs
     flashlight-text's LexiconFreeDecoder. pyctcdecode has no token-level LM.
-Greedy decoding and beam search without an LM are listed for reference. With a CUDA GPU, ours also
+Greedy decoding and beam search without an LM are listed for reference. "ours, CPU" is decode_beam's
+default there (the numba layout, a compiled loop per utterance); "ours, CPU, flat list" runs the
+same search as torch operations (layout="flat"), with the same results. With a CUDA GPU, ours also
 runs there (same LMs) in batches of --batch-size and of 64, on the dense grid replayed as a CUDA
 graph (decode_beam's default there), at 64 on the flat list too, and, where Triton is installed,
 as one Triton kernel per batch (layout="triton"); the GPU's batch-64 speeds are compared with
