@@ -32,12 +32,22 @@ from asr.decode.dense import final_hypotheses
 from asr.decode.lm import _MUL, NGramLM
 
 _NO_FUSION, _WORD, _TOKEN_TABLE, _TOKEN_LM = 0, 1, 2, 3
+
+
+def _jit(fn):
+    """numba.njit, the machine code cached on disk (next to this file, else in the user's cache
+    folder, or NUMBA_CACHE_DIR); where numba finds no writable place for it (a read-only install
+    and home), it raises at decoration, and the function is compiled once per process instead."""
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except RuntimeError:
+        return numba.njit(nogil=True)(fn)
 _F32 = np.float32
 _NEG_INF = _F32(-np.inf)
 _LOWEST = _F32(np.finfo(np.float32).min)
 
 
-@numba.njit(cache=True, nogil=True)
+@_jit
 def _plus(a, b, merge_sum):
     """ln(e^a + e^b) as torch.logaddexp computes it (prefix search), or max(a, b) (Viterbi)."""
     if not merge_sum:
@@ -47,7 +57,7 @@ def _plus(a, b, merge_sum):
     return max(a, b) + np.log1p(np.exp(-abs(a - b)))
 
 
-@numba.njit(cache=True, nogil=True)
+@_jit
 def _lm_score(state, word, ends, first, keys, logp, next_state, bows, window, shift, bucket_base):
     """NGramLM.score for one (state, word): ln P and the state after. The n-grams (last j words
     of the context, word), j = 0 .. order-1, are looked up in their buckets' runs of the sorted
@@ -68,7 +78,7 @@ def _lm_score(state, word, ends, first, keys, logp, next_state, bows, window, sh
     return logp[entry] + bows[state, which], next_state[entry]
 
 
-@numba.njit(cache=True, nogil=True)
+@_jit
 def _search(
     lp, lengths, cand_id, cand_lp,  # (B, T, V) f32, (B,) i64, (B, T, K) i64 and f32 (-inf: none)
     parent_out, label_out, f_out, state_out,  # out: (T, B, beam) i32 x2, (4, B, beam) f32, (B, beam, 2) i64
@@ -223,7 +233,7 @@ def _search(
             state_out[b, slot, 1] = hi[3, slot] if live else 0
 
 
-@numba.njit(cache=True, nogil=True)
+@_jit
 def _spell(parent, label, slot):
     """Labels of the chosen slots (utts, n), walking the back-pointers (frames, utts, beam) from
     the last frame: (utts, n, frames), -1 where a frame added none."""
