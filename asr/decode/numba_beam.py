@@ -256,10 +256,11 @@ def _backtrack(parent: torch.Tensor, label: torch.Tensor, slot: torch.Tensor) ->
 
 
 def _lm_arrays(lm: NGramLM | None) -> tuple:
-    """The search's NGramLM arguments (dummies without an LM)."""
+    """The search's NGramLM arguments (without an LM, dummies of the dtypes an LM has, so that
+    numba compiles one version of the search for both)."""
     if lm is None:
         one = np.zeros(1, np.int64)
-        return (np.zeros((1, 1), np.int64), one, one, np.zeros(1, np.float32), one, np.zeros((1, 1), np.float32), 1, 0, 0, 0)
+        return (np.zeros((1, 1), np.int64), np.zeros(1, np.int32), one, np.zeros(1, np.float32), one, np.zeros((1, 1), np.float32), 1, 0, 0, 0)
     window = lm._windows.shape[1]
     return (
         lm._ends.numpy(), lm._first.numpy(), lm._padded.numpy(), lm.logp.numpy(), lm.next_state.numpy(), lm._bows.numpy(),
