@@ -15,8 +15,8 @@ same early pruning before the LM; word- or token-level fusion as `WordLMFusion.g
 `TokenLMFusion.grow_` compute it (the same tables, the n-gram looked up as `NGramLM.score`
 does); the best `beam_size` within `beam_threshold` of the best survive, best first, exact ties
 to the earlier candidate (the flat list's stable sort). Scores are float32, as in torch. The
-back-pointers (parent slot, label added) are followed afterwards by `dense.final_hypotheses`,
-which also adds the final LM scores.
+back-pointers (parent slot, label added) are followed afterwards by a compiled walk, and
+`dense.final_hypotheses` adds the final LM scores and picks the n-best.
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ from asr.decode.beam import _UTT_MUL, Fusion, Hypothesis, TokenLMFusion, WordLMF
 from asr.decode.dense import final_hypotheses
 from asr.decode.lm import _MUL, NGramLM
 
-_NO_FUSION, _WORD, _TOKEN_TABLE, _TOKEN_LM = 0, 1, 2, 3
+_NO_FUSION, _WORD, _TOKEN_TABLE, _TOKEN_LM = 0, 1, 2, 3  # numba reads globals as constants
+_F32 = np.float32
+_NEG_INF = _F32(-np.inf)
+_LOWEST = _F32(np.finfo(np.float32).min)
 
 
 def _jit(fn):
@@ -42,9 +45,6 @@ def _jit(fn):
         return numba.njit(cache=True, nogil=True)(fn)
     except RuntimeError:
         return numba.njit(nogil=True)(fn)
-_F32 = np.float32
-_NEG_INF = _F32(-np.inf)
-_LOWEST = _F32(np.finfo(np.float32).min)
 
 
 @_jit
@@ -118,8 +118,8 @@ def _search(
                 cf[1, i] = hf[1, i] + lp[b, t, hi[0, i]]
                 cf[2, i] = hf[2, i]
                 cf[3, i] = hf[3, i]
-                for s in range(4):
-                    ci[s, i] = hi[s, i]
+                for row in range(4):
+                    ci[row, i] = hi[row, i]
                 c_parent[i] = i
                 c_label[i] = -1
             # grows by the frame's candidate labels (a repeat only from p_b); one equal to a live
@@ -162,7 +162,7 @@ def _search(
                 i, c = c_parent[g], c_label[g]
                 d_lm, d_words = _F32(0.0), _F32(0.0)
                 st0, st1 = hi[2, i], hi[3, i]
-                if kind == 1:  # word: the delimiter ends the unfinished word, which the LM then scores
+                if kind == _WORD:  # word: the delimiter ends the unfinished word, which the LM then scores
                     entry = st1 * vocab + c
                     d_lm = penalty[entry]
                     if ends_word[entry]:
@@ -170,12 +170,12 @@ def _search(
                         d_lm = d_lm + (w_lp + end_cost[st1])
                         d_words = _F32(1.0)
                     st1 = trie[entry]
-                elif kind == 2:  # token, tables
+                elif kind == _TOKEN_TABLE:
                     entry = st0 * vocab + c
                     d_lm = table_logp[entry]
                     st0 = table_next[entry]
                     d_words = _F32(1.0)
-                elif kind == 3:  # token, the LM itself
+                elif kind == _TOKEN_LM:  # the n-gram itself, asked at every grow
                     d_lm, st0 = _lm_score(st0, token_words[c], ends, first, keys, lm_logp, next_state, bows, window, shift, bucket_base)
                     d_words = _F32(1.0)
                 cf[0, g] = _NEG_INF
@@ -210,9 +210,9 @@ def _search(
             for slot in range(beam):
                 if slot < count:
                     c = pick[slot]
-                    for s in range(4):
-                        hf[s, slot] = cf[s, c]
-                        hi[s, slot] = ci[s, c]
+                    for row in range(4):
+                        hf[row, slot] = cf[row, c]
+                        hi[row, slot] = ci[row, c]
                     parent_out[t, b, slot] = c_parent[c]
                     label_out[t, b, slot] = c_label[c]
                 else:
