@@ -260,6 +260,29 @@ class WordLMFusion:
 
 Fusion = TokenLMFusion | WordLMFusion
 
+# The kinds of fusion a compiled layout (numba, triton) tells apart when it scores a grow
+NO_FUSION, WORD_FUSION, TOKEN_TABLES, TOKEN_LM = 0, 1, 2, 3
+
+
+def fusion_tables(fusion: Fusion | None, device: torch.device) -> tuple[int, NGramLM | None, list[torch.Tensor], list[torch.Tensor]]:
+    """What a compiled layout needs of a fusion: its kind, its n-gram, the WordLMFusion tables
+    [trie, ends_word (viewed as int8, no copy), penalty, node_word, end_cost] and the
+    TokenLMFusion ones [token_words, table_logp, table_next]; a kind's unused tables are
+    1-element dummies of the same dtypes (so each layout compiles one version of its search)."""
+    f32, i64 = torch.zeros(1, device=device), torch.zeros(1, dtype=torch.long, device=device)
+    word = [i64, torch.zeros(1, dtype=torch.int8, device=device), f32, i64, f32]
+    token = [i64, f32, i64]
+    if fusion is None:
+        return NO_FUSION, None, word, token
+    if isinstance(fusion, WordLMFusion):
+        word = [fusion.trie, fusion.ends_word.view(torch.int8), fusion.penalty, fusion.node_word, fusion.end_cost]
+        return WORD_FUSION, fusion.lm, word, token
+    if isinstance(fusion, TokenLMFusion):
+        if fusion.table_logp is not None:
+            return TOKEN_TABLES, fusion.lm, word, [i64, fusion.table_logp, fusion.table_next]
+        return TOKEN_LM, fusion.lm, word, [fusion.token_words, f32, i64]
+    raise TypeError(f"a compiled beam search knows WordLMFusion and TokenLMFusion, not {type(fusion).__name__}")
+
 
 def skip_blank_frames(log_probs: torch.Tensor, lengths: torch.Tensor, threshold: float, blank: int = BLANK_ID) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop frames whose blank probability exceeds `threshold` when the frame before did too.

@@ -27,11 +27,10 @@ import numba
 import numpy as np
 import torch
 
-from asr.decode.beam import _UTT_MUL, Fusion, Hypothesis, TokenLMFusion, WordLMFusion, _frame_candidates, fusion_bound
+from asr.decode.beam import _UTT_MUL, TOKEN_LM, TOKEN_TABLES, WORD_FUSION, Fusion, Hypothesis, _frame_candidates, fusion_bound, fusion_tables
 from asr.decode.dense import final_hypotheses
 from asr.decode.lm import _MUL, NGramLM
 
-_NO_FUSION, _WORD, _TOKEN_TABLE, _TOKEN_LM = 0, 1, 2, 3  # numba reads globals as constants
 _F32 = np.float32
 _NEG_INF = _F32(-np.inf)
 _LOWEST = _F32(np.finfo(np.float32).min)
@@ -162,7 +161,7 @@ def _search(
                 i, c = c_parent[g], c_label[g]
                 d_lm, d_words = _F32(0.0), _F32(0.0)
                 st0, st1 = hi[2, i], hi[3, i]
-                if kind == _WORD:  # word: the delimiter ends the unfinished word, which the LM then scores
+                if kind == WORD_FUSION:  # word: the delimiter ends the unfinished word, which the LM then scores
                     entry = st1 * vocab + c
                     d_lm = penalty[entry]
                     if ends_word[entry]:
@@ -170,12 +169,12 @@ def _search(
                         d_lm = d_lm + (w_lp + end_cost[st1])
                         d_words = _F32(1.0)
                     st1 = trie[entry]
-                elif kind == _TOKEN_TABLE:
+                elif kind == TOKEN_TABLES:
                     entry = st0 * vocab + c
                     d_lm = table_logp[entry]
                     st0 = table_next[entry]
                     d_words = _F32(1.0)
-                elif kind == _TOKEN_LM:  # the n-gram itself, asked at every grow
+                elif kind == TOKEN_LM:  # the n-gram itself, asked at every grow
                     d_lm, st0 = _lm_score(st0, token_words[c], ends, first, keys, lm_logp, next_state, bows, window, shift, bucket_base)
                     d_words = _F32(1.0)
                 cf[0, g] = _NEG_INF
@@ -295,21 +294,7 @@ def decode_beam_numba(
     k = cand_id.shape[1]
     bound, early = fusion_bound(fusion, vocab, lm_weight, word_bonus, beam_threshold, log_probs.device)
 
-    i64, f32 = np.zeros(1, np.int64), np.zeros(1, np.float32)
-    word_tables, token_tables = (i64, np.zeros(1, np.bool_), f32, i64, f32), (i64, f32, i64)
-    if fusion is None:
-        kind, lm = _NO_FUSION, None
-    elif isinstance(fusion, WordLMFusion):
-        kind, lm = _WORD, fusion.lm
-        word_tables = (fusion.trie.numpy(), fusion.ends_word.numpy(), fusion.penalty.numpy(), fusion.node_word.numpy(), fusion.end_cost.numpy())
-    elif isinstance(fusion, TokenLMFusion):
-        lm = fusion.lm
-        if fusion.table_logp is not None:
-            kind, token_tables = _TOKEN_TABLE, (i64, fusion.table_logp.numpy(), fusion.table_next.numpy())
-        else:
-            kind, token_tables = _TOKEN_LM, (fusion.token_words.numpy(), f32, i64)
-    else:
-        raise TypeError(f"the numba layout knows WordLMFusion and TokenLMFusion, not {type(fusion).__name__}")
+    kind, lm, word_tables, token_tables = fusion_tables(fusion, log_probs.device)  # (numba reads the kinds as constants)
     if lm is not None and lm.device.type != "cpu":
         raise ValueError(f"the numba layout needs the LM on the CPU, not on {lm.device.type}")
 
@@ -321,10 +306,10 @@ def decode_beam_numba(
         log_probs.numpy(), lengths.numpy(), cand_id.view(n_utt, frames, k).numpy(), cand_lp.view(n_utt, frames, k).numpy(),
         parent, label, out_f, out_state,
         beam_size, blank, float(beam_threshold), early, bound.numpy(), _F32(lm_weight), _F32(word_bonus), merge == "sum", kind,
-        *_lm_arrays(lm), *word_tables, *token_tables,
+        *_lm_arrays(lm), *(t.numpy() for t in word_tables + token_tables),
     )
     out_f, out_state = torch.from_numpy(out_f), torch.from_numpy(out_state)
-    state = out_state[:, :, : (2 if kind == _WORD else 1)]
+    state = out_state[:, :, : (2 if kind == WORD_FUSION else 1)]
     return final_hypotheses(
         out_f[0], out_f[1], out_f[2], out_f[3], state, torch.from_numpy(parent), torch.from_numpy(label), fusion, lm_weight, word_bonus, nbest, merge, _backtrack,
     )

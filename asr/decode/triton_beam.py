@@ -30,13 +30,11 @@ import torch
 import triton
 import triton.language as tl
 
-from asr.decode.beam import NEG_INF, _UTT_MUL, Fusion, Hypothesis, TokenLMFusion, WordLMFusion
+from asr.decode.beam import _UTT_MUL, TOKEN_LM, WORD_FUSION, Fusion, Hypothesis, fusion_tables
 from asr.decode.dense import _candidates, final_hypotheses
 from asr.decode.lm import _MUL, NGramLM
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"  # what triton.jit saw at import
-
-_NO_FUSION, _WORD, _TOKEN_TABLE, _TOKEN_LM = 0, 1, 2, 3
 
 
 @triton.jit
@@ -273,29 +271,15 @@ def decode_beam_triton(
     out_i = torch.empty(n_utt, 2, bp, dtype=torch.long, device=device)
     scratch_f = torch.empty(n_utt, 5, ncp, device=device)
     scratch_i = torch.empty(n_utt, 4, ncp, dtype=torch.long, device=device)
-    f32, i64 = torch.zeros(1, device=device), torch.zeros(1, dtype=torch.long, device=device)
-    word_tables, token_tables = [i64, i64, f32, i64, f32], [i64, f32, i64]
-    if fusion is None:
-        kind, lm = _NO_FUSION, None
-    elif isinstance(fusion, WordLMFusion):
-        kind, lm = _WORD, fusion.lm
-        word_tables = [fusion.trie, fusion.ends_word.to(torch.int8), fusion.penalty, fusion.node_word, fusion.end_cost]
-    elif isinstance(fusion, TokenLMFusion):
-        lm = fusion.lm
-        if fusion.table_logp is not None:
-            kind, token_tables = _TOKEN_TABLE, [i64, fusion.table_logp, fusion.table_next]
-        else:
-            kind, token_tables = _TOKEN_LM, [fusion.token_words, f32, i64]
-    else:
-        raise TypeError(f"the triton layout knows WordLMFusion and TokenLMFusion, not {type(fusion).__name__}")
+    kind, lm, word_tables, token_tables = fusion_tables(fusion, device)  # kind: the kernel's FUSION
     if n_utt:  # (with no frames, each program just writes its start: the empty prefix)
         lm_tables, lm_sizes = _lm_args(lm, device)
-        num_warps = num_warps or (4 if kind == _TOKEN_LM else 2)
+        num_warps = num_warps or (4 if kind == TOKEN_LM else 2)
         _beam_kernel[(n_utt,)](
             log_probs, lengths.long().contiguous(), c_id, c_lp, parent, label, out_f, out_i, scratch_f, scratch_i,
             *lm_tables, *word_tables, *token_tables,
             n_utt, frames, vocab, k, beam_size, blank, float(lm_weight), float(word_bonus), float(beam_threshold), _UTT_MUL,
             BP=bp, KP=kp, NCP=ncp, FUSION=kind, MERGE_SUM=merge == "sum", **lm_sizes, num_warps=num_warps,
         )
-    state = out_i[:, : (2 if kind == _WORD else 1)].transpose(1, 2)  # (utts, bp, S)
+    state = out_i[:, : (2 if kind == WORD_FUSION else 1)].transpose(1, 2)  # (utts, bp, S)
     return final_hypotheses(out_f[:, 0], out_f[:, 1], out_f[:, 2], out_f[:, 3], state, parent, label, fusion, lm_weight, word_bonus, nbest, merge)
