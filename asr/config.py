@@ -109,7 +109,7 @@ class AugmentConfig:
 
 @dataclass
 class DecodeConfig:
-    decoder: str = "greedy"  # "greedy" or "beam" (CTC prefix beam search, asr/decode/beam.py)
+    decoder: str = "greedy"  # "greedy" or "beam" (CTC prefix beam search, asr/decode/beam/)
     batch_size: int = 32  # utterances per batch through features and model
     beam_batch_size: int = 256  # utterances beam search decodes at once (model outputs are pooled up to it): its cost per frame is mostly fixed
     beam_size: int = 16  # prefixes kept per utterance, decoder=beam

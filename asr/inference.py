@@ -18,7 +18,8 @@ from asr.config import Config, DecodeConfig
 from asr.data.loader import UtteranceDataset, make_loader
 from asr.data.manifest import Utterance
 from asr.decode import decode_greedy
-from asr.decode.beam import LAYOUTS, Fusion, decode_beam, make_fusion
+from asr.decode.beam import LAYOUTS, decode_beam
+from asr.decode.fusion import Fusion, make_fusion
 from asr.features import FeatureExtractor
 from asr.fileio import atomic_write
 from asr.metrics import ErrorCounts, PhoneErrors, score_cer, score_per, score_wer

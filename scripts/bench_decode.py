@@ -48,7 +48,8 @@ import torch
 
 from asr.data.manifest import read_manifest
 from asr.decode import decode_greedy
-from asr.decode.beam import TokenLMFusion, WordLMFusion, decode_beam
+from asr.decode.beam import decode_beam
+from asr.decode.fusion import TokenLMFusion, WordLMFusion
 from asr.decode.kn import estimate_kneser_ney
 from asr.decode.arpa import read_arpa, write_arpa
 from asr.decode.lm import NGramLM, sentences_from_file
@@ -223,7 +224,7 @@ def main() -> int:
         ("ours, CPU, flat list", word_lm, ours(word_fusion, layout="flat"), betas),
     ]
     gpu = torch.device("cuda") if torch.cuda.is_available() else None
-    try:  # the one-kernel layout (asr.decode.triton_beam) needs Triton, which CUDA builds of torch bring
+    try:  # the one-kernel layout (asr.decode.beam.triton_kernel) needs Triton, which CUDA builds of torch bring
         import triton  # noqa: F401
 
         triton_ok = gpu is not None

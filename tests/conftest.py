@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-# Without a GPU, Triton's kernels (asr.decode.triton_beam) run on CPU tensors through its
+# Without a GPU, Triton's kernels (asr.decode.beam.triton_kernel) run on CPU tensors through its
 # interpreter, which `triton.jit` picks when TRITON_INTERPRET=1 is set as triton (its own
 # library functions included) and the kernel module are imported: so it is set here, before
 # any test imports either. On a GPU machine the kernel runs compiled, in the CUDA tests.

@@ -8,13 +8,14 @@ import torch
 
 from asr.cli import main
 from asr.decode import decode_greedy
-from asr.decode.beam import TokenLMFusion, WordLMFusion, decode_beam, make_fusion, skip_blank_frames
+from asr.decode.beam import decode_beam, skip_blank_frames
+from asr.decode.fusion import TokenLMFusion, WordLMFusion, make_fusion
 from asr.decode.kn import estimate_kneser_ney
 from asr.decode.arpa import write_arpa
 from asr.decode.lm import NGramLM
 from asr.text import CharTokenizer
 
-try:  # the Triton kernel (asr.decode.triton_beam): compiled on a GPU, interpreted on CPU tensors (see conftest.py)
+try:  # the Triton kernel (asr.decode.beam.triton_kernel): compiled on a GPU, interpreted on CPU tensors (see conftest.py)
     import triton  # noqa: F401
 
     HAVE_TRITON = True
@@ -22,7 +23,7 @@ except ImportError:
     HAVE_TRITON = False
 INTERPRETABLE = HAVE_TRITON and os.environ.get("TRITON_INTERPRET") == "1"
 TRITON = pytest.param("triton", marks=pytest.mark.skipif(not INTERPRETABLE, reason="needs triton (interpreted, on a machine without a GPU)"))
-try:  # the compiled CPU loop (asr.decode.numba_beam), decode_beam's default on the CPU
+try:  # the compiled CPU loop (asr.decode.beam.numba_loop), decode_beam's default on the CPU
     import numba  # noqa: F401
 
     HAVE_NUMBA = True
@@ -159,9 +160,9 @@ def test_early_pruning_changes_nothing(tmp_path, lm, layout):
 @pytest.mark.parametrize("layout", ["dense", TRITON, NUMBA])
 @pytest.mark.parametrize("lm", [None, "word", "word-no-lookahead", "token", "token-no-table"])
 def test_other_layouts_search_equals_the_flat_one(tmp_path, lm, layout):
-    # the other layouts against the flat list: the dense grid (asr.decode.dense, run eagerly
-    # here), the Triton kernel (asr.decode.triton_beam, one program per utterance, run by
-    # Triton's interpreter here) and the compiled CPU loop (asr.decode.numba_beam, one loop per
+    # the other layouts against the flat list: the dense grid (asr.decode.beam.dense, run eagerly
+    # here), the Triton kernel (asr.decode.beam.triton_kernel, one program per utterance, run by
+    # Triton's interpreter here) and the compiled CPU loop (asr.decode.beam.numba_loop, one loop per
     # utterance). Same n-best, same scores and parts, across pruning options, both
     # merges, utterances of any length, and every kind of LM fusion (token-level fusion both
     # with its (state, label) tables and asking the n-gram itself at every grow)
@@ -223,18 +224,18 @@ def test_numba_layout_equals_the_flat_one_at_full_size(tmp_path, lm):
 
 
 def test_auto_layout_falls_back_to_the_flat_list_without_numba(monkeypatch):
-    from asr.decode import beam
+    from asr.decode.beam import search
 
     torch.manual_seed(4)
     lp = (2 * torch.randn(3, 20, 6)).log_softmax(-1)
     lengths = torch.tensor([20, 11, 5])
-    monkeypatch.setattr(beam, "_have_numba", lambda: False)
+    monkeypatch.setattr(search, "_have_numba", lambda: False)
     fallback = decode_beam(lp, lengths, beam_size=4, nbest=2)
     flat = decode_beam(lp, lengths, beam_size=4, nbest=2, layout="flat")
     assert [[(h.ids, h.score) for h in u] for u in fallback] == [[(h.ids, h.score) for h in u] for u in flat]
     with pytest.raises(ImportError):  # and asked for by name, numba's absence is an error, not a silent flat list
         monkeypatch.setitem(__import__("sys").modules, "numba", None)
-        monkeypatch.delitem(__import__("sys").modules, "asr.decode.numba_beam", raising=False)
+        monkeypatch.delitem(__import__("sys").modules, "asr.decode.beam.numba_loop", raising=False)
         decode_beam(lp, lengths, beam_size=4, layout="numba")
 
 
@@ -468,13 +469,13 @@ def test_cli_evaluate_and_transcribe_with_beam_and_lm(tmp_path, capsys):
 
 
 def test_frame_candidates_are_the_top_k_labels_above_the_floor_within_the_cut():
-    from asr.decode.beam import _frame_candidates
+    from asr.decode.beam.common import frame_candidates
 
     torch.manual_seed(6)
     lp = (3 * torch.randn(3, 9, 7)).log_softmax(-1)
     lengths = torch.tensor([9, 4, 0])
     for top_k, floor, cut in [(2, -3.0, 1.0), (3, float("-inf"), 1.0), (6, -1.5, 1.0), (8, -2.0, 1.0), (6, float("-inf"), 0.9), (3, -4.0, 0.5)]:
-        ids, logps = _frame_candidates(lp, lengths, top_k, floor, blank=0, cum_prob=cut)
+        ids, logps = frame_candidates(lp, lengths, top_k, floor, blank=0, cum_prob=cut)
         for b in range(3):
             for t in range(9):
                 row = b * 9 + t

@@ -1,4 +1,4 @@
-"""The prefix beam search of `asr.decode.beam`, on a dense (utterance, beam) grid: the layout
+"""The prefix beam search of `asr.decode.beam.flat`, on a dense (utterance, beam) grid: the layout
 for GPUs.
 
 The flat list of `decode_beam` pays only for live hypotheses and tried labels, which is what a
@@ -20,21 +20,11 @@ of those that end a word), the same selection (the utterance's best `beam_size` 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from asr.decode.beam import NEG_INF, _UTT_MUL, Fusion, Hypothesis, candidate_mask
+from asr.decode.beam.common import NEG_INF, UTT_MUL, Hypothesis, final_hypotheses, grid_candidates
+from asr.decode.fusion import Fusion
 from asr.decode.lm import hash_step
-
-
-def _candidates(log_probs: torch.Tensor, lengths: torch.Tensor, k: int, min_logp: float, blank: int, cum_prob: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each frame's labels to try, as `beam._frame_candidates` picks them, in k fixed places:
-    (batch, frames, k) labels and log probs, -inf where a frame has fewer than k."""
-    batch, frames, vocab = log_probs.shape
-    ok = candidate_mask(log_probs.reshape(-1, vocab), lengths, frames, min_logp, blank, cum_prob)
-    c_lp, c_id = log_probs.masked_fill(~ok.view(batch, frames, vocab), NEG_INF).topk(k, dim=2)
-    return c_id, c_lp
-
 
 @torch.inference_mode()
 def decode_beam_dense(
@@ -62,7 +52,7 @@ def decode_beam_dense(
     n_utt, frames, vocab = log_probs.shape
     beam = beam_size
     k = max(min(token_top_k, vocab - 1), 1)
-    cand_id, cand_lp = _candidates(log_probs, lengths, k, token_min_logp, blank, token_cum_prob)  # (utts, frames, k)
+    cand_id, cand_lp = grid_candidates(log_probs, lengths, k, token_min_logp, blank, token_cum_prob)  # (utts, frames, k)
     # A frame past an utterance's end becomes certain blank (and tries no label): each prefix
     # then stays with its total in p_b and its score unchanged, so the step needs no mask.
     past = torch.arange(frames, device=device) >= lengths[:, None]  # (utts, frames)
@@ -79,7 +69,7 @@ def decode_beam_dense(
     hf[:, :, :2] = NEG_INF
     hf[:, 0, 0] = 0.0
     state = fusion.init_state(n_utt * beam).view(n_utt, beam, -1) if fusion is not None else torch.zeros(n_utt, beam, 0, dtype=torch.long, device=device)
-    empty_key = (torch.arange(n_utt, device=device) * _UTT_MUL)[:, None, None].expand(n_utt, beam, 1)
+    empty_key = (torch.arange(n_utt, device=device) * UTT_MUL)[:, None, None].expand(n_utt, beam, 1)
     hi = torch.cat([torch.full_like(empty_key, blank), empty_key, state], dim=2)
     width = hi.shape[2]
     # per frame, the candidate each slot was picked from (spelled out after the last frame)
@@ -139,35 +129,6 @@ def decode_beam_dense(
     return final_hypotheses(hf[:, :, 0], hf[:, :, 1], hf[:, :, 2], hf[:, :, 3], hi[:, :, 2:], parent, label, fusion, lm_weight, word_bonus, nbest, merge)
 
 
-def final_hypotheses(
-    p_b: torch.Tensor, p_nb: torch.Tensor, lm_total: torch.Tensor, words_total: torch.Tensor, state: torch.Tensor,
-    parent: torch.Tensor, label: torch.Tensor, fusion: Fusion | None, lm_weight: float, word_bonus: float, nbest: int, merge: str,
-    backtrack=None,
-) -> list[list[Hypothesis]]:
-    """Every utterance has ended: score the grid's slots as they are (p_b, p_nb, ln P_lm so far,
-    words so far: (utts, beam); state (utts, beam, S) the fusion's), and spell out each
-    utterance's `nbest` best by the back-pointers (parent slot, label added or -1: (frames,
-    utts, beam)), with `backtrack` (default `_backtrack`; same arguments, same answer)."""
-    n_utt, beam = p_b.shape
-    acoustic = torch.logaddexp(p_b, p_nb) if merge == "sum" else torch.maximum(p_b, p_nb)  # (utts, beam)
-    if fusion is not None:
-        final_lm, final_words = fusion.final_scores(state.reshape(n_utt * beam, -1))
-        lm_total, words_total = lm_total + final_lm.view(n_utt, beam), words_total + final_words.view(n_utt, beam)
-    score = acoustic + lm_weight * lm_total + word_bonus * words_total
-    score = score.masked_fill(acoustic == NEG_INF, NEG_INF)
-    best, slot = (x[:, :nbest] for x in score.sort(dim=1, descending=True, stable=True))  # (utts, n) best first
-    spelled = (backtrack or _backtrack)(parent.cpu(), label.cpu(), slot.cpu())
-    columns = [best.tolist()] + [x.gather(1, slot).tolist() for x in (acoustic, lm_total, words_total)]
-    results: list[list[Hypothesis]] = []
-    for b in range(n_utt):
-        results.append([
-            Hypothesis(spelled[b][j], s, a, lm_score, int(w))
-            for j, (s, a, lm_score, w) in enumerate(zip(*(column[b] for column in columns)))
-            if s > NEG_INF
-        ])
-    return results
-
-
 def _run(step, frames: int, buffers: list[torch.Tensor], use_graph: bool) -> None:
     """Call `step` once per frame; on CUDA, capture it once and replay the capture."""
     if not use_graph:
@@ -190,20 +151,3 @@ def _run(step, frames: int, buffers: list[torch.Tensor], use_graph: bool) -> Non
     torch.cuda.current_stream().wait_stream(side)
     for _ in range(frames):
         graph.replay()
-
-
-def _backtrack(hist_parent: torch.Tensor, hist_label: torch.Tensor, slot: torch.Tensor) -> list[list[list[int]]]:
-    """Labels of the chosen slots (utts, n), walking the back-pointers (frames, utts, beam)
-    from the last frame (past its end, an utterance's slots only stay, adding no label)."""
-    frames, n_utt, beam = hist_parent.shape
-    parent, label = hist_parent.numpy().reshape(frames, n_utt * beam), hist_label.numpy().reshape(frames, n_utt * beam)
-    base = np.arange(n_utt)[:, None] * beam  # each utterance's first slot, in the flattened grid
-    at = (slot.numpy() + base).ravel()
-    base = np.broadcast_to(base, slot.shape).ravel()
-    labels = np.empty((frames, at.shape[0]), dtype=np.int64)
-    for t in range(frames - 1, -1, -1):
-        labels[t] = label[t, at]
-        at = parent[t, at] + base
-    labels = labels.reshape(frames, *slot.shape)
-    per_utt = labels.transpose(1, 2, 0).tolist()  # (utts, n, frames)
-    return [[[c for c in row if c >= 0] for row in utt] for utt in per_utt]

@@ -1,4 +1,4 @@
-"""The prefix beam search of `asr.decode.beam` as one compiled loop per utterance (numba): the
+"""The prefix beam search of `asr.decode.beam.flat` as one compiled loop per utterance (numba): the
 layout for CPUs.
 
 The flat list runs ~130 torch ops per frame. On a CPU each costs 1-3 us however little it does,
@@ -9,14 +9,14 @@ at first use, cached on disk) and each utterance walks its own frames with its h
 few small arrays, paying only for its live prefixes and the labels they try.
 
 The search is the flat list's, step for step: the same candidate labels per frame
-(`beam._frame_candidates`, computed for the whole batch in torch), stays, then grows by
+(`common.frame_candidates`, computed for the whole batch in torch), stays, then grows by
 (hypothesis, label); a grow equal to a live prefix merges into its p_nb (found by hash); the
 same early pruning before the LM; word- or token-level fusion as `WordLMFusion.grow_` and
 `TokenLMFusion.grow_` compute it (the same tables, the n-gram looked up as `NGramLM.score`
 does); the best `beam_size` within `beam_threshold` of the best survive, best first, exact ties
 to the earlier candidate (the flat list's stable sort). Scores are float32, as in torch. The
 back-pointers (parent slot, label added) are followed afterwards by a compiled walk, and
-`dense.final_hypotheses` adds the final LM scores and picks the n-best.
+`common.final_hypotheses` adds the final LM scores and picks the n-best.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import numba
 import numpy as np
 import torch
 
-from asr.decode.beam import _UTT_MUL, TOKEN_LM, TOKEN_TABLES, WORD_FUSION, Fusion, Hypothesis, _frame_candidates, fusion_bound, fusion_tables
-from asr.decode.dense import final_hypotheses
+from asr.decode.beam.common import UTT_MUL, Hypothesis, final_hypotheses, frame_candidates
+from asr.decode.fusion import TOKEN_LM, TOKEN_TABLES, WORD_FUSION, Fusion, fusion_bound, fusion_tables
 from asr.decode.lm import _MUL, NGramLM
 
 _F32 = np.float32
@@ -106,7 +106,7 @@ def _search(
     for b in range(num_utt):
         n = 1  # the empty prefix: last label blank, the utterance's own hash
         hf[0, 0], hf[1, 0], hf[2, 0], hf[3, 0] = 0.0, _NEG_INF, 0.0, 0.0
-        hi[0, 0], hi[1, 0], hi[2, 0], hi[3, 0] = blank, b * _UTT_MUL, start_state, 0
+        hi[0, 0], hi[1, 0], hi[2, 0], hi[3, 0] = blank, b * UTT_MUL, start_state, 0
         length = lengths[b]
         for t in range(length):
             lp_blank = lp[b, t, blank]
@@ -249,7 +249,7 @@ def _spell(parent, label, slot):
 
 
 def _backtrack(parent: torch.Tensor, label: torch.Tensor, slot: torch.Tensor) -> list[list[list[int]]]:
-    """`dense._backtrack`, compiled: the labels of each utterance's chosen slots."""
+    """`common.grid_backtrack`, compiled: the labels of each utterance's chosen slots."""
     labels = _spell(parent.numpy(), label.numpy(), slot.numpy()).tolist()
     return [[[c for c in row if c >= 0] for row in utt] for utt in labels]
 
@@ -290,7 +290,7 @@ def decode_beam_numba(
     log_probs = log_probs.float().contiguous()
     lengths = lengths.long().contiguous()
     n_utt, frames, vocab = log_probs.shape
-    cand_id, cand_lp = _frame_candidates(log_probs, lengths, token_top_k, token_min_logp, blank, token_cum_prob)  # (utts * frames, k)
+    cand_id, cand_lp = frame_candidates(log_probs, lengths, token_top_k, token_min_logp, blank, token_cum_prob)  # (utts * frames, k)
     k = cand_id.shape[1]
     bound, early = fusion_bound(fusion, vocab, lm_weight, word_bonus, beam_threshold, log_probs.device)
 

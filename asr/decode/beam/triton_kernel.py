@@ -1,7 +1,7 @@
-"""The prefix beam search of `asr.decode.beam` as one Triton kernel: a program per utterance
+"""The prefix beam search of `asr.decode.beam.dense` as one Triton kernel: a program per utterance
 runs all of its frames, its beam held in registers. The layout for GPUs that have Triton.
 
-The dense grid (`asr.decode.dense`) replays ~60 small kernels per frame from a CUDA graph;
+The dense grid (`asr.decode.beam.dense`) replays ~60 small kernels per frame from a CUDA graph;
 on an H100 that was ~2 us each, so a frame cost ~120 us whatever the batch (session 6's
 profile). Here a frame is a few dozen instructions per slot inside one running program, and
 the utterances of a batch run side by side on the GPU's multiprocessors, each for its own
@@ -30,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from asr.decode.beam import _UTT_MUL, TOKEN_LM, WORD_FUSION, Fusion, Hypothesis, fusion_tables
-from asr.decode.dense import _candidates, final_hypotheses
+from asr.decode.beam.common import UTT_MUL, Hypothesis, final_hypotheses, grid_candidates
+from asr.decode.fusion import TOKEN_LM, WORD_FUSION, Fusion, fusion_tables
 from asr.decode.lm import _MUL, NGramLM
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"  # what triton.jit saw at import
@@ -262,7 +262,7 @@ def decode_beam_triton(
     log_probs = log_probs.float().contiguous()
     n_utt, frames, vocab = log_probs.shape
     k = max(min(token_top_k, vocab - 1), 1)
-    c_id, c_lp = (x.contiguous() for x in _candidates(log_probs, lengths, k, token_min_logp, blank, token_cum_prob))  # (utts, frames, k)
+    c_id, c_lp = (x.contiguous() for x in grid_candidates(log_probs, lengths, k, token_min_logp, blank, token_cum_prob))  # (utts, frames, k)
     bp, kp = triton.next_power_of_2(beam_size), triton.next_power_of_2(k)
     ncp = triton.next_power_of_2(bp + bp * kp)
     parent = torch.empty(frames, n_utt, bp, dtype=torch.int32, device=device)
@@ -278,7 +278,7 @@ def decode_beam_triton(
         _beam_kernel[(n_utt,)](
             log_probs, lengths.long().contiguous(), c_id, c_lp, parent, label, out_f, out_i, scratch_f, scratch_i,
             *lm_tables, *word_tables, *token_tables,
-            n_utt, frames, vocab, k, beam_size, blank, float(lm_weight), float(word_bonus), float(beam_threshold), _UTT_MUL,
+            n_utt, frames, vocab, k, beam_size, blank, float(lm_weight), float(word_bonus), float(beam_threshold), UTT_MUL,
             BP=bp, KP=kp, NCP=ncp, FUSION=kind, MERGE_SUM=merge == "sum", **lm_sizes, num_warps=num_warps,
         )
     state = out_i[:, : (2 if kind == WORD_FUSION else 1)].transpose(1, 2)  # (utts, bp, S)
