@@ -46,47 +46,73 @@ def decode_beam_dense(
     """`decode_beam` on the dense grid (its arguments, checked there; blank frames already
     skipped; lengths on log_probs' device). cuda_graph: on CUDA, replay one captured frame step
     (else launch it per frame)."""
-    plus = torch.logaddexp if merge == "sum" else torch.maximum
-    device = log_probs.device
     log_probs = log_probs.float().contiguous()
-    n_utt, frames, vocab = log_probs.shape
-    beam = beam_size
-    k = max(min(token_top_k, vocab - 1), 1)
+    k = max(min(token_top_k, log_probs.shape[2] - 1), 1)
     cand_id, cand_lp = grid_candidates(log_probs, lengths, k, token_min_logp, blank, token_cum_prob)  # (utts, frames, k)
-    # A frame past an utterance's end becomes certain blank (and tries no label): each prefix
-    # then stays with its total in p_b and its score unchanged, so the step needs no mask.
-    past = torch.arange(frames, device=device) >= lengths[:, None]  # (utts, frames)
-    neutral = torch.full((vocab,), NEG_INF, device=device)
+    grid = _Grid(_blank_past_the_end(log_probs, lengths, blank), cand_id, cand_lp, beam_size, beam_threshold, fusion, lm_weight, word_bonus, merge, blank)
+    if grid.frames:
+        _run(grid.step, grid.frames, [grid.hf, grid.hi, grid.t], cuda_graph and log_probs.device.type == "cuda")
+    parent, label = grid.back_pointers()
+    hf, hi = grid.hf, grid.hi
+    return final_hypotheses(hf[:, :, 0], hf[:, :, 1], hf[:, :, 2], hf[:, :, 3], hi[:, :, 2:], parent, label, fusion, lm_weight, word_bonus, nbest, merge)
+
+
+def _blank_past_the_end(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int) -> torch.Tensor:
+    """A frame past an utterance's end becomes certain blank (and tries no label): each prefix
+    then stays with its total in p_b and its score unchanged, so the step needs no mask."""
+    utts, frames, vocab = log_probs.shape
+    past = torch.arange(frames, device=log_probs.device) >= lengths[:, None]  # (utts, frames)
+    neutral = torch.full((vocab,), NEG_INF, device=log_probs.device)
     neutral[blank] = 0.0
-    log_probs = torch.where(past[:, :, None], neutral, log_probs)
-    weights = torch.tensor([lm_weight, word_bonus], device=device)
+    return torch.where(past[:, :, None], neutral, log_probs)
 
-    # The grid: hf (utts, beam, 4) float, [p_b, p_nb, ln P_lm so far, words scored so far], and
-    # hi (utts, beam, 2 + S) long, [last label, prefix hash, fusion state (S columns)]. Slot 0
-    # holds the empty prefix (its hash differs per utterance, as in decode_beam); the other
-    # slots start dead (p_b = p_nb = -inf).
-    hf = torch.zeros(n_utt, beam, 4, device=device)
-    hf[:, :, :2] = NEG_INF
-    hf[:, 0, 0] = 0.0
-    state = fusion.init_state(n_utt * beam).view(n_utt, beam, -1) if fusion is not None else torch.zeros(n_utt, beam, 0, dtype=torch.long, device=device)
-    empty_key = (torch.arange(n_utt, device=device) * UTT_MUL)[:, None, None].expand(n_utt, beam, 1)
-    hi = torch.cat([torch.full_like(empty_key, blank), empty_key, state], dim=2)
-    width = hi.shape[2]
-    # per frame, the candidate each slot was picked from (spelled out after the last frame)
-    picks = torch.empty(frames, n_utt, beam, dtype=torch.long, device=device)
-    t = torch.zeros(1, dtype=torch.long, device=device)  # the frame, kept on the device
-    # constants of the step: a grow's p_b, where each utterance's candidates start
-    grow_pb = torch.full((n_utt, beam * k, 1), NEG_INF, device=device)
-    row_start = torch.arange(n_utt, device=device)[:, None] * (beam + beam * k)
-    S = width - 2
 
-    def step() -> None:
-        lp = log_probs.index_select(1, t).squeeze(1)  # (utts, vocab)
-        c_id = cand_id.index_select(1, t)  # (utts, 1, k)
-        c_lp = cand_lp.index_select(1, t)
+class _Grid:
+    """The dense search's state, and its frame step (`step`, no arguments: CUDA captures it).
+
+    hf (utts, beam, 4) float, [p_b, p_nb, ln P_lm so far, words scored so far], and hi (utts,
+    beam, 2 + S) long, [last label, prefix hash, fusion state (S columns)]. Slot 0 holds the
+    empty prefix (its hash differs per utterance, as in the flat list); the other slots start
+    dead (p_b = p_nb = -inf). Every frame each slot grows by each of the frame's k candidates:
+    the candidates are the beam stays, then the beam * k grows, slot-major."""
+
+    def __init__(self, log_probs, cand_id, cand_lp, beam: int, beam_threshold: float, fusion: Fusion | None, lm_weight: float, word_bonus: float, merge: str, blank: int):
+        device = log_probs.device
+        n_utt, self.frames, _ = log_probs.shape
+        self.log_probs, self.cand_id, self.cand_lp = log_probs, cand_id, cand_lp  # (utts, frames, vocab), (utts, frames, k) x2
+        self.beam, self.k, self.beam_threshold, self.fusion, self.blank = beam, cand_id.shape[2], beam_threshold, fusion, blank
+        self.plus = torch.logaddexp if merge == "sum" else torch.maximum
+        self.weights = torch.tensor([lm_weight, word_bonus], device=device)
+        self.hf = torch.zeros(n_utt, beam, 4, device=device)
+        self.hf[:, :, :2] = NEG_INF
+        self.hf[:, 0, 0] = 0.0
+        state = fusion.init_state(n_utt * beam).view(n_utt, beam, -1) if fusion is not None else torch.zeros(n_utt, beam, 0, dtype=torch.long, device=device)
+        empty_key = (torch.arange(n_utt, device=device) * UTT_MUL)[:, None, None].expand(n_utt, beam, 1)
+        self.hi = torch.cat([torch.full_like(empty_key, blank), empty_key, state], dim=2)
+        # per frame, the candidate each slot was picked from (spelled out after the last frame)
+        self.picks = torch.empty(self.frames, n_utt, beam, dtype=torch.long, device=device)
+        self.t = torch.zeros(1, dtype=torch.long, device=device)  # the frame, kept on the device
+        # constants of the step: a grow's p_b, where each utterance's candidates start
+        self.grow_pb = torch.full((n_utt, beam * self.k, 1), NEG_INF, device=device)
+        self.row_start = torch.arange(n_utt, device=device)[:, None] * (beam + beam * self.k)
+
+    def step(self) -> None:
+        """Frame t: the candidates, then each utterance's best `beam` of them; t + 1."""
+        c_f, c_i = self._candidates()
+        self._keep_best(c_f, c_i)
+        self.t.add_(1)
+
+    def _candidates(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frame's candidates, stays first: (utts, beam + beam * k, 4) float and
+        (utts, beam + beam * k, 2 + S) long, the rows of hf and hi."""
+        hf, hi, plus, t, beam, k = self.hf, self.hi, self.plus, self.t, self.beam, self.k
+        n_utt, S = hf.shape[0], hi.shape[2] - 2
+        lp = self.log_probs.index_select(1, t).squeeze(1)  # (utts, vocab)
+        c_id = self.cand_id.index_select(1, t)  # (utts, 1, k)
+        c_lp = self.cand_lp.index_select(1, t)
         p_b, p_nb, last, key = hf[:, :, 0], hf[:, :, 1], hi[:, :, 0], hi[:, :, 1]
         total = plus(p_b, p_nb)  # (utts, beam)
-        stay_b = total + lp[:, blank, None]
+        stay_b = total + lp[:, self.blank, None]
         stay_nb = p_nb + lp.gather(1, last)
         # grow every slot by every candidate (a repeat only from p_b): (utts, beam * k), slot-major
         grow = torch.where(c_id == last[:, :, None], p_b[:, :, None], total[:, :, None]).add_(c_lp).view(n_utt, -1)
@@ -96,37 +122,40 @@ def decode_beam_dense(
         same = (g_key[:, :, None] == key[:, None, :]) & (total > NEG_INF)[:, None, :]  # (utts, beam * k, beam)
         stay_nb = plus(stay_nb, torch.where(same, grow[:, :, None], NEG_INF).amax(dim=1))
         g_nb = grow.masked_fill(same.any(dim=2), NEG_INF)
-        g_f = torch.cat([grow_pb, g_nb[:, :, None], hf[:, :, None, 2:].expand(n_utt, beam, k, 2).reshape(n_utt, -1, 2)], dim=2)  # (utts, beam * k, 4)
+        g_f = torch.cat([self.grow_pb, g_nb[:, :, None], hf[:, :, None, 2:].expand(n_utt, beam, k, 2).reshape(n_utt, -1, 2)], dim=2)  # (utts, beam * k, 4)
         g_state = hi.new_empty(n_utt, beam, k, S).copy_(hi[:, :, None, 2:].expand(n_utt, beam, k, S)).view(n_utt, beam * k, S)  # grow_ writes it
-        if fusion is not None:
-            d_lm, d_words = fusion.grow_(g_state.view(-1, S), g_label.view(-1), dense=True)
+        if self.fusion is not None:
+            d_lm, d_words = self.fusion.grow_(g_state.view(-1, S), g_label.view(-1), dense=True)
             g_f[:, :, 2] += d_lm.view(n_utt, -1)
             g_f[:, :, 3] += d_words.view(n_utt, -1)
         s_f = torch.stack([stay_b, stay_nb, hf[:, :, 2], hf[:, :, 3]], dim=2)
-        c_f = torch.cat([s_f, g_f], dim=1)  # (utts, beam + beam * k, 4): the candidates, stays first
+        c_f = torch.cat([s_f, g_f], dim=1)
         c_i = torch.cat([hi, torch.cat([g_label[:, :, None], g_key[:, :, None], g_state], dim=2)], dim=1)
-        score = plus(c_f[:, :, 0], c_f[:, :, 1]).add_(c_f[:, :, 2:] @ weights)  # (utts, beam + beam * k)
+        return c_f, c_i
 
-        # each utterance keeps its best `beam` candidates within `beam_threshold` of its best
-        # (topk: on an H100 13 us a frame against a stable sort's 16; ties may fall either way)
-        top, pick = score.topk(beam, dim=1)
-        rows = pick + row_start  # (utts, beam) rows of the flattened candidates
+    def _keep_best(self, c_f: torch.Tensor, c_i: torch.Tensor) -> None:
+        """Each utterance keeps its best `beam` candidates within `beam_threshold` of its best,
+        written into hf and hi (topk: on an H100 13 us a frame against a stable sort's 16; ties
+        may fall either way); which ones, into picks[t]."""
+        hf, hi = self.hf, self.hi
+        score = self.plus(c_f[:, :, 0], c_f[:, :, 1]).add_(c_f[:, :, 2:] @ self.weights)  # (utts, beam + beam * k)
+        top, pick = score.topk(self.beam, dim=1)
+        rows = pick + self.row_start  # (utts, beam) rows of the flattened candidates
         torch.index_select(c_f.view(-1, 4), 0, rows.view(-1), out=hf.view(-1, 4))
-        hf[:, :, :2].masked_fill_((top < top[:, :1] - beam_threshold)[:, :, None], NEG_INF)
-        torch.index_select(c_i.view(-1, width), 0, rows.view(-1), out=hi.view(-1, width))
-        picks.index_copy_(0, t, pick[None])
-        t.add_(1)
+        hf[:, :, :2].masked_fill_((top < top[:, :1] - self.beam_threshold)[:, :, None], NEG_INF)
+        torch.index_select(c_i.view(-1, hi.shape[2]), 0, rows.view(-1), out=hi.view(-1, hi.shape[2]))
+        self.picks.index_copy_(0, self.t, pick[None])
 
-    if frames:
-        _run(step, frames, [hf, hi, t], cuda_graph and device.type == "cuda")
-
-    # candidate c of the step: a stay of slot c (c < beam), or slot (c - beam) // k grown by the
-    # frame's candidate label (c - beam) % k
-    grown = picks >= beam
-    g = (picks - beam).clamp_(min=0)
-    parent = torch.where(grown, g.div(k, rounding_mode="floor"), picks)
-    label = torch.where(grown, cand_id.transpose(0, 1).gather(2, g % k), -1)  # (frames, utts, beam)
-    return final_hypotheses(hf[:, :, 0], hf[:, :, 1], hf[:, :, 2], hf[:, :, 3], hi[:, :, 2:], parent, label, fusion, lm_weight, word_bonus, nbest, merge)
+    def back_pointers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per frame and slot, the slot it came from and the label it added (-1: none), both
+        (frames, utts, beam). Candidate c of a step is a stay of slot c (c < beam), or slot
+        (c - beam) // k grown by the frame's candidate label (c - beam) % k."""
+        beam, k, picks = self.beam, self.k, self.picks
+        grown = picks >= beam
+        g = (picks - beam).clamp_(min=0)
+        parent = torch.where(grown, g.div(k, rounding_mode="floor"), picks)
+        label = torch.where(grown, self.cand_id.transpose(0, 1).gather(2, g % k), -1)
+        return parent, label
 
 
 def _run(step, frames: int, buffers: list[torch.Tensor], use_graph: bool) -> None:

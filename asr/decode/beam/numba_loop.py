@@ -57,11 +57,12 @@ def _plus(a, b, merge_sum):
 
 
 @_jit
-def _lm_score(state, word, ends, first, keys, logp, next_state, bows, window, shift, bucket_base):
+def _lm_score(state, word, lm):
     """NGramLM.score for one (state, word): ln P and the state after. The n-grams (last j words
     of the context, word), j = 0 .. order-1, are looked up in their buckets' runs of the sorted
     key table; the longest listed one answers, plus the back-off weights of the context's
-    listed ends longer than it."""
+    listed ends longer than it. lm: `_lm_arrays`' tuple."""
+    ends, first, keys, logp, next_state, bows, window, shift, bucket_base = lm
     entry = 0
     which = 0
     for j in range(ends.shape[1]):
@@ -82,18 +83,20 @@ def _search(
     lp, lengths, cand_id, cand_lp,  # (B, T, V) f32, (B,) i64, (B, T, K) i64 and f32 (-inf: none)
     parent_out, label_out, f_out, state_out,  # out: (T, B, beam) i32 x2, (4, B, beam) f32, (B, beam, 2) i64
     beam, blank, threshold, early, bound, lm_weight, word_bonus, merge_sum, kind,
-    ends, first, keys, lm_logp, next_state, bows, window, shift, bucket_base, start_state,  # NGramLM
-    trie, ends_word, penalty, node_word, end_cost,  # WordLMFusion tables
-    token_words, table_logp, table_next,  # TokenLMFusion tables
+    lm, start_state,  # NGramLM (`_lm_arrays`), its start state
+    word_tables, token_tables,  # (trie, ends_word, penalty, node_word, end_cost), (token_words, table_logp, table_next)
 ):
+    """Every utterance's frames, a step at a time; the step's parts are the flat list's
+    (`flat._step`). The live hypotheses of one utterance, best first: hf (4, beam) [p_b, p_nb,
+    ln P_lm so far, words so far], hi (4, beam) [last label, hash, state 0, state 1]; the
+    candidates of a frame, stays (the first n) then grows: cf, ci (4, stays + grows) the same
+    rows, c_parent, c_label (the label added, -1 for a stay), score."""
     num_utt, frames, vocab = lp.shape
     k = cand_id.shape[2]
-    slack = _F32(threshold + 1e-3)  # early pruning's margin, as in decode_beam
+    slack = _F32(threshold + 1e-3)  # early pruning's margin, as in the flat list
     thr = _F32(threshold)
-    # the live hypotheses of one utterance, best first: floats, and [last label, hash, state 0, state 1]
-    hf = np.empty((4, beam), np.float32)  # p_b, p_nb, ln P_lm so far, words so far
+    hf = np.empty((4, beam), np.float32)
     hi = np.empty((4, beam), np.int64)
-    # the candidates of a frame: stays (the first n), then grows
     cap = beam + beam * k
     cf = np.empty((4, cap), np.float32)
     ci = np.empty((4, cap), np.int64)
@@ -101,7 +104,6 @@ def _search(
     c_label = np.empty(cap, np.int64)
     score = np.empty(cap, np.float32)
     fused = np.empty(beam, np.float32)
-    total = np.empty(beam, np.float32)
     pick = np.empty(beam, np.int64)
     for b in range(num_utt):
         n = 1  # the empty prefix: last label blank, the utterance's own hash
@@ -109,115 +111,13 @@ def _search(
         hi[0, 0], hi[1, 0], hi[2, 0], hi[3, 0] = blank, b * UTT_MUL, start_state, 0
         length = lengths[b]
         for t in range(length):
-            lp_blank = lp[b, t, blank]
-            # stays: blank, or the last label again
-            for i in range(n):
-                total[i] = _plus(hf[0, i], hf[1, i], merge_sum)
-                cf[0, i] = total[i] + lp_blank
-                cf[1, i] = hf[1, i] + lp[b, t, hi[0, i]]
-                cf[2, i] = hf[2, i]
-                cf[3, i] = hf[3, i]
-                for row in range(4):
-                    ci[row, i] = hi[row, i]
-                c_parent[i] = i
-                c_label[i] = -1
-            # grows by the frame's candidate labels (a repeat only from p_b); one equal to a live
-            # prefix joins that one's p_nb and is no candidate itself
-            m = n
-            for i in range(n):
-                for j in range(k):
-                    c = cand_id[b, t, j]
-                    g = (hf[0, i] if c == hi[0, i] else total[i]) + cand_lp[b, t, j]
-                    if not g > _NEG_INF:
-                        continue
-                    g_key = (hi[1, i] + c + 1) * _MUL
-                    joined = False
-                    for other in range(n):
-                        if hi[1, other] == g_key:
-                            cf[1, other] = _plus(cf[1, other], g, merge_sum)
-                            joined = True
-                            break
-                    if not joined:
-                        c_parent[m] = i
-                        c_label[m] = c
-                        ci[1, m] = g_key
-                        cf[1, m] = g
-                        m += 1
-            best_stay = _NEG_INF
-            for i in range(n):
-                fused[i] = lm_weight * hf[2, i] + word_bonus * hf[3, i]
-                score[i] = _plus(cf[0, i], cf[1, i], merge_sum) + fused[i]
-                best_stay = max(best_stay, score[i])
+            m = _stay_and_grow(lp[b, t], cand_id[b, t], cand_lp[b, t], n, hf, hi, cf, ci, c_parent, c_label, blank, merge_sum)
+            best_stay = _stay_scores(n, hf, cf, fused, score, lm_weight, word_bonus, merge_sum)
             if early:  # grows that cannot make the beam, whatever the LM adds, leave before it is asked
-                kept = n
-                for g in range(n, m):
-                    need = max(best_stay - slack - fused[c_parent[g]] - bound[c_label[g]], _LOWEST)
-                    if cf[1, g] >= need:
-                        c_parent[kept], c_label[kept], ci[1, kept], cf[1, kept] = c_parent[g], c_label[g], ci[1, g], cf[1, g]
-                        kept += 1
-                m = kept
-            # LM fusion: what each grow adds to ln P_lm and to the words scored, and its state after
-            for g in range(n, m):
-                i, c = c_parent[g], c_label[g]
-                d_lm, d_words = _F32(0.0), _F32(0.0)
-                st0, st1 = hi[2, i], hi[3, i]
-                if kind == WORD_FUSION:  # word: the delimiter ends the unfinished word, which the LM then scores
-                    entry = st1 * vocab + c
-                    d_lm = penalty[entry]
-                    if ends_word[entry]:
-                        w_lp, st0 = _lm_score(hi[2, i], node_word[st1], ends, first, keys, lm_logp, next_state, bows, window, shift, bucket_base)
-                        d_lm = d_lm + (w_lp + end_cost[st1])
-                        d_words = _F32(1.0)
-                    st1 = trie[entry]
-                elif kind == TOKEN_TABLES:
-                    entry = st0 * vocab + c
-                    d_lm = table_logp[entry]
-                    st0 = table_next[entry]
-                    d_words = _F32(1.0)
-                elif kind == TOKEN_LM:  # the n-gram itself, asked at every grow
-                    d_lm, st0 = _lm_score(st0, token_words[c], ends, first, keys, lm_logp, next_state, bows, window, shift, bucket_base)
-                    d_words = _F32(1.0)
-                cf[0, g] = _NEG_INF
-                cf[2, g] = hf[2, i] + d_lm
-                cf[3, g] = hf[3, i] + d_words
-                ci[0, g] = c
-                ci[2, g] = st0
-                ci[3, g] = st1
-                score[g] = cf[1, g] + (lm_weight * cf[2, g] + word_bonus * cf[3, g])
-
-            # keep the best `beam` within `threshold` of the best, best first, ties to the earlier
-            best = _NEG_INF
-            for c in range(m):
-                best = max(best, score[c])
-            floor = max(best - thr, _LOWEST)  # finite, so -inf candidates fail it
-            count = 0
-            for c in range(m):
-                s = score[c]
-                if not s >= floor:
-                    continue
-                if count < beam:
-                    at = count
-                    count += 1
-                elif s > score[pick[beam - 1]]:
-                    at = beam - 1
-                else:
-                    continue
-                while at > 0 and score[pick[at - 1]] < s:
-                    pick[at] = pick[at - 1]
-                    at -= 1
-                pick[at] = c
-            for slot in range(beam):
-                if slot < count:
-                    c = pick[slot]
-                    for row in range(4):
-                        hf[row, slot] = cf[row, c]
-                        hi[row, slot] = ci[row, c]
-                    parent_out[t, b, slot] = c_parent[c]
-                    label_out[t, b, slot] = c_label[c]
-                else:
-                    parent_out[t, b, slot] = slot
-                    label_out[t, b, slot] = -1
-            n = count
+                m = _prune_early(n, m, best_stay - slack, fused, bound, cf, ci, c_parent, c_label)
+            _fuse(n, m, vocab, hf, hi, cf, ci, c_parent, c_label, score, lm_weight, word_bonus, kind, lm, word_tables, token_tables)
+            n = _select(m, beam, thr, score, pick)
+            _keep(n, beam, pick, cf, ci, c_parent, c_label, hf, hi, parent_out[t, b], label_out[t, b])
         for t in range(length, frames):  # past the end: every slot stays
             for slot in range(beam):
                 parent_out[t, b, slot] = slot
@@ -230,6 +130,150 @@ def _search(
             f_out[3, b, slot] = hf[3, slot] if live else 0.0
             state_out[b, slot, 0] = hi[2, slot] if live else start_state
             state_out[b, slot, 1] = hi[3, slot] if live else 0
+
+
+@_jit
+def _stay_and_grow(lp, cand_id, cand_lp, n, hf, hi, cf, ci, c_parent, c_label, blank, merge_sum):
+    """The frame's candidates (lp (V,), cand_id and cand_lp (K,) its row): first the n stays
+    (blank, or the last label again), then the grows by the frame's candidate labels (a repeat
+    only from p_b); a grow equal to a live prefix joins that one's p_nb and is no candidate
+    itself. Returns the number of candidates."""
+    lp_blank = lp[blank]
+    for i in range(n):
+        total = _plus(hf[0, i], hf[1, i], merge_sum)
+        cf[0, i] = total + lp_blank
+        cf[1, i] = hf[1, i] + lp[hi[0, i]]
+        cf[2, i] = hf[2, i]
+        cf[3, i] = hf[3, i]
+        for row in range(4):
+            ci[row, i] = hi[row, i]
+        c_parent[i] = i
+        c_label[i] = -1
+    m = n
+    for i in range(n):
+        total = _plus(hf[0, i], hf[1, i], merge_sum)
+        for j in range(cand_id.shape[0]):
+            c = cand_id[j]
+            g = (hf[0, i] if c == hi[0, i] else total) + cand_lp[j]
+            if not g > _NEG_INF:
+                continue
+            g_key = (hi[1, i] + c + 1) * _MUL
+            joined = False
+            for other in range(n):
+                if hi[1, other] == g_key:
+                    cf[1, other] = _plus(cf[1, other], g, merge_sum)
+                    joined = True
+                    break
+            if not joined:
+                c_parent[m] = i
+                c_label[m] = c
+                ci[1, m] = g_key
+                cf[1, m] = g
+                m += 1
+    return m
+
+
+@_jit
+def _stay_scores(n, hf, cf, fused, score, lm_weight, word_bonus, merge_sum):
+    """The stays' scores (and each hypothesis's fused LM part); returns the best of them."""
+    best_stay = _NEG_INF
+    for i in range(n):
+        fused[i] = lm_weight * hf[2, i] + word_bonus * hf[3, i]
+        score[i] = _plus(cf[0, i], cf[1, i], merge_sum) + fused[i]
+        best_stay = max(best_stay, score[i])
+    return best_stay
+
+
+@_jit
+def _prune_early(n, m, bar, fused, bound, cf, ci, c_parent, c_label):
+    """Drop the grows that stay below `bar` (the best stay less the threshold) even with the
+    most fusion can add to them; returns the number of candidates left."""
+    kept = n
+    for g in range(n, m):
+        need = max(bar - fused[c_parent[g]] - bound[c_label[g]], _LOWEST)
+        if cf[1, g] >= need:
+            c_parent[kept], c_label[kept], ci[1, kept], cf[1, kept] = c_parent[g], c_label[g], ci[1, g], cf[1, g]
+            kept += 1
+    return kept
+
+
+@_jit
+def _fuse(n, m, vocab, hf, hi, cf, ci, c_parent, c_label, score, lm_weight, word_bonus, kind, lm, word_tables, token_tables):
+    """LM fusion of the grows n .. m-1: what each adds to ln P_lm and to the words scored, its
+    state after, and its score."""
+    trie, ends_word, penalty, node_word, end_cost = word_tables
+    token_words, table_logp, table_next = token_tables
+    for g in range(n, m):
+        i, c = c_parent[g], c_label[g]
+        d_lm, d_words = _F32(0.0), _F32(0.0)
+        st0, st1 = hi[2, i], hi[3, i]
+        if kind == WORD_FUSION:  # word: the delimiter ends the unfinished word, which the LM then scores
+            entry = st1 * vocab + c
+            d_lm = penalty[entry]
+            if ends_word[entry]:
+                w_lp, st0 = _lm_score(hi[2, i], node_word[st1], lm)
+                d_lm = d_lm + (w_lp + end_cost[st1])
+                d_words = _F32(1.0)
+            st1 = trie[entry]
+        elif kind == TOKEN_TABLES:
+            entry = st0 * vocab + c
+            d_lm = table_logp[entry]
+            st0 = table_next[entry]
+            d_words = _F32(1.0)
+        elif kind == TOKEN_LM:  # the n-gram itself, asked at every grow
+            d_lm, st0 = _lm_score(st0, token_words[c], lm)
+            d_words = _F32(1.0)
+        cf[0, g] = _NEG_INF
+        cf[2, g] = hf[2, i] + d_lm
+        cf[3, g] = hf[3, i] + d_words
+        ci[0, g] = c
+        ci[2, g] = st0
+        ci[3, g] = st1
+        score[g] = cf[1, g] + (lm_weight * cf[2, g] + word_bonus * cf[3, g])
+
+
+@_jit
+def _select(m, beam, thr, score, pick):
+    """The best `beam` of the m candidates within `thr` of the best, best first, ties to the
+    earlier one, into pick; returns how many."""
+    best = _NEG_INF
+    for c in range(m):
+        best = max(best, score[c])
+    floor = max(best - thr, _LOWEST)  # finite, so -inf candidates fail it
+    count = 0
+    for c in range(m):
+        s = score[c]
+        if not s >= floor:
+            continue
+        if count < beam:
+            at = count
+            count += 1
+        elif s > score[pick[beam - 1]]:
+            at = beam - 1
+        else:
+            continue
+        while at > 0 and score[pick[at - 1]] < s:
+            pick[at] = pick[at - 1]
+            at -= 1
+        pick[at] = c
+    return count
+
+
+@_jit
+def _keep(count, beam, pick, cf, ci, c_parent, c_label, hf, hi, parent_out, label_out):
+    """The picked candidates become the live hypotheses; their back-pointers (parent_out,
+    label_out: (beam,), this frame's and utterance's) are written, the empty slots' too."""
+    for slot in range(beam):
+        if slot < count:
+            c = pick[slot]
+            for row in range(4):
+                hf[row, slot] = cf[row, c]
+                hi[row, slot] = ci[row, c]
+            parent_out[slot] = c_parent[c]
+            label_out[slot] = c_label[c]
+        else:
+            parent_out[slot] = slot
+            label_out[slot] = -1
 
 
 @_jit
@@ -254,17 +298,16 @@ def _backtrack(parent: torch.Tensor, label: torch.Tensor, slot: torch.Tensor) ->
     return [[[c for c in row if c >= 0] for row in utt] for utt in labels]
 
 
-def _lm_arrays(lm: NGramLM | None) -> tuple:
-    """The search's NGramLM arguments (without an LM, dummies of the dtypes an LM has, so that
-    numba compiles one version of the search for both)."""
+def _lm_arrays(lm: NGramLM | None) -> tuple[tuple, int]:
+    """The search's NGramLM tables (ends, first, keys, logp, next_state, bows, window, shift,
+    bucket_base) and its start state; without an LM, dummies of the dtypes an LM has, so that
+    numba compiles one version of the search for both."""
     if lm is None:
         one = np.zeros(1, np.int64)
-        return (np.zeros((1, 1), np.int64), np.zeros(1, np.int32), one, np.zeros(1, np.float32), one, np.zeros((1, 1), np.float32), 1, 0, 0, 0)
+        return (np.zeros((1, 1), np.int64), np.zeros(1, np.int32), one, np.zeros(1, np.float32), one, np.zeros((1, 1), np.float32), 1, 0, 0), 0
     window = lm._windows.shape[1]
-    return (
-        lm._ends.numpy(), lm._first.numpy(), lm._padded.numpy(), lm.logp.numpy(), lm.next_state.numpy(), lm._bows.numpy(),
-        window, 64 - lm._bits, 1 << (lm._bits - 1), lm._bos_state,
-    )
+    tables = (lm._ends.numpy(), lm._first.numpy(), lm._padded.numpy(), lm.logp.numpy(), lm.next_state.numpy(), lm._bows.numpy())
+    return tables + (window, 64 - lm._bits, 1 << (lm._bits - 1)), lm._bos_state
 
 
 @torch.inference_mode()
@@ -306,7 +349,7 @@ def decode_beam_numba(
         log_probs.numpy(), lengths.numpy(), cand_id.view(n_utt, frames, k).numpy(), cand_lp.view(n_utt, frames, k).numpy(),
         parent, label, out_f, out_state,
         beam_size, blank, float(beam_threshold), early, bound.numpy(), _F32(lm_weight), _F32(word_bonus), merge == "sum", kind,
-        *_lm_arrays(lm), *(t.numpy() for t in word_tables + token_tables),
+        *_lm_arrays(lm), tuple(t.numpy() for t in word_tables), tuple(t.numpy() for t in token_tables),
     )
     out_f, out_state = torch.from_numpy(out_f), torch.from_numpy(out_state)
     state = out_state[:, :, : (2 if kind == WORD_FUSION else 1)]
