@@ -1,7 +1,7 @@
-"""The prefix beam search of `asr.decode.beam.flat`, on a dense (utterance, beam) grid: the layout
-for GPUs.
+"""The prefix beam search of the flat list (`flat.py`) on a dense (utterance, beam) grid: the
+layout for GPUs.
 
-The flat list of `decode_beam` pays only for live hypotheses and tried labels, which is what a
+The flat list pays only for live hypotheses and tried labels, which is what a
 CPU wants; but its sizes change every frame, so each frame reads a few sizes back to the host
 and launches ~150 small kernels one by one. On a GPU that is all launch latency: an H100
 decoding 64 utterances that way was busy 6-14 % of the time (word / character LM). Here every

@@ -1,5 +1,5 @@
-"""The prefix beam search of `asr.decode.beam.flat` as one compiled loop per utterance (numba): the
-layout for CPUs.
+"""The flat list's prefix beam search (`flat.py`) as one compiled loop per utterance (numba):
+the layout for CPUs.
 
 The flat list runs ~130 torch ops per frame. On a CPU each costs 1-3 us however little it does,
 so with the hypotheses of a peaky CTC model (a few live prefixes per utterance, a label or two

@@ -1,5 +1,6 @@
-"""The prefix beam search of `asr.decode.beam.dense` as one Triton kernel: a program per utterance
-runs all of its frames, its beam held in registers. The layout for GPUs that have Triton.
+"""The dense grid's prefix beam search (`dense.py`) as one Triton kernel: a program per
+utterance runs all of its frames, its beam held in registers. The layout for GPUs that have
+Triton.
 
 The dense grid (`asr.decode.beam.dense`) replays ~60 small kernels per frame from a CUDA graph;
 on an H100 that was ~2 us each, so a frame cost ~120 us whatever the batch (session 6's
