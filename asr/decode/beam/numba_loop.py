@@ -36,14 +36,21 @@ _NEG_INF = _F32(-np.inf)
 _LOWEST = _F32(np.finfo(np.float32).min)
 
 
-def _jit(fn):
+def _jit(fn=None, **options):
     """numba.njit, the machine code cached on disk (next to this file, else in the user's cache
     folder, or NUMBA_CACHE_DIR); where numba finds no writable place for it (a read-only install
     and home), it raises at decoration, and the function is compiled once per process instead."""
+    if fn is None:
+        return lambda f: _jit(f, **options)
     try:
-        return numba.njit(cache=True, nogil=True)(fn)
+        return numba.njit(cache=True, nogil=True, **options)(fn)
     except RuntimeError:
-        return numba.njit(nogil=True)(fn)
+        return numba.njit(nogil=True, **options)(fn)
+
+
+# The search's steps are inlined into it by numba (inline="always"), not called: a call passes
+# each array by reference count, and with ~10 arrays a step that cost ~10 % of the search.
+_inlined = _jit(inline="always")
 
 
 @_jit
@@ -56,7 +63,7 @@ def _plus(a, b, merge_sum):
     return max(a, b) + np.log1p(np.exp(-abs(a - b)))
 
 
-@_jit
+@_inlined
 def _lm_score(state, word, lm):
     """NGramLM.score for one (state, word): ln P and the state after. The n-grams (last j words
     of the context, word), j = 0 .. order-1, are looked up in their buckets' runs of the sorted
@@ -104,6 +111,7 @@ def _search(
     c_label = np.empty(cap, np.int64)
     score = np.empty(cap, np.float32)
     fused = np.empty(beam, np.float32)
+    total = np.empty(beam, np.float32)
     pick = np.empty(beam, np.int64)
     for b in range(num_utt):
         n = 1  # the empty prefix: last label blank, the utterance's own hash
@@ -111,13 +119,13 @@ def _search(
         hi[0, 0], hi[1, 0], hi[2, 0], hi[3, 0] = blank, b * UTT_MUL, start_state, 0
         length = lengths[b]
         for t in range(length):
-            m = _stay_and_grow(lp[b, t], cand_id[b, t], cand_lp[b, t], n, hf, hi, cf, ci, c_parent, c_label, blank, merge_sum)
+            m = _stay_and_grow(lp, cand_id, cand_lp, b, t, n, hf, hi, cf, ci, c_parent, c_label, total, blank, merge_sum)
             best_stay = _stay_scores(n, hf, cf, fused, score, lm_weight, word_bonus, merge_sum)
             if early:  # grows that cannot make the beam, whatever the LM adds, leave before it is asked
                 m = _prune_early(n, m, best_stay - slack, fused, bound, cf, ci, c_parent, c_label)
             _fuse(n, m, vocab, hf, hi, cf, ci, c_parent, c_label, score, lm_weight, word_bonus, kind, lm, word_tables, token_tables)
             n = _select(m, beam, thr, score, pick)
-            _keep(n, beam, pick, cf, ci, c_parent, c_label, hf, hi, parent_out[t, b], label_out[t, b])
+            _keep(n, beam, pick, cf, ci, c_parent, c_label, hf, hi, parent_out, label_out, t, b)
         for t in range(length, frames):  # past the end: every slot stays
             for slot in range(beam):
                 parent_out[t, b, slot] = slot
@@ -132,17 +140,17 @@ def _search(
             state_out[b, slot, 1] = hi[3, slot] if live else 0
 
 
-@_jit
-def _stay_and_grow(lp, cand_id, cand_lp, n, hf, hi, cf, ci, c_parent, c_label, blank, merge_sum):
-    """The frame's candidates (lp (V,), cand_id and cand_lp (K,) its row): first the n stays
-    (blank, or the last label again), then the grows by the frame's candidate labels (a repeat
-    only from p_b); a grow equal to a live prefix joins that one's p_nb and is no candidate
-    itself. Returns the number of candidates."""
-    lp_blank = lp[blank]
+@_inlined
+def _stay_and_grow(lp, cand_id, cand_lp, b, t, n, hf, hi, cf, ci, c_parent, c_label, total, blank, merge_sum):
+    """Frame t of utterance b's candidates: first the n stays (blank, or the last label again),
+    then the grows by the frame's candidate labels (a repeat only from p_b); a grow equal to a
+    live prefix joins that one's p_nb and is no candidate itself. Returns the number of
+    candidates."""
+    lp_blank = lp[b, t, blank]
     for i in range(n):
-        total = _plus(hf[0, i], hf[1, i], merge_sum)
-        cf[0, i] = total + lp_blank
-        cf[1, i] = hf[1, i] + lp[hi[0, i]]
+        total[i] = _plus(hf[0, i], hf[1, i], merge_sum)
+        cf[0, i] = total[i] + lp_blank
+        cf[1, i] = hf[1, i] + lp[b, t, hi[0, i]]
         cf[2, i] = hf[2, i]
         cf[3, i] = hf[3, i]
         for row in range(4):
@@ -151,10 +159,9 @@ def _stay_and_grow(lp, cand_id, cand_lp, n, hf, hi, cf, ci, c_parent, c_label, b
         c_label[i] = -1
     m = n
     for i in range(n):
-        total = _plus(hf[0, i], hf[1, i], merge_sum)
-        for j in range(cand_id.shape[0]):
-            c = cand_id[j]
-            g = (hf[0, i] if c == hi[0, i] else total) + cand_lp[j]
+        for j in range(cand_id.shape[2]):
+            c = cand_id[b, t, j]
+            g = (hf[0, i] if c == hi[0, i] else total[i]) + cand_lp[b, t, j]
             if not g > _NEG_INF:
                 continue
             g_key = (hi[1, i] + c + 1) * _MUL
@@ -173,7 +180,7 @@ def _stay_and_grow(lp, cand_id, cand_lp, n, hf, hi, cf, ci, c_parent, c_label, b
     return m
 
 
-@_jit
+@_inlined
 def _stay_scores(n, hf, cf, fused, score, lm_weight, word_bonus, merge_sum):
     """The stays' scores (and each hypothesis's fused LM part); returns the best of them."""
     best_stay = _NEG_INF
@@ -184,7 +191,7 @@ def _stay_scores(n, hf, cf, fused, score, lm_weight, word_bonus, merge_sum):
     return best_stay
 
 
-@_jit
+@_inlined
 def _prune_early(n, m, bar, fused, bound, cf, ci, c_parent, c_label):
     """Drop the grows that stay below `bar` (the best stay less the threshold) even with the
     most fusion can add to them; returns the number of candidates left."""
@@ -197,7 +204,7 @@ def _prune_early(n, m, bar, fused, bound, cf, ci, c_parent, c_label):
     return kept
 
 
-@_jit
+@_inlined
 def _fuse(n, m, vocab, hf, hi, cf, ci, c_parent, c_label, score, lm_weight, word_bonus, kind, lm, word_tables, token_tables):
     """LM fusion of the grows n .. m-1: what each adds to ln P_lm and to the words scored, its
     state after, and its score."""
@@ -232,7 +239,7 @@ def _fuse(n, m, vocab, hf, hi, cf, ci, c_parent, c_label, score, lm_weight, word
         score[g] = cf[1, g] + (lm_weight * cf[2, g] + word_bonus * cf[3, g])
 
 
-@_jit
+@_inlined
 def _select(m, beam, thr, score, pick):
     """The best `beam` of the m candidates within `thr` of the best, best first, ties to the
     earlier one, into pick; returns how many."""
@@ -259,21 +266,21 @@ def _select(m, beam, thr, score, pick):
     return count
 
 
-@_jit
-def _keep(count, beam, pick, cf, ci, c_parent, c_label, hf, hi, parent_out, label_out):
-    """The picked candidates become the live hypotheses; their back-pointers (parent_out,
-    label_out: (beam,), this frame's and utterance's) are written, the empty slots' too."""
+@_inlined
+def _keep(count, beam, pick, cf, ci, c_parent, c_label, hf, hi, parent_out, label_out, t, b):
+    """The picked candidates become the live hypotheses; their back-pointers at frame t of
+    utterance b are written, the empty slots' too."""
     for slot in range(beam):
         if slot < count:
             c = pick[slot]
             for row in range(4):
                 hf[row, slot] = cf[row, c]
                 hi[row, slot] = ci[row, c]
-            parent_out[slot] = c_parent[c]
-            label_out[slot] = c_label[c]
+            parent_out[t, b, slot] = c_parent[c]
+            label_out[t, b, slot] = c_label[c]
         else:
-            parent_out[slot] = slot
-            label_out[slot] = -1
+            parent_out[t, b, slot] = slot
+            label_out[t, b, slot] = -1
 
 
 @_jit
