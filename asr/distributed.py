@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from asr.inference import resolve_device
+from asr.device import resolve_device
 
 # A collective that waits longer than this fails instead of hanging: generous, because the
 # other ranks wait at a barrier while rank 0 decodes the dev set.

@@ -20,18 +20,12 @@ from asr.data.manifest import Utterance
 from asr.decode import decode_greedy
 from asr.decode.beam import LAYOUTS, decode_beam
 from asr.decode.fusion import Fusion, make_fusion
+from asr.device import resolve_device
 from asr.features import FeatureExtractor
 from asr.fileio import atomic_write
 from asr.metrics import ErrorCounts, PhoneErrors, score_cer, score_per, score_wer
 from asr.models import build_model
 from asr.text import CharTokenizer, label_utterances
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """The one device decision: "auto" is CUDA when there is one, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from asr.tokens import BLANK, TokenizerError
+
 # 61 TIMIT symbol -> (48-set symbol, 39-set symbol); None = deleted (q, the glottal stop).
 _FOLDING: dict[str, tuple[str, str] | None] = {
     "aa": ("aa", "aa"), "ae": ("ae", "ae"), "ah": ("ah", "ah"), "ao": ("ao", "aa"), "aw": ("aw", "aw"),
@@ -80,8 +82,6 @@ class PhoneTokenizer:
     kind = "phone"
 
     def __init__(self, phone_set: int = 48):
-        from asr.text import BLANK
-
         if phone_set not in PHONE_SETS:
             raise ValueError(f"phone_set must be one of 61, 48, 39, not {phone_set!r}")
         self.phone_set = phone_set
@@ -95,8 +95,6 @@ class PhoneTokenizer:
     def encode(self, text: str, utterance: str = "<text>") -> list[int]:
         """Space-separated phones -> ids, folded onto this tokenizer's set. Raises TokenizerError
         naming `utterance` for an unknown phone or an utterance with no phones."""
-        from asr.text import TokenizerError
-
         try:
             phones = fold_phones(text.split(), self.phone_set, where=utterance)
         except PhoneError as e:

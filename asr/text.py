@@ -10,16 +10,11 @@ import re
 import unicodedata
 from typing import Any, Sequence
 
-BLANK_ID = 0  # CTC blank; every tokenizer reserves id 0 for it
-BLANK = "<blank>"
-SPACE = " "
+from asr.phones import PhoneTokenizer
+from asr.tokens import BLANK, BLANK_ID, SPACE, TokenizerError
 
 # Lowercase letters, apostrophe and space: enough for LibriSpeech and the built-in corpus.
 DEFAULT_CHARS = tuple(SPACE + "'" + "abcdefghijklmnopqrstuvwxyz")
-
-
-class TokenizerError(ValueError):
-    """Text that the tokenizer cannot encode; the message names the utterance."""
 
 
 def normalize_text(text: str) -> str:
@@ -86,8 +81,6 @@ def tokenizer_from_dict(data: dict[str, Any]) -> CharTokenizer:
     if kind == "char":
         return CharTokenizer(data["symbols"], on_unknown=data.get("on_unknown", "error"))
     if kind == "phone":
-        from asr.phones import PhoneTokenizer
-
         return PhoneTokenizer.from_dict(data)  # type: ignore[return-value]
     raise ValueError(f"unknown tokenizer kind {kind!r}")
 
@@ -98,8 +91,6 @@ def build_tokenizer(data_config) -> CharTokenizer:
     if data_config.unit == "char":
         return CharTokenizer(on_unknown=data_config.on_unknown_char)
     if data_config.unit == "phone":
-        from asr.phones import PhoneTokenizer
-
         return PhoneTokenizer(data_config.phone_set)  # type: ignore[return-value]
     from asr.config import ConfigError
 

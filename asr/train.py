@@ -7,7 +7,9 @@ replica on its own share of each epoch's batches; the loss is normalized by the 
 count, so the averaged gradient is that of the whole group's batch. Rank 0 alone writes
 checkpoints, logs and the progress bar; every rank reads last.pt to resume.
 
-One function per step, icefall-style: `compute_loss`, `train_one_epoch`, `validate`, `train`.
+One function per step, icefall-style: `train` = `build_run` (data, model, optimizer, schedule),
+`resume_run`, then `run_epochs`: each epoch `train_one_epoch` (whose step is `compute_loss`), then
+`validate` and the checkpoints (`save_epoch`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TextIO
 
 import numpy as np
 import torch
@@ -32,11 +34,11 @@ from asr.checkpoint import load_checkpoint, save_checkpoint
 from asr.config import Config, config_to_dict
 from asr.ctc import ctc_loss
 from asr.data.loader import Batch, BucketBatchSampler, UtteranceDataset, make_loader, placeholder_batch
-from asr.data.manifest import read_manifest
+from asr.data.manifest import Utterance, read_manifest
 from asr.features import FeatureExtractor
 from asr.inference import Recognizer, decode_dataset
 from asr.models import build_model
-from asr.text import build_tokenizer, label_utterances
+from asr.text import CharTokenizer, build_tokenizer, label_utterances
 
 LAST, BEST = "last.pt", "best.pt"  # checkpoint names inside train.out_dir
 METRICS = "metrics.jsonl"
@@ -77,6 +79,28 @@ class StepStats:
     @classmethod
     def zeros(cls, device: torch.device) -> "StepStats":
         return cls(torch.zeros((), device=device), torch.zeros((), device=device))
+
+    def add(self, loss_sum: torch.Tensor, label_sum: torch.Tensor, audio_seconds: float, grad_norm: float) -> None:
+        self.loss_sum += loss_sum
+        self.label_sum += label_sum
+        self.audio_seconds += audio_seconds
+        self.steps += 1
+        self.grad_norms.append(grad_norm)
+
+    def summarize(self, progress: Progress, lr: float, elapsed: float, context: distributed.DistContext) -> dict[str, Any]:
+        """The metrics-log line for these steps, over the whole group (a collective: every rank calls)."""
+        sums = torch.stack([self.loss_sum, self.label_sum.to(self.loss_sum.dtype)])
+        sums = torch.cat([sums, torch.tensor([self.audio_seconds], device=self.loss_sum.device, dtype=sums.dtype)])
+        loss_total, labels_total, audio_total = distributed.all_reduce_sum(sums, context).tolist()  # group totals
+        return {
+            "step": progress.step,
+            "epoch": progress.epoch,
+            "loss": loss_total / max(labels_total, 1.0),
+            "lr": lr,
+            "grad_norm": float(np.mean(self.grad_norms)),
+            "audio_s_per_s": audio_total / max(elapsed, 1e-9),
+            "skipped_infeasible": progress.skipped_infeasible,
+        }
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
@@ -136,6 +160,17 @@ def validate(recognizer: Recognizer, utterances, batch_size: int) -> dict[str, f
     return record
 
 
+def count_bad_audio(
+    batch: Batch, progress: Progress, log: Callable[[dict[str, Any]], None], context: distributed.DistContext
+) -> None:
+    """Count and log the utterances of `batch` whose audio failed to load (collate left them out)."""
+    progress.skipped_bad_audio += len(batch.bad)
+    for utt_id, reason in batch.bad:
+        log({"event": "bad_audio", "id": utt_id, "reason": reason})
+        if not context.is_main:
+            print(f"rank {context.rank}: skipping bad audio: {reason}", file=sys.stderr)
+
+
 def train_one_epoch(
     *,
     model: torch.nn.Module,
@@ -146,10 +181,10 @@ def train_one_epoch(
     config: Config,
     progress: Progress,
     device: torch.device,
-    log,
+    log: Callable[[dict[str, Any]], None],
     bar,
     deadline: float,
-    save_state,
+    save_state: Callable[[str], None],
     augment: SpecAugment | None = None,
     context: distributed.DistContext = distributed.DistContext(),
 ) -> bool:
@@ -163,11 +198,7 @@ def train_one_epoch(
     started = time.perf_counter()
     sample_rate = config.features.sample_rate
     for batch in loader:
-        progress.skipped_bad_audio += len(batch.bad)
-        for utt_id, reason in batch.bad:
-            log({"event": "bad_audio", "id": utt_id, "reason": reason})
-            if not context.is_main:
-                print(f"rank {context.rank}: skipping bad audio: {reason}", file=sys.stderr)
+        count_bad_audio(batch, progress, log, context)
         progress.batch_in_epoch += 1
         real_utterances = len(batch)
         if real_utterances == 0:
@@ -190,29 +221,13 @@ def train_one_epoch(
             log({"event": "nonfinite_gradient", "step": progress.step, "ids": batch.ids})
         scheduler.step()
         progress.step += 1
-        stats.loss_sum += loss_sum.detach()
-        stats.label_sum += label_sum
-        stats.audio_seconds += float(batch.audio_lengths.sum()) / sample_rate if real_utterances else 0.0
-        stats.steps += 1
-        stats.grad_norms.append(grad_norm)
+        audio_seconds = float(batch.audio_lengths.sum()) / sample_rate if real_utterances else 0.0
+        stats.add(loss_sum.detach(), label_sum, audio_seconds, grad_norm)
         bar.update(1)
         if progress.step % config.train.log_every == 0:
-            elapsed = time.perf_counter() - started
-            sums = torch.stack([stats.loss_sum, stats.label_sum.to(stats.loss_sum.dtype)])
-            sums = torch.cat([sums, torch.tensor([stats.audio_seconds], device=device, dtype=sums.dtype)])
-            loss_total, labels_total, audio_total = distributed.all_reduce_sum(sums, context).tolist()  # group totals
-            loss = loss_total / max(labels_total, 1.0)
-            record = {
-                "step": progress.step,
-                "epoch": progress.epoch,
-                "loss": loss,
-                "lr": scheduler.get_last_lr()[0],
-                "grad_norm": float(np.mean(stats.grad_norms)),
-                "audio_s_per_s": audio_total / max(elapsed, 1e-9),
-                "skipped_infeasible": progress.skipped_infeasible,
-            }
+            record = stats.summarize(progress, scheduler.get_last_lr()[0], time.perf_counter() - started, context)
             log(record)
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}")
+            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
             stats = StepStats.zeros(device)
             started = time.perf_counter()
         if config.train.save_every_steps and progress.step % config.train.save_every_steps == 0:
@@ -237,6 +252,71 @@ def train(config: Config, resume: bool = False, show_progress: bool = True) -> P
 
 
 def _train(config: Config, resume: bool, show_progress: bool, context: distributed.DistContext) -> Path:
+    """Build (or resume) the run, then train it with the metrics log open."""
+    run = build_run(config, context)
+    if resume:
+        resume_run(run)
+    log = MetricsLog.open(run.out_dir, context, config.train.tensorboard)
+    try:
+        log_start(run, log, resume)
+        run_epochs(run, log, show_progress)
+    finally:
+        log.close()
+    return run.out_dir
+
+
+@dataclass
+class TrainingRun:
+    """What one run trains, on what, and how far it has come: made by `build_run`, put back by
+    `resume_run`, advanced by `run_epochs`; `save` writes it to a checkpoint."""
+
+    config: Config
+    context: distributed.DistContext
+    out_dir: Path  # checkpoints and the metrics log
+    tokenizer: CharTokenizer
+    dataset: UtteranceDataset  # training utterances the tokenizer accepts
+    dev_utts: list[Utterance]  # empty without data.dev
+    features: FeatureExtractor
+    model: torch.nn.Module  # what checkpoints hold
+    step_model: torch.nn.Module  # what runs the training step: `model`, wrapped in DDP and/or compiled
+    augment: SpecAugment | None  # None when SpecAugment is off
+    optimizer: torch.optim.Optimizer
+    sampler: BucketBatchSampler
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    total_steps: int  # optimizer steps of the whole run (the schedule's length)
+    progress: Progress = field(default_factory=Progress)
+
+    def save(self, name: str) -> None:
+        """Write out_dir/`name` with weights, config, tokenizer and everything `resume_run` needs.
+        A collective: every rank calls, rank 0 writes (the skip counts summed over the group)."""
+        rng = {"torch": torch.get_rng_state()}
+        if self.context.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.context.device).cpu()
+        progress, context = self.progress, self.context
+        skipped = [progress.skipped_infeasible, progress.skipped_bad_audio, progress.skipped_nonfinite_steps]
+        ranks = distributed.gather_objects({"rng": rng, "skipped": skipped}, context)  # a collective: all ranks call
+        if not context.is_main:
+            return
+        group_progress = progress.to_dict()
+        for i, key in enumerate(("skipped_infeasible", "skipped_bad_audio", "skipped_nonfinite_steps")):
+            group_progress[key] = sum(r["skipped"][i] for r in ranks)
+        training_state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "progress": group_progress,
+            "rng": rng,
+            "world_size": context.world_size,
+        }
+        if context.is_distributed:
+            training_state["rng_per_rank"] = [r["rng"] for r in ranks]
+        save_checkpoint(
+            self.out_dir / name, model=self.model, config=self.config, tokenizer=self.tokenizer, training_state=training_state
+        )
+
+
+def build_run(config: Config, context: distributed.DistContext) -> TrainingRun:
+    """Seed, then data, model, optimizer, sampler and schedule: in this order, which fixes every
+    random draw (initial weights, dropout, SpecAugment, batch order)."""
     out_dir = Path(config.train.out_dir)
     if context.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -244,7 +324,30 @@ def _train(config: Config, resume: bool, show_progress: bool, context: distribut
         torch.set_num_threads(config.train.num_threads)
     device = context.device
     seed_everything(config.train.seed)
+    tokenizer, dataset, dev_utts = load_training_data(config)
+    features = FeatureExtractor(config.features).to(device)
+    model = build_model(config.model, features.output_dim, tokenizer.vocab_size).to(device)
+    augment = SpecAugment(config.augment, features.static_dim, config.features.subsample).to(device)
+    augment = augment if augment.enabled else None
+    step_model = wrap_step_model(model, config, context)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas), weight_decay=config.optim.weight_decay
+    )
+    sampler = build_sampler(config, dataset, context)
+    total_steps = count_steps(config, sampler)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(config.optim.warmup_steps, total_steps, config.optim.min_lr_ratio)
+    )
+    return TrainingRun(
+        config=config, context=context, out_dir=out_dir, tokenizer=tokenizer, dataset=dataset, dev_utts=dev_utts,
+        features=features, model=model, step_model=step_model, augment=augment, optimizer=optimizer,
+        sampler=sampler, scheduler=scheduler, total_steps=total_steps,
+    )
 
+
+def load_training_data(config: Config) -> tuple[CharTokenizer, UtteranceDataset, list[Utterance]]:
+    """The tokenizer data.unit asks for, the training set (labelled, at most data.max_duration
+    long) and the dev utterances."""
     if not config.data.train:
         raise TrainingError("data.train is empty: give the path of a training manifest")
     tokenizer = build_tokenizer(config.data)
@@ -256,138 +359,161 @@ def _train(config: Config, resume: bool, show_progress: bool, context: distribut
     if len(dataset) == 0:
         raise TrainingError(f"{config.data.train}: no usable training utterances")
     dev_utts = read_manifest(config.data.dev) if config.data.dev else []
+    return tokenizer, dataset, dev_utts
 
-    features = FeatureExtractor(config.features).to(device)
-    model = build_model(config.model, features.output_dim, tokenizer.vocab_size).to(device)
-    augment = SpecAugment(config.augment, features.static_dim, config.features.subsample).to(device)
-    augment = augment if augment.enabled else None
-    step_model: torch.nn.Module = model  # what runs the training step; `model` is what checkpoints hold
+
+def wrap_step_model(model: torch.nn.Module, config: Config, context: distributed.DistContext) -> torch.nn.Module:
+    """What runs the training step: `model` itself, in DistributedDataParallel under torchrun,
+    compiled with train.compile."""
+    step_model = model
     if context.is_distributed:
         # DDP broadcasts rank 0's initial weights and averages gradients in backward.
+        device = context.device
         step_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
         torch.manual_seed(config.train.seed + context.rank)  # distinct dropout / SpecAugment draws per rank
     if config.train.compile:  # batch size and length change every step: compile for dynamic shapes
         step_model = torch.compile(step_model, dynamic=True)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas), weight_decay=config.optim.weight_decay
-    )
+    return step_model
+
+
+def build_sampler(config: Config, dataset: UtteranceDataset, context: distributed.DistContext) -> BucketBatchSampler:
+    """Length-bucketed batches of at most data.batch_frames feature frames (or data.batch_seconds),
+    this rank's share of them under torchrun."""
     frames_per_second = 1000.0 / config.features.frame_shift_ms  # feature frames before subsampling
     max_frames = config.data.batch_frames or config.data.batch_seconds * frames_per_second
     try:
-        sampler = BucketBatchSampler(
+        return BucketBatchSampler(
             [u.duration * frames_per_second for u in dataset.utterances], max_frames, seed=config.train.seed,
             num_replicas=context.world_size, rank=context.rank, sortagrad=config.data.sortagrad,
         )
     except ValueError as e:
         raise TrainingError(f"{config.data.train}: {e}") from e
+
+
+def count_steps(config: Config, sampler: BucketBatchSampler) -> int:
+    """Optimizer steps of the whole run: every epoch's batches, capped at train.max_steps."""
     total_steps = 0
     for epoch in range(config.train.epochs):
         sampler.set_epoch(epoch)
         total_steps += len(sampler)
     if config.train.max_steps:
         total_steps = min(total_steps, config.train.max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(config.optim.warmup_steps, total_steps, config.optim.min_lr_ratio)
-    )
-    progress = Progress()
+    return total_steps
 
-    if resume:
-        state = load_checkpoint(out_dir / LAST)
-        if "training_state" not in state:
-            raise TrainingError(f"{out_dir / LAST}: holds no training state to resume from")
-        model.load_state_dict(state["model"])
-        training_state = state["training_state"]
-        optimizer.load_state_dict(training_state["optimizer"])
-        scheduler.load_state_dict(training_state["scheduler"])
-        progress = Progress(**training_state["progress"])
-        restore_rng(training_state, context, config.train.seed + 1_000_003 * progress.step)
-        if context.rank:  # the checkpoint's skip counts are group totals; rank 0 carries them on
-            progress.skipped_infeasible = progress.skipped_bad_audio = progress.skipped_nonfinite_steps = 0
 
-    metrics_file = open(out_dir / METRICS, "a", encoding="utf-8") if context.is_main else None
-    board = open_tensorboard(out_dir / TENSORBOARD) if context.is_main and config.train.tensorboard else None
+def resume_run(run: TrainingRun) -> None:
+    """Put back weights, optimizer, schedule, progress and this rank's RNG from out_dir/last.pt."""
+    path = run.out_dir / LAST
+    state = load_checkpoint(path)
+    if "training_state" not in state:
+        raise TrainingError(f"{path}: holds no training state to resume from")
+    run.model.load_state_dict(state["model"])
+    training_state = state["training_state"]
+    run.optimizer.load_state_dict(training_state["optimizer"])
+    run.scheduler.load_state_dict(training_state["scheduler"])
+    run.progress = progress = Progress(**training_state["progress"])
+    restore_rng(training_state, run.context, run.config.train.seed + 1_000_003 * progress.step)
+    if run.context.rank:  # the checkpoint's skip counts are group totals; rank 0 carries them on
+        progress.skipped_infeasible = progress.skipped_bad_audio = progress.skipped_nonfinite_steps = 0
 
-    def log(record: dict[str, Any]) -> None:
-        if metrics_file is None:
-            return
-        metrics_file.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
-        metrics_file.flush()
-        if board is not None:
-            write_tensorboard(board, record)
 
-    def save_state(name: str) -> None:
-        rng = {"torch": torch.get_rng_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device).cpu()
-        skipped = [progress.skipped_infeasible, progress.skipped_bad_audio, progress.skipped_nonfinite_steps]
-        ranks = distributed.gather_objects({"rng": rng, "skipped": skipped}, context)  # a collective: all ranks call
-        if not context.is_main:
-            return
-        group_progress = progress.to_dict()
-        for i, key in enumerate(("skipped_infeasible", "skipped_bad_audio", "skipped_nonfinite_steps")):
-            group_progress[key] = sum(r["skipped"][i] for r in ranks)
-        training_state = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "progress": group_progress,
-            "rng": rng,
-            "world_size": context.world_size,
-        }
-        if context.is_distributed:
-            training_state["rng_per_rank"] = [r["rng"] for r in ranks]
-        save_checkpoint(out_dir / name, model=model, config=config, tokenizer=tokenizer, training_state=training_state)
-
+def log_start(run: TrainingRun, log: MetricsLog, resume: bool) -> None:
+    """The run's first metrics-log lines: rejected transcripts (also printed) and the start record."""
+    dataset, context = run.dataset, run.context
     if dataset.rejected and context.is_main:
-        log({"event": "rejected_text", "count": len(dataset.rejected), "examples": dataset.rejected[:5]})
+        log.write({"event": "rejected_text", "count": len(dataset.rejected), "examples": dataset.rejected[:5]})
         print(f"skipping {len(dataset.rejected)} training utterance(s) the tokenizer rejects, e.g. {dataset.rejected[0][1]}")
-    log({"event": "start", "resume": resume, "step": progress.step, "device": str(device), "config": config_to_dict(config),
-         "train_utterances": len(dataset), "parameters": sum(p.numel() for p in model.parameters()),
-         "world_size": context.world_size})
+    log.write({"event": "start", "resume": resume, "step": run.progress.step, "device": str(context.device),
+               "config": config_to_dict(run.config), "train_utterances": len(dataset),
+               "parameters": sum(p.numel() for p in run.model.parameters()), "world_size": context.world_size})
 
-    recognizer = Recognizer(model, features, tokenizer, config)
+
+def run_epochs(run: TrainingRun, log: MetricsLog, show_progress: bool) -> None:
+    """Train epoch after epoch until train.epochs, train.max_steps or train.time_limit_s; after each,
+    validate (when due) and save last.pt, and best.pt when the dev WER improved."""
+    config, progress, context = run.config, run.progress, run.context
+    recognizer = Recognizer(run.model, run.features, run.tokenizer, config)
     started = time.perf_counter()
     deadline = started + config.train.time_limit_s if config.train.time_limit_s > 0 else math.inf
-    bar = tqdm(total=total_steps, initial=progress.step, desc="train", unit="step",
+    bar = tqdm(total=run.total_steps, initial=progress.step, desc="train", unit="step",
                disable=not (show_progress and context.is_main), dynamic_ncols=True)
     try:
         while progress.epoch < config.train.epochs:
-            sampler.set_epoch(progress.epoch, start_batch=progress.batch_in_epoch)
-            dataset.set_epoch(progress.epoch)
-            loader = make_loader(dataset, sampler, num_workers=config.data.num_workers)
+            run.sampler.set_epoch(progress.epoch, start_batch=progress.batch_in_epoch)
+            run.dataset.set_epoch(progress.epoch)
+            loader = make_loader(run.dataset, run.sampler, num_workers=config.data.num_workers)
             finished_epoch = train_one_epoch(
-                model=step_model, features=features, loader=loader, optimizer=optimizer, scheduler=scheduler,
-                config=config, progress=progress, device=device, log=log, bar=bar, deadline=deadline,
-                save_state=save_state, augment=augment, context=context,
+                model=run.step_model, features=run.features, loader=loader, optimizer=run.optimizer,
+                scheduler=run.scheduler, config=config, progress=progress, device=context.device, log=log.write,
+                bar=bar, deadline=deadline, save_state=run.save, augment=run.augment, context=context,
             )
             if finished_epoch:
                 progress.epoch += 1
                 progress.batch_in_epoch = 0
-            last_epoch = progress.epoch >= config.train.epochs or not finished_epoch
-            record: dict[str, Any] = {"event": "epoch_end" if finished_epoch else "stopped", "epoch": progress.epoch, "step": progress.step}
-            if dev_utts and context.is_main and (last_epoch or progress.epoch % config.train.eval_every_epochs == 0):
-                record.update(validate(recognizer, dev_utts, config.decode.batch_size))
-                if "dev_per" in record:  # phone models: the 39-phone PER is the figure to read
-                    bar.write(f"epoch {progress.epoch}: dev PER {record['dev_per']:.2%} (39 phones)")
-                else:
-                    bar.write(f"epoch {progress.epoch}: dev WER {record['dev_wer']:.2%} CER {record['dev_cer']:.2%}")
+            record = end_epoch_record(run, recognizer, bar, finished_epoch)
             progress.train_seconds += time.perf_counter() - started
             started = time.perf_counter()
-            is_best = "dev_wer" in record and record["dev_wer"] < progress.best_wer
-            if is_best:
-                progress.best_wer = record["dev_wer"]
-            log(record)
-            save_state(LAST)
-            if distributed.any_rank(is_best or not dev_utts, context):  # rank 0 decides; all join the save
-                save_state(BEST)
+            save_epoch(run, log, record)
             if not finished_epoch:
                 break
     finally:
         bar.close()
-        if metrics_file is not None:
-            metrics_file.close()
-        if board is not None:
-            board.close()
-    return out_dir
+
+
+def end_epoch_record(run: TrainingRun, recognizer: Recognizer, bar, finished_epoch: bool) -> dict[str, Any]:
+    """The metrics-log line that ends an epoch (or a stopped run); rank 0 adds the dev error rates
+    every train.eval_every_epochs epochs and at the end."""
+    config, progress = run.config, run.progress
+    last_epoch = progress.epoch >= config.train.epochs or not finished_epoch
+    record: dict[str, Any] = {"event": "epoch_end" if finished_epoch else "stopped", "epoch": progress.epoch, "step": progress.step}
+    if run.dev_utts and run.context.is_main and (last_epoch or progress.epoch % config.train.eval_every_epochs == 0):
+        record.update(validate(recognizer, run.dev_utts, config.decode.batch_size))
+        if "dev_per" in record:  # phone models: the 39-phone PER is the figure to read
+            bar.write(f"epoch {progress.epoch}: dev PER {record['dev_per']:.2%} (39 phones)")
+        else:
+            bar.write(f"epoch {progress.epoch}: dev WER {record['dev_wer']:.2%} CER {record['dev_cer']:.2%}")
+    return record
+
+
+def save_epoch(run: TrainingRun, log: MetricsLog, record: dict[str, Any]) -> None:
+    """Log the epoch's line, save last.pt, and best.pt when the dev WER improved (every epoch
+    without a dev set). Every rank calls: saving is a collective."""
+    is_best = "dev_wer" in record and record["dev_wer"] < run.progress.best_wer
+    if is_best:
+        run.progress.best_wer = record["dev_wer"]
+    log.write(record)
+    run.save(LAST)
+    if distributed.any_rank(is_best or not run.dev_utts, run.context):  # rank 0 decides; all join the save
+        run.save(BEST)
+
+
+@dataclass
+class MetricsLog:
+    """The run's metrics log: out_dir/metrics.jsonl, one JSON line per record, and TensorBoard
+    with train.tensorboard. Only rank 0 writes; elsewhere both are None."""
+
+    file: TextIO | None
+    board: Any | None  # a torch.utils.tensorboard SummaryWriter
+
+    @classmethod
+    def open(cls, out_dir: Path, context: distributed.DistContext, tensorboard: bool) -> "MetricsLog":
+        file = open(out_dir / METRICS, "a", encoding="utf-8") if context.is_main else None
+        board = open_tensorboard(out_dir / TENSORBOARD) if context.is_main and tensorboard else None
+        return cls(file, board)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.file is None:
+            return
+        self.file.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+        self.file.flush()
+        if self.board is not None:
+            write_tensorboard(self.board, record)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.board is not None:
+            self.board.close()
 
 
 def restore_rng(training_state: dict[str, Any], context: distributed.DistContext, fallback_seed: int) -> None:

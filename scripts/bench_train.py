@@ -38,8 +38,8 @@ from asr.config import load_config
 from asr.ctc import ctc_loss
 from asr.data.loader import BucketBatchSampler, UtteranceDataset, make_loader
 from asr.data.manifest import read_manifest
+from asr.device import resolve_device
 from asr.features import FeatureExtractor
-from asr.inference import resolve_device
 from asr.models import build_model
 from asr.text import CharTokenizer
 from asr import distributed

@@ -11,7 +11,8 @@ import torch
 from asr.audio import AudioError, load_audio
 from asr.augment import perturb_speed, speed_factor
 from asr.data.manifest import Utterance
-from asr.text import CharTokenizer, TokenizerError
+from asr.text import CharTokenizer
+from asr.tokens import TokenizerError
 
 
 @dataclass

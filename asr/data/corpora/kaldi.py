@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from asr.data.corpora import CorpusError, PreparedCorpus, header_duration
+from asr.data.corpora.prepared import CorpusError, PreparedCorpus, header_duration
 from asr.data.manifest import Utterance
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from asr.data.corpora import CorpusError, PreparedCorpus, header_duration
+from asr.data.corpora.prepared import CorpusError, PreparedCorpus, header_duration
 from asr.data.manifest import Utterance
 
 SPLITS = (

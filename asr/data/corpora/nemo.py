@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from asr.data.corpora import CorpusError, PreparedCorpus
+from asr.data.corpora.prepared import CorpusError, PreparedCorpus
 from asr.data.manifest import Utterance, json_lines
 
 
