@@ -56,7 +56,8 @@ from asr.decode.lm import NGramLM, sentences_from_file
 from asr.fileio import atomic_path
 from asr.inference import Recognizer, collect_log_probs
 from asr.metrics import score_wer
-from asr.text import SPACE, normalize_text, tokenizer_from_dict
+from asr.text import normalize_text, tokenizer_from_dict
+from asr.tokens import SPACE
 
 
 def timed(fn):

@@ -14,7 +14,8 @@ from asr.phones import (
     PhoneTokenizer,
     fold_phones,
 )
-from asr.text import BLANK_ID, CharTokenizer, TokenizerError, build_tokenizer, tokenizer_from_dict
+from asr.text import CharTokenizer, build_tokenizer, tokenizer_from_dict
+from asr.tokens import BLANK_ID, TokenizerError
 
 
 def test_set_sizes():

@@ -1,6 +1,7 @@
 import pytest
 
-from asr.text import BLANK_ID, CharTokenizer, TokenizerError, normalize_text, tokenizer_from_dict
+from asr.text import CharTokenizer, normalize_text, tokenizer_from_dict
+from asr.tokens import BLANK_ID, TokenizerError
 
 
 def test_normalize():

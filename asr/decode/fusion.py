@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from asr.decode.lm import NGramLM
-from asr.text import BLANK_ID, SPACE
+from asr.tokens import BLANK_ID, SPACE
 
 
 class TokenLMFusion:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from asr.text import BLANK_ID
+from asr.tokens import BLANK_ID
 
 
 def decode_greedy(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = BLANK_ID) -> list[list[int]]:

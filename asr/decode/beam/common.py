@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from asr.decode.fusion import Fusion
-from asr.text import BLANK_ID
+from asr.tokens import BLANK_ID
 
 NEG_INF = float("-inf")
 UTT_MUL = 0x2545F4914F6CDD1D  # odd; spreads utterance indices into distinct empty-prefix hashes

@@ -18,7 +18,7 @@ from asr.decode.beam.common import NEG_INF, Hypothesis, skip_blank_frames
 from asr.decode.beam.dense import decode_beam_dense
 from asr.decode.beam.flat import decode_beam_flat
 from asr.decode.fusion import Fusion
-from asr.text import BLANK_ID
+from asr.tokens import BLANK_ID
 
 LAYOUTS = ("auto", "flat", "dense", "triton", "numba")  # decode_beam's layout (see its docstring)
 
