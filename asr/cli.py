@@ -304,6 +304,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from asr.data.synth import synthesize_corpus
     from asr.inference import Recognizer
     from asr.train import BEST, train
+    from asr.train_log import METRICS
 
     started = time.perf_counter()
     out = Path(args.out)
@@ -337,7 +338,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     [result] = list(recognizer.transcribe_files([utterance.audio]))
     print(f"  file       {result.path}\n  reference  {recognizer.tokenizer.normalize(utterance.text)}\n"
           f"  hypothesis {result.text if result.error is None else result.error}")
-    print(f"checkpoint: {checkpoint}\nmetrics log: {run_dir / 'metrics.jsonl'}")
+    print(f"checkpoint: {checkpoint}\nmetrics log: {run_dir / METRICS}")
     print(f"wall time: {time.perf_counter() - started:.1f} s")
     return 0
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from asr.fileio import atomic_path
+from asr.train_log import METRICS
 
 PANELS = (  # (metrics-log key, axis title, log scale)
     ("loss", "training loss (CTC per label)", True),
@@ -65,7 +66,7 @@ def plot_run(run_dir: str | os.PathLike, output: str | os.PathLike | None = None
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    curves = read_curves(run_dir / "metrics.jsonl")
+    curves = read_curves(run_dir / METRICS)
     output = Path(output) if output is not None else run_dir / "curves.png"
     panels = [p for p in PANELS if p[0] in curves]
     figure, axes = plt.subplots(len(panels), 1, figsize=(8, 2.4 * len(panels)), sharex=True, squeeze=False)

@@ -15,14 +15,13 @@ One function per step, icefall-style: `train` = `build_run` (data, model, optimi
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -39,10 +38,9 @@ from asr.features import FeatureExtractor
 from asr.inference import Recognizer, decode_dataset
 from asr.models import build_model
 from asr.text import CharTokenizer, build_tokenizer, label_utterances
+from asr.train_log import MetricsLog
 
 LAST, BEST = "last.pt", "best.pt"  # checkpoint names inside train.out_dir
-METRICS = "metrics.jsonl"
-TENSORBOARD = "tensorboard"  # event files folder inside train.out_dir
 
 
 class TrainingError(RuntimeError):
@@ -487,35 +485,6 @@ def save_epoch(run: TrainingRun, log: MetricsLog, record: dict[str, Any]) -> Non
         run.save(BEST)
 
 
-@dataclass
-class MetricsLog:
-    """The run's metrics log: out_dir/metrics.jsonl, one JSON line per record, and TensorBoard
-    with train.tensorboard. Only rank 0 writes; elsewhere both are None."""
-
-    file: TextIO | None
-    board: Any | None  # a torch.utils.tensorboard SummaryWriter
-
-    @classmethod
-    def open(cls, out_dir: Path, context: distributed.DistContext, tensorboard: bool) -> "MetricsLog":
-        file = open(out_dir / METRICS, "a", encoding="utf-8") if context.is_main else None
-        board = open_tensorboard(out_dir / TENSORBOARD) if context.is_main and tensorboard else None
-        return cls(file, board)
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.file is None:
-            return
-        self.file.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
-        self.file.flush()
-        if self.board is not None:
-            write_tensorboard(self.board, record)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.board is not None:
-            self.board.close()
-
-
 def restore_rng(training_state: dict[str, Any], context: distributed.DistContext, fallback_seed: int) -> None:
     """Put back this rank's RNG state from a checkpoint. A checkpoint from a group of another
     size has no state for this rank: reseed it instead (training goes on, not bit-exactly)."""
@@ -530,34 +499,3 @@ def restore_rng(training_state: dict[str, Any], context: distributed.DistContext
     torch.set_rng_state(rng["torch"])
     if context.device.type == "cuda" and "cuda" in rng:
         torch.cuda.set_rng_state(rng["cuda"], context.device)
-
-
-def open_tensorboard(log_dir: Path):
-    """A SummaryWriter, or None (with a notice) when the tensorboard package is missing."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        print("train.tensorboard: the tensorboard package is not installed (pip install 'asr[tensorboard]'); "
-              f"logging to {METRICS} only", file=sys.stderr)
-        return None
-    return SummaryWriter(log_dir=str(log_dir))
-
-
-TENSORBOARD_SCALARS = {  # metrics-log key -> TensorBoard tag
-    "loss": "train/loss",
-    "lr": "train/lr",
-    "grad_norm": "train/grad_norm",
-    "audio_s_per_s": "train/audio_seconds_per_second",
-    "dev_wer": "dev/wer",
-    "dev_cer": "dev/cer",
-    "dev_per": "dev/per",
-}
-
-
-def write_tensorboard(board, record: dict[str, Any]) -> None:
-    if "step" not in record:
-        return
-    for key, tag in TENSORBOARD_SCALARS.items():
-        if key in record:
-            board.add_scalar(tag, record[key], global_step=record["step"])
-    board.flush()

@@ -12,7 +12,8 @@ import torch
 
 from asr.checkpoint import load_checkpoint
 from asr.data.synth import synthesize_corpus
-from asr.train import LAST, METRICS, TENSORBOARD
+from asr.train import LAST
+from asr.train_log import METRICS, TENSORBOARD
 from conftest import TINY_OVERRIDES
 
 REPO = Path(__file__).resolve().parent.parent

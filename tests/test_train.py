@@ -9,7 +9,8 @@ import torch
 
 from asr.checkpoint import load_checkpoint
 from asr.config import load_config
-from asr.train import BEST, LAST, METRICS, train
+from asr.train import BEST, LAST, train
+from asr.train_log import METRICS
 from conftest import TINY_OVERRIDES
 
 
