@@ -18,6 +18,23 @@ NEG_INF = float("-inf")
 UTT_MUL = 0x2545F4914F6CDD1D  # odd; spreads utterance indices into distinct empty-prefix hashes
 
 
+@dataclass(frozen=True)
+class BeamOptions:
+    """What decode_beam hands every layout besides the log-probs and the fusion (checked there;
+    see its docstring)."""
+
+    beam_size: int  # prefixes kept per utterance
+    token_top_k: int  # labels tried per frame
+    token_min_logp: float  # ... at least this log prob
+    token_cum_prob: float  # ... among the most probable labels adding up to this
+    beam_threshold: float  # prefixes more than this below the utterance's best are dropped
+    lm_weight: float  # alpha, on ln P_lm
+    word_bonus: float  # beta, per word (or token) the LM scores
+    nbest: int  # hypotheses returned per utterance
+    merge: str  # "sum" (prefix search) or "max" (Viterbi)
+    blank: int  # the blank label
+
+
 @dataclass
 class Hypothesis:
     ids: list[int]  # labels, blanks and repeats removed
@@ -102,21 +119,20 @@ def grid_candidates(log_probs: torch.Tensor, lengths: torch.Tensor, k: int, min_
 
 def final_hypotheses(
     p_b: torch.Tensor, p_nb: torch.Tensor, lm_total: torch.Tensor, words_total: torch.Tensor, state: torch.Tensor,
-    parent: torch.Tensor, label: torch.Tensor, fusion: Fusion | None, lm_weight: float, word_bonus: float, nbest: int, merge: str,
-    backtrack=None,
+    parent: torch.Tensor, label: torch.Tensor, fusion: Fusion | None, options: BeamOptions, backtrack=None,
 ) -> list[list[Hypothesis]]:
     """Every utterance has ended: score the grid's slots as they are (p_b, p_nb, ln P_lm so far,
     words so far: (utts, beam); state (utts, beam, S) the fusion's), and spell out each
     utterance's `nbest` best by the back-pointers (parent slot, label added or -1: (frames,
     utts, beam)), with `backtrack` (default `grid_backtrack`; same arguments, same answer)."""
     n_utt, beam = p_b.shape
-    acoustic = torch.logaddexp(p_b, p_nb) if merge == "sum" else torch.maximum(p_b, p_nb)  # (utts, beam)
+    acoustic = torch.logaddexp(p_b, p_nb) if options.merge == "sum" else torch.maximum(p_b, p_nb)  # (utts, beam)
     if fusion is not None:
         final_lm, final_words = fusion.final_scores(state.reshape(n_utt * beam, -1))
         lm_total, words_total = lm_total + final_lm.view(n_utt, beam), words_total + final_words.view(n_utt, beam)
-    score = acoustic + lm_weight * lm_total + word_bonus * words_total
+    score = acoustic + options.lm_weight * lm_total + options.word_bonus * words_total
     score = score.masked_fill(acoustic == NEG_INF, NEG_INF)
-    best, slot = (x[:, :nbest] for x in score.sort(dim=1, descending=True, stable=True))  # (utts, n) best first
+    best, slot = (x[:, :options.nbest] for x in score.sort(dim=1, descending=True, stable=True))  # (utts, n) best first
     spelled = (backtrack or grid_backtrack)(parent.cpu(), label.cpu(), slot.cpu())
     columns = [best.tolist()] + [x.gather(1, slot).tolist() for x in (acoustic, lm_total, words_total)]
     results: list[list[Hypothesis]] = []

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from asr.decode.beam.common import NEG_INF, UTT_MUL, Hypothesis, final_hypotheses, grid_candidates
+from asr.decode.beam.common import NEG_INF, BeamOptions, UTT_MUL, Hypothesis, final_hypotheses, grid_candidates
 from asr.decode.fusion import Fusion
 from asr.decode.lm import hash_step
 
@@ -30,31 +30,22 @@ from asr.decode.lm import hash_step
 def decode_beam_dense(
     log_probs: torch.Tensor,
     lengths: torch.Tensor,
-    beam_size: int,
-    token_top_k: int,
-    token_min_logp: float,
-    token_cum_prob: float,
-    beam_threshold: float,
     fusion: Fusion | None,
-    lm_weight: float,
-    word_bonus: float,
-    nbest: int,
-    merge: str,
-    blank: int,
+    options: BeamOptions,
     cuda_graph: bool = True,
 ) -> list[list[Hypothesis]]:
     """`decode_beam` on the dense grid (its arguments, checked there; blank frames already
     skipped; lengths on log_probs' device). cuda_graph: on CUDA, replay one captured frame step
     (else launch it per frame)."""
     log_probs = log_probs.float().contiguous()
-    k = max(min(token_top_k, log_probs.shape[2] - 1), 1)
-    cand_id, cand_lp = grid_candidates(log_probs, lengths, k, token_min_logp, blank, token_cum_prob)  # (utts, frames, k)
-    grid = _Grid(_blank_past_the_end(log_probs, lengths, blank), cand_id, cand_lp, beam_size, beam_threshold, fusion, lm_weight, word_bonus, merge, blank)
+    k = max(min(options.token_top_k, log_probs.shape[2] - 1), 1)
+    cand_id, cand_lp = grid_candidates(log_probs, lengths, k, options.token_min_logp, options.blank, options.token_cum_prob)  # (utts, frames, k)
+    grid = _Grid(_blank_past_the_end(log_probs, lengths, options.blank), cand_id, cand_lp, fusion, options)
     if grid.frames:
         _run(grid.step, grid.frames, [grid.hf, grid.hi, grid.t], cuda_graph and log_probs.device.type == "cuda")
     parent, label = grid.back_pointers()
     hf, hi = grid.hf, grid.hi
-    return final_hypotheses(hf[:, :, 0], hf[:, :, 1], hf[:, :, 2], hf[:, :, 3], hi[:, :, 2:], parent, label, fusion, lm_weight, word_bonus, nbest, merge)
+    return final_hypotheses(hf[:, :, 0], hf[:, :, 1], hf[:, :, 2], hf[:, :, 3], hi[:, :, 2:], parent, label, fusion, options)
 
 
 def _blank_past_the_end(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int) -> torch.Tensor:
@@ -76,13 +67,14 @@ class _Grid:
     dead (p_b = p_nb = -inf). Every frame each slot grows by each of the frame's k candidates:
     the candidates are the beam stays, then the beam * k grows, slot-major."""
 
-    def __init__(self, log_probs, cand_id, cand_lp, beam: int, beam_threshold: float, fusion: Fusion | None, lm_weight: float, word_bonus: float, merge: str, blank: int):
+    def __init__(self, log_probs, cand_id, cand_lp, fusion: Fusion | None, options: BeamOptions):
         device = log_probs.device
         n_utt, self.frames, _ = log_probs.shape
         self.log_probs, self.cand_id, self.cand_lp = log_probs, cand_id, cand_lp  # (utts, frames, vocab), (utts, frames, k) x2
-        self.beam, self.k, self.beam_threshold, self.fusion, self.blank = beam, cand_id.shape[2], beam_threshold, fusion, blank
-        self.plus = torch.logaddexp if merge == "sum" else torch.maximum
-        self.weights = torch.tensor([lm_weight, word_bonus], device=device)
+        beam, blank = options.beam_size, options.blank
+        self.beam, self.k, self.beam_threshold, self.fusion, self.blank = beam, cand_id.shape[2], options.beam_threshold, fusion, blank
+        self.plus = torch.logaddexp if options.merge == "sum" else torch.maximum
+        self.weights = torch.tensor([options.lm_weight, options.word_bonus], device=device)
         self.hf = torch.zeros(n_utt, beam, 4, device=device)
         self.hf[:, :, :2] = NEG_INF
         self.hf[:, 0, 0] = 0.0

@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from asr.decode.beam.common import NEG_INF, UTT_MUL, Hypothesis, frame_candidates
+from asr.decode.beam.common import NEG_INF, BeamOptions, UTT_MUL, Hypothesis, frame_candidates
 from asr.decode.fusion import Fusion, fusion_bound
 from asr.decode.lm import hash_step
 
@@ -73,17 +73,8 @@ class _Grows:
 def decode_beam_flat(
     log_probs: torch.Tensor,
     lengths: torch.Tensor,
-    beam_size: int,
-    token_top_k: int,
-    token_min_logp: float,
-    token_cum_prob: float,
-    beam_threshold: float,
     fusion: Fusion | None,
-    lm_weight: float,
-    word_bonus: float,
-    nbest: int,
-    merge: str,
-    blank: int,
+    options: BeamOptions,
 ) -> list[list[Hypothesis]]:
     """`decode_beam` on the flat list (its arguments, checked there; blank frames already
     skipped; lengths on log_probs' device)."""
@@ -93,17 +84,17 @@ def decode_beam_flat(
     # have ended are a tail of the list, and leave it by slicing.
     by_length = torch.argsort(lengths, descending=True, stable=True)
     log_probs, lengths = log_probs.index_select(0, by_length), lengths.index_select(0, by_length)
-    cand_id, cand_lp = frame_candidates(log_probs, lengths, token_top_k, token_min_logp, blank, token_cum_prob)  # (batch * frames, k)
-    bound, early_pruning = fusion_bound(fusion, vocab, lm_weight, word_bonus, beam_threshold, device)
+    cand_id, cand_lp = frame_candidates(log_probs, lengths, options.token_top_k, options.token_min_logp, options.blank, options.token_cum_prob)  # (batch * frames, k)
+    bound, early_pruning = fusion_bound(fusion, vocab, options.lm_weight, options.word_bonus, options.beam_threshold, device)
     b = _Batch(
-        cand_id, cand_lp, log_probs.reshape(-1), log_probs[:, :, blank].reshape(-1), batch, frames, vocab,
-        torch.logaddexp if merge == "sum" else torch.maximum, fusion, torch.tensor([lm_weight, word_bonus], device=device),
-        bound, early_pruning, beam_size, beam_threshold,
-        torch.arange(batch * beam_size, device=device), torch.full((batch * beam_size,), -1, device=device),
+        cand_id, cand_lp, log_probs.reshape(-1), log_probs[:, :, options.blank].reshape(-1), batch, frames, vocab,
+        torch.logaddexp if options.merge == "sum" else torch.maximum, fusion, torch.tensor([options.lm_weight, options.word_bonus], device=device),
+        bound, early_pruning, options.beam_size, options.beam_threshold,
+        torch.arange(batch * options.beam_size, device=device), torch.full((batch * options.beam_size,), -1, device=device),
     )
-    hf, hi = _start(batch, blank, fusion, device)
+    hf, hi = _start(batch, options.blank, fusion, device)
     history, ended = _run_frames(b, hf, hi, lengths.tolist())
-    return _final_hypotheses(b, history, ended, by_length, lm_weight, word_bonus, nbest)
+    return _final_hypotheses(b, history, ended, by_length, options)
 
 
 def _start(batch: int, blank: int, fusion: Fusion | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,7 +213,7 @@ def _prune_early(b: _Batch, utt: torch.Tensor, grows: _Grows, stay_score: torch.
     return grows.take((grows.nb >= need).nonzero().squeeze(1))
 
 
-def _final_hypotheses(b: _Batch, history: list, ended: list, by_length: torch.Tensor, lm_weight: float, word_bonus: float, nbest: int) -> list[list[Hypothesis]]:
+def _final_hypotheses(b: _Batch, history: list, ended: list, by_length: torch.Tensor, options: BeamOptions) -> list[list[Hypothesis]]:
     """Every utterance has ended: score its hypotheses as they were then (the fusion's final
     scores added), and spell out each utterance's `nbest` best, in the caller's order."""
     device = by_length.device
@@ -236,8 +227,8 @@ def _final_hypotheses(b: _Batch, history: list, ended: list, by_length: torch.Te
     if b.fusion is not None:
         final_lm, final_words = b.fusion.final_scores(hi[:, 3:])
         lm_total, words = lm_total + final_lm, words + final_words
-    score = acoustic + lm_weight * lm_total + word_bonus * words
-    chosen = _best_per_utterance(score, utt, b.batch, nbest)  # (chosen,) grouped by utterance, best first
+    score = acoustic + options.lm_weight * lm_total + options.word_bonus * words
+    chosen = _best_per_utterance(score, utt, b.batch, options.nbest)  # (chosen,) grouped by utterance, best first
     spelled = _backtrack(history, seen.index_select(0, chosen), index.index_select(0, chosen))
     owner = by_length.index_select(0, utt.index_select(0, chosen)).tolist()
     score, acoustic, lm_total, words = (v.index_select(0, chosen).tolist() for v in (score, acoustic, lm_total, words))

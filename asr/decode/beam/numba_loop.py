@@ -27,7 +27,7 @@ import numba
 import numpy as np
 import torch
 
-from asr.decode.beam.common import UTT_MUL, Hypothesis, final_hypotheses, frame_candidates
+from asr.decode.beam.common import UTT_MUL, BeamOptions, Hypothesis, final_hypotheses, frame_candidates
 from asr.decode.fusion import TOKEN_LM, TOKEN_TABLES, WORD_FUSION, Fusion, fusion_bound, fusion_tables
 from asr.decode.lm import _MUL, NGramLM
 
@@ -321,17 +321,8 @@ def _lm_arrays(lm: NGramLM | None) -> tuple[tuple, int]:
 def decode_beam_numba(
     log_probs: torch.Tensor,
     lengths: torch.Tensor,
-    beam_size: int,
-    token_top_k: int,
-    token_min_logp: float,
-    token_cum_prob: float,
-    beam_threshold: float,
     fusion: Fusion | None,
-    lm_weight: float,
-    word_bonus: float,
-    nbest: int,
-    merge: str,
-    blank: int,
+    options: BeamOptions,
 ) -> list[list[Hypothesis]]:
     """`decode_beam` as one compiled loop per utterance (its arguments, checked there; blank
     frames already skipped). CPU tensors only."""
@@ -340,26 +331,27 @@ def decode_beam_numba(
     log_probs = log_probs.float().contiguous()
     lengths = lengths.long().contiguous()
     n_utt, frames, vocab = log_probs.shape
-    cand_id, cand_lp = frame_candidates(log_probs, lengths, token_top_k, token_min_logp, blank, token_cum_prob)  # (utts * frames, k)
+    cand_id, cand_lp = frame_candidates(log_probs, lengths, options.token_top_k, options.token_min_logp, options.blank, options.token_cum_prob)  # (utts * frames, k)
     k = cand_id.shape[1]
-    bound, early = fusion_bound(fusion, vocab, lm_weight, word_bonus, beam_threshold, log_probs.device)
+    bound, early = fusion_bound(fusion, vocab, options.lm_weight, options.word_bonus, options.beam_threshold, log_probs.device)
 
     kind, lm, word_tables, token_tables = fusion_tables(fusion, log_probs.device)  # (numba reads the kinds as constants)
     if lm is not None and lm.device.type != "cpu":
         raise ValueError(f"the numba layout needs the LM on the CPU, not on {lm.device.type}")
 
-    parent = np.empty((frames, n_utt, beam_size), np.int32)
-    label = np.empty((frames, n_utt, beam_size), np.int32)
-    out_f = np.empty((4, n_utt, beam_size), np.float32)
-    out_state = np.empty((n_utt, beam_size, 2), np.int64)
+    beam = options.beam_size
+    parent = np.empty((frames, n_utt, beam), np.int32)
+    label = np.empty((frames, n_utt, beam), np.int32)
+    out_f = np.empty((4, n_utt, beam), np.float32)
+    out_state = np.empty((n_utt, beam, 2), np.int64)
     _search(
         log_probs.numpy(), lengths.numpy(), cand_id.view(n_utt, frames, k).numpy(), cand_lp.view(n_utt, frames, k).numpy(),
         parent, label, out_f, out_state,
-        beam_size, blank, float(beam_threshold), early, bound.numpy(), _F32(lm_weight), _F32(word_bonus), merge == "sum", kind,
+        beam, options.blank, float(options.beam_threshold), early, bound.numpy(), _F32(options.lm_weight), _F32(options.word_bonus), options.merge == "sum", kind,
         *_lm_arrays(lm), tuple(t.numpy() for t in word_tables), tuple(t.numpy() for t in token_tables),
     )
     out_f, out_state = torch.from_numpy(out_f), torch.from_numpy(out_state)
     state = out_state[:, :, : (2 if kind == WORD_FUSION else 1)]
     return final_hypotheses(
-        out_f[0], out_f[1], out_f[2], out_f[3], state, torch.from_numpy(parent), torch.from_numpy(label), fusion, lm_weight, word_bonus, nbest, merge, _backtrack,
+        out_f[0], out_f[1], out_f[2], out_f[3], state, torch.from_numpy(parent), torch.from_numpy(label), fusion, options, _backtrack,
     )

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from asr.decode.beam.common import NEG_INF, Hypothesis, skip_blank_frames
+from asr.decode.beam.common import NEG_INF, BeamOptions, Hypothesis, skip_blank_frames
 from asr.decode.beam.dense import decode_beam_dense
 from asr.decode.beam.flat import decode_beam_flat
 from asr.decode.fusion import Fusion
@@ -67,12 +67,8 @@ def decode_beam(
     lengths = lengths.to(log_probs.device)
     if blank_skip < 1.0:
         log_probs, lengths = skip_blank_frames(log_probs, lengths, blank_skip, blank)
-    search = layout_search(layout, log_probs.device)
-    return search(
-        log_probs, lengths, beam_size=beam_size, token_top_k=token_top_k, token_min_logp=token_min_logp,
-        token_cum_prob=token_cum_prob, beam_threshold=beam_threshold, fusion=fusion, lm_weight=lm_weight,
-        word_bonus=word_bonus, nbest=nbest, merge=merge, blank=blank,
-    )
+    options = BeamOptions(beam_size, token_top_k, token_min_logp, token_cum_prob, beam_threshold, lm_weight, word_bonus, nbest, merge, blank)
+    return layout_search(layout, log_probs.device)(log_probs, lengths, fusion, options)
 
 
 def _check_options(beam_size: int, token_top_k: int, token_cum_prob: float, beam_threshold: float, merge: str, layout: str) -> None:

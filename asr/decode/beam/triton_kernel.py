@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from asr.decode.beam.common import UTT_MUL, Hypothesis, final_hypotheses, grid_candidates
+from asr.decode.beam.common import UTT_MUL, BeamOptions, Hypothesis, final_hypotheses, grid_candidates
 from asr.decode.fusion import TOKEN_LM, WORD_FUSION, Fusion, fusion_tables
 from asr.decode.lm import _MUL, NGramLM
 
@@ -239,17 +239,8 @@ def _lm_args(lm: NGramLM | None, device: torch.device) -> tuple[list, dict]:
 def decode_beam_triton(
     log_probs: torch.Tensor,
     lengths: torch.Tensor,
-    beam_size: int,
-    token_top_k: int,
-    token_min_logp: float,
-    token_cum_prob: float,
-    beam_threshold: float,
     fusion: Fusion | None,
-    lm_weight: float,
-    word_bonus: float,
-    nbest: int,
-    merge: str,
-    blank: int,
+    options: BeamOptions,
     num_warps: int | None = None,
 ) -> list[list[Hypothesis]]:
     """`decode_beam` as one Triton kernel (its arguments, checked there; blank frames already
@@ -262,9 +253,9 @@ def decode_beam_triton(
         raise ValueError("the triton layout runs on a CUDA device (or, for tests, on the CPU under TRITON_INTERPRET=1)")
     log_probs = log_probs.float().contiguous()
     n_utt, frames, vocab = log_probs.shape
-    k = max(min(token_top_k, vocab - 1), 1)
-    c_id, c_lp = (x.contiguous() for x in grid_candidates(log_probs, lengths, k, token_min_logp, blank, token_cum_prob))  # (utts, frames, k)
-    bp, kp = triton.next_power_of_2(beam_size), triton.next_power_of_2(k)
+    k = max(min(options.token_top_k, vocab - 1), 1)
+    c_id, c_lp = (x.contiguous() for x in grid_candidates(log_probs, lengths, k, options.token_min_logp, options.blank, options.token_cum_prob))  # (utts, frames, k)
+    bp, kp = triton.next_power_of_2(options.beam_size), triton.next_power_of_2(k)
     ncp = triton.next_power_of_2(bp + bp * kp)
     parent = torch.empty(frames, n_utt, bp, dtype=torch.int32, device=device)
     label = torch.empty(frames, n_utt, bp, dtype=torch.int32, device=device)
@@ -279,8 +270,8 @@ def decode_beam_triton(
         _beam_kernel[(n_utt,)](
             log_probs, lengths.long().contiguous(), c_id, c_lp, parent, label, out_f, out_i, scratch_f, scratch_i,
             *lm_tables, *word_tables, *token_tables,
-            n_utt, frames, vocab, k, beam_size, blank, float(lm_weight), float(word_bonus), float(beam_threshold), UTT_MUL,
-            BP=bp, KP=kp, NCP=ncp, FUSION=kind, MERGE_SUM=merge == "sum", **lm_sizes, num_warps=num_warps,
+            n_utt, frames, vocab, k, options.beam_size, options.blank, float(options.lm_weight), float(options.word_bonus), float(options.beam_threshold), UTT_MUL,
+            BP=bp, KP=kp, NCP=ncp, FUSION=kind, MERGE_SUM=options.merge == "sum", **lm_sizes, num_warps=num_warps,
         )
     state = out_i[:, : (2 if kind == WORD_FUSION else 1)].transpose(1, 2)  # (utts, bp, S)
-    return final_hypotheses(out_f[:, 0], out_f[:, 1], out_f[:, 2], out_f[:, 3], state, parent, label, fusion, lm_weight, word_bonus, nbest, merge)
+    return final_hypotheses(out_f[:, 0], out_f[:, 1], out_f[:, 2], out_f[:, 3], state, parent, label, fusion, options)
