@@ -1,5 +1,5 @@
-"""What the layouts of the prefix beam search share: the hypothesis they return, the frames
-they skip, the labels each frame tries, and, for the layouts that keep a fixed (utterance, beam)
+"""What the layouts of the prefix beam search share: the options they are given, the hypothesis
+they return, the frames they skip, the labels each frame tries, and, for the layouts that keep a fixed (utterance, beam)
 grid of slots (dense, numba, triton), the final scores and the walk back over the back-pointers.
 """
 
