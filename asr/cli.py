@@ -3,8 +3,9 @@
     asr synth OUT [--num-utterances N] [--seed S] [--layout manifest|timit|librispeech]
     asr prepare librispeech|timit|kaldi|nemo ROOT OUT_DIR
     asr train CONFIG [key=value ...] [--resume]
-    asr transcribe CKPT FILE... [--json] [--nbest N] [--decoder beam --lm LM.arpa ...]
+    asr transcribe CKPT FILE... [--json] [--word-timestamps] [--nbest N] [--decoder beam --lm LM.arpa ...]
     asr evaluate CKPT MANIFEST [--output FILE] [--decoder beam --lm LM.arpa ...] [--tune-lm]
+    asr align CKPT MANIFEST|AUDIO [--text T | --text-file LINES] --output-dir DIR [--textgrid] [--plot N]
     asr lm build TEXT -o LM.arpa [--order N] [--unit word|char|phone]
     asr lm compile LM.arpa[.gz] -o LM.bin
     asr demo [--out DIR]
@@ -91,17 +92,20 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     recognizer = Recognizer.from_checkpoint(args.checkpoint, device=args.device)
     apply_decoder_options(recognizer, args)
     num_failed = 0
-    for result in recognizer.transcribe_files(args.files, batch_size=args.batch_size, nbest=args.nbest):
+    as_json = args.json or args.word_timestamps
+    for result in recognizer.transcribe_files(args.files, batch_size=args.batch_size, nbest=args.nbest, word_timestamps=args.word_timestamps):
         if result.error is not None:
             num_failed += 1
-            if args.json:
+            if as_json:
                 print(json.dumps({"file": result.path, "error": result.error}, ensure_ascii=False), flush=True)
             print(f"error: {result.error}", file=sys.stderr, flush=True)
             continue
-        if args.json:
+        if as_json:
             record = {"file": result.path, "text": result.text}
             if args.nbest > 1:
                 record["nbest"] = [{"text": a.text, "score": a.score, "acoustic": a.acoustic, "lm": a.lm, "words": a.num_words} for a in result.nbest]
+            if result.words is not None:
+                record["words"] = [{"text": w.text, "start": round(w.start, 3), "end": round(w.end, 3), "confidence": round(w.confidence, 4)} for w in result.words]
             print(json.dumps(record, ensure_ascii=False), flush=True)
         elif args.nbest > 1:  # one line per alternative: file, rank, score, text
             for rank, a in enumerate(result.nbest, start=1):
@@ -111,6 +115,116 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     if num_failed:
         print(f"{num_failed} of {len(args.files)} file(s) failed", file=sys.stderr)
     return 1 if num_failed else 0
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from asr.config import ConfigError
+    from asr.data.manifest import Utterance, read_manifest
+    from asr.inference import Recognizer, align_dataset
+    from asr.writers import write_alignments, write_ctm, write_textgrid
+
+    started = time.perf_counter()
+    if args.textgrid:
+        try:
+            import praatio  # noqa: F401
+        except ImportError:
+            raise ConfigError("--textgrid needs praatio: pip install 'asr[align]'") from None
+    if args.text_file is not None:
+        return align_long_recording(args, started)
+    if args.input.endswith(".jsonl"):
+        if args.text is not None:
+            raise ConfigError("--text aligns one audio file; a manifest carries its own transcripts")
+        utterances = read_manifest(args.input)
+    else:
+        if args.text is None:
+            raise ConfigError(f"{args.input}: give its transcript with --text (or a .jsonl manifest)")
+        from asr.audio import audio_duration
+
+        path = Path(args.input)
+        utterances = [Utterance(path.stem, str(path.resolve()), audio_duration(path), args.text, phones=args.text)]
+    recognizer = Recognizer.from_checkpoint(args.checkpoint, device=args.device)
+    if args.on_unknown_char is not None and recognizer.tokenizer.kind == "char":
+        recognizer.tokenizer.on_unknown = args.on_unknown_char
+    result = align_dataset(recognizer, utterances, batch_size=args.batch_size, progress=True)
+    out = Path(args.output_dir)
+    write_ctm(out / "words.ctm", result.alignments, "words", decimals=2)
+    write_ctm(out / "tokens.ctm", result.alignments, "tokens", decimals=3)
+    write_alignments(out / "alignments.jsonl", result.alignments, result.failed)
+    durations = {u.id: u.duration for u in utterances}
+    if args.textgrid:
+        for alignment in result.alignments:
+            write_textgrid(out / "textgrid" / f"{alignment.id}.TextGrid", alignment, durations[alignment.id])
+    if args.plot:
+        from asr.plot import plot_alignment
+
+        by_id = {u.id: u for u in utterances}
+        for alignment in result.alignments[: args.plot]:
+            plot_alignment(recognizer, by_id[alignment.id], alignment, out / "plots" / f"{alignment.id}.png")
+    from asr.inference import summary_table
+
+    aligned = result.alignments
+    confidence = sum(s.confidence for a in aligned for s in a.tokens) / max(sum(len(a.tokens) for a in aligned), 1)
+    print(summary_table([
+        ("utterances", f"{len(aligned)} aligned, {len(result.failed)} failed"),
+        ("audio", f"{sum(durations[a.id] for a in aligned) / 3600:.3f} h"),
+        ("words / tokens", f"{sum(len(a.words) for a in aligned)} / {sum(len(a.tokens) for a in aligned)}"),
+        ("mean token confidence", f"{confidence:.3f}"),
+        ("written", f"{out}/words.ctm, tokens.ctm, alignments.jsonl" + (", textgrid/" if args.textgrid else "") + (", plots/" if args.plot else "")),
+        ("wall time", f"{time.perf_counter() - started:.1f} s"),
+    ]))  # fmt: skip
+    for _, reason in result.failed:
+        print(f"error: {reason}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
+def align_long_recording(args: argparse.Namespace, started: float) -> int:
+    """`asr align CKPT AUDIO --text-file TEXT`: one long recording, its transcript one segment per
+    line; writes segments.tsv (id, start, end, confidence, text) besides the CTM files, and
+    warns of segments whose confidence is under --min-confidence (text not found in the audio)."""
+    import torch
+
+    from asr.align import AlignmentError
+    from asr.audio import load_audio
+    from asr.config import ConfigError
+    from asr.fileio import atomic_write
+    from asr.inference import Recognizer, summary_table
+    from asr.tokens import TokenizerError
+    from asr.writers import write_alignments, write_ctm, write_textgrid
+
+    path = Path(args.input)
+    try:
+        texts = [line.strip() for line in Path(args.text_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{args.text_file}: {e}") from e
+    recognizer = Recognizer.from_checkpoint(args.checkpoint, device=args.device)
+    if args.on_unknown_char is not None and recognizer.tokenizer.kind == "char":
+        recognizer.tokenizer.on_unknown = args.on_unknown_char
+    audio = torch.from_numpy(load_audio(path, recognizer.sample_rate))
+    try:
+        alignment, segments = recognizer.align_long(audio, texts, name=path.stem, window=args.window)
+    except (AlignmentError, TokenizerError) as e:
+        print(f"asr align: error: {e}", file=sys.stderr)
+        return 1
+    out = Path(args.output_dir)
+    write_ctm(out / "words.ctm", [alignment], "words", decimals=2)
+    write_ctm(out / "tokens.ctm", [alignment], "tokens", decimals=3)
+    write_alignments(out / "alignments.jsonl", [alignment])
+    with atomic_write(out / "segments.tsv") as f:
+        for i, seg in enumerate(segments):
+            f.write(f"{path.stem}-{i + 1:04d}\t{seg.start:.2f}\t{seg.end:.2f}\t{seg.confidence:.3f}\t{seg.text}\n")
+    if args.textgrid:
+        write_textgrid(out / "textgrid" / f"{path.stem}.TextGrid", alignment, len(audio) / recognizer.sample_rate)
+    doubtful = [(i, seg) for i, seg in enumerate(segments) if seg.confidence < args.min_confidence]
+    print(summary_table([
+        ("recording", f"{path} ({len(audio) / recognizer.sample_rate / 60:.1f} min)"),
+        ("segments", f"{len(segments)} aligned, {len(doubtful)} under confidence {args.min_confidence}"),
+        ("words / tokens", f"{len(alignment.words)} / {len(alignment.tokens)}"),
+        ("written", f"{out}/segments.tsv, words.ctm, tokens.ctm, alignments.jsonl" + (", textgrid/" if args.textgrid else "")),
+        ("wall time", f"{time.perf_counter() - started:.1f} s"),
+    ]))  # fmt: skip
+    for i, seg in doubtful:
+        print(f"warning: segment {i + 1} ({seg.start:.2f}-{seg.end:.2f} s, confidence {seg.confidence:.3f}) may not be in the audio: {seg.text[:80]}", file=sys.stderr)
+    return 0
 
 
 def evaluate_manifest(recognizer, manifest: str, output: str, progress: bool = True):
@@ -376,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--nbest", type=int, default=1, help="print each file's N best transcripts with their scores (beam search; default 1)")
+    p.add_argument("--word-timestamps", action="store_true", help="JSON lines with each word's start, end (s) and confidence (the transcript force-aligned)")
     add_decoder_options(p)
     p.set_defaults(func=cmd_transcribe)
 
@@ -389,6 +504,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm-weights", default="0.3,0.5,0.8,1.2,1.6", help="alphas for --tune-lm")
     p.add_argument("--word-bonuses", default="0,1,2,3,4", help="betas for --tune-lm")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("align", help="forced alignment: when each word and token of a transcript was spoken")
+    p.add_argument("checkpoint")
+    p.add_argument("input", help="a JSON-lines manifest (its transcripts; phones for a phone model), or one audio file with --text")
+    p.add_argument("--text", help="the transcript of the one audio file")
+    p.add_argument("--text-file", help="a long recording's transcript, one segment per line: where each line is, in memory that grows with the audio only")
+    p.add_argument("--window", type=int, default=2048, help="long recordings: transcript states alive at a time (default 2048, about 1000 characters of slack)")
+    p.add_argument("--min-confidence", type=float, default=0.1, help="long recordings: warn of segments under this confidence (not in the audio?)")
+    p.add_argument("--output-dir", required=True, help="folder for words.ctm, tokens.ctm, alignments.jsonl (and textgrid/, plots/)")
+    p.add_argument("--textgrid", action="store_true", help="also one Praat TextGrid per utterance (words and tokens tiers)")
+    p.add_argument("--plot", type=int, default=0, metavar="N", help="also PNGs of the first N utterances: spectrogram, posteriorgram, aligned tokens and words")
+    p.add_argument("--on-unknown-char", choices=("error", "drop"), help="characters outside the vocabulary: fail the utterance (default) or drop them")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("lm", help="n-gram language models")
     lm_sub = p.add_subparsers(dest="lm_command", required=True)

@@ -5,6 +5,7 @@ dev check share."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
@@ -12,6 +13,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 from tqdm import tqdm
 
+from asr.align import Alignment, AlignmentError, Segment, Span, align_log_probs, ctc_viterbi_long, segment_spans, spans_of
 from asr.audio import AudioError, load_audio
 from asr.checkpoint import load_checkpoint
 from asr.config import Config, DecodeConfig
@@ -26,6 +28,7 @@ from asr.fileio import atomic_write
 from asr.metrics import ErrorCounts, PhoneErrors, score_cer, score_per, score_wer
 from asr.models import build_model
 from asr.text import CharTokenizer, label_utterances
+from asr.tokens import BLANK_ID, SPACE
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Transcript:
     text: str | None  # None when the file could not be read
     error: str | None  # why not
     nbest: list[Alternative]  # with nbest > 1: the n best, best first (text is the first's)
+    words: list[Span] | None = None  # with word_timestamps: when each word of `text` was spoken
 
 
 class Recognizer:
@@ -102,6 +106,32 @@ class Recognizer:
             for m, mode in zip(modules, was_training):
                 m.train(mode)
 
+    @torch.inference_mode()
+    def log_probs_long(self, audio: torch.Tensor, chunk_seconds: float = 20.0, overlap_seconds: float = 2.0, batch_size: int = 8) -> torch.Tensor:
+        """Audio of any length (samples,) -> the model's log-probs (frames, vocab), on the model's
+        device, computed in chunks of `chunk_seconds` that overlap by `overlap_seconds` on each
+        side: each frame is taken from a chunk in which it has that much context (a recurrent
+        model trained on utterances of seconds is not run over an hour at once), and frames
+        line up across chunks (chunks start on a frame step). Memory grows with the chunk, and
+        the result with the audio."""
+        step = self.features.frame_shift * self.config.features.subsample  # samples per output frame
+        margin = max(round(overlap_seconds * self.sample_rate / step), 1)  # frames of context kept off each side
+        width = max(round(chunk_seconds * self.sample_rate / step), 4 * margin)  # frames per chunk
+        total = int(self.features.num_frames(len(audio)))
+        hop = width - 2 * margin
+        firsts = list(range(0, max(total - 2 * margin, 1), hop))  # each chunk's first frame
+        out = torch.full((total, len(self.tokenizer.symbols)), math.nan, device=self.device)
+        for i in range(0, len(firsts), batch_size):
+            group = firsts[i : i + batch_size]
+            pieces = [audio[f * step : (f + width) * step] for f in group]
+            lengths = torch.tensor([len(p) for p in pieces])
+            log_probs, frame_lengths = self.log_probs(torch.nn.utils.rnn.pad_sequence(pieces, batch_first=True), lengths)
+            for f, lp, n in zip(group, log_probs, frame_lengths.tolist()):
+                keep_from = 0 if f == 0 else margin  # the first chunk keeps its start, the last its end
+                keep_to = n if f + n >= total else min(n, width - margin)
+                out[f + keep_from : f + keep_to] = lp[keep_from:keep_to]
+        return out
+
     def transcribe_batch(self, audio: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         """audio (batch, samples) float32 at `sample_rate`, lengths (batch,) -> one text each."""
         return self.decode_log_probs(*self.log_probs(audio, lengths))
@@ -142,9 +172,68 @@ class Recognizer:
         )
         return [[Alternative(self.tokenizer.decode(h.ids), h.score, h.acoustic, h.lm, h.num_words) for h in hyps] for hyps in nbest]
 
-    def transcribe_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 16, nbest: int = 1) -> Iterator[Transcript]:
+    def align(self, audio: torch.Tensor, lengths: torch.Tensor, texts: Sequence[str], ids: Sequence[str] | None = None) -> list[Alignment]:
+        """audio (batch, samples) float32 at `sample_rate`, lengths (batch,), one transcript each
+        (phones for a phone model) -> each one's alignment: when each token and word was spoken.
+        A transcript the tokenizer cannot read raises TokenizerError, one that cannot be aligned
+        (empty, or too long for its audio) AlignmentError, each naming the utterance (`ids`)."""
+        ids = list(ids) if ids is not None else [f"utterance {i}" for i in range(len(texts))]
+        labels = [torch.tensor(self.tokenizer.encode(text, utt), dtype=torch.long) for text, utt in zip(texts, ids)]
+        targets = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True) if labels else torch.zeros(0, 0, dtype=torch.long)
+        alignments, failed = self.align_log_probs(*self.log_probs(audio, lengths), targets, torch.tensor([len(x) for x in labels]), ids)
+        if failed:
+            raise AlignmentError("; ".join(reason for _, reason in failed))
+        return alignments
+
+    def align_log_probs(
+        self, log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor, ids: Sequence[str]
+    ) -> tuple[list[Alignment], list[tuple[str, str]]]:
+        """`asr.align.align_log_probs` with this model's symbols, frame times and word separator."""
+        space = SPACE if self.tokenizer.kind == "char" else None
+        return align_log_probs(log_probs, lengths, targets, target_lengths, list(ids), self.tokenizer.symbols, self.features.frame_times, space, BLANK_ID)
+
+    def align_long(
+        self, audio: torch.Tensor, texts: Sequence[str], name: str = "recording", window: int = 2048, confidence_tokens: int = 10
+    ) -> tuple[Alignment, list[Segment]]:
+        """A long recording (samples,) and its transcript in segments (lines, sentences: phones
+        for a phone model) -> the alignment of the whole, and where each segment was found with
+        its confidence (`asr.align.segment_spans`, over runs of `confidence_tokens`). Memory
+        grows with the frames times `window`, not with frames times labels
+        (`ctc_viterbi_long`); log-probs come in chunks (`log_probs_long`). Raises
+        TokenizerError naming the segment it cannot read, AlignmentError when the transcript
+        cannot be followed to its end."""
+        ids = [torch.tensor(self.tokenizer.encode(text, f"{name} segment {i + 1}"), dtype=torch.long) for i, text in enumerate(texts)]
+        space = SPACE if self.tokenizer.kind == "char" else None
+        between = [self.tokenizer.symbols.index(SPACE)] if space is not None else []
+        pieces, ranges, at = [], [], 0
+        for i, labels in enumerate(ids):
+            if not len(labels):
+                raise AlignmentError(f"{name} segment {i + 1}: empty")
+            if pieces and between:
+                pieces.append(torch.tensor(between))
+                at += len(between)
+            pieces.append(labels)
+            ranges.append((at, at + len(labels)))
+            at += len(labels)
+        if not pieces:
+            raise AlignmentError(f"{name}: empty transcript: nothing to align")
+        log_probs = self.log_probs_long(audio).cpu()  # (frames, vocab)
+        path, score = ctc_viterbi_long(log_probs, torch.cat(pieces), window, BLANK_ID)
+        if score == -math.inf:
+            raise AlignmentError(f"{name}: the transcript could not be followed to its end within the audio "
+                                 f"({len(log_probs)} frames, {at} labels; a larger window may help)")  # fmt: skip
+        starts, ends = self.features.frame_times(len(log_probs))
+        tokens, words = spans_of(path, log_probs, self.tokenizer.symbols, starts, ends, space, BLANK_ID)
+        segments = segment_spans(path, log_probs, list(texts), ranges, starts, ends, confidence_tokens, BLANK_ID)
+        return Alignment(name, tokens, words, score, len(log_probs)), segments
+
+    def transcribe_files(
+        self, paths: Sequence[str | os.PathLike], batch_size: int = 16, nbest: int = 1, word_timestamps: bool = False
+    ) -> Iterator[Transcript]:
         """One Transcript per file, in order; a bad file gets its error and the rest go on.
-        nbest > 1: each also carries its n best transcripts (beam search only)."""
+        nbest > 1: each also carries its n best transcripts (beam search only); word_timestamps:
+        when each word of the transcript was spoken (the transcript force-aligned to the same
+        log-probs, `asr.align`)."""
         for start in range(0, len(paths), batch_size):
             chunk = [str(p) for p in paths[start : start + batch_size]]
             loaded: dict[str, torch.Tensor] = {}
@@ -156,17 +245,30 @@ class Recognizer:
                     errors[p] = str(e)
             decoded: dict[str, list[Alternative]] = {}
             texts: dict[str, str] = {}
+            words: dict[str, list[Span]] = {}
             if loaded:
                 names = list(loaded)
                 lengths = torch.tensor([len(loaded[n]) for n in names])  # (batch,)
                 audio = torch.nn.utils.rnn.pad_sequence([loaded[n] for n in names], batch_first=True)  # (batch, samples)
+                log_probs, frame_lengths = self.log_probs(audio, lengths)  # (batch, frames, vocab), (batch,)
                 if nbest > 1:
-                    decoded = dict(zip(names, self.decode_nbest(*self.log_probs(audio, lengths), nbest)))
+                    decoded = dict(zip(names, self.decode_nbest(log_probs, frame_lengths, nbest)))
                     texts = {n: alternatives[0].text if alternatives else "" for n, alternatives in decoded.items()}
                 else:
-                    texts = dict(zip(names, self.transcribe_batch(audio, lengths)))
+                    texts = dict(zip(names, self.decode_log_probs(log_probs, frame_lengths)))
+                if word_timestamps:
+                    words = self.word_times(log_probs, frame_lengths, [texts[n] for n in names], names)
             for p in chunk:
-                yield Transcript(p, texts.get(p), errors.get(p), decoded.get(p, []))
+                yield Transcript(p, texts.get(p), errors.get(p), decoded.get(p, []), words.get(p, []) if word_timestamps else None)
+
+    def word_times(self, log_probs: torch.Tensor, lengths: torch.Tensor, texts: list[str], names: list[str]) -> dict[str, list[Span]]:
+        """log_probs (batch, frames, vocab), lengths (batch,), one transcript and name each -> each
+        name's words (tokens, for a phone model) with their times: the transcript aligned to the
+        log-probs it was decoded from (an empty transcript has no words)."""
+        labels = [torch.tensor(self.tokenizer.encode(text, name), dtype=torch.long) for text, name in zip(texts, names)]
+        targets = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True)
+        aligned, _ = self.align_log_probs(log_probs, lengths, targets, torch.tensor([len(x) for x in labels]), names)
+        return {a.id: (a.words or a.tokens) for a in aligned}
 
 
 @dataclass
@@ -241,6 +343,31 @@ def decode_dataset(
     hours = sum(u.duration for u in utterances if u.id in decoded) / 3600
     phones = score_per(refs, hyps) if recognizer.tokenizer.kind == "phone" else None
     return EvaluationResult(recognitions, failed, score_wer(refs, hyps), score_cer(refs, hyps), hours, phones)
+
+
+@dataclass
+class AlignmentResult:
+    alignments: list[Alignment]  # in manifest order, of those that could be aligned
+    failed: list[tuple[str, str]]  # (utterance id, reason) that could not
+
+
+def align_dataset(recognizer: Recognizer, utterances: Sequence[Utterance], batch_size: int = 32, progress: bool = False) -> AlignmentResult:
+    """Align every utterance's transcript (its phones, for a phone model) to its audio. Utterances
+    whose audio fails to load, whose text the tokenizer rejects, or whose transcript is empty or
+    too long for the audio are listed in `failed`, not fatal."""
+    _, dataset, loader = _dataset_loader(recognizer, utterances, batch_size)
+    result = AlignmentResult([], list(dataset.rejected))
+    for batch in tqdm(loader, desc="align", unit="batch", disable=not progress, leave=False):
+        result.failed.extend(batch.bad)
+        if len(batch):
+            log_probs, frame_lengths = recognizer.log_probs(batch.audio, batch.audio_lengths)  # (batch, frames, vocab)
+            aligned, failed = recognizer.align_log_probs(log_probs, frame_lengths, batch.targets, batch.target_lengths, batch.ids)
+            result.alignments.extend(aligned)
+            result.failed.extend(failed)
+    order = {u.id: i for i, u in enumerate(utterances)}  # both lists in manifest order
+    result.alignments.sort(key=lambda a: order.get(a.id, len(order)))
+    result.failed.sort(key=lambda f: order.get(f[0], len(order)))
+    return result
 
 
 @dataclass

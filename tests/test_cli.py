@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from asr.cli import main
 from asr.config import load_config
@@ -89,3 +90,113 @@ def test_demo_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "run" / "best.pt").is_file()
     assert (tmp_path / "demo" / "run" / "metrics.jsonl").is_file()
     assert "hypothesis" in out
+
+
+def test_align_writes_ctm_jsonl_textgrids_and_plots_and_reports_bad_utterances(checkpoint, tmp_path, capsys):
+    from praatio import textgrid
+
+    ckpt, manifests = checkpoint
+    rows = [json.loads(line) for line in manifests["dev"].read_text().splitlines()]
+    for row in rows:
+        row["audio"] = str(manifests["dev"].parent / row["audio"])
+    rows += [
+        dict(rows[0], id="empty", text=""),
+        dict(rows[0], id="missing", audio=str(tmp_path / "missing.wav")),
+        dict(rows[0], id="too_long", text="a much longer sentence than a second of audio can hold " * 3),
+        dict(rows[0], id="unknown", text="caf\u00e9 \u4e2d"),
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    code = main(["align", str(ckpt), str(manifest), "--output-dir", str(out), "--textgrid", "--plot", "2"])
+    printed, err = capsys.readouterr()
+    assert code == 1  # something failed, the rest was aligned
+    assert "4 aligned, 4 failed" in printed
+    for bad in ("empty: empty transcript", "missing.wav: no such file", "too_long: the transcript needs", "unknown: character"):
+        assert bad in err
+    durations = {r["id"]: r["duration"] for r in rows}
+    words = [line.split() for line in (out / "words.ctm").read_text().splitlines()]
+    assert {w[0] for w in words} == {r["id"] for r in rows[:4]}
+    for utt, channel, start, duration, word, confidence in words:
+        assert channel == "1" and len(start.split(".")[1]) == 2
+        assert 0 <= float(start) and float(start) + float(duration) <= durations[utt] + 0.05
+        assert 0 <= float(confidence) <= 1
+    by_utt = {}
+    for w in words:
+        by_utt.setdefault(w[0], []).append(w[4])
+    assert by_utt == {r["id"]: r["text"].split() for r in rows[:4]}  # every word, in order
+    tokens = [line.split() for line in (out / "tokens.ctm").read_text().splitlines()]
+    assert len(tokens[0][2].split(".")[1]) == 3
+    assert [t[4] for t in tokens if t[0] == "dev0"] == list(rows[0]["text"].replace(" ", ""))
+    records = [json.loads(line) for line in (out / "alignments.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ["dev0", "dev1", "dev2", "dev3", "empty", "missing", "too_long", "unknown"]
+    for r in records[:4]:
+        starts = [t["start"] for t in r["tokens"]]
+        assert starts == sorted(starts) and all(t["end"] > t["start"] for t in r["tokens"])
+        assert " ".join(w["text"] for w in r["words"]) == rows[int(r["id"][3:])]["text"]
+    assert all("error" in r for r in records[4:])
+    grid = textgrid.openTextgrid(str(out / "textgrid" / "dev0.TextGrid"), includeEmptyIntervals=False)
+    assert [e.label for e in grid.getTier("words").entries] == rows[0]["text"].split()
+    assert [e.label for e in grid.getTier("tokens").entries] == list(rows[0]["text"].replace(" ", ""))
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["dev0.png", "dev1.png"]
+    # one file and its transcript
+    code = main(["align", str(ckpt), rows[1]["audio"], "--text", rows[1]["text"], "--output-dir", str(tmp_path / "one")])
+    assert code == 0
+    assert [line.split()[4] for line in (tmp_path / "one" / "words.ctm").read_text().splitlines()] == rows[1]["text"].split()
+    assert main(["align", str(ckpt), rows[1]["audio"], "--output-dir", str(tmp_path / "x")]) == 2  # no --text
+
+
+def test_transcribe_word_timestamps_are_the_transcript_aligned(checkpoint, capsys):
+    ckpt, manifests = checkpoint
+    rows = [json.loads(line) for line in manifests["dev"].read_text().splitlines()]
+    audio = [str(manifests["dev"].parent / r["audio"]) for r in rows]
+    assert main(["transcribe", "--word-timestamps", str(ckpt), *audio]) == 0
+    for r, line in zip(rows, capsys.readouterr().out.splitlines()):
+        record = json.loads(line)
+        assert [w["text"] for w in record["words"]] == record["text"].split()
+        ends = [0.0] + [w["end"] for w in record["words"]]
+        for w, previous_end in zip(record["words"], ends):
+            assert previous_end <= w["start"] < w["end"] <= r["duration"] + 0.05
+    # the words' times are where the log-probs put them: a model's output built by hand
+    from asr.inference import Recognizer
+
+    recognizer = Recognizer.from_checkpoint(ckpt, device="cpu")
+    symbols = recognizer.tokenizer.symbols
+    frames = [0, symbols.index("n"), symbols.index("o"), 0, 0, symbols.index(" "), 0, symbols.index("n"), symbols.index("o"), 0]
+    log_probs = torch.full((1, len(frames), len(symbols)), -8.0)
+    log_probs[0, torch.arange(len(frames)), torch.tensor(frames)] = -0.01
+    [words] = recognizer.word_times(log_probs, torch.tensor([len(frames)]), ["no no"], ["x"]).values()
+    step = recognizer.features.frame_seconds
+    starts, ends = recognizer.features.frame_times(len(frames))
+    assert [(w.text, w.start, w.end) for w in words] == [("no", starts[1], ends[2]), ("no", starts[7], ends[8])]
+    assert ends[2] - starts[1] == pytest.approx(2 * step)
+
+
+def test_long_recording_log_probs_in_chunks_and_align_with_a_text_file(checkpoint, tmp_path, capsys):
+    from asr.inference import Recognizer
+
+    ckpt, manifests = checkpoint
+    recognizer = Recognizer.from_checkpoint(ckpt, device="cpu")
+    rows = [json.loads(line) for line in manifests["dev"].read_text().splitlines()]
+    pieces = [sf.read(manifests["dev"].parent / r["audio"], dtype="float32")[0] for r in rows]
+    audio = torch.from_numpy(np.concatenate(pieces))
+    whole, _ = recognizer.log_probs(audio[None], torch.tensor([len(audio)]))
+    short = recognizer.log_probs_long(audio, chunk_seconds=60.0)  # one chunk: the same as all at once
+    assert torch.allclose(short, whole[0], atol=1e-5)
+    chunked = recognizer.log_probs_long(audio, chunk_seconds=0.8, overlap_seconds=0.2, batch_size=3)
+    assert chunked.shape == whole[0].shape and not chunked.isnan().any()  # every frame filled, once
+    assert torch.allclose(chunked.exp().sum(-1), torch.ones(len(chunked)), atol=1e-4)
+    # the CLI: one recording, its transcript a line per piece
+    wav, text = tmp_path / "long.wav", tmp_path / "long.txt"
+    sf.write(wav, audio.numpy(), 16000)
+    text.write_text("".join(r["text"] + "\n" for r in rows) + "\n")
+    assert main(["align", str(ckpt), str(wav), "--text-file", str(text), "--output-dir", str(tmp_path / "out"), "--window", "40"]) == 0
+    segments = [line.split("\t") for line in (tmp_path / "out" / "segments.tsv").read_text().splitlines()]
+    assert [s[4] for s in segments] == [r["text"] for r in rows]
+    times = [(float(s[1]), float(s[2])) for s in segments]
+    assert all(a < b for a, b in times) and all(times[i][1] <= times[i + 1][0] for i in range(len(times) - 1))
+    assert [line.split()[4] for line in (tmp_path / "out" / "words.ctm").read_text().splitlines()] == " ".join(r["text"] for r in rows).split()
+    assert "4 aligned" in capsys.readouterr().out
+    text.write_text("hello\n\u4e2d\n")  # a line the tokenizer cannot read: an error naming it, exit 1
+    assert main(["align", str(ckpt), str(wav), "--text-file", str(text), "--output-dir", str(tmp_path / "bad")]) == 1
+    assert "segment 2" in capsys.readouterr().err

@@ -1,0 +1,335 @@
+"""Forced alignment: when each token (character or phone) and word of a known transcript was
+spoken, from a CTC model's log-probs.
+
+The best CTC path through a transcript (Viterbi over the 2L+1 states blank, y1, blank, y2, ...,
+blank, as in the CTC forward pass of Graves et al. 2006 with max for sum) is found for a whole
+batch at once, in torch ops, so the same code runs on the CPU and on CUDA. Per frame every state
+of every utterance takes the best of three predecessors (itself, the state before, and two
+before when that skips a blank between two different labels); the choice is kept as one byte
+per (frame, utterance, state), and the path is read back from the end. A token's frames are the
+frames its state holds on the path; its times come from the feature extractor's frame times
+(`FeatureExtractor.frame_seconds`), and a word spans its tokens.
+
+torchaudio's `forced_align` does the same search one utterance at a time; the tests check the
+two agree (where torchaudio is installed).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from asr.ctc import min_ctc_frames
+from asr.tokens import BLANK_ID
+
+NEG_INF = float("-inf")
+
+
+class AlignmentError(ValueError):
+    """A transcript that cannot be aligned to its audio; the message names the utterance."""
+
+
+@torch.inference_mode()
+def ctc_viterbi(
+    log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor, blank: int = BLANK_ID
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best CTC path of each utterance through its transcript.
+
+    log_probs (batch, frames, vocab), lengths (batch,), targets (batch, max_labels) padded,
+    target_lengths (batch,) -> (path (batch, frames) long: the label each frame emits on the
+    path, blank included, -1 past the utterance's end; score (batch,) float: the path's log
+    prob, -inf where the transcript cannot fit the frames). Everything stays on log_probs'
+    device.
+    """
+    device = log_probs.device
+    batch, frames, _ = log_probs.shape
+    targets, lengths, target_lengths = targets.to(device), lengths.to(device), target_lengths.to(device)
+    num_states = 2 * targets.shape[1] + 1
+    ext = torch.full((batch, num_states), blank, dtype=torch.long, device=device)  # (batch, states)
+    ext[:, 1::2] = targets
+    num_ext = 2 * target_lengths + 1  # (batch,) states of each utterance
+    valid = torch.arange(num_states, device=device) < num_ext[:, None]  # (batch, states)
+    # a label state may be entered from two states back when that skips a blank between two
+    # different labels
+    skip = torch.zeros(batch, num_states, dtype=torch.bool, device=device)
+    skip[:, 3::2] = targets[:, 1:] != targets[:, :-1]
+    alpha = torch.full((batch, num_states), NEG_INF, device=device)  # (batch, states) best path score so far
+    if frames:
+        first = log_probs[:, 0].float().gather(1, ext)
+        alpha[:, :2] = first[:, :2]
+        alpha.masked_fill_(~valid, NEG_INF)
+    back = torch.zeros(frames, batch, num_states, dtype=torch.int8, device=device)  # 0 stay, 1 or 2 states back
+    dead = torch.full((batch, 2), NEG_INF, device=device)
+    for t in range(1, frames):
+        prev = torch.cat([dead, alpha], dim=1)  # (batch, 2 + states)
+        from_two = prev[:, :-2].masked_fill(~skip, NEG_INF)
+        best, step = torch.stack([alpha, prev[:, 1:-1], from_two]).max(dim=0)  # (batch, states); ties: the stay
+        moved = best.add_(log_probs[:, t].float().gather(1, ext)).masked_fill_(~valid, NEG_INF)
+        running = (t < lengths)[:, None]
+        alpha = torch.where(running, moved, alpha)
+        back[t] = step.to(torch.int8)
+    # the path ends in the last label or the blank after it
+    last = (num_ext - 1)[:, None]
+    ends = torch.cat([alpha.gather(1, last), alpha.gather(1, (last - 1).clamp(min=0))], dim=1)  # (batch, 2)
+    ends[:, 1].masked_fill_(target_lengths == 0, NEG_INF)
+    score, which = ends.max(dim=1)
+    state = last.squeeze(1) - which  # (batch,)
+    states = torch.full((batch, frames), -1, dtype=torch.long, device=device)
+    for t in range(frames - 1, -1, -1):
+        running = t < lengths
+        states[:, t] = torch.where(running, state, -1)
+        if t:
+            state = torch.where(running, state - back[t].gather(1, state[:, None]).squeeze(1).long(), state)
+    path = torch.where(states >= 0, ext.gather(1, states.clamp(min=0)), -1)
+    score = torch.where(min_ctc_frames(targets, target_lengths) <= lengths, score, NEG_INF)
+    return path, score
+
+
+@dataclass
+class Span:
+    """A token or a word, where it was spoken."""
+
+    text: str
+    start: float  # s, from the start of the audio
+    end: float  # s
+    confidence: float  # mean posterior of its label over its frames (a word: mean over its tokens)
+
+
+@dataclass
+class Alignment:
+    """One utterance's transcript, aligned."""
+
+    id: str
+    tokens: list[Span] = field(default_factory=list)  # characters or phones, spaces left out
+    words: list[Span] = field(default_factory=list)  # empty where the tokenizer has no words (phones)
+    score: float = 0.0  # ln P of the best path
+    num_frames: int = 0
+
+
+def token_frames(path: torch.Tensor, blank: int = BLANK_ID) -> list[tuple[int, int, int]]:
+    """The tokens on one utterance's path (frames,) (-1 past its end): (label, first frame, end
+    frame) each, in order. A new token starts where the path enters a label state: after a
+    blank, at another label, or at the same label after a blank."""
+    labels = path.tolist()
+    spans: list[tuple[int, int, int]] = []
+    previous = blank
+    for t, label in enumerate(labels):
+        if label < 0:
+            break
+        if label != blank:
+            if label != previous:
+                spans.append((label, t, t + 1))
+            else:
+                spans[-1] = (label, spans[-1][1], t + 1)
+        previous = label
+    return spans
+
+
+def spans_of(
+    path: torch.Tensor,
+    log_probs: torch.Tensor,
+    symbols: list[str],
+    frame_start: list[float],
+    frame_end: list[float],
+    space: str | None,
+    blank: int = BLANK_ID,
+) -> tuple[list[Span], list[Span]]:
+    """One utterance's path (frames,) and log-probs (frames, vocab) -> its token and word spans.
+    frame_start / frame_end: each frame's time span in seconds; space: the symbol that separates
+    words (None: no words)."""
+    tokens: list[Span] = []
+    words: list[Span] = []
+    word: list[Span] = []
+
+    def end_word() -> None:
+        if word:
+            confidence = sum(s.confidence for s in word) / len(word)
+            words.append(Span("".join(s.text for s in word), word[0].start, word[-1].end, confidence))
+            word.clear()
+
+    for label, first, end in token_frames(path, blank):
+        confidence = float(log_probs[first:end, label].float().exp().mean())
+        span = Span(symbols[label], frame_start[first], frame_end[end - 1], confidence)
+        if space is not None and symbols[label] == space:
+            end_word()
+            continue
+        tokens.append(span)
+        if space is not None:
+            word.append(span)
+    end_word()
+    return tokens, words
+
+
+def align_log_probs(
+    log_probs: torch.Tensor,
+    lengths: torch.Tensor,
+    targets: torch.Tensor,
+    target_lengths: torch.Tensor,
+    ids: list[str],
+    symbols: list[str],
+    frame_times,
+    space: str | None,
+    blank: int = BLANK_ID,
+) -> tuple[list[Alignment], list[tuple[str, str]]]:
+    """A batch's alignments: log_probs (batch, frames, vocab), lengths (batch,), targets (batch,
+    max_labels), target_lengths (batch,), ids (batch,) -> the alignments of the utterances that
+    can be aligned, and (id, reason) for those that cannot (an empty transcript, or more labels
+    and repeats than frames). frame_times: `FeatureExtractor.frame_times`."""
+    path, score = ctc_viterbi(log_probs, lengths, targets, target_lengths, blank)
+    path, score, log_probs = path.cpu(), score.tolist(), log_probs.cpu()
+    starts, ends = frame_times(log_probs.shape[1])
+    needed = min_ctc_frames(targets, target_lengths).tolist()
+    alignments, failed = [], []
+    for b, utt in enumerate(ids):
+        frames, labels = int(lengths[b]), int(target_lengths[b])
+        if labels == 0:
+            failed.append((utt, f"{utt}: empty transcript: nothing to align"))
+        elif score[b] == NEG_INF:
+            failed.append((utt, f"{utt}: the transcript needs {needed[b]} frames (labels, and a blank between repeats) but the audio has {frames}"))
+        else:
+            tokens, words = spans_of(path[b], log_probs[b, :frames], symbols, starts, ends, space, blank)
+            alignments.append(Alignment(utt, tokens, words, score[b], frames))
+    return alignments, failed
+
+
+# ---- long recordings: a window of states that moves with the path ------------------------------
+
+
+def _jit(fn):
+    """numba.njit, cached on disk where numba finds a place (see asr.decode.beam.numba_loop)."""
+    import numba
+
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except RuntimeError:
+        return numba.njit(nogil=True)(fn)
+
+
+def _viterbi_window_kernel(lp, ext, skip, window, back, starts):
+    """The CTC Viterbi of one utterance over a window of `window` states that only moves forward:
+    lp (frames, vocab) f32, ext (states,) the labels of the states, skip (states,) whether a
+    state may be entered from two back. Writes back (frames, window) int8 (0 stay, 1 or 2 states
+    back) and starts (frames,) the window's first state at each frame; returns (the best end
+    state, or -1 where neither end state is in the window; its score). After each frame the
+    window moves so that the best state sits a quarter into it (never backwards)."""
+    frames = lp.shape[0]
+    num_states = ext.shape[0]
+    neg = np.float32(-np.inf)
+    alpha = np.full(window, neg, np.float32)
+    new = np.empty(window, np.float32)
+    lo = 0
+    alpha[0] = lp[0, ext[0]]
+    if num_states > 1 and window > 1:
+        alpha[1] = lp[0, ext[1]]
+    starts[0] = 0
+    for j in range(window):
+        back[0, j] = 0
+    for t in range(1, frames):
+        for j in range(window):
+            s = lo + j
+            if s >= num_states:
+                new[j] = neg
+                back[t, j] = 0
+                continue
+            best, step = alpha[j], 0
+            if j >= 1 and alpha[j - 1] > best:
+                best, step = alpha[j - 1], 1
+            if j >= 2 and skip[s] and alpha[j - 2] > best:
+                best, step = alpha[j - 2], 2
+            new[j] = best + lp[t, ext[s]]
+            back[t, j] = step
+        starts[t] = lo
+        # move the window: the best state a quarter in, the window's end not past the last state
+        top = 0
+        for j in range(window):
+            if new[j] > new[top]:
+                top = j
+        shift = min(max(lo + top - window // 4, lo), max(num_states - window, lo)) - lo
+        for j in range(window):
+            alpha[j] = new[j + shift] if j + shift < window else neg
+        lo += shift
+    end, score = -1, neg
+    for s in (num_states - 1, num_states - 2):
+        if 0 <= s - lo < window and s >= 0 and alpha[s - lo] > score:
+            end, score = s, alpha[s - lo]
+    return end, score
+
+
+_viterbi_window = None  # compiled on first use
+
+
+def ctc_viterbi_long(log_probs: torch.Tensor, target: torch.Tensor, window: int = 2048, blank: int = BLANK_ID) -> tuple[torch.Tensor, float]:
+    """`ctc_viterbi` for one long utterance in memory that grows with frames × `window`, not
+    frames × labels: log_probs (frames, vocab), target (labels,) -> (path (frames,) the label of
+    each frame, score). Only `window` consecutive states of the transcript are alive at a time,
+    and the window only moves forward, keeping the best state a quarter into it; where the best
+    path stays inside it (a window of 2048 states is about 1000 characters of slack), this is the
+    full Viterbi's answer. A passage of the transcript missing from the audio longer than about
+    three quarters of the window makes the window lose the path; then it is doubled and the
+    search run again. The score is -inf where the transcript cannot fit the audio at all. CPU,
+    compiled by numba."""
+    global _viterbi_window
+    if _viterbi_window is None:
+        _viterbi_window = _jit(_viterbi_window_kernel)
+    lp = log_probs.detach().float().cpu().contiguous().numpy()
+    frames = lp.shape[0]
+    labels = target.detach().long().cpu()
+    ext = torch.full((2 * len(labels) + 1,), blank, dtype=torch.long)
+    ext[1::2] = labels
+    skip = torch.zeros(len(ext), dtype=torch.bool)
+    skip[3::2] = labels[1:] != labels[:-1]
+    if frames == 0:
+        return torch.empty(0, dtype=torch.long), NEG_INF
+    window = max(min(window, len(ext)), 1)
+    while True:  # a window that lost the path is doubled, as ctc-segmentation does, until it holds every state
+        back = np.empty((frames, window), np.int8)
+        starts = np.empty(frames, np.int64)
+        end, score = _viterbi_window(lp, ext.numpy(), skip.numpy(), window, back, starts)
+        if (end >= 0 and math.isfinite(score)) or window == len(ext):
+            break
+        window = min(2 * window, len(ext))
+    if end < 0 or not math.isfinite(score):
+        return torch.full((frames,), -1, dtype=torch.long), NEG_INF
+    states = np.empty(frames, np.int64)
+    state = end
+    for t in range(frames - 1, -1, -1):
+        states[t] = state
+        state -= back[t, state - starts[t]]
+    return ext[torch.from_numpy(states)], float(score)
+
+
+@dataclass
+class Segment:
+    """A piece of a long transcript (a line of it), where it was found in the audio."""
+
+    text: str
+    start: float  # s
+    end: float  # s
+    confidence: float  # exp of the worst mean ln P over any `window` consecutive tokens in it
+
+
+def segment_spans(
+    path: torch.Tensor, log_probs: torch.Tensor, texts: list[str], label_ranges: list[tuple[int, int]],
+    frame_start: list[float], frame_end: list[float], window: int = 10, blank: int = BLANK_ID,
+) -> list[Segment]:
+    """Where each segment of a transcript aligned as one (path (frames,), log_probs (frames,
+    vocab)) was spoken: segment i is labels label_ranges[i] = (first, end) of the target.
+
+    Its confidence follows ctc-segmentation's idea (Kürzinger et al. 2020: the worst stretch,
+    not the average, so that a missing sentence inside a paragraph shows) but counts tokens,
+    not frames: each token scores the ln P of its label at its best frame (its CTC spike), and
+    the segment the worst mean over `window` consecutive tokens, exponentiated. Counting frames
+    would let the blanks between a peaky model's spikes dilute the score of text that is not
+    in the audio, which the path must still squeeze in somewhere."""
+    spans = token_frames(path, blank)  # one per label of the target, in order
+    token_logp = torch.tensor([float(log_probs[first:end, label].max()) for label, first, end in spans], dtype=torch.float64)
+    sums = torch.cat([torch.zeros(1, dtype=torch.float64), token_logp.cumsum(0)])
+    segments = []
+    for text, (first, end) in zip(texts, label_ranges):
+        width = min(window, end - first)
+        means = (sums[first + width : end + 1] - sums[first : end + 1 - width]) / width
+        segments.append(Segment(text, frame_start[spans[first][1]], frame_end[spans[end - 1][2] - 1], float(means.min().exp())))
+    return segments

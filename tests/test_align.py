@@ -1,0 +1,187 @@
+"""Forced alignment: the batched CTC Viterbi against hand-built cases, brute force, one utterance
+at a time and torchaudio; spans, times, the writers, and `asr align` end to end."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from asr.align import AlignmentError, ctc_viterbi, spans_of, token_frames
+from asr.config import FeatureConfig
+from asr.features import FeatureExtractor
+
+NEG = -30.0
+
+
+def peaky(frames: list[list[float]]) -> torch.Tensor:
+    """(frames, vocab) rows of probabilities -> log-probs."""
+    return torch.tensor(frames).clamp(min=1e-12).log()
+
+
+def collapse(labels: tuple[int, ...], blank: int = 0) -> list[int]:
+    out, previous = [], blank
+    for c in labels:
+        if c != blank and c != previous:
+            out.append(c)
+        previous = c
+    return out
+
+
+def path_score(lp: torch.Tensor, path: list[int]) -> float:
+    return float(sum(lp[t, c] for t, c in enumerate(path)))
+
+
+def test_repeats_need_a_blank_between_them():
+    # "a a" in three frames: the only path is a, blank, a, however much the middle frame wants "a"
+    lp = peaky([[0.1, 0.9], [0.05, 0.95], [0.1, 0.9]])[None]
+    path, score = ctc_viterbi(lp, torch.tensor([3]), torch.tensor([[1, 1]]), torch.tensor([2]))
+    assert path[0].tolist() == [1, 0, 1]
+    assert score[0] == pytest.approx(path_score(lp[0], [1, 0, 1]))
+    # in two frames it cannot fit
+    _, score = ctc_viterbi(lp[:, :2], torch.tensor([2]), torch.tensor([[1, 1]]), torch.tensor([2]))
+    assert score[0] == -math.inf
+
+
+def test_a_label_squeezed_into_one_frame():
+    # "a b c" in three frames: each label gets exactly one frame, blank none, whatever blank's probability
+    lp = peaky([[0.8, 0.1, 0.05, 0.05], [0.8, 0.05, 0.1, 0.05], [0.8, 0.05, 0.05, 0.1]])[None]
+    path, _ = ctc_viterbi(lp, torch.tensor([3]), torch.tensor([[1, 2, 3]]), torch.tensor([3]))
+    assert path[0].tolist() == [1, 2, 3]
+    assert token_frames(path[0]) == [(1, 0, 1), (2, 1, 2), (3, 2, 3)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_agrees_with_brute_force_over_all_alignments(seed):
+    g = torch.Generator().manual_seed(seed)
+    vocab, frames = 3, 6
+    lp = torch.randn(frames, vocab, generator=g).mul(2).log_softmax(-1)
+    target = [[1], [1, 2], [2, 2], [1, 2, 1], [1, 1, 2]][seed % 5]
+    best, best_path = -math.inf, None
+    for labels in itertools.product(range(vocab), repeat=frames):
+        if collapse(labels) == target:
+            s = path_score(lp, list(labels))
+            if s > best:
+                best, best_path = s, list(labels)
+    path, score = ctc_viterbi(lp[None], torch.tensor([frames]), torch.tensor([target]), torch.tensor([len(target)]))
+    assert score[0] == pytest.approx(best, abs=1e-5)
+    assert path[0].tolist() == best_path
+    assert collapse(tuple(path[0].tolist())) == target
+
+
+def test_batched_equals_one_at_a_time():
+    g = torch.Generator().manual_seed(7)
+    vocab = 6
+    lengths = [40, 17, 9, 30, 12]
+    texts = [[1, 2, 3, 3, 4], [5, 1], [2, 2, 2], [1, 2, 3, 4, 5, 1, 2], []]
+    lp = torch.randn(len(lengths), max(lengths), vocab, generator=g).mul(3).log_softmax(-1)
+    targets = torch.nn.utils.rnn.pad_sequence([torch.tensor(t, dtype=torch.long) for t in texts], batch_first=True)
+    path, score = ctc_viterbi(lp, torch.tensor(lengths), targets, torch.tensor([len(t) for t in texts]))
+    for b, (n, text) in enumerate(zip(lengths, texts)):
+        alone_path, alone_score = ctc_viterbi(lp[b : b + 1, :n], torch.tensor([n]), torch.tensor([text or [0]])[:, : len(text)], torch.tensor([len(text)]))
+        assert path[b, :n].tolist() == alone_path[0].tolist()
+        assert (path[b, n:] == -1).all()
+        assert score[b] == pytest.approx(float(alone_score[0]), abs=1e-5)
+        assert collapse(tuple(path[b, :n].tolist())) == text
+
+
+def test_matches_torchaudio_forced_align():
+    functional = pytest.importorskip("torchaudio.functional")
+    g = torch.Generator().manual_seed(3)
+    for frames, text in [(50, [1, 2, 3, 3, 4, 1]), (20, [2]), (33, [4, 4, 4, 1])]:
+        lp = torch.randn(1, frames, 6, generator=g).mul(2).log_softmax(-1)
+        target = torch.tensor([text], dtype=torch.int32)
+        theirs, their_scores = functional.forced_align(lp, target, blank=0)
+        ours, score = ctc_viterbi(lp, torch.tensor([frames]), target.long(), torch.tensor([len(text)]))
+        assert ours[0].tolist() == theirs[0].tolist()
+        assert float(score[0]) == pytest.approx(float(their_scores[0].sum()), abs=1e-4)
+
+
+def test_spans_times_and_words():
+    # "ab a" over 10 frames of 30 ms: a b | a, with blanks between
+    symbols = ["<blank>", " ", "a", "b"]
+    path = torch.tensor([0, 2, 2, 3, 0, 1, 0, 2, 0, 0])
+    lp = torch.full((10, 4), -5.0)
+    lp[torch.arange(10), path] = -0.1
+    starts = [0.03 * t for t in range(10)]
+    ends = [0.03 * (t + 1) for t in range(10)]
+    tokens, words = spans_of(path, lp, symbols, starts, ends, space=" ")
+    assert [(s.text, round(s.start, 2), round(s.end, 2)) for s in tokens] == [("a", 0.03, 0.09), ("b", 0.09, 0.12), ("a", 0.21, 0.24)]
+    assert [(w.text, round(w.start, 2), round(w.end, 2)) for w in words] == [("ab", 0.03, 0.12), ("a", 0.21, 0.24)]
+    assert all(s.confidence == pytest.approx(math.exp(-0.1)) for s in tokens)
+    # without a word separator (phones) there are no words
+    assert spans_of(path, lp, symbols, starts, ends, space=None)[1] == []
+
+
+def test_frame_times_are_centred_on_the_stacked_analysis_frames():
+    stacked = FeatureExtractor(FeatureConfig(stack_frames=3, subsample=3))
+    starts, ends = stacked.frame_times(3)
+    assert stacked.frame_seconds == pytest.approx(0.03)
+    # output frame i stacks analysis frames 3i .. 3i+2, centred on samples (3i + 1) * 160
+    assert [round((s + e) / 2, 4) for s, e in zip(starts[1:], ends[1:])] == [0.04, 0.07]
+    assert starts[0] == 0.0 and ends[0] == pytest.approx(0.025)
+    plain = FeatureExtractor(FeatureConfig(stack_frames=1, subsample=1, kaldi_compat=True))
+    starts, ends = plain.frame_times(2)  # Kaldi: a frame starts at t * shift, 25 ms long
+    assert [round((s + e) / 2, 4) for s, e in zip(starts, ends)] == [0.0125, 0.0225]
+
+
+def test_long_mode_equals_the_full_viterbi_where_both_fit():
+    from asr.align import ctc_viterbi_long
+
+    g = torch.Generator().manual_seed(11)
+    vocab, frames, labels = 8, 400, 60
+    target = torch.randint(1, vocab, (labels,), generator=g)
+    # a peaky model's output that follows the transcript, with noise: the path is clear
+    lp = torch.randn(frames, vocab, generator=g)
+    lp[:, 0] += 3.0
+    at = torch.linspace(5, frames - 5, labels).long()
+    lp[at, target] += 8.0
+    lp = lp.log_softmax(-1)
+    full_path, full_score = ctc_viterbi(lp[None], torch.tensor([frames]), target[None], torch.tensor([labels]))
+    for window in (2 * labels + 1, 64, 24):  # all states, then windows far smaller than the transcript
+        path, score = ctc_viterbi_long(lp, target, window=window)
+        assert path.tolist() == full_path[0].tolist(), window
+        assert score == pytest.approx(float(full_score[0]), abs=1e-3)
+    # random log-probs: with every state in the window it is the same search
+    lp = torch.randn(50, 5, generator=g).mul(2).log_softmax(-1)
+    target = torch.tensor([1, 2, 2, 3, 1, 4])
+    full_path, full_score = ctc_viterbi(lp[None], torch.tensor([50]), target[None], torch.tensor([6]))
+    path, score = ctc_viterbi_long(lp, target, window=13)
+    assert path.tolist() == full_path[0].tolist() and score == pytest.approx(float(full_score[0]), abs=1e-4)
+    # a transcript longer than the frames can hold has no path
+    assert ctc_viterbi_long(lp[:5], target)[1] == -math.inf
+
+
+def test_segment_confidence_finds_text_that_is_not_in_the_audio():
+    from asr.align import ctc_viterbi_long, segment_spans
+
+    # three segments of labels; the audio says the first and the third, nothing of the second
+    said = [[1, 2, 3, 4], [5, 6, 7], [2, 4, 1, 3]]
+    frames_per_label, gap = 4, 10
+    labels, ranges, rows = [], [], []
+    for i, seg in enumerate(said):
+        ranges.append((len(labels), len(labels) + len(seg)))
+        labels += seg
+        if i != 1:  # spoken: each label peaks on one frame, blank around it
+            for c in seg:
+                rows += [0] * (frames_per_label - 1) + [c]
+        rows += [0] * gap
+    lp = torch.full((len(rows), 8), -9.0)
+    lp[torch.arange(len(rows)), torch.tensor(rows)] = -0.01
+    path, score = ctc_viterbi_long(lp, torch.tensor(labels), window=20)
+    assert score > -math.inf
+    full_path, full_score = ctc_viterbi(lp[None], torch.tensor([len(rows)]), torch.tensor([labels]), torch.tensor([len(labels)]))
+    assert path.tolist() == full_path[0].tolist()
+    # a window too small to hop over the missing segment loses the path, and is doubled until it does not
+    small_path, small_score = ctc_viterbi_long(lp, torch.tensor(labels), window=8)
+    assert small_path.tolist() == full_path[0].tolist() and small_score == pytest.approx(float(full_score[0]), abs=1e-3)
+    starts = [0.03 * t for t in range(len(rows))]
+    ends = [0.03 * (t + 1) for t in range(len(rows))]
+    segments = segment_spans(path, lp, ["one", "two", "three"], ranges, starts, ends, window=3)
+    assert [s.text for s in segments] == ["one", "two", "three"]
+    assert segments[0].confidence > 0.9 and segments[2].confidence > 0.9
+    assert segments[1].confidence < 1e-3  # squeezed into frames that say blank
+    assert segments[0].end <= segments[1].start <= segments[1].end <= segments[2].start
