@@ -34,16 +34,101 @@ class AlignmentError(ValueError):
 
 @torch.inference_mode()
 def ctc_viterbi(
-    log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor, blank: int = BLANK_ID
+    log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor, blank: int = BLANK_ID,
+    compiled: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The best CTC path of each utterance through its transcript.
 
     log_probs (batch, frames, vocab), lengths (batch,), targets (batch, max_labels) padded,
     target_lengths (batch,) -> (path (batch, frames) long: the label each frame emits on the
     path, blank included, -1 past the utterance's end; score (batch,) float: the path's log
-    prob, -inf where the transcript cannot fit the frames). Everything stays on log_probs'
-    device.
+    prob, -inf where the transcript cannot fit the frames, whose path is then -1 throughout), on
+    log_probs' device.
+
+    On CUDA the search runs as torch ops over the whole batch, a frame at a time
+    (`ctc_viterbi_torch`); on the CPU, where each of those ops costs microseconds of overhead,
+    the same search runs compiled by numba, an utterance at a time over only the states that
+    are reachable and can still reach the end (`compiled`: None picks by device). Both give the
+    same paths and scores (tested), ties broken alike: stay, then one state back, then two.
     """
+    if compiled is None:
+        compiled = log_probs.device.type == "cpu"
+    if not compiled:
+        return ctc_viterbi_torch(log_probs, lengths, targets, target_lengths, blank)
+    global _viterbi_batch
+    if _viterbi_batch is None:
+        _viterbi_batch = _jit(_viterbi_batch_kernel)
+    batch, frames, _ = log_probs.shape
+    labels = targets.detach().long().cpu()
+    ext = torch.full((batch, 2 * labels.shape[1] + 1), blank, dtype=torch.long)
+    ext[:, 1::2] = labels
+    skip = torch.zeros(ext.shape, dtype=torch.bool)
+    skip[:, 3::2] = labels[:, 1:] != labels[:, :-1]
+    path = np.full((batch, frames), -1, np.int64)
+    score = np.full(batch, NEG_INF, np.float32)
+    _viterbi_batch(
+        log_probs.detach().float().cpu().contiguous().numpy(), lengths.long().cpu().numpy(), ext.numpy(),
+        (2 * target_lengths.long().cpu() + 1).numpy(), skip.numpy(), path, score,
+    )
+    score = torch.from_numpy(score)
+    score = torch.where(min_ctc_frames(labels, target_lengths.cpu()) <= lengths.cpu(), score, NEG_INF)
+    return torch.from_numpy(path).to(log_probs.device), score.to(log_probs.device)
+
+
+def _viterbi_batch_kernel(lp, lengths, ext, num_ext, skip, path, score):
+    """`ctc_viterbi` for a batch, an utterance at a time (numba): lp (B, T, V) f32, lengths (B,),
+    ext (B, S) the labels of the states, num_ext (B,) states per utterance, skip (B, S) whether a
+    state may be entered from two back; writes path (B, T) and score (B,). Per frame only the
+    states that are reachable (s <= 2t + 1) and can still reach the end by the last frame
+    (s >= S - 2 (T - t)) are computed, as torchaudio's forced_align does."""
+    neg = np.float32(-np.inf)
+    num_states = ext.shape[1]
+    alpha = np.empty(num_states, np.float32)
+    new = np.empty(num_states, np.float32)
+    back = np.zeros((lp.shape[1], num_states), np.int8)
+    for b in range(lp.shape[0]):
+        frames, states = lengths[b], num_ext[b]
+        if frames == 0:
+            continue
+        alpha[:] = neg
+        new[:] = neg
+        alpha[0] = lp[b, 0, ext[b, 0]]
+        if states > 1:
+            alpha[1] = lp[b, 0, ext[b, 1]]
+        for t in range(1, frames):
+            lo = max(0, states - 2 * (frames - t))
+            hi = min(states, 2 * t + 2)
+            for s in range(max(lo - 2, 0), lo):  # can no longer reach the end
+                new[s] = neg
+            for s in range(lo, hi):
+                best, step = alpha[s], 0
+                if s >= 1 and alpha[s - 1] > best:
+                    best, step = alpha[s - 1], 1
+                if s >= 2 and skip[b, s] and alpha[s - 2] > best:
+                    best, step = alpha[s - 2], 2
+                new[s] = best + lp[b, t, ext[b, s]]
+                back[t, s] = step
+            alpha, new = new, alpha
+        state, best = states - 1, alpha[states - 1]
+        if states > 1 and alpha[states - 2] > best:
+            state, best = states - 2, alpha[states - 2]
+        if not best > neg:
+            continue
+        score[b] = best
+        for t in range(frames - 1, 0, -1):
+            path[b, t] = ext[b, state]
+            state -= back[t, state]
+        path[b, 0] = ext[b, state]
+
+
+_viterbi_batch = None  # compiled on first use
+
+
+@torch.inference_mode()
+def ctc_viterbi_torch(
+    log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor, blank: int = BLANK_ID
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`ctc_viterbi` as torch ops over the whole batch, a frame at a time: the code for CUDA."""
     device = log_probs.device
     batch, frames, _ = log_probs.shape
     targets, lengths, target_lengths = targets.to(device), lengths.to(device), target_lengths.to(device)
@@ -83,8 +168,8 @@ def ctc_viterbi(
         states[:, t] = torch.where(running, state, -1)
         if t:
             state = torch.where(running, state - back[t].gather(1, state[:, None]).squeeze(1).long(), state)
-    path = torch.where(states >= 0, ext.gather(1, states.clamp(min=0)), -1)
     score = torch.where(min_ctc_frames(targets, target_lengths) <= lengths, score, NEG_INF)
+    path = torch.where((states >= 0) & (score > NEG_INF)[:, None], ext.gather(1, states.clamp(min=0)), -1)  # no path: all -1
     return path, score
 
 
@@ -297,7 +382,7 @@ def ctc_viterbi_long(log_probs: torch.Tensor, target: torch.Tensor, window: int 
     state = end
     for t in range(frames - 1, -1, -1):
         states[t] = state
-        state -= back[t, state - starts[t]]
+        state -= int(back[t, state - starts[t]])
     return ext[torch.from_numpy(states)], float(score)
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from asr.align import ctc_viterbi, ctc_viterbi_long
+from asr.align import ctc_viterbi, ctc_viterbi_long, ctc_viterbi_torch
 from asr.data.manifest import read_manifest
 from asr.inference import Recognizer, align_dataset, collect_log_probs
 from asr.tokens import BLANK_ID
@@ -90,6 +90,15 @@ def time_ours_batched(log_probs, targets, batch_size: int) -> float:
         lp = torch.nn.utils.rnn.pad_sequence(log_probs[i : i + batch_size], batch_first=True)
         tg = torch.nn.utils.rnn.pad_sequence(targets[i : i + batch_size], batch_first=True)
         ctc_viterbi(lp, torch.tensor([len(x) for x in log_probs[i : i + batch_size]]), tg, torch.tensor([len(t) for t in targets[i : i + batch_size]]))
+    return time.perf_counter() - started
+
+
+def time_ours_torch(log_probs, targets, batch_size: int) -> float:
+    started = time.perf_counter()
+    for i in range(0, len(log_probs), batch_size):
+        lp = torch.nn.utils.rnn.pad_sequence(log_probs[i : i + batch_size], batch_first=True)
+        tg = torch.nn.utils.rnn.pad_sequence(targets[i : i + batch_size], batch_first=True)
+        ctc_viterbi_torch(lp, torch.tensor([len(x) for x in log_probs[i : i + batch_size]]), tg, torch.tensor([len(t) for t in targets[i : i + batch_size]]))
     return time.perf_counter() - started
 
 
@@ -204,7 +213,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per aligner; the fastest counts")
     parser.add_argument("--long-minutes", type=float, default=60.0, help="length of the long recording for the memory comparison (0: skip)")
-    parser.add_argument("--memory-limit-gb", type=float, default=16.0)
+    parser.add_argument("--memory-limit-gb", type=float, default=16.0, help="address-space limit of each memory run")
+    parser.add_argument("--memory-aligners", default="ours,torchaudio,ours-full", help="which to run on the long recording (ours-full: ctc_viterbi, frames x states back-pointers)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -226,7 +236,8 @@ def main() -> int:
     seconds_of_audio = sum(len(lp) for lp in log_probs) * recognizer.features.frame_seconds
     print(f"speed: {len(log_probs)} utterances ({seconds_of_audio / 60:.1f} min of audio), same log-probs, 1 thread, best of {args.repeats}")
     rows = [
-        ("ours, batched (ctc_viterbi)", lambda: time_ours_batched(log_probs, targets, args.batch_size)),
+        ("ours (ctc_viterbi: compiled on the CPU)", lambda: time_ours_batched(log_probs, targets, args.batch_size)),
+        ("ours, torch ops (ctc_viterbi_torch: the CUDA code)", lambda: time_ours_torch(log_probs, targets, args.batch_size)),
         ("ours, long mode one at a time (ctc_viterbi_long)", lambda: time_ours_long(log_probs, targets)),
         ("torchaudio forced_align, batch 1", lambda: time_torchaudio(log_probs, targets)),
         ("ctc-segmentation", lambda: time_ctc_segmentation(recognizer, log_probs, targets)),
@@ -235,11 +246,24 @@ def main() -> int:
     for name, run in rows:
         times = [run() for _ in range(args.repeats)]
         if times[0] is None:
-            print(f"  {name:<50} not installed")
+            print(f"  {name:<52} not installed")
             continue
         rate = len(log_probs) / min(times)
         ours = ours or rate
-        print(f"  {name:<50} {rate:9.1f} alignments/s   ours batched / this: {ours / rate:5.2f}x")
+        print(f"  {name:<52} {rate:9.1f} alignments/s   ours / this: {ours / rate:5.2f}x")
+
+    try:  # the same answer as torchaudio on the model's own log-probs
+        from torchaudio.functional import forced_align
+
+        ours_paths, _ = ctc_viterbi(*[torch.nn.utils.rnn.pad_sequence(x, batch_first=True) for x in (log_probs,)], torch.tensor([len(x) for x in log_probs]),
+                                    torch.nn.utils.rnn.pad_sequence(targets, batch_first=True), torch.tensor([len(t) for t in targets]))  # fmt: skip
+        same = sum(
+            ours_paths[i, : len(lp)].tolist() == forced_align(lp[None], tg[None].int(), blank=BLANK_ID)[0][0].tolist()
+            for i, (lp, tg) in enumerate(zip(log_probs, targets))
+        )
+        print(f"  paths equal to torchaudio's: {same} of {len(log_probs)} utterances")
+    except ImportError:
+        pass
 
     if args.long_minutes > 0:
         lp, target = long_recording(log_probs, targets, args.long_minutes, recognizer.features.frame_seconds, blank_frames=33)
@@ -248,7 +272,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             path = str(Path(tmp) / "long.pt")
             torch.save({"log_probs": lp, "target": target}, path)
-            for which in ("ours", "torchaudio", "ours-full"):
+            for which in args.memory_aligners.split(","):
                 if which == "torchaudio" and time_torchaudio([], []) is None:
                     print(f"  {which:<12} not installed")
                     continue

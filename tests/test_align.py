@@ -72,6 +72,24 @@ def test_agrees_with_brute_force_over_all_alignments(seed):
     assert collapse(tuple(path[0].tolist())) == target
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_compiled_cpu_search_equals_the_torch_one(seed):
+    # ctc_viterbi on the CPU (numba, reachable states only) against the torch code CUDA runs
+    from asr.align import ctc_viterbi_torch
+
+    g = torch.Generator().manual_seed(seed)
+    vocab, lengths = 7, [60, 23, 8, 41, 5, 2]
+    texts = [[1, 2, 3, 3, 4, 1, 1], [5, 1, 2, 2], [2, 2, 2], [1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6], [6], [1, 1]]
+    lp = torch.randn(len(lengths), max(lengths), vocab, generator=g).mul(3).log_softmax(-1)
+    targets = torch.nn.utils.rnn.pad_sequence([torch.tensor(t) for t in texts], batch_first=True)
+    args = (lp, torch.tensor(lengths), targets, torch.tensor([len(t) for t in texts]))
+    compiled_path, compiled_score = ctc_viterbi(*args, compiled=True)
+    torch_path, torch_score = ctc_viterbi_torch(*args)
+    assert compiled_path.tolist() == torch_path.tolist()
+    assert compiled_score.tolist() == pytest.approx(torch_score.tolist(), abs=1e-4)
+    assert compiled_score[5] == -math.inf  # "a a" in 2 frames cannot fit
+
+
 def test_batched_equals_one_at_a_time():
     g = torch.Generator().manual_seed(7)
     vocab = 6
