@@ -1,17 +1,22 @@
 """Forced alignment: when each token (character or phone) and word of a known transcript was
 spoken, from a CTC model's log-probs.
 
-The best CTC path through a transcript (Viterbi over the 2L+1 states blank, y1, blank, y2, ...,
-blank, as in the CTC forward pass of Graves et al. 2006 with max for sum) is found for a whole
-batch at once, in torch ops, so the same code runs on the CPU and on CUDA. Per frame every state
-of every utterance takes the best of three predecessors (itself, the state before, and two
-before when that skips a blank between two different labels); the choice is kept as one byte
-per (frame, utterance, state), and the path is read back from the end. A token's frames are the
-frames its state holds on the path; its times come from the feature extractor's frame times
-(`FeatureExtractor.frame_seconds`), and a word spans its tokens.
+The best CTC path through a transcript: Viterbi over the 2L+1 states blank, y1, blank, y2, ...,
+blank (the CTC forward pass of Graves et al. 2006 with max for sum). Per frame every state takes
+the best of three predecessors (itself, the state before, and two before when that skips a
+blank between two different labels); the choice is kept as one byte per (frame, state), and the
+path is read back from the end. Three ways to run it, one answer:
 
+    ctc_viterbi        a batch; on the CPU compiled by numba, an utterance at a time over the
+                       states that are reachable and can still reach the end
+    ctc_viterbi_torch  a batch as torch ops, a frame at a time: the same code on CUDA
+    ctc_viterbi_long   one long recording: a window of states that moves forward with the path,
+                       so memory grows with frames x window, not frames x labels
+
+A token's frames are the frames its state holds on the path, its times those of the frames
+(`FeatureExtractor.frame_times`, the one owner of frame -> seconds), and a word spans its tokens.
 torchaudio's `forced_align` does the same search one utterance at a time; the tests check the
-two agree (where torchaudio is installed).
+paths agree where torchaudio is installed.
 """
 
 from __future__ import annotations
