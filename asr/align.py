@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from asr.ctc import min_ctc_frames
+from asr.jit import njit
 from asr.tokens import BLANK_ID
 
 NEG_INF = float("-inf")
@@ -62,7 +63,7 @@ def ctc_viterbi(
         return ctc_viterbi_torch(log_probs, lengths, targets, target_lengths, blank)
     global _viterbi_batch
     if _viterbi_batch is None:
-        _viterbi_batch = _jit(_viterbi_batch_kernel)
+        _viterbi_batch = njit(_viterbi_batch_kernel)
     batch, frames, _ = log_probs.shape
     labels = targets.detach().long().cpu()
     ext = torch.full((batch, 2 * labels.shape[1] + 1), blank, dtype=torch.long)
@@ -288,16 +289,6 @@ def align_log_probs(
 # ---- long recordings: a window of states that moves with the path ------------------------------
 
 
-def _jit(fn):
-    """numba.njit, cached on disk where numba finds a place (see asr.decode.beam.numba_loop)."""
-    import numba
-
-    try:
-        return numba.njit(cache=True, nogil=True)(fn)
-    except RuntimeError:
-        return numba.njit(nogil=True)(fn)
-
-
 def _viterbi_window_kernel(lp, ext, skip, window, back, starts):
     """The CTC Viterbi of one utterance over a window of `window` states that only moves forward:
     lp (frames, vocab) f32, ext (states,) the labels of the states, skip (states,) whether a
@@ -363,7 +354,7 @@ def ctc_viterbi_long(log_probs: torch.Tensor, target: torch.Tensor, window: int 
     compiled by numba."""
     global _viterbi_window
     if _viterbi_window is None:
-        _viterbi_window = _jit(_viterbi_window_kernel)
+        _viterbi_window = njit(_viterbi_window_kernel)
     lp = log_probs.detach().float().cpu().contiguous().numpy()
     frames = lp.shape[0]
     labels = target.detach().long().cpu()

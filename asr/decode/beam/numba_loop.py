@@ -23,37 +23,25 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 import torch
 
 from asr.decode.beam.common import UTT_MUL, BeamOptions, Hypothesis, final_hypotheses, frame_candidates
 from asr.decode.fusion import TOKEN_LM, TOKEN_TABLES, WORD_FUSION, Fusion, fusion_bound, fusion_tables
 from asr.decode.lm import _MUL, NGramLM
+from asr.jit import njit
 
 _F32 = np.float32
 _NEG_INF = _F32(-np.inf)
 _LOWEST = _F32(np.finfo(np.float32).min)
 
 
-def _jit(fn=None, **options):
-    """numba.njit, the machine code cached on disk (next to this file, else in the user's cache
-    folder, or NUMBA_CACHE_DIR); where numba finds no writable place for it (a read-only install
-    and home), it raises at decoration, and the function is compiled once per process instead."""
-    if fn is None:
-        return lambda f: _jit(f, **options)
-    try:
-        return numba.njit(cache=True, nogil=True, **options)(fn)
-    except RuntimeError:
-        return numba.njit(nogil=True, **options)(fn)
-
-
 # The search's steps are inlined into it by numba (inline="always"), not called: a call passes
 # each array by reference count, and with ~10 arrays a step that cost ~10 % of the search.
-_inlined = _jit(inline="always")
+_inlined = njit(inline="always")
 
 
-@_jit
+@njit
 def _plus(a, b, merge_sum):
     """ln(e^a + e^b) as torch.logaddexp computes it (prefix search), or max(a, b) (Viterbi)."""
     if not merge_sum:
@@ -85,7 +73,7 @@ def _lm_score(state, word, lm):
     return logp[entry] + bows[state, which], next_state[entry]
 
 
-@_jit
+@njit
 def _search(
     lp, lengths, cand_id, cand_lp,  # (B, T, V) f32, (B,) i64, (B, T, K) i64 and f32 (-inf: none)
     parent_out, label_out, f_out, state_out,  # out: (T, B, beam) i32 x2, (4, B, beam) f32, (B, beam, 2) i64
@@ -283,7 +271,7 @@ def _keep(count, beam, pick, cf, ci, c_parent, c_label, hf, hi, parent_out, labe
             label_out[t, b, slot] = -1
 
 
-@_jit
+@njit
 def _spell(parent, label, slot):
     """Labels of the chosen slots (utts, n), walking the back-pointers (frames, utts, beam) from
     the last frame: (utts, n, frames), -1 where a frame added none."""
