@@ -84,21 +84,13 @@ def targets_of(recognizer, data) -> list[torch.Tensor]:
     return [torch.tensor(recognizer.tokenizer.encode(ref), dtype=torch.long) for ref in data.references]
 
 
-def time_ours_batched(log_probs, targets, batch_size: int) -> float:
+def time_ours_batched(search, log_probs, targets, batch_size: int) -> float:
+    """`search` (ctc_viterbi or ctc_viterbi_torch) over the set in padded batches."""
     started = time.perf_counter()
     for i in range(0, len(log_probs), batch_size):
-        lp = torch.nn.utils.rnn.pad_sequence(log_probs[i : i + batch_size], batch_first=True)
-        tg = torch.nn.utils.rnn.pad_sequence(targets[i : i + batch_size], batch_first=True)
-        ctc_viterbi(lp, torch.tensor([len(x) for x in log_probs[i : i + batch_size]]), tg, torch.tensor([len(t) for t in targets[i : i + batch_size]]))
-    return time.perf_counter() - started
-
-
-def time_ours_torch(log_probs, targets, batch_size: int) -> float:
-    started = time.perf_counter()
-    for i in range(0, len(log_probs), batch_size):
-        lp = torch.nn.utils.rnn.pad_sequence(log_probs[i : i + batch_size], batch_first=True)
-        tg = torch.nn.utils.rnn.pad_sequence(targets[i : i + batch_size], batch_first=True)
-        ctc_viterbi_torch(lp, torch.tensor([len(x) for x in log_probs[i : i + batch_size]]), tg, torch.tensor([len(t) for t in targets[i : i + batch_size]]))
+        lp, tg = log_probs[i : i + batch_size], targets[i : i + batch_size]
+        pad = torch.nn.utils.rnn.pad_sequence
+        search(pad(lp, batch_first=True), torch.tensor([len(x) for x in lp]), pad(tg, batch_first=True), torch.tensor([len(t) for t in tg]))
     return time.perf_counter() - started
 
 
@@ -236,8 +228,8 @@ def main() -> int:
     seconds_of_audio = sum(len(lp) for lp in log_probs) * recognizer.features.frame_seconds
     print(f"speed: {len(log_probs)} utterances ({seconds_of_audio / 60:.1f} min of audio), same log-probs, 1 thread, best of {args.repeats}")
     rows = [
-        ("ours (ctc_viterbi: compiled on the CPU)", lambda: time_ours_batched(log_probs, targets, args.batch_size)),
-        ("ours, torch ops (ctc_viterbi_torch: the CUDA code)", lambda: time_ours_torch(log_probs, targets, args.batch_size)),
+        ("ours (ctc_viterbi: compiled on the CPU)", lambda: time_ours_batched(ctc_viterbi, log_probs, targets, args.batch_size)),
+        ("ours, torch ops (ctc_viterbi_torch: the CUDA code)", lambda: time_ours_batched(ctc_viterbi_torch, log_probs, targets, args.batch_size)),
         ("ours, long mode one at a time (ctc_viterbi_long)", lambda: time_ours_long(log_probs, targets)),
         ("torchaudio forced_align, batch 1", lambda: time_torchaudio(log_probs, targets)),
         ("ctc-segmentation", lambda: time_ctc_segmentation(recognizer, log_probs, targets)),
