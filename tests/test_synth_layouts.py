@@ -11,7 +11,6 @@ from asr.cli import main
 from asr.data.corpora import prepare_corpus
 from asr.data.manifest import Utterance, read_manifest
 from asr.data.synth_layouts import (
-    SILENCE_LEVEL,
     PhoneMappingError,
     espeak_to_timit,
     timit_segments,
@@ -35,19 +34,22 @@ def test_espeak_mapping_by_accent():
 
 def test_timit_segments_by_hand():
     audio = np.zeros(16000, dtype=np.float32)  # 1 s
-    audio[1600:12000] = 0.1  # speech from 0.1 s to 0.75 s
     utt = Utterance(
-        id="u", audio="", duration=1.0, text="x", speaker="en-us+m1",
-        phones="k A@ ; i", extra={"phone_times": [0.1, 0.3, 0.5, 0.6]},
+        id="u", audio="", duration=1.0, text="x", speaker="en-us+m1", phones="k A@ ; i l m",
+        extra={"phone_times": [0.1, 0.3, 0.5, 0.6, 0.7, 0.8], "phone_ends": [0.3, 0.5, 0.6, 0.7, 0.7, 0.9]},
     )  # fmt: skip
     assert timit_segments(utt, audio) == [
         (0, 1600, "h#"),
         (1600, 3200, "kcl"), (3200, 4800, "k"),  # a stop split at its middle
         (4800, 6400, "aa"), (6400, 9600, "r"),  # the glide ';' merged into the phone before it
-        (9600, 12000, "iy"),  # the last phone ends where the audio falls below SILENCE_LEVEL
-        (12000, 16000, "h#"),
+        (9600, 11200, "iy"),  # the "l" with no length is left out
+        (11200, 12800, "pau"),  # eSpeak's pause: from where "i" ends to where "m" starts
+        (12800, 14400, "m"),
+        (14400, 16000, "h#"),
     ]  # fmt: skip
-    assert SILENCE_LEVEL < 0.1
+    old = Utterance(id="old", audio="", duration=1.0, text="x", phones="k", extra={"phone_times": [0.1]})
+    with pytest.raises(PhoneMappingError, match="old: needs .* `phone_ends`"):
+        timit_segments(old, audio)
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +71,24 @@ def test_timit_layout_reads_back(timit_corpus):
             phones = utt.phones.split()
             assert set(phones) <= set(PHONES_61) and phones[0] == phones[-1] == "h#"
             assert re.fullmatch(r"[a-z']+( [a-z']+)*", utt.text)
-    # .PHN segments tile the whole file, in order
-    for wav in wavs[:5]:
+    num_pauses = 0
+    for wav in wavs:
+        # .PHN segments tile the whole file, in order
         rows = [line.split() for line in wav.with_suffix(".PHN").read_text().splitlines()]
         assert int(rows[0][0]) == 0 and int(rows[-1][1]) == sf.info(wav).frames
         assert all(int(a[1]) == int(b[0]) for a, b in zip(rows, rows[1:]))
+        num_pauses += sum(row[2] == "pau" for row in rows)
+        # .WRD: the sentence's words, in order, each starting and ending on a phone boundary of .PHN
         words = wav.with_suffix(".TXT").read_text().split(maxsplit=2)[2].rstrip(".\n").lower()
-        assert [line.split()[2] for line in wav.with_suffix(".WRD").read_text().splitlines()] == words.split()
+        spans = [line.split() for line in wav.with_suffix(".WRD").read_text().splitlines()]
+        assert [span[2] for span in spans] == words.split()
+        edges = {int(row[0]) for row in rows if row[2] != "h#"} | {int(row[1]) for row in rows if row[2] != "h#"}
+        assert all(int(a) < int(b) and {int(a), int(b)} <= edges for a, b, _ in spans)
+        assert all(int(a[1]) <= int(b[0]) for a, b in zip(spans, spans[1:]))
+        assert int(spans[0][0]) == int(rows[1][0]) and int(spans[-1][1]) == int(rows[-1][0])  # speech, no h#
+        labels = {int(row[0]): row[2] for row in rows}
+        assert all(labels[int(b[0])] != "pau" for b in spans)  # no word starts with a pause
+    assert num_pauses > 0  # eSpeak pauses inside some sentences
 
 
 @pytest.fixture(scope="module")

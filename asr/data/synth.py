@@ -10,17 +10,33 @@ The corpus is built to test generalization, not memorization:
   - the sentence generator deals its vocabulary in shuffled passes, so a corpus of ~3000
     utterances uses every VOCABULARY word in train: test words are known, test sentences are not.
 
-Each utterance records the phones eSpeak actually spoke and when each one starts, taken from
-the synthesizer's own phoneme events (not a separate text-to-phoneme pass).
+Each utterance records the phones eSpeak actually spoke, when each one starts and ends, and the
+same for every word, all taken from the synthesizer's own phoneme events (see `synthesize`):
+  - a phone starts at its event and ends where the next phone starts; before one of eSpeak's
+    pauses and at the end, it ends where its sound stops (the last sample above SILENCE_LEVEL
+    before the pause's event). The silence eSpeak puts before a stop's burst (its closure) or
+    at a word's onset lies before that phone's event, so it falls in the phone before;
+  - eSpeak folds some post-vocalic `l` into the vowel before it; that `l`'s event then has no
+    length (start == end: 316 of 123,264 phones in the 3000-utterance corpus, seed 0);
+  - every phoneme event names the word it belongs to (its text position), which gives each
+    phone its word, except where eSpeak speaks two words as one dictionary entry ("there were",
+    "in the", "for the", "from the": 688 pairs among that corpus' 32,411 words). Those phones
+    are cut between the words by matching each word's own pronunciation (`_split_fused`);
+    every such cut in that corpus is the only best one. Checked on that corpus: 95 % of the
+    words get exactly the phones eSpeak gives the word on its own, the rest are within 2 edits
+    (reductions such as "the" before a vowel, flaps, linking r);
+  - a word spans its phones: from its first phone's start to its last phone's end.
 """
 
 from __future__ import annotations
 
+import bisect
 import ctypes
+import itertools
 import multiprocessing
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -51,6 +67,7 @@ PAD_SECONDS = (0.05, 0.15)  # s of silence added before and after the speech, dr
 HELDOUT_FRACTION = 0.05  # of num_utterances, for dev and again for test
 MIN_HELDOUT = 3  # utterances in dev and in test, however small the corpus
 SHARD_SIZE = 250  # utterances synthesized per fresh worker process (see synthesize_corpus)
+SILENCE_LEVEL = 2e-3  # |sample| (full scale 1.0) below this, about -54 dBFS, is silence: where sound stops
 
 
 class VoiceError(ValueError):
@@ -253,7 +270,8 @@ def generate_sentences(num: int, rng: np.random.Generator) -> list[str]:
 _AUDIO_OUTPUT_SYNCHRONOUS = 2  # espeak_AUDIO_OUTPUT: return audio through the callback, then return
 _INITIALIZE_PHONEME_EVENTS = 0x0001  # options bit 0: report espeakEVENT_PHONEME events
 _BUFFER_MS = 1000  # audio per callback; longer buffers mean fewer Python callbacks
-_CHARS_UTF8 = 1  # espeak_Synth flags: text is UTF-8
+_CHARS_UTF8 = 1  # espeak_Synth and espeak_TextToPhonemes: text is UTF-8
+_PHONEME_SEPARATOR = "|"  # espeak_TextToPhonemes puts it between a word's phonemes (bits 8-23 of phonememode)
 _POS_CHARACTER = 1  # espeak_POSITION_TYPE
 _EE_OK = 0
 _EVENT_LIST_TERMINATED = 0
@@ -295,6 +313,21 @@ _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), 
 class Phone(NamedTuple):
     symbol: str  # eSpeak phoneme mnemonic without stress marks, e.g. "aU", "dZ", "@"
     start: float  # s from the start of the returned samples
+    end: float  # s; the next phone's start, or where the sound stops before a pause (module docstring)
+    word: int  # index of its word in text.split()
+
+
+class Word(NamedTuple):
+    text: str
+    start: float  # s: its first phone's start
+    end: float  # s: its last phone's end
+    certain: bool  # False only where eSpeak fused it with a neighbour and no cut between them is best
+
+
+class Speech(NamedTuple):
+    audio: np.ndarray  # float32, (samples,)
+    phones: list[Phone]  # pauses left out
+    words: list[Word]  # one per word of text.split()
 
 
 class _ESpeak:
@@ -316,6 +349,8 @@ class _ESpeak:
         lib.espeak_GetCurrentVoice.restype = ctypes.POINTER(_Voice)
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
         lib.espeak_Synth.argtypes = [
             ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
             ctypes.c_void_p, ctypes.c_void_p,
@@ -330,7 +365,7 @@ class _ESpeak:
         self.lib = lib
         self.sample_rate = rate  # Hz, 22050 for eSpeak's own voices
         self._chunks: list[bytes] = []  # int16 audio of the utterance being spoken
-        self._phones: list[tuple[bytes, int]] = []  # (mnemonic, sample) of its phoneme events
+        self._phones: list[tuple[bytes, int, int]] = []  # (mnemonic, text position, sample) of its phoneme events
         self._callback = _SynthCallback(self._on_audio)  # kept alive: eSpeak holds only the pointer
         lib.espeak_SetSynthCallback(self._callback)
 
@@ -341,7 +376,7 @@ class _ESpeak:
         i = 0
         while events[i].type != _EVENT_LIST_TERMINATED:
             if events[i].type == _EVENT_PHONEME:
-                self._phones.append((events[i].id.string, events[i].sample))
+                self._phones.append((events[i].id.string, events[i].text_position, events[i].sample))
             i += 1
         return 0  # 0 = continue synthesis
 
@@ -359,8 +394,10 @@ class _ESpeak:
 
     def speak(
         self, text: str, rate_wpm: int, pitch: int, pitch_range: int, rand_seed: int
-    ) -> tuple[np.ndarray, list[tuple[str, int]]]:
-        """int16 samples at self.sample_rate, shape (samples,), and (mnemonic, sample) per phoneme event."""
+    ) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
+        """int16 samples at self.sample_rate, shape (samples,), and per phoneme event, in order,
+        (mnemonic, text position, sample). The text position is where the event's word starts,
+        counting characters from 1; pauses at the end point past the text."""
         for parameter, value in ((_PARAM_RATE, rate_wpm), (_PARAM_PITCH, pitch), (_PARAM_RANGE, pitch_range)):
             self.lib.espeak_SetParameter(parameter, value, 0)
         self.lib.espeak_ng_SetRandSeed(rand_seed)  # breathy variants (f2, f3) mix in eSpeak's noise
@@ -370,7 +407,122 @@ class _ESpeak:
         if status != _EE_OK:
             raise SynthError(f"espeak_Synth returned {status} for {text!r}")
         samples = np.frombuffer(b"".join(self._chunks), dtype=np.int16)  # (samples,)
-        return samples, [(symbol.decode(), sample) for symbol, sample in self._phones]
+        return samples, [(symbol.decode(), position, sample) for symbol, position, sample in self._phones]
+
+    def pronounce(self, word: str) -> list[str]:
+        """The current voice's phonemes for `word` said on its own, stress marks stripped. Translates
+        only (no audio is made), so it leaves what later utterances sound like untouched."""
+        text = ctypes.create_string_buffer(word.encode())
+        pointer = ctypes.c_void_p(ctypes.addressof(text))  # eSpeak advances it clause by clause, NULL at the end
+        mode = ord(_PHONEME_SEPARATOR) << 8
+        phonemes = []
+        while pointer.value:
+            result = self.lib.espeak_TextToPhonemes(ctypes.byref(pointer), _CHARS_UTF8, mode) or b""
+            phonemes += result.decode().replace(" ", _PHONEME_SEPARATOR).split(_PHONEME_SEPARATOR)
+        return [_strip_stress(p) for p in phonemes if p]
+
+
+def _strip_stress(symbol: str) -> str:
+    return symbol.lstrip("',")  # ' primary, , secondary stress
+
+
+def _is_pause(symbol: str) -> bool:
+    return symbol.startswith("_")  # "_" pause, "_:" long pause
+
+
+def speech_end(audio: np.ndarray, start: int = 0, stop: int | None = None) -> int:
+    """Index one past the last sample of audio[start:stop] louder than SILENCE_LEVEL; `start` if none is."""
+    loud = np.flatnonzero(np.abs(audio[start:stop]) > SILENCE_LEVEL)
+    return start + int(loud[-1]) + 1 if loud.size else start
+
+
+def _phone_ends(events: list[tuple[str, int, int]], audio: np.ndarray) -> list[int]:
+    """End sample of each phone event (pauses skipped), for native-rate float `audio` (samples,).
+    A phone ends where the next event starts; where that is a pause, or there is none, at the
+    last sample above SILENCE_LEVEL before it. The pause's event, not the level alone, bounds
+    it: the echo of some voices (en+m2, en-us+f2, ...) rings on up to ~140 ms into the pause."""
+    ends = []
+    for k, (symbol, _, start) in enumerate(events):
+        if _is_pause(symbol):
+            continue
+        stop = events[k + 1][2] if k + 1 < len(events) else audio.size
+        if k + 1 == len(events) or _is_pause(events[k + 1][0]):
+            sound_stop = speech_end(audio, start, stop)
+            stop = sound_stop if sound_stop > start else stop  # a silent phone keeps its whole span
+        ends.append(stop)
+    return ends
+
+
+_VOWEL_INITIALS = frozenset("@03aeiouAEIOUV")  # eSpeak's English vowel mnemonics start with one of these
+
+
+def _phone_distance(a: Sequence[str], b: Sequence[str]) -> int:
+    """Edit distance between phone sequences: insertion or deletion 1, vowel for vowel or consonant
+    for consonant 1, vowel for consonant 2."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        diagonal, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            substitute = 0 if x == y else 1 if (x[0] in _VOWEL_INITIALS) == (y[0] in _VOWEL_INITIALS) else 2
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + substitute)
+    return row[-1]
+
+
+def _split_fused(phones: Sequence[str], pronunciations: Sequence[Sequence[str]]) -> tuple[list[int], bool]:
+    """Cut the phones eSpeak spoke for several words as one dictionary entry into one run per word:
+    the cut whose runs are closest (`_phone_distance`) to each word's pronunciation on its own.
+    ("f 3 D @2" for "for the" -> "f 3 | D @2", against "f O@" and "D @2".)
+    Returns the number of phones per word, and whether that cut is the only best one."""
+    num_phones, num_words = len(phones), len(pronunciations)
+    if num_phones < num_words:
+        spoken = " ".join(phones)
+        raise SynthError(f"eSpeak spoke {num_words} words as {num_phones} phones {spoken!r}: cannot give each one")
+    costs = []
+    for cuts in itertools.combinations(range(1, num_phones), num_words - 1):
+        edges = (0, *cuts, num_phones)
+        cost = sum(_phone_distance(phones[a:b], p) for a, b, p in zip(edges, edges[1:], pronunciations))
+        costs.append((cost, [b - a for a, b in zip(edges, edges[1:])]))
+    costs.sort(key=lambda c: c[0])  # stable: among equal costs, the earliest cut
+    unique = len(costs) == 1 or costs[1][0] > costs[0][0]
+    return costs[0][1], unique
+
+
+def _assign_words(
+    text: str, events: list[tuple[str, int, int]], pronounce: Callable[[str], list[str]]
+) -> tuple[list[int], list[bool]]:
+    """The word (index into text.split()) of each phone event (pauses skipped), and per word
+    whether that is certain. Each event's text position names its word; words eSpeak spoke
+    fused with the word before carry no position of their own and are cut out by `_split_fused`."""
+    words = text.split()
+    word_offsets, offset = [], 0  # character offset of each word
+    for word in words:
+        offset = text.index(word, offset)
+        word_offsets.append(offset)
+        offset += len(word)
+    owners = [
+        max(bisect.bisect_right(word_offsets, position - 1) - 1, 0)
+        for symbol, position, _ in events
+        if not _is_pause(symbol)
+    ]  # eSpeak counts text positions from 1
+    if owners != sorted(owners):
+        raise SynthError(f"eSpeak's phoneme events for {text!r} go back to an earlier word")
+    phones = [_strip_stress(symbol) for symbol, _, _ in events if not _is_pause(symbol)]
+    named = sorted(set(owners))  # the word each run of phones names
+    bounds = [0, *named[1:], len(words)]  # run k speaks words bounds[k]:bounds[k + 1] (any before the first too)
+    certain = [True] * len(words)
+    for k, word_named in enumerate(named):
+        first, last = bounds[k], bounds[k + 1]
+        if last - first == 1:
+            continue
+        run = [i for i, owner in enumerate(owners) if owner == word_named]
+        counts, unique = _split_fused([phones[i] for i in run], [pronounce(words[w]) for w in range(first, last)])
+        done = 0
+        for word, count in enumerate(counts, start=first):
+            for i in run[done : done + count]:
+                owners[i] = word
+            certain[word] = unique
+            done += count
+    return owners, certain
 
 
 _LOCK = threading.Lock()
@@ -394,14 +546,15 @@ def synthesize(
     pitch_range: int = 50,
     rand_seed: int = 0,
     sample_rate: int = SAMPLE_RATE,
-) -> tuple[np.ndarray, list[Phone]]:
+) -> Speech:
     """Speak `text` with eSpeak NG voice `voice` (e.g. "en-us+m3").
 
     rate_wpm: words per minute (RATE_LIMITS); pitch, pitch_range: eSpeak's 0..100 controls (50 is
     the voice's own); rand_seed seeds the noise of breathy voices.
-    Returns float32 samples of shape (samples,) at `sample_rate`, and the phones spoken (pauses
-    left out, stress marks stripped), each with its start in seconds. eSpeak adds ~10 ms of
-    silence at each end. Raises VoiceError naming an unknown voice.
+    Returns Speech: float32 `audio` of shape (samples,) at `sample_rate`; the `phones` spoken
+    (pauses left out, stress marks stripped), each with its start, end (s) and word; and the
+    `words` of text.split() with their start and end (s), as the module docstring describes.
+    eSpeak adds ~10 ms of silence at each end. Raises VoiceError naming an unknown voice.
 
     eSpeak carries a little state from one utterance to the next (its pitch-flutter position,
     `static int Flutter_ix` in wavegen.c, is never reset), so the same call can come out a few
@@ -420,16 +573,24 @@ def synthesize(
         engine = _engine()
         engine.set_voice(voice)
         samples, events = engine.speak(text, rate_wpm, pitch, pitch_range, rand_seed)
+        owners, certain = _assign_words(text, events, engine.pronounce)
     native_rate = engine.sample_rate
     audio = samples.astype(np.float32) / 32768.0  # (samples,) at native_rate
+    ends = _phone_ends(events, audio)
+    starts = [sample for symbol, _, sample in events if not _is_pause(symbol)]
+    symbols = [_strip_stress(symbol) for symbol, _, _ in events if not _is_pause(symbol)]
+    phones = [
+        Phone(symbol, start / native_rate, end / native_rate, owner)
+        for symbol, start, end, owner in zip(symbols, starts, ends, owners)
+    ]
+    words = [
+        Word(word, min(p.start for p in mine), max(p.end for p in mine), certain[w])
+        for w, word in enumerate(text.split())
+        for mine in [[p for p in phones if p.word == w]]
+    ]
     if native_rate != sample_rate:
         audio = soxr.resample(audio, native_rate, sample_rate).astype(np.float32, copy=False)  # (samples,)
-    phones = [
-        Phone(symbol.lstrip("',"), sample / native_rate)  # ' primary, , secondary stress
-        for symbol, sample in events
-        if not symbol.startswith("_")  # "_" pauses, "_:" long pause
-    ]
-    return audio, phones
+    return Speech(audio, phones, words)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,13 +654,15 @@ def _synthesize_shard(jobs: list[_Job]) -> list[Utterance]:
 
     utterances = []
     for job in jobs:
-        speech, phones = synthesize(
+        speech, phones, words = synthesize(
             job.text, job.voice, job.rate_wpm, job.pitch, pitch_range=job.pitch_range, rand_seed=job.rand_seed
         )
         before = np.zeros(round(job.pad_before * SAMPLE_RATE), dtype=np.float32)
         after = np.zeros(round(job.pad_after * SAMPLE_RATE), dtype=np.float32)
         audio = np.clip(np.concatenate([before, speech, after]), -1.0, 1.0)  # (samples,); soxr can overshoot
         write_audio(job.wav, audio, SAMPLE_RATE, subtype="PCM_16")
+        shift = before.size / SAMPLE_RATE  # s
+        uncertain = [w for w, word in enumerate(words) if not word.certain]
         utterances.append(
             Utterance(
                 id=job.id,
@@ -509,7 +672,14 @@ def _synthesize_shard(jobs: list[_Job]) -> list[Utterance]:
                 speaker=job.voice,
                 phones=" ".join(phone.symbol for phone in phones),
                 extra={
-                    "phone_times": [round(before.size / SAMPLE_RATE + phone.start, 4) for phone in phones],  # s
+                    # a word's times are its phones' own floats, so they round to the same 0.1 ms
+                    "phone_times": [round(shift + phone.start, 4) for phone in phones],  # s
+                    "phone_ends": [round(shift + phone.end, 4) for phone in phones],  # s
+                    "phone_words": [phone.word for phone in phones],  # index into `words` of each phone's word
+                    "words": [word.text for word in words],
+                    "word_starts": [round(shift + word.start, 4) for word in words],  # s
+                    "word_ends": [round(shift + word.end, 4) for word in words],  # s
+                    **({"uncertain_words": uncertain} if uncertain else {}),
                     "rate_wpm": job.rate_wpm,
                     "pitch": job.pitch,
                 },
@@ -529,7 +699,11 @@ def synthesize_corpus(
 
     About 90 % train (TRAIN_VOICES) and 5 % each dev and test (HELDOUT_VOICES only), every
     sentence distinct. Manifest rows carry `speaker` (the voice), `phones` (space-separated eSpeak
-    mnemonics) and `phone_times` (start of each phone, s). Same seed -> byte-identical files.
+    mnemonics), `phone_times` and `phone_ends` (s), `phone_words` (the index in `words` of each
+    phone's word), `words` (text.split()), `word_starts` and `word_ends` (s), all measured as the
+    module docstring says; `uncertain_words` (indices) appears only in a row where eSpeak fused
+    words that `_split_fused` could not cut unambiguously (none in the 3000-utterance corpus).
+    Same seed -> byte-identical files.
 
     eSpeak's state drifts with what it has spoken, so the plan is cut into fixed shards of
     SHARD_SIZE and each shard is spoken by a fresh process: the output does not depend on

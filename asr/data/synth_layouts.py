@@ -7,27 +7,31 @@ Both synthesize the corpus of asr/data/synth.py (same seed, same sentences and v
 each utterance under the layout's names.
 
 TIMIT layout. `.WAV` is NIST SPHERE, 16 kHz PCM16, as on the LDC disc. `.PHN` comes from eSpeak's
-own phoneme events mapped onto the 61 TIMIT phones by `ESPEAK_TO_TIMIT` (below), with `h#` for
-the leading and trailing silence. What that mapping can and cannot say:
-  - a stop or affricate becomes closure + release (`p` -> `pcl p`, `tS` -> `tcl ch`); eSpeak marks
-    only where the whole stop starts, so the boundary inside it is placed at the middle, not
-    measured. Likewise an eSpeak phoneme that maps to two TIMIT phones (`A@` -> `aa r`) is
-    split evenly;
+own phoneme events mapped onto the 61 TIMIT phones by `ESPEAK_TO_TIMIT` (below): each phone
+spans the manifest's `phone_times` to `phone_ends` (see asr/data/synth.py), `h#` covers the
+leading and trailing silence and `pau` the pauses eSpeak makes inside a sentence. What that
+mapping can and cannot say:
+  - a stop or affricate becomes closure + release (`p` -> `pcl p`, `tS` -> `tcl ch`). eSpeak gives
+    a stop one event; for p, t, k it mostly comes at the burst, after the closure's silence,
+    which so lies in the phone before. The stop's own span is split at its middle: the
+    closure/release boundary is an estimate, not measured. Likewise an eSpeak phoneme that
+    maps to two TIMIT phones (`A@` -> `aa r`) is split evenly;
   - mnemonics are shared by eSpeak's British (`en`) and American (`en-us`) voices but sound
     different: `aa` is /ae/ in en-us and /aa/ in en, and the r-coloured vowels (`A@`, `O@`, `3`)
     carry an `r` only for the rhotic en-us voices. The mapping takes the voice's language;
   - eSpeak's `;` (the y-like glide it inserts between a front vowel and the next vowel, as in
-    "the_attic") has no TIMIT phone and is merged into the phone before it;
-  - TIMIT's finer labels (`ax-h`, `hv`, `nx`, `eng`, `epi`, `pau`, `ux`) are never produced: eSpeak
-    does not make those distinctions, so the 61-set is not fully used (the 39-set nearly is);
-  - the end of the last phone (where the trailing `h#` starts) is where the audio last rises
-    above SILENCE_LEVEL.
-`.WRD` word times are NOT aligned: eSpeak's word events merge function words ("there were"
-comes as one event), so each word gets a share of the speech proportional to its letters.
-`.TXT` holds the sentence. Speakers: the training voices are cut into pseudo-speakers of
-UTTERANCES_PER_SPEAKER sentences each (named like TIMIT speakers, sex letter first, all under
-TRAIN); the held-out voices speak as the 50 standard dev speakers (dev) and the 24 core-test
-speakers (test), matched by sex, under TEST, so `asr prepare timit` finds the standard split.
+    "the_attic") has no TIMIT phone and is merged into the phone before it; a phone whose
+    event has no length (eSpeak folds some post-vocalic `l` into the vowel before) is left out;
+  - TIMIT's finer labels (`ax-h`, `hv`, `nx`, `eng`, `epi`, `ux`) are never produced: eSpeak
+    does not make those distinctions, so the 61-set is not fully used (the 39-set nearly is).
+`.WRD` holds the manifest's `word_starts` and `word_ends`: each word from its first phone's start
+to its last phone's end, as measured (words eSpeak speaks as one, like "there were", are cut
+by pronunciation; see asr/data/synth.py). `.TXT` holds the sentence.
+
+Speakers: the training voices are cut into pseudo-speakers of UTTERANCES_PER_SPEAKER sentences
+each (named like TIMIT speakers, sex letter first, all under TRAIN); the held-out voices speak
+as the 50 standard dev speakers (dev) and the 24 core-test speakers (test), matched by sex,
+under TEST, so `asr prepare timit` finds the standard split.
 """
 
 from __future__ import annotations
@@ -42,7 +46,6 @@ from asr.audio import SAMPLE_RATE
 from asr.data.manifest import Utterance, read_manifest
 
 UTTERANCES_PER_SPEAKER = 10  # TIMIT has 10 sentences per speaker
-SILENCE_LEVEL = 2e-3  # |sample| below this (about -54 dBFS) counts as silence at the utterance's end
 
 _STOPS = {"p": "pcl", "b": "bcl", "t": "tcl", "d": "dcl", "k": "kcl", "g": "gcl"}
 # eSpeak NG English phoneme mnemonic -> TIMIT phones. Entries that differ by accent are in
@@ -85,31 +88,31 @@ def espeak_to_timit(symbol: str, rhotic: bool, where: str = "<phones>") -> tuple
     raise PhoneMappingError(f"{where}: eSpeak phoneme {symbol!r} has no TIMIT mapping (add it to ESPEAK_TO_TIMIT)")
 
 
-def speech_end(audio: np.ndarray) -> int:
-    """Index one past the last sample louder than SILENCE_LEVEL (0 for a silent signal)."""
-    loud = np.flatnonzero(np.abs(audio) > SILENCE_LEVEL)
-    return int(loud[-1]) + 1 if loud.size else 0
+def _sample_indices(utterance: Utterance, key: str, num_samples: int) -> list[int]:
+    """The utterance's `key` times (s) as sample indices at SAMPLE_RATE, clipped to the audio."""
+    return [min(round(t * SAMPLE_RATE), num_samples) for t in utterance.extra.get(key, [])]
 
 
 def timit_segments(utterance: Utterance, audio: np.ndarray) -> list[tuple[int, int, str]]:
     """(start, end, phone) in samples at 16 kHz covering the whole of `audio` (samples,), from the
-    utterance's eSpeak `phones` and `phone_times`, as described in the module docstring."""
+    utterance's eSpeak `phones`, `phone_times` and `phone_ends`, as described in the module docstring."""
     symbols = (utterance.phones or "").split()
-    times = utterance.extra.get("phone_times", [])
-    if not symbols or len(symbols) != len(times):
-        raise PhoneMappingError(f"{utterance.id}: needs eSpeak `phones` and as many `phone_times`")
-    rhotic = (utterance.speaker or "").startswith("en-us")
     num_samples = audio.size
-    starts = [min(round(t * SAMPLE_RATE), num_samples) for t in times]
-    last_end = min(max(speech_end(audio), starts[-1] + 1), num_samples)
+    starts = _sample_indices(utterance, "phone_times", num_samples)
+    ends = _sample_indices(utterance, "phone_ends", num_samples)
+    if not symbols or not len(symbols) == len(starts) == len(ends):
+        raise PhoneMappingError(f"{utterance.id}: needs eSpeak `phones` and as many `phone_times` and `phone_ends`")
+    rhotic = (utterance.speaker or "").startswith("en-us")
     segments: list[tuple[int, int, str]] = []
-    if starts[0] > 0:
-        segments.append((0, starts[0], "h#"))
-    for k, symbol in enumerate(symbols):
-        start, end = starts[k], starts[k + 1] if k + 1 < len(symbols) else last_end
+    for symbol, start, end in zip(symbols, starts, ends):
         timit = espeak_to_timit(symbol, rhotic, where=utterance.id)
-        if not timit or end <= start:  # a glide with no TIMIT phone, or a zero-length event
-            if segments and end > start:
+        if end <= start:  # an event with no length
+            continue
+        silence_start = segments[-1][1] if segments else 0
+        if start > silence_start:
+            segments.append((silence_start, start, "pau" if segments else "h#"))
+        if not timit:  # a glide with no TIMIT phone
+            if segments:
                 s, _, p = segments[-1]
                 segments[-1] = (s, end, p)
             continue
@@ -120,11 +123,14 @@ def timit_segments(utterance: Utterance, audio: np.ndarray) -> list[tuple[int, i
     return segments
 
 
-def word_segments(words: list[str], start: int, end: int) -> list[tuple[int, int, str]]:
-    """Words spread over [start, end) in proportion to their letters (not aligned; see above)."""
-    weights = np.array([max(len(w), 1) for w in words], dtype=np.float64)
-    edges = (start + np.concatenate([[0.0], np.cumsum(weights)]) / weights.sum() * (end - start)).round().astype(int)
-    return [(int(a), int(b), w) for a, b, w in zip(edges[:-1], edges[1:], words)]
+def word_segments(utterance: Utterance, num_samples: int) -> list[tuple[int, int, str]]:
+    """(start, end, word) in samples at 16 kHz from the utterance's `words`, `word_starts` and `word_ends`."""
+    words = utterance.extra.get("words", [])
+    starts = _sample_indices(utterance, "word_starts", num_samples)
+    ends = _sample_indices(utterance, "word_ends", num_samples)
+    if not words or not len(words) == len(starts) == len(ends):
+        raise PhoneMappingError(f"{utterance.id}: needs `words` and as many `word_starts` and `word_ends`")
+    return list(zip(starts, ends, words))
 
 
 def _sex(voice: str) -> str:
@@ -188,7 +194,7 @@ def write_timit_layout(
             phones = timit_segments(u, audio)
             with atomic_write(folder / f"{stem}.{case('phn')}") as f:
                 f.writelines(f"{a} {b} {p}\n" for a, b, p in phones)
-            words = word_segments(u.text.split(), phones[1][0] if phones[0][2] == "h#" else 0, phones[-1][0])
+            words = word_segments(u, audio.size)
             with atomic_write(folder / f"{stem}.{case('wrd')}") as f:
                 f.writelines(f"{a} {b} {w}\n" for a, b, w in words)
             with atomic_write(folder / f"{stem}.{case('txt')}") as f:
