@@ -64,7 +64,7 @@ def write_textgrid(path: str | os.PathLike, alignment: Alignment, duration: floa
     grid = textgrid.Textgrid(minTimestamp=0.0, maxTimestamp=end)
     tiers = [("words", alignment.words)] if alignment.words else []
     for name, spans in tiers + [("tokens", alignment.tokens)]:
-        entries = [(s.start, s.end, s.text) for s in _disjoint(spans)]
+        entries = [(round(s.start, 4), round(s.end, 4), s.text) for s in _disjoint(spans)]  # 0.1 ms, no float noise
         grid.addTier(textgrid.IntervalTier(name, entries, 0.0, end))
     with atomic_path(path) as tmp:
         grid.save(str(tmp), format="long_textgrid", includeBlankSpaces=True)
