@@ -264,12 +264,15 @@ def align_log_probs(
     frame_times,
     space: str | None,
     blank: int = BLANK_ID,
+    scores: torch.Tensor | None = None,
 ) -> tuple[list[Alignment], list[tuple[str, str]]]:
     """A batch's alignments: log_probs (batch, frames, vocab), lengths (batch,), targets (batch,
     max_labels), target_lengths (batch,), ids (batch,) -> the alignments of the utterances that
     can be aligned, and (id, reason) for those that cannot (an empty transcript, or more labels
-    and repeats than frames). frame_times: `FeatureExtractor.frame_times`."""
-    path, score = ctc_viterbi(log_probs, lengths, targets, target_lengths, blank)
+    and repeats than frames). frame_times: `FeatureExtractor.frame_times`. scores: what the
+    search scores paths with, if not the log-probs (a label-prior model's adjusted ones);
+    confidences are posteriors either way."""
+    path, score = ctc_viterbi(log_probs if scores is None else scores, lengths, targets, target_lengths, blank)
     path, score, log_probs = path.cpu(), score.tolist(), log_probs.cpu()
     starts, ends = frame_times(log_probs.shape[1])
     needed = min_ctc_frames(targets, target_lengths).tolist()
@@ -414,3 +417,21 @@ def segment_spans(
         means = (sums[first + width : end + 1] - sums[first : end + 1 - width]) / width
         segments.append(Segment(text, frame_start[spans[first][1]], frame_end[spans[end - 1][2] - 1], float(means.min().exp())))
     return segments
+
+
+def unaligned_speech(path: torch.Tensor, log_probs: torch.Tensor, frame_start: list[float], frame_end: list[float], min_frames: int, blank: int = BLANK_ID) -> list[tuple[float, float]]:
+    """Stretches of audio the transcript does not cover: runs of at least `min_frames` frames
+    where the path says blank but the model says speech (blank's probability under one half),
+    as (start, end) in seconds. Speech missing from the transcript can only be absorbed by
+    blank frames of the path, which there disagree with the model."""
+    frames = int((path >= 0).sum())
+    disagree = ((path[:frames] == blank) & (log_probs[:frames, blank] < math.log(0.5))).tolist()
+    runs, first = [], None
+    for t, flag in enumerate(disagree + [False]):
+        if flag and first is None:
+            first = t
+        elif not flag and first is not None:
+            if t - first >= min_frames:
+                runs.append((frame_start[first], frame_end[t - 1]))
+            first = None
+    return runs

@@ -31,9 +31,11 @@ def save_checkpoint(
     config: Config,
     tokenizer: CharTokenizer,
     training_state: dict[str, Any] | None = None,
+    label_log_prior: torch.Tensor | None = None,
 ) -> None:
     """Write a checkpoint atomically. `training_state` (optimizer, scheduler, RNG, progress) is
-    what `--resume` needs; a checkpoint without it still transcribes and evaluates."""
+    what `--resume` needs; a checkpoint without it still transcribes and evaluates.
+    `label_log_prior` (vocab,): the label prior of a model trained with one (asr.ctc.LabelPrior)."""
     state = {
         "format": FORMAT,
         "config": config_to_dict(config),
@@ -42,6 +44,8 @@ def save_checkpoint(
     }
     if training_state is not None:
         state["training_state"] = training_state
+    if label_log_prior is not None:
+        state["label_log_prior"] = label_log_prior.detach().float().cpu()
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 

@@ -201,7 +201,7 @@ def align_long_recording(args: argparse.Namespace, started: float) -> int:
         recognizer.tokenizer.on_unknown = args.on_unknown_char
     audio = torch.from_numpy(load_audio(path, recognizer.sample_rate))
     try:
-        alignment, segments = recognizer.align_long(audio, texts, name=path.stem, window=args.window)
+        alignment, segments, untranscribed = recognizer.align_long(audio, texts, name=path.stem, window=args.window)
     except (AlignmentError, TokenizerError) as e:
         print(f"asr align: error: {e}", file=sys.stderr)
         return 1
@@ -214,14 +214,20 @@ def align_long_recording(args: argparse.Namespace, started: float) -> int:
             f.write(f"{path.stem}-{i + 1:04d}\t{seg.start:.2f}\t{seg.end:.2f}\t{seg.confidence:.3f}\t{seg.text}\n")
     if args.textgrid:
         write_textgrid(out / "textgrid" / f"{path.stem}.TextGrid", alignment, len(audio) / recognizer.sample_rate)
+    with atomic_write(out / "untranscribed.tsv") as f:
+        for start, end in untranscribed:
+            f.write(f"{start:.2f}\t{end:.2f}\n")
     doubtful = [(i, seg) for i, seg in enumerate(segments) if seg.confidence < args.min_confidence]
     print(summary_table([
         ("recording", f"{path} ({len(audio) / recognizer.sample_rate / 60:.1f} min)"),
         ("segments", f"{len(segments)} aligned, {len(doubtful)} under confidence {args.min_confidence}"),
+        ("untranscribed speech", f"{len(untranscribed)} stretch(es), {sum(e - s for s, e in untranscribed):.1f} s"),
         ("words / tokens", f"{len(alignment.words)} / {len(alignment.tokens)}"),
-        ("written", f"{out}/segments.tsv, words.ctm, tokens.ctm, alignments.jsonl" + (", textgrid/" if args.textgrid else "")),
+        ("written", f"{out}/segments.tsv, untranscribed.tsv, words.ctm, tokens.ctm, alignments.jsonl" + (", textgrid/" if args.textgrid else "")),
         ("wall time", f"{time.perf_counter() - started:.1f} s"),
     ]))  # fmt: skip
+    for start, end in untranscribed:
+        print(f"warning: speech at {start:.2f}-{end:.2f} s is not in the transcript", file=sys.stderr)
     for i, seg in doubtful:
         print(f"warning: segment {i + 1} ({seg.start:.2f}-{seg.end:.2f} s, confidence {seg.confidence:.3f}) may not be in the audio: {seg.text[:80]}", file=sys.stderr)
     return 0

@@ -92,6 +92,8 @@ class TrainConfig:
     save_every_steps: int = 0  # also checkpoint (last.pt) every this many steps, mid-epoch (0 = epoch ends only)
     compile: bool = False  # torch.compile the model for training (needs a C++ compiler on CPU)
     tensorboard: bool = True  # also log to TensorBoard event files in out_dir/tensorboard (if tensorboard is installed)
+    label_prior_weight: float = 0.0  # CTC over log p - w * log prior (Huang et al. 2024): less peaky, sharper alignments; 0 = plain CTC
+    label_prior_momentum: float = 0.99  # the prior's running average, per step
 
 
 @dataclass

@@ -7,6 +7,8 @@ batch-first → (frames, batch, vocab) transpose that `F.ctc_loss` wants happens
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -49,3 +51,29 @@ def ctc_loss(
         zero_infinity=True,  # belt and braces: an infeasible path gives 0 loss and 0 gradient
     )  # (batch,)
     return torch.where(feasible, loss, torch.zeros_like(loss)), feasible
+
+
+class LabelPrior:
+    """Label priors in the CTC loss (Huang et al. 2024, "Less peaky and more accurate CTC forced
+    alignment by label priors"): the loss is taken over log p(label | x) - weight * log P(label),
+    P the average of the model's own posteriors over the training frames, so paths that spend
+    frames on labels other than blank are penalized less and the spikes widen toward the
+    labels' real extent. P is a running average (`momentum` per step) of each batch's mean
+    posterior over its valid frames, starting uniform; it is saved in checkpoints, and forced
+    alignment scores paths with the same adjustment (`Recognizer.alignment_scores`)."""
+
+    def __init__(self, vocab: int, weight: float, momentum: float = 0.99, log_prior: torch.Tensor | None = None):
+        self.weight, self.momentum = weight, momentum
+        self.log_prior = log_prior.float().clone() if log_prior is not None else torch.full((vocab,), -math.log(vocab))  # (vocab,)
+
+    def adjust(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """log_probs (batch, frames, vocab), lengths (batch,) -> the log-probs less weight *
+        log P; the batch's posteriors (valid frames only, detached) update P afterwards."""
+        prior = self.log_prior.to(log_probs.device)
+        adjusted = log_probs - self.weight * prior
+        with torch.no_grad():
+            valid = (torch.arange(log_probs.shape[1], device=log_probs.device) < lengths[:, None])[:, :, None]  # (batch, frames, 1)
+            mean = (log_probs.detach().float().exp() * valid).sum(dim=(0, 1)) / valid.sum().clamp(min=1)  # (vocab,)
+            updated = self.momentum * prior.exp() + (1 - self.momentum) * mean
+            self.log_prior = updated.clamp(min=1e-12).log()  # stays on the device: no host sync per step
+        return adjusted

@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 from tqdm import tqdm
 
-from asr.align import Alignment, AlignmentError, Segment, Span, align_log_probs, ctc_viterbi_long, segment_spans, spans_of
+from asr.align import Alignment, AlignmentError, Segment, Span, align_log_probs, ctc_viterbi_long, segment_spans, spans_of, unaligned_speech
 from asr.audio import AudioError, load_audio
 from asr.checkpoint import load_checkpoint
 from asr.config import Config, DecodeConfig
@@ -59,6 +59,7 @@ class Recognizer:
     def __init__(self, model: torch.nn.Module, features: FeatureExtractor, tokenizer: CharTokenizer, config: Config):
         self.model, self.features, self.tokenizer, self.config = model, features, tokenizer, config
         self.fusion: Fusion | None = None
+        self.label_log_prior: torch.Tensor | None = None  # (vocab,) of a model trained with label priors
         self.set_decoder(config.decode)
 
     def set_decoder(self, decode: DecodeConfig) -> None:
@@ -81,7 +82,10 @@ class Recognizer:
         model = build_model(config.model, features.output_dim, tokenizer.vocab_size)
         model.load_state_dict(state["model"])
         target = resolve_device(device)
-        return cls(model.to(target), features.to(target), tokenizer, config)
+        recognizer = cls(model.to(target), features.to(target), tokenizer, config)
+        if state.get("label_log_prior") is not None and config.train.label_prior_weight > 0:
+            recognizer.label_log_prior = state["label_log_prior"].to(target)
+        return recognizer
 
     @property
     def device(self) -> torch.device:
@@ -185,19 +189,29 @@ class Recognizer:
             raise AlignmentError("; ".join(reason for _, reason in failed))
         return alignments
 
+    def alignment_scores(self, log_probs: torch.Tensor) -> torch.Tensor:
+        """What forced alignment scores paths with: the log-probs (..., vocab), less weight * log
+        prior for a model trained with label priors (the loss's own adjustment, asr.ctc.LabelPrior)."""
+        if self.label_log_prior is None:
+            return log_probs
+        return log_probs - self.config.train.label_prior_weight * self.label_log_prior.to(log_probs.device)
+
     def align_log_probs(
         self, log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor, ids: Sequence[str]
     ) -> tuple[list[Alignment], list[tuple[str, str]]]:
         """`asr.align.align_log_probs` with this model's symbols, frame times and word separator."""
         space = SPACE if self.tokenizer.kind == "char" else None
-        return align_log_probs(log_probs, lengths, targets, target_lengths, list(ids), self.tokenizer.symbols, self.features.frame_times, space, BLANK_ID)
+        scores = self.alignment_scores(log_probs)
+        return align_log_probs(log_probs, lengths, targets, target_lengths, list(ids), self.tokenizer.symbols, self.features.frame_times, space, BLANK_ID, scores)
 
     def align_long(
         self, audio: torch.Tensor, texts: Sequence[str], name: str = "recording", window: int = 2048, confidence_tokens: int = 10
-    ) -> tuple[Alignment, list[Segment]]:
+    ) -> tuple[Alignment, list[Segment], list[tuple[float, float]]]:
         """A long recording (samples,) and its transcript in segments (lines, sentences: phones
-        for a phone model) -> the alignment of the whole, and where each segment was found with
-        its confidence (`asr.align.segment_spans`, over runs of `confidence_tokens`). Memory
+        for a phone model) -> the alignment of the whole, where each segment was found with its
+        confidence (`asr.align.segment_spans`, over runs of `confidence_tokens`), and the
+        stretches of speech of half a second or more that the transcript does not cover
+        (`asr.align.unaligned_speech`). Memory
         grows with the frames times `window`, not with frames times labels
         (`ctc_viterbi_long`); log-probs come in chunks (`log_probs_long`). Raises
         TokenizerError naming the segment it cannot read, AlignmentError when the transcript
@@ -218,14 +232,15 @@ class Recognizer:
         if not pieces:
             raise AlignmentError(f"{name}: empty transcript: nothing to align")
         log_probs = self.log_probs_long(audio).cpu()  # (frames, vocab)
-        path, score = ctc_viterbi_long(log_probs, torch.cat(pieces), window, BLANK_ID)
+        path, score = ctc_viterbi_long(self.alignment_scores(log_probs), torch.cat(pieces), window, BLANK_ID)
         if score == -math.inf:
             raise AlignmentError(f"{name}: the transcript could not be followed to its end within the audio "
                                  f"({len(log_probs)} frames, {at} labels; a larger window may help)")  # fmt: skip
         starts, ends = self.features.frame_times(len(log_probs))
         tokens, words = spans_of(path, log_probs, self.tokenizer.symbols, starts, ends, space, BLANK_ID)
         segments = segment_spans(path, log_probs, list(texts), ranges, starts, ends, confidence_tokens, BLANK_ID)
-        return Alignment(name, tokens, words, score, len(log_probs)), segments
+        untranscribed = unaligned_speech(path, log_probs, starts, ends, max(round(0.5 / self.features.frame_seconds), 1), BLANK_ID)
+        return Alignment(name, tokens, words, score, len(log_probs)), segments, untranscribed
 
     def transcribe_files(
         self, paths: Sequence[str | os.PathLike], batch_size: int = 16, nbest: int = 1, word_timestamps: bool = False

@@ -31,7 +31,7 @@ from asr import distributed
 from asr.augment import SpecAugment
 from asr.checkpoint import load_checkpoint, save_checkpoint
 from asr.config import Config, config_to_dict
-from asr.ctc import ctc_loss
+from asr.ctc import LabelPrior, ctc_loss
 from asr.data.loader import Batch, BucketBatchSampler, UtteranceDataset, make_loader, placeholder_batch
 from asr.data.manifest import Utterance, read_manifest
 from asr.features import FeatureExtractor
@@ -126,9 +126,10 @@ def compute_loss(
     device: torch.device,
     amp: bool,
     augment: SpecAugment | None = None,
+    label_prior: LabelPrior | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Features → [SpecAugment] → model → CTC. Returns (summed loss, summed label count, feasible
-    mask (batch,)); infeasible utterances contribute nothing to either sum."""
+    """Features → [SpecAugment] → model → [label prior] → CTC. Returns (summed loss, summed label
+    count, feasible mask (batch,)); infeasible utterances contribute nothing to either sum."""
     audio = batch.audio.to(device, non_blocking=True)  # (batch, samples)
     targets = batch.targets.to(device, non_blocking=True)  # (batch, max_labels)
     target_lengths = batch.target_lengths.to(device, non_blocking=True)  # (batch,)
@@ -139,6 +140,8 @@ def compute_loss(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else contextlib.nullcontext()
     with autocast:
         log_probs, frame_lengths = model(feats, frame_lengths)  # (batch, frames, vocab), float32
+    if label_prior is not None:
+        log_probs = label_prior.adjust(log_probs, frame_lengths)  # (batch, frames, vocab)
     losses, feasible = ctc_loss(log_probs, frame_lengths, targets, target_lengths)  # (batch,), (batch,)
     return losses.sum(), (target_lengths * feasible).sum(), feasible
 
@@ -185,6 +188,7 @@ def train_one_epoch(
     save_state: Callable[[str], None],
     augment: SpecAugment | None = None,
     context: distributed.DistContext = distributed.DistContext(),
+    label_prior: LabelPrior | None = None,
 ) -> bool:
     """Train through the rest of `progress.epoch`. Returns False if the time limit or
     train.max_steps stopped it. `model` is what runs the step (the DDP wrapper under torchrun).
@@ -203,7 +207,7 @@ def train_one_epoch(
             if not context.is_distributed:
                 continue
             batch = placeholder_batch(sample_rate)  # this rank must still join the all-reduce
-        loss_sum, label_sum, feasible = compute_loss(model, features, batch, device, config.train.amp, augment)
+        loss_sum, label_sum, feasible = compute_loss(model, features, batch, device, config.train.amp, augment, label_prior)
         # Normalize by the group's label count: DDP averages gradients over ranks, so the step
         # follows the mean loss per label over every rank's batch (one process: loss_sum / labels).
         group_labels = distributed.all_reduce_sum(label_sum.detach().clone(), context)
@@ -282,6 +286,7 @@ class TrainingRun:
     sampler: BucketBatchSampler
     scheduler: torch.optim.lr_scheduler.LambdaLR
     total_steps: int  # optimizer steps of the whole run (the schedule's length)
+    label_prior: LabelPrior | None = None  # with train.label_prior_weight > 0
     progress: Progress = field(default_factory=Progress)
 
     def save(self, name: str) -> None:
@@ -308,7 +313,8 @@ class TrainingRun:
         if context.is_distributed:
             training_state["rng_per_rank"] = [r["rng"] for r in ranks]
         save_checkpoint(
-            self.out_dir / name, model=self.model, config=self.config, tokenizer=self.tokenizer, training_state=training_state
+            self.out_dir / name, model=self.model, config=self.config, tokenizer=self.tokenizer, training_state=training_state,
+            label_log_prior=self.label_prior.log_prior if self.label_prior is not None else None,
         )
 
 
@@ -340,6 +346,7 @@ def build_run(config: Config, context: distributed.DistContext) -> TrainingRun:
         config=config, context=context, out_dir=out_dir, tokenizer=tokenizer, dataset=dataset, dev_utts=dev_utts,
         features=features, model=model, step_model=step_model, augment=augment, optimizer=optimizer,
         sampler=sampler, scheduler=scheduler, total_steps=total_steps,
+        label_prior=LabelPrior(tokenizer.vocab_size, config.train.label_prior_weight, config.train.label_prior_momentum) if config.train.label_prior_weight > 0 else None,
     )
 
 
@@ -409,6 +416,8 @@ def resume_run(run: TrainingRun) -> None:
     training_state = state["training_state"]
     run.optimizer.load_state_dict(training_state["optimizer"])
     run.scheduler.load_state_dict(training_state["scheduler"])
+    if run.label_prior is not None and "label_log_prior" in state:
+        run.label_prior.log_prior = state["label_log_prior"].to(run.context.device)
     run.progress = progress = Progress(**training_state["progress"])
     restore_rng(training_state, run.context, run.config.train.seed + 1_000_003 * progress.step)
     if run.context.rank:  # the checkpoint's skip counts are group totals; rank 0 carries them on
@@ -443,7 +452,7 @@ def run_epochs(run: TrainingRun, log: MetricsLog, show_progress: bool) -> None:
             finished_epoch = train_one_epoch(
                 model=run.step_model, features=run.features, loader=loader, optimizer=run.optimizer,
                 scheduler=run.scheduler, config=config, progress=progress, device=context.device, log=log.write,
-                bar=bar, deadline=deadline, save_state=run.save, augment=run.augment, context=context,
+                bar=bar, deadline=deadline, save_state=run.save, augment=run.augment, context=context, label_prior=run.label_prior,
             )
             if finished_epoch:
                 progress.epoch += 1

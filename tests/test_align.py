@@ -203,3 +203,24 @@ def test_segment_confidence_finds_text_that_is_not_in_the_audio():
     assert segments[0].confidence > 0.9 and segments[2].confidence > 0.9
     assert segments[1].confidence < 1e-3  # squeezed into frames that say blank
     assert segments[0].end <= segments[1].start <= segments[1].end <= segments[2].start
+
+
+def test_speech_the_transcript_does_not_cover_is_reported():
+    from asr.align import ctc_viterbi_long, unaligned_speech
+
+    # "1 2", then 20 frames of speech (labels 5 and 6, blank improbable) nobody transcribed, then "3 4"
+    rows = [0, 1, 0, 2, 0, 0] + [5, 6] * 10 + [0, 0, 3, 0, 4, 0]
+    lp = torch.full((len(rows), 8), -9.0)
+    lp[torch.arange(len(rows)), torch.tensor(rows)] = -0.01
+    lp[6:26, 0] = -3.0  # blank: more probable there than the transcript's labels, but improbable
+    path, score = ctc_viterbi_long(lp, torch.tensor([1, 2, 3, 4]))
+    assert score > -math.inf
+    times = [0.03 * t for t in range(len(rows) + 1)]
+    assert unaligned_speech(path, lp, times[:-1], times[1:], min_frames=5) == [(times[6], times[26])]
+    assert unaligned_speech(path, lp, times[:-1], times[1:], min_frames=21) == []  # shorter than asked for
+    # everything transcribed: nothing to report
+    said = torch.tensor([0, 1, 0, 2, 0, 3, 0, 4, 0])
+    lp = torch.full((9, 8), -9.0)
+    lp[torch.arange(9), said] = -0.01
+    path, _ = ctc_viterbi_long(lp, torch.tensor([1, 2, 3, 4]))
+    assert unaligned_speech(path, lp, times[:9], times[1:10], min_frames=1) == []

@@ -197,6 +197,7 @@ def test_long_recording_log_probs_in_chunks_and_align_with_a_text_file(checkpoin
     assert all(a < b for a, b in times) and all(times[i][1] <= times[i + 1][0] for i in range(len(times) - 1))
     assert [line.split()[4] for line in (tmp_path / "out" / "words.ctm").read_text().splitlines()] == " ".join(r["text"] for r in rows).split()
     assert "4 aligned" in capsys.readouterr().out
+    assert (tmp_path / "out" / "untranscribed.tsv").is_file()
     text.write_text("hello\n\u4e2d\n")  # a line the tokenizer cannot read: an error naming it, exit 1
     assert main(["align", str(ckpt), str(wav), "--text-file", str(text), "--output-dir", str(tmp_path / "bad")]) == 1
     assert "segment 2" in capsys.readouterr().err

@@ -61,3 +61,15 @@ def test_greedy_merges_repeats_and_respects_blanks_and_lengths():
         log_probs[1, t, s] = 0.0
     out = decode_greedy(log_probs, torch.tensor([7, 9]))
     assert out == [[1, 1, 2], [1, 1, 2, 3]]
+
+
+def test_label_prior_adjusts_the_loss_and_follows_the_posteriors_of_valid_frames():
+    from asr.ctc import LabelPrior
+
+    prior = LabelPrior(vocab=3, weight=0.5, momentum=0.5)
+    assert torch.allclose(prior.log_prior.exp(), torch.full((3,), 1 / 3))
+    log_probs = torch.tensor([[[0.7, 0.2, 0.1], [0.7, 0.2, 0.1], [0.0, 0.0, 1.0]]]).clamp(min=1e-9).log()  # the last frame is padding
+    adjusted = prior.adjust(log_probs, torch.tensor([2]))
+    assert torch.allclose(adjusted, log_probs + 0.5 * torch.tensor(3.0).log())  # less 0.5 * log(1/3)
+    # the prior moves halfway to the mean posterior of the two valid frames; the padding frame counts for nothing
+    assert torch.allclose(prior.log_prior.exp(), 0.5 * torch.full((3,), 1 / 3) + 0.5 * torch.tensor([0.7, 0.2, 0.1]), atol=1e-6)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from asr.checkpoint import load_checkpoint
@@ -98,3 +99,24 @@ def test_sigkill_mid_epoch_then_resume(noise_corpus, tmp_path):
     assert resumed_steps[0] == saved["step"] + 1  # no step repeated or skipped
     final = load_checkpoint(out / LAST)["training_state"]["progress"]
     assert final["epoch"] == 40 and final["step"] == resumed_steps[-1]
+
+
+def test_label_prior_training_saves_its_prior_resumes_exactly_and_alignment_uses_it(noise_corpus, tmp_path):
+    from asr.inference import Recognizer
+
+    prior = ("train.label_prior_weight=0.3",)
+    straight = train(config_for(noise_corpus, tmp_path / "a", *prior), show_progress=False)
+    train(config_for(noise_corpus, tmp_path / "b", *prior, "train.time_limit_s=1e-9"), show_progress=False)
+    train(config_for(noise_corpus, tmp_path / "b", *prior), resume=True, show_progress=False)
+    a, b = load_checkpoint(straight / LAST), load_checkpoint(tmp_path / "b" / LAST)
+    log_prior = a["label_log_prior"]
+    assert log_prior.shape == (a["tokenizer"].vocab_size,)
+    assert float(log_prior.logsumexp(0)) == pytest.approx(0.0, abs=1e-4)  # a distribution over the labels
+    assert float(log_prior.max() - log_prior.min()) > 0.01  # moved from uniform (0 apart) toward the model's posteriors
+    torch.testing.assert_close(b["label_log_prior"], log_prior, rtol=0, atol=0)  # resumed with the prior it had
+    for name, weight in a["model"].items():
+        torch.testing.assert_close(b["model"][name], weight, rtol=0, atol=0)
+    recognizer = Recognizer.from_checkpoint(straight / LAST, device="cpu")
+    lp = torch.randn(1, 5, len(log_prior)).log_softmax(-1)
+    torch.testing.assert_close(recognizer.alignment_scores(lp), lp - 0.3 * log_prior)
+    assert "label_log_prior" not in load_checkpoint(train(config_for(noise_corpus, tmp_path / "c"), show_progress=False) / LAST)
