@@ -292,10 +292,11 @@ def align_log_probs(
 # ---- long recordings: a window of states that moves with the path ------------------------------
 
 
-def _viterbi_window_kernel(lp, ext, skip, window, back, starts):
+def _viterbi_window_kernel(lp, ext, skip, free, garbage, window, back, starts):
     """The CTC Viterbi of one utterance over a window of `window` states that only moves forward:
     lp (frames, vocab) f32, ext (states,) the labels of the states, skip (states,) whether a
-    state may be entered from two back. Writes back (frames, window) int8 (0 stay, 1 or 2 states
+    state may be entered from two back, free (states,) blank states that may also absorb any
+    frame at ln P `garbage` (speech the transcript does not cover, between its segments). Writes back (frames, window) int8 (0 stay, 1 or 2 states
     back) and starts (frames,) the window's first state at each frame; returns (the best end
     state, or -1 where neither end state is in the window; its score). After each frame the
     window moves so that the best state sits a quarter into it (never backwards)."""
@@ -305,7 +306,7 @@ def _viterbi_window_kernel(lp, ext, skip, window, back, starts):
     alpha = np.full(window, neg, np.float32)
     new = np.empty(window, np.float32)
     lo = 0
-    alpha[0] = lp[0, ext[0]]
+    alpha[0] = max(lp[0, ext[0]], garbage) if free[0] else lp[0, ext[0]]
     if num_states > 1 and window > 1:
         alpha[1] = lp[0, ext[1]]
     starts[0] = 0
@@ -323,7 +324,10 @@ def _viterbi_window_kernel(lp, ext, skip, window, back, starts):
                 best, step = alpha[j - 1], 1
             if j >= 2 and skip[s] and alpha[j - 2] > best:
                 best, step = alpha[j - 2], 2
-            new[j] = best + lp[t, ext[s]]
+            emit = lp[t, ext[s]]
+            if free[s] and garbage > emit:
+                emit = garbage
+            new[j] = best + emit
             back[t, j] = step
         starts[t] = lo
         # move the window: the best state a quarter in, the window's end not past the last state
@@ -345,7 +349,10 @@ def _viterbi_window_kernel(lp, ext, skip, window, back, starts):
 _viterbi_window = None  # compiled on first use
 
 
-def ctc_viterbi_long(log_probs: torch.Tensor, target: torch.Tensor, window: int = 2048, blank: int = BLANK_ID) -> tuple[torch.Tensor, float]:
+def ctc_viterbi_long(
+    log_probs: torch.Tensor, target: torch.Tensor, window: int = 2048, blank: int = BLANK_ID,
+    free: torch.Tensor | None = None, garbage: float = NEG_INF, return_states: bool = False,
+) -> tuple[torch.Tensor, float] | tuple[torch.Tensor, float, torch.Tensor]:
     """`ctc_viterbi` for one long utterance in memory that grows with frames × `window`, not
     frames × labels: log_probs (frames, vocab), target (labels,) -> (path (frames,) the label of
     each frame, score). Only `window` consecutive states of the transcript are alive at a time,
@@ -354,7 +361,13 @@ def ctc_viterbi_long(log_probs: torch.Tensor, target: torch.Tensor, window: int 
     full Viterbi's answer. A passage of the transcript missing from the audio longer than about
     three quarters of the window makes the window lose the path; then it is doubled and the
     search run again. The score is -inf where the transcript cannot fit the audio at all. CPU,
-    compiled by numba."""
+    compiled by numba.
+
+    free (2 * labels + 1,) bool: blank states (between the transcript's segments, before and
+    after it) that may also hold any frame at ln P `garbage`, a filler for speech the transcript
+    does not cover, which would otherwise be squeezed into the neighbouring words; the path's
+    label there is blank (see `unaligned_speech`). return_states: also the state of each frame
+    (frames,), -1 where there is no path."""
     global _viterbi_window
     if _viterbi_window is None:
         _viterbi_window = njit(_viterbi_window_kernel)
@@ -368,21 +381,24 @@ def ctc_viterbi_long(log_probs: torch.Tensor, target: torch.Tensor, window: int 
     if frames == 0:
         return torch.empty(0, dtype=torch.long), NEG_INF
     window = max(min(window, len(ext)), 1)
+    free_states = np.zeros(len(ext), np.bool_) if free is None else free.numpy().astype(np.bool_)
     while True:  # a window that lost the path is doubled, as ctc-segmentation does, until it holds every state
         back = np.empty((frames, window), np.int8)
         starts = np.empty(frames, np.int64)
-        end, score = _viterbi_window(lp, ext.numpy(), skip.numpy(), window, back, starts)
+        end, score = _viterbi_window(lp, ext.numpy(), skip.numpy(), free_states, np.float32(garbage), window, back, starts)
         if (end >= 0 and math.isfinite(score)) or window == len(ext):
             break
         window = min(2 * window, len(ext))
     if end < 0 or not math.isfinite(score):
-        return torch.full((frames,), -1, dtype=torch.long), NEG_INF
+        none = torch.full((frames,), -1, dtype=torch.long)
+        return (none, NEG_INF, none) if return_states else (none, NEG_INF)
     states = np.empty(frames, np.int64)
     state = end
     for t in range(frames - 1, -1, -1):
         states[t] = state
         state -= int(back[t, state - starts[t]])
-    return ext[torch.from_numpy(states)], float(score)
+    states = torch.from_numpy(states)
+    return (ext[states], float(score), states) if return_states else (ext[states], float(score))
 
 
 @dataclass
@@ -397,7 +413,7 @@ class Segment:
 
 def segment_spans(
     path: torch.Tensor, log_probs: torch.Tensor, texts: list[str], label_ranges: list[tuple[int, int]],
-    frame_start: list[float], frame_end: list[float], window: int = 10, blank: int = BLANK_ID,
+    frame_start: list[float], frame_end: list[float], window: int = 30, blank: int = BLANK_ID,
 ) -> list[Segment]:
     """Where each segment of a transcript aligned as one (path (frames,), log_probs (frames,
     vocab)) was spoken: segment i is labels label_ranges[i] = (first, end) of the target.
@@ -407,7 +423,8 @@ def segment_spans(
     not frames: each token scores the ln P of its label at its best frame (its CTC spike), and
     the segment the worst mean over `window` consecutive tokens, exponentiated. Counting frames
     would let the blanks between a peaky model's spikes dilute the score of text that is not
-    in the audio, which the path must still squeeze in somewhere."""
+    in the audio, which the path must still squeeze in somewhere. The window's default, 30, is
+    ctc-segmentation's (`score_min_mean_over_L`)."""
     spans = token_frames(path, blank)  # one per label of the target, in order
     token_logp = torch.tensor([float(log_probs[first:end, label].max()) for label, first, end in spans], dtype=torch.float64)
     sums = torch.cat([torch.zeros(1, dtype=torch.float64), token_logp.cumsum(0)])
@@ -419,19 +436,23 @@ def segment_spans(
     return segments
 
 
-def unaligned_speech(path: torch.Tensor, log_probs: torch.Tensor, frame_start: list[float], frame_end: list[float], min_frames: int, blank: int = BLANK_ID) -> list[tuple[float, float]]:
-    """Stretches of audio the transcript does not cover: runs of at least `min_frames` frames
-    where the path says blank but the model says speech (blank's probability under one half),
-    as (start, end) in seconds. Speech missing from the transcript can only be absorbed by
-    blank frames of the path, which there disagree with the model."""
-    frames = int((path >= 0).sum())
-    disagree = ((path[:frames] == blank) & (log_probs[:frames, blank] < math.log(0.5))).tolist()
-    runs, first = [], None
-    for t, flag in enumerate(disagree + [False]):
-        if flag and first is None:
-            first = t
-        elif not flag and first is not None:
-            if t - first >= min_frames:
-                runs.append((frame_start[first], frame_end[t - 1]))
-            first = None
+def unaligned_speech(
+    in_gap: torch.Tensor, log_probs: torch.Tensor, frame_start: list[float], frame_end: list[float], min_frames: int,
+    garbage: float, blank: int = BLANK_ID,
+) -> list[tuple[float, float]]:
+    """Speech the transcript does not cover, as (start, end) in seconds: in each run of frames
+    the path spends between two segments of the transcript (or before the first, after the last:
+    in_gap (frames,) bool), the frames the model does not call blank (ln P(blank) under
+    `garbage`), from the first to the last of them, where there are at least `min_frames`."""
+    speech = (log_probs[: len(in_gap), blank] < garbage).tolist()
+    gap = in_gap.tolist()
+    runs, first, last, count = [], None, None, 0
+    for t, inside in enumerate(gap + [False]):
+        if inside and t < len(speech) and speech[t]:
+            first = t if first is None else first
+            last, count = t, count + 1
+        if not inside:
+            if count >= min_frames:
+                runs.append((frame_start[first], frame_end[last]))
+            first, last, count = None, None, 0
     return runs

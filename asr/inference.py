@@ -205,13 +205,16 @@ class Recognizer:
         return align_log_probs(log_probs, lengths, targets, target_lengths, list(ids), self.tokenizer.symbols, self.features.frame_times, space, BLANK_ID, scores)
 
     def align_long(
-        self, audio: torch.Tensor, texts: Sequence[str], name: str = "recording", window: int = 2048, confidence_tokens: int = 10
+        self, audio: torch.Tensor, texts: Sequence[str], name: str = "recording", window: int = 2048, confidence_tokens: int = 30,
+        filler: float = 0.1,
     ) -> tuple[Alignment, list[Segment], list[tuple[float, float]]]:
         """A long recording (samples,) and its transcript in segments (lines, sentences: phones
         for a phone model) -> the alignment of the whole, where each segment was found with its
         confidence (`asr.align.segment_spans`, over runs of `confidence_tokens`), and the
         stretches of speech of half a second or more that the transcript does not cover
-        (`asr.align.unaligned_speech`). Memory
+        (`asr.align.unaligned_speech`): before, between and after the segments a filler may
+        hold any frame at probability `filler`, so that speech missing from the transcript is
+        not squeezed into the neighbouring words. Memory
         grows with the frames times `window`, not with frames times labels
         (`ctc_viterbi_long`); log-probs come in chunks (`log_probs_long`). Raises
         TokenizerError naming the segment it cannot read, AlignmentError when the transcript
@@ -232,14 +235,22 @@ class Recognizer:
         if not pieces:
             raise AlignmentError(f"{name}: empty transcript: nothing to align")
         log_probs = self.log_probs_long(audio).cpu()  # (frames, vocab)
-        path, score = ctc_viterbi_long(self.alignment_scores(log_probs), torch.cat(pieces), window, BLANK_ID)
+        gaps = torch.zeros(2 * at + 1, dtype=torch.bool)  # the states before, between (separators too) and after the segments
+        gaps[: 2 * ranges[0][0] + 1] = gaps[2 * ranges[-1][1] :] = True
+        for (_, end), (first, _) in zip(ranges, ranges[1:]):
+            gaps[2 * end : 2 * first + 1] = True
+        free = gaps.clone()
+        free[1::2] = False  # of those, the blank states hold the filler
+        garbage = math.log(filler)
+        path, score, states = ctc_viterbi_long(self.alignment_scores(log_probs), torch.cat(pieces), window, BLANK_ID, free, garbage, return_states=True)
         if score == -math.inf:
             raise AlignmentError(f"{name}: the transcript could not be followed to its end within the audio "
                                  f"({len(log_probs)} frames, {at} labels; a larger window may help)")  # fmt: skip
         starts, ends = self.features.frame_times(len(log_probs))
         tokens, words = spans_of(path, log_probs, self.tokenizer.symbols, starts, ends, space, BLANK_ID)
         segments = segment_spans(path, log_probs, list(texts), ranges, starts, ends, confidence_tokens, BLANK_ID)
-        untranscribed = unaligned_speech(path, log_probs, starts, ends, max(round(0.5 / self.features.frame_seconds), 1), BLANK_ID)
+        in_gap = gaps[states.clamp(min=0)] & (states >= 0)  # (frames,)
+        untranscribed = unaligned_speech(in_gap, log_probs, starts, ends, max(round(0.5 / self.features.frame_seconds), 1), garbage, BLANK_ID)
         return Alignment(name, tokens, words, score, len(log_probs)), segments, untranscribed
 
     def transcribe_files(

@@ -208,19 +208,29 @@ def test_segment_confidence_finds_text_that_is_not_in_the_audio():
 def test_speech_the_transcript_does_not_cover_is_reported():
     from asr.align import ctc_viterbi_long, unaligned_speech
 
-    # "1 2", then 20 frames of speech (labels 5 and 6, blank improbable) nobody transcribed, then "3 4"
+    # "1 2", then 20 frames of speech nobody transcribed (blank improbable, "2" fairly probable
+    # all along), then "3 4"; the transcript in two segments, "1 2" and "3 4"
     rows = [0, 1, 0, 2, 0, 0] + [5, 6] * 10 + [0, 0, 3, 0, 4, 0]
     lp = torch.full((len(rows), 8), -9.0)
     lp[torch.arange(len(rows)), torch.tensor(rows)] = -0.01
-    lp[6:26, 0] = -3.0  # blank: more probable there than the transcript's labels, but improbable
-    path, score = ctc_viterbi_long(lp, torch.tensor([1, 2, 3, 4]))
-    assert score > -math.inf
+    lp[6:26, 2] = -3.0
+    target = torch.tensor([1, 2, 3, 4])
+    free = torch.zeros(9, dtype=torch.bool)
+    free[[0, 4, 8]] = True  # the blanks before, between the two segments, after
+    gap = torch.zeros(9, dtype=torch.bool)
+    gap[[0, 4, 8]] = True
+    plain, _ = ctc_viterbi_long(lp, target)
+    filled, score, states = ctc_viterbi_long(lp, target, free=free, garbage=math.log(0.1), return_states=True)
+    assert (plain[6:26] == 2).all()  # without the filler the speech is taken for a long "2"
+    assert (filled[6:26] == 0).all() and filled[3] == 2  # with it, "2" where it was said and the filler after
+    assert filled.tolist() == [[0, 1, 0, 2, 0, 3, 0, 4, 0][s] for s in states.tolist()]  # the states spell the labels
     times = [0.03 * t for t in range(len(rows) + 1)]
-    assert unaligned_speech(path, lp, times[:-1], times[1:], min_frames=5) == [(times[6], times[26])]
-    assert unaligned_speech(path, lp, times[:-1], times[1:], min_frames=21) == []  # shorter than asked for
+    in_gap = gap[states]
+    assert unaligned_speech(in_gap, lp, times[:-1], times[1:], 5, math.log(0.1)) == [(times[6], times[26])]
+    assert unaligned_speech(in_gap, lp, times[:-1], times[1:], 21, math.log(0.1)) == []  # shorter than asked for
     # everything transcribed: nothing to report
     said = torch.tensor([0, 1, 0, 2, 0, 3, 0, 4, 0])
     lp = torch.full((9, 8), -9.0)
     lp[torch.arange(9), said] = -0.01
-    path, _ = ctc_viterbi_long(lp, torch.tensor([1, 2, 3, 4]))
-    assert unaligned_speech(path, lp, times[:9], times[1:10], min_frames=1) == []
+    _, _, states = ctc_viterbi_long(lp, target, free=free, garbage=math.log(0.1), return_states=True)
+    assert unaligned_speech(gap[states], lp, times[:9], times[1:10], 1, math.log(0.1)) == []
