@@ -234,3 +234,19 @@ def test_speech_the_transcript_does_not_cover_is_reported():
     lp[torch.arange(9), said] = -0.01
     _, _, states = ctc_viterbi_long(lp, target, free=free, garbage=math.log(0.1), return_states=True)
     assert unaligned_speech(gap[states], lp, times[:9], times[1:10], 1, math.log(0.1)) == []
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torch_search_on_cuda_equals_the_cpu():
+    g = torch.Generator().manual_seed(5)
+    lengths = [70, 33, 12]
+    texts = [[1, 2, 3, 3, 4, 1], [5, 5, 1], [2]]
+    lp = torch.randn(3, 70, 7, generator=g).mul(3).log_softmax(-1)
+    targets = torch.nn.utils.rnn.pad_sequence([torch.tensor(t) for t in texts], batch_first=True)
+    args = (torch.tensor(lengths), targets, torch.tensor([len(t) for t in texts]))
+    cpu_path, cpu_score = ctc_viterbi(lp, *args)
+    gpu_path, gpu_score = ctc_viterbi(lp.cuda(), *(a.cuda() for a in args))  # on CUDA: the torch code
+    assert gpu_path.device.type == "cuda"
+    assert gpu_path.cpu().tolist() == cpu_path.tolist()
+    assert gpu_score.cpu().tolist() == pytest.approx(cpu_score.tolist(), abs=1e-4)
