@@ -11,15 +11,13 @@ import soundfile as sf
 
 from asr.data import synth
 from asr.data.manifest import read_manifest
+from asr.data.sentences import VOCABULARY, Deck, generate_sentences, spell_number
 from asr.data.synth import (
     HELDOUT_VOICES,
     TRAIN_VOICES,
-    VOCABULARY,
     SynthError,
     VoiceError,
-    generate_sentences,
     speech_end,
-    spell_number,
     synthesize,
     synthesize_corpus,
 )
@@ -313,7 +311,7 @@ def test_too_few_utterances_is_an_error(tmp_path):
 
 def test_deck_deals_every_item_once_per_pass():
     items = [str(i) for i in range(10)]
-    deck = synth._Deck(items, np.random.default_rng(0))
+    deck = Deck(items, np.random.default_rng(0))
     first_pass = [deck.deal() for _ in items]
     second_pass = [deck.deal() for _ in items]
     assert sorted(first_pass) == sorted(second_pass) == items
