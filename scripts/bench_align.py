@@ -22,6 +22,7 @@ its peak resident memory above what the process held after loading the log-probs
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import resource
 import subprocess
 import sys
@@ -265,7 +266,7 @@ def main() -> int:
             path = str(Path(tmp) / "long.pt")
             torch.save({"log_probs": lp, "target": target}, path)
             for which in args.memory_aligners.split(","):
-                if which == "torchaudio" and time_torchaudio([], []) is None:
+                if which == "torchaudio" and importlib.util.find_spec("torchaudio") is None:
                     print(f"  {which:<12} not installed")
                     continue
                 print(f"  {which:<12} {peak_memory(which, path, args.memory_limit_gb)}")
