@@ -120,8 +120,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 def cmd_align(args: argparse.Namespace) -> int:
     from asr.config import ConfigError
     from asr.data.manifest import Utterance, read_manifest
-    from asr.inference import Recognizer, align_dataset
-    from asr.writers import write_alignments, write_ctm, write_textgrid
+    from asr.inference import align_dataset
+    from asr.writers import write_alignment_files, write_textgrid
 
     started = time.perf_counter()
     if args.textgrid:
@@ -142,14 +142,10 @@ def cmd_align(args: argparse.Namespace) -> int:
 
         path = Path(args.input)
         utterances = [Utterance(path.stem, str(path.resolve()), audio_duration(path), args.text, phones=args.text)]
-    recognizer = Recognizer.from_checkpoint(args.checkpoint, device=args.device)
-    if args.on_unknown_char is not None and recognizer.tokenizer.kind == "char":
-        recognizer.tokenizer.on_unknown = args.on_unknown_char
+    recognizer = load_aligner(args)
     result = align_dataset(recognizer, utterances, batch_size=args.batch_size, progress=True)
     out = Path(args.output_dir)
-    write_ctm(out / "words.ctm", result.alignments, "words", decimals=2)
-    write_ctm(out / "tokens.ctm", result.alignments, "tokens", decimals=3)
-    write_alignments(out / "alignments.jsonl", result.alignments, result.failed)
+    write_alignment_files(out, result.alignments, result.failed)
     durations = {u.id: u.duration for u in utterances}
     if args.textgrid:
         for alignment in result.alignments:
@@ -177,6 +173,16 @@ def cmd_align(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def load_aligner(args: argparse.Namespace):
+    """The checkpoint's Recognizer, with --on-unknown-char over its tokenizer's choice."""
+    from asr.inference import Recognizer
+
+    recognizer = Recognizer.from_checkpoint(args.checkpoint, device=args.device)
+    if args.on_unknown_char is not None and recognizer.tokenizer.kind == "char":
+        recognizer.tokenizer.on_unknown = args.on_unknown_char
+    return recognizer
+
+
 def align_long_recording(args: argparse.Namespace, started: float) -> int:
     """`asr align CKPT AUDIO --text-file TEXT`: one long recording, its transcript one segment per
     line; writes segments.tsv (id, start, end, confidence, text) besides the CTM files, and
@@ -187,18 +193,16 @@ def align_long_recording(args: argparse.Namespace, started: float) -> int:
     from asr.audio import load_audio
     from asr.config import ConfigError
     from asr.fileio import atomic_write
-    from asr.inference import Recognizer, summary_table
+    from asr.inference import summary_table
     from asr.tokens import TokenizerError
-    from asr.writers import write_alignments, write_ctm, write_textgrid
+    from asr.writers import write_alignment_files, write_textgrid
 
     path = Path(args.input)
     try:
         texts = [line.strip() for line in Path(args.text_file).read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{args.text_file}: {e}") from e
-    recognizer = Recognizer.from_checkpoint(args.checkpoint, device=args.device)
-    if args.on_unknown_char is not None and recognizer.tokenizer.kind == "char":
-        recognizer.tokenizer.on_unknown = args.on_unknown_char
+    recognizer = load_aligner(args)
     audio = torch.from_numpy(load_audio(path, recognizer.sample_rate))
     try:
         alignment, segments, untranscribed = recognizer.align_long(audio, texts, name=path.stem, window=args.window)
@@ -206,9 +210,7 @@ def align_long_recording(args: argparse.Namespace, started: float) -> int:
         print(f"asr align: error: {e}", file=sys.stderr)
         return 1
     out = Path(args.output_dir)
-    write_ctm(out / "words.ctm", [alignment], "words", decimals=2)
-    write_ctm(out / "tokens.ctm", [alignment], "tokens", decimals=3)
-    write_alignments(out / "alignments.jsonl", [alignment])
+    write_alignment_files(out, [alignment])
     with atomic_write(out / "segments.tsv") as f:
         for i, seg in enumerate(segments):
             f.write(f"{path.stem}-{i + 1:04d}\t{seg.start:.2f}\t{seg.end:.2f}\t{seg.confidence:.3f}\t{seg.text}\n")

@@ -182,12 +182,23 @@ class Recognizer:
         A transcript the tokenizer cannot read raises TokenizerError, one that cannot be aligned
         (empty, or too long for its audio) AlignmentError, each naming the utterance (`ids`)."""
         ids = list(ids) if ids is not None else [f"utterance {i}" for i in range(len(texts))]
-        labels = [torch.tensor(self.tokenizer.encode(text, utt), dtype=torch.long) for text, utt in zip(texts, ids)]
-        targets = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True) if labels else torch.zeros(0, 0, dtype=torch.long)
-        alignments, failed = self.align_log_probs(*self.log_probs(audio, lengths), targets, torch.tensor([len(x) for x in labels]), ids)
+        alignments, failed = self.align_log_probs(*self.log_probs(audio, lengths), *self.encode_batch(texts, ids), ids)
         if failed:
             raise AlignmentError("; ".join(reason for _, reason in failed))
         return alignments
+
+    def encode_batch(self, texts: Sequence[str], names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Transcripts -> their label ids padded (batch, max_labels) and counts (batch,); a text
+        the tokenizer cannot read raises TokenizerError naming its `names` entry."""
+        labels = [torch.tensor(self.tokenizer.encode(text, name), dtype=torch.long) for text, name in zip(texts, names)]
+        targets = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True) if labels else torch.zeros(0, 0, dtype=torch.long)
+        return targets, torch.tensor([len(x) for x in labels], dtype=torch.long)
+
+    @property
+    def word_separator(self) -> str | None:
+        """The label that ends a word (a character model's space); None where labels are not
+        spelled into words (phones)."""
+        return SPACE if self.tokenizer.kind == "char" else None
 
     def alignment_scores(self, log_probs: torch.Tensor) -> torch.Tensor:
         """What forced alignment scores paths with: the log-probs (..., vocab), less weight * log
@@ -200,9 +211,10 @@ class Recognizer:
         self, log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor, ids: Sequence[str]
     ) -> tuple[list[Alignment], list[tuple[str, str]]]:
         """`asr.align.align_log_probs` with this model's symbols, frame times and word separator."""
-        space = SPACE if self.tokenizer.kind == "char" else None
-        scores = self.alignment_scores(log_probs)
-        return align_log_probs(log_probs, lengths, targets, target_lengths, list(ids), self.tokenizer.symbols, self.features.frame_times, space, BLANK_ID, scores)
+        return align_log_probs(
+            log_probs, lengths, targets, target_lengths, list(ids), self.tokenizer.symbols, self.features.frame_times,
+            self.word_separator, BLANK_ID, self.alignment_scores(log_probs),
+        )
 
     def align_long(
         self, audio: torch.Tensor, texts: Sequence[str], name: str = "recording", window: int = 2048, confidence_tokens: int = 30,
@@ -220,8 +232,8 @@ class Recognizer:
         TokenizerError naming the segment it cannot read, AlignmentError when the transcript
         cannot be followed to its end."""
         ids = [torch.tensor(self.tokenizer.encode(text, f"{name} segment {i + 1}"), dtype=torch.long) for i, text in enumerate(texts)]
-        space = SPACE if self.tokenizer.kind == "char" else None
-        between = [self.tokenizer.symbols.index(SPACE)] if space is not None else []
+        space = self.word_separator
+        between = [self.tokenizer.symbols.index(space)] if space is not None else []
         pieces, ranges, at = [], [], 0
         for i, labels in enumerate(ids):
             if not len(labels):
@@ -291,9 +303,7 @@ class Recognizer:
         """log_probs (batch, frames, vocab), lengths (batch,), one transcript and name each -> each
         name's words (tokens, for a phone model) with their times: the transcript aligned to the
         log-probs it was decoded from (an empty transcript has no words)."""
-        labels = [torch.tensor(self.tokenizer.encode(text, name), dtype=torch.long) for text, name in zip(texts, names)]
-        targets = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True)
-        aligned, _ = self.align_log_probs(log_probs, lengths, targets, torch.tensor([len(x) for x in labels]), names)
+        aligned, _ = self.align_log_probs(log_probs, lengths, *self.encode_batch(texts, names), names)
         return {a.id: (a.words or a.tokens) for a in aligned}
 
 

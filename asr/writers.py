@@ -53,6 +53,14 @@ def write_alignments(path: str | os.PathLike, alignments: Iterable[Alignment], f
             f.write(json.dumps({"id": utt_id, "error": reason}, ensure_ascii=False) + "\n")
 
 
+def write_alignment_files(out_dir: str | os.PathLike, alignments: Sequence[Alignment], failed: Iterable[tuple[str, str]] = ()) -> None:
+    """What `asr align` writes for any input: OUT_DIR/words.ctm (2 decimals), tokens.ctm (3)
+    and alignments.jsonl."""
+    write_ctm(os.path.join(out_dir, "words.ctm"), alignments, "words", decimals=2)
+    write_ctm(os.path.join(out_dir, "tokens.ctm"), alignments, "tokens", decimals=3)
+    write_alignments(os.path.join(out_dir, "alignments.jsonl"), alignments, failed)
+
+
 def write_textgrid(path: str | os.PathLike, alignment: Alignment, duration: float) -> None:
     """A Praat TextGrid of one utterance, `duration` seconds long: a "words" tier (where the
     tokenizer has words) and a "tokens" tier (praatio writes it; `pip install praatio`)."""
