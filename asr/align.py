@@ -41,8 +41,8 @@ class AlignmentError(ValueError):
 @torch.inference_mode()
 def ctc_viterbi(
     log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor, blank: int = BLANK_ID,
-    compiled: bool | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    compiled: bool | None = None, repeats_need_blank: bool = True, return_states: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The best CTC path of each utterance through its transcript.
 
     log_probs (batch, frames, vocab), lengths (batch,), targets (batch, max_labels) padded,
@@ -56,35 +56,60 @@ def ctc_viterbi(
     the same search runs compiled by numba, an utterance at a time over only the states that
     are reachable and can still reach the end (`compiled`: None picks by device). Both give the
     same paths and scores (tested), ties broken alike: stay, then one state back, then two.
+
+    repeats_need_blank=False: the topology of a frame classifier's posteriors (`frame_log_probs`
+    of a model with a frame head) instead of CTC's: two equal labels in a row may follow each
+    other without a blank between them, so every blank is optional. return_states: also each
+    frame's state (batch, frames), 2i + 1 for label i, even for blanks, -1 where there is none.
     """
     if compiled is None:
         compiled = log_probs.device.type == "cpu"
     if not compiled:
-        return ctc_viterbi_torch(log_probs, lengths, targets, target_lengths, blank)
+        return ctc_viterbi_torch(log_probs, lengths, targets, target_lengths, blank, repeats_need_blank, return_states)
     global _viterbi_batch
     if _viterbi_batch is None:
         _viterbi_batch = njit(_viterbi_batch_kernel)
     batch, frames, _ = log_probs.shape
     labels = targets.detach().long().cpu()
-    ext = torch.full((batch, 2 * labels.shape[1] + 1), blank, dtype=torch.long)
-    ext[:, 1::2] = labels
-    skip = torch.zeros(ext.shape, dtype=torch.bool)
-    skip[:, 3::2] = labels[:, 1:] != labels[:, :-1]
-    path = np.full((batch, frames), -1, np.int64)
+    ext, skip = _extended(labels, blank, repeats_need_blank)
+    states = np.full((batch, frames), -1, np.int64)
     score = np.full(batch, NEG_INF, np.float32)
     _viterbi_batch(
         log_probs.detach().float().cpu().contiguous().numpy(), lengths.long().cpu().numpy(), ext.numpy(),
-        (2 * target_lengths.long().cpu() + 1).numpy(), skip.numpy(), path, score,
+        (2 * target_lengths.long().cpu() + 1).numpy(), skip.numpy(), states, score,
     )
     score = torch.from_numpy(score)
-    score = torch.where(min_ctc_frames(labels, target_lengths.cpu()) <= lengths.cpu(), score, NEG_INF)
-    return torch.from_numpy(path).to(log_probs.device), score.to(log_probs.device)
+    score = torch.where(min_frames(labels, target_lengths.cpu(), repeats_need_blank) <= lengths.cpu(), score, NEG_INF)
+    states = torch.from_numpy(states)
+    path = torch.where(states >= 0, ext.gather(1, states.clamp(min=0)), -1)
+    device = log_probs.device
+    if return_states:
+        return path.to(device), score.to(device), states.to(device)
+    return path.to(device), score.to(device)
 
 
-def _viterbi_batch_kernel(lp, lengths, ext, num_ext, skip, path, score):
+def _extended(labels: torch.Tensor, blank: int, repeats_need_blank: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """labels (..., max_labels) -> the states' labels (..., 2 max_labels + 1): blank, y1, blank,
+    y2, ..., blank; and whether each state may be entered from two back (skipping the blank
+    before it): a label state may, unless it repeats the label before and repeats need a blank."""
+    shape = labels.shape[:-1] + (2 * labels.shape[-1] + 1,)
+    ext = torch.full(shape, blank, dtype=torch.long, device=labels.device)
+    ext[..., 1::2] = labels
+    skip = torch.zeros(shape, dtype=torch.bool, device=labels.device)
+    skip[..., 3::2] = labels[..., 1:] != labels[..., :-1] if repeats_need_blank else True
+    return ext, skip
+
+
+def min_frames(labels: torch.Tensor, lengths: torch.Tensor, repeats_need_blank: bool = True) -> torch.Tensor:
+    """The fewest frames each transcript can be aligned to: one per label, plus one blank between
+    repeats where repeats need one (CTC)."""
+    return min_ctc_frames(labels, lengths) if repeats_need_blank else lengths
+
+
+def _viterbi_batch_kernel(lp, lengths, ext, num_ext, skip, states_out, score):
     """`ctc_viterbi` for a batch, an utterance at a time (numba): lp (B, T, V) f32, lengths (B,),
     ext (B, S) the labels of the states, num_ext (B,) states per utterance, skip (B, S) whether a
-    state may be entered from two back; writes path (B, T) and score (B,). Per frame only the
+    state may be entered from two back; writes each frame's state (B, T) and score (B,). Per frame only the
     states that are reachable (s <= 2t + 1) and can still reach the end by the last frame
     (s >= S - 2 (T - t)) are computed, as torchaudio's forced_align does."""
     neg = np.float32(-np.inf)
@@ -122,9 +147,9 @@ def _viterbi_batch_kernel(lp, lengths, ext, num_ext, skip, path, score):
             continue
         score[b] = best
         for t in range(frames - 1, 0, -1):
-            path[b, t] = ext[b, state]
+            states_out[b, t] = state
             state -= back[t, state]
-        path[b, 0] = ext[b, state]
+        states_out[b, 0] = state
 
 
 _viterbi_batch = None  # compiled on first use
@@ -132,21 +157,17 @@ _viterbi_batch = None  # compiled on first use
 
 @torch.inference_mode()
 def ctc_viterbi_torch(
-    log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor, blank: int = BLANK_ID
-) -> tuple[torch.Tensor, torch.Tensor]:
+    log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor, blank: int = BLANK_ID,
+    repeats_need_blank: bool = True, return_states: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`ctc_viterbi` as torch ops over the whole batch, a frame at a time: the code for CUDA."""
     device = log_probs.device
     batch, frames, _ = log_probs.shape
-    targets, lengths, target_lengths = targets.to(device), lengths.to(device), target_lengths.to(device)
+    targets, lengths, target_lengths = targets.to(device).long(), lengths.to(device), target_lengths.to(device)
     num_states = 2 * targets.shape[1] + 1
-    ext = torch.full((batch, num_states), blank, dtype=torch.long, device=device)  # (batch, states)
-    ext[:, 1::2] = targets
+    ext, skip = _extended(targets, blank, repeats_need_blank)  # (batch, states) each
     num_ext = 2 * target_lengths + 1  # (batch,) states of each utterance
     valid = torch.arange(num_states, device=device) < num_ext[:, None]  # (batch, states)
-    # a label state may be entered from two states back when that skips a blank between two
-    # different labels
-    skip = torch.zeros(batch, num_states, dtype=torch.bool, device=device)
-    skip[:, 3::2] = targets[:, 1:] != targets[:, :-1]
     alpha = torch.full((batch, num_states), NEG_INF, device=device)  # (batch, states) best path score so far
     if frames:
         first = log_probs[:, 0].float().gather(1, ext)
@@ -174,9 +195,10 @@ def ctc_viterbi_torch(
         states[:, t] = torch.where(running, state, -1)
         if t:
             state = torch.where(running, state - back[t].gather(1, state[:, None]).squeeze(1).long(), state)
-    score = torch.where(min_ctc_frames(targets, target_lengths) <= lengths, score, NEG_INF)
-    path = torch.where((states >= 0) & (score > NEG_INF)[:, None], ext.gather(1, states.clamp(min=0)), -1)  # no path: all -1
-    return path, score
+    score = torch.where(min_frames(targets, target_lengths, repeats_need_blank) <= lengths, score, NEG_INF)
+    states = torch.where((score > NEG_INF)[:, None], states, -1)  # no path: all -1
+    path = torch.where(states >= 0, ext.gather(1, states.clamp(min=0)), -1)
+    return (path, score, states) if return_states else (path, score)
 
 
 @dataclass
@@ -219,18 +241,76 @@ def token_frames(path: torch.Tensor, blank: int = BLANK_ID) -> list[tuple[int, i
     return spans
 
 
+def label_runs(states: torch.Tensor) -> list[tuple[int, int, int]]:
+    """One utterance's path as states (frames,) (2i + 1 for label i, even for blanks, -1 past its
+    end) -> (label index, first frame, end frame) for each label, in order."""
+    runs: list[tuple[int, int, int]] = []
+    previous = -1
+    for t, state in enumerate(states.tolist()):
+        if state < 0:
+            break
+        if state % 2:
+            if state != previous:
+                runs.append((state // 2, t, t + 1))
+            else:
+                runs[-1] = (state // 2, runs[-1][1], t + 1)
+        previous = state
+    return runs
+
+
+def share_repeats(runs: list[tuple[int, int, int]], labels: list[int]) -> list[tuple[int, int, int]]:
+    """Label runs (`label_runs`) with each group of adjacent runs of one label (no blank between,
+    as the frame topology allows: "next to", "hello") sharing its frames evenly. Any split of
+    such a group scores the same, so Viterbi's own choice (the first label as short as it can
+    be) is arbitrary; the even split is the neutral one among those equal paths."""
+    out = list(runs)
+    i = 0
+    while i < len(out):
+        j = i
+        while j + 1 < len(out) and labels[out[j + 1][0]] == labels[out[i][0]] and out[j + 1][1] == out[j][2]:
+            j += 1
+        if j > i:
+            first, end, count = out[i][1], out[j][2], j - i + 1
+            edges = [first + round(k * (end - first) / count) for k in range(count + 1)]
+            if all(b > a for a, b in zip(edges, edges[1:])):  # every label keeps a frame
+                for k in range(count):
+                    out[i + k] = (out[i + k][0], edges[k], edges[k + 1])
+        i = j + 1
+    return out
+
+
+def word_index(labels: list[int], separator: int | None) -> list[int] | None:
+    """Each label's word, counted from 0, or -1 for a separator (a character model's space);
+    None where there is no separator (phones: no words)."""
+    if separator is None:
+        return None
+    index, word, in_word = [], -1, False
+    for label in labels:
+        if label == separator:
+            index.append(-1)
+            in_word = False
+            continue
+        if not in_word:
+            word, in_word = word + 1, True
+        index.append(word)
+    return index
+
+
 def spans_of(
-    path: torch.Tensor,
+    states: torch.Tensor,
+    labels: list[int],
     log_probs: torch.Tensor,
     symbols: list[str],
     frame_start: list[float],
     frame_end: list[float],
-    space: str | None,
-    blank: int = BLANK_ID,
+    words_of: list[int] | None = None,
+    even_repeats: bool = False,
 ) -> tuple[list[Span], list[Span]]:
-    """One utterance's path (frames,) and log-probs (frames, vocab) -> its token and word spans.
-    frame_start / frame_end: each frame's time span in seconds; space: the symbol that separates
-    words (None: no words)."""
+    """One utterance's path as states (frames,) through its `labels`, and the log-probs (frames,
+    vocab) it was found in -> its token and word spans. frame_start / frame_end: each frame's
+    time span in seconds; words_of: each label's word, -1 for a separator, which gets no span
+    (`word_index`); None: no words. even_repeats: adjacent runs of one label share their frames
+    evenly (`share_repeats`: the frame topology's ties)."""
     tokens: list[Span] = []
     words: list[Span] = []
     word: list[Span] = []
@@ -241,14 +321,20 @@ def spans_of(
             words.append(Span("".join(s.text for s in word), word[0].start, word[-1].end, confidence))
             word.clear()
 
-    for label, first, end in token_frames(path, blank):
+    current = None
+    runs = label_runs(states)
+    for i, first, end in share_repeats(runs, labels) if even_repeats else runs:
+        label = labels[i]
+        which = words_of[i] if words_of is not None else None
+        if which is not None and which != current:
+            end_word()
+            current = which
+        if which == -1:
+            continue
         confidence = float(log_probs[first:end, label].float().exp().mean())
         span = Span(symbols[label], frame_start[first], frame_end[end - 1], confidence)
-        if space is not None and symbols[label] == space:
-            end_word()
-            continue
         tokens.append(span)
-        if space is not None:
+        if which is not None:
             word.append(span)
     end_word()
     return tokens, words
@@ -265,26 +351,50 @@ def align_log_probs(
     space: str | None,
     blank: int = BLANK_ID,
     scores: torch.Tensor | None = None,
+    frame_log_probs: torch.Tensor | None = None,
 ) -> tuple[list[Alignment], list[tuple[str, str]]]:
     """A batch's alignments: log_probs (batch, frames, vocab), lengths (batch,), targets (batch,
     max_labels), target_lengths (batch,), ids (batch,) -> the alignments of the utterances that
     can be aligned, and (id, reason) for those that cannot (an empty transcript, or more labels
     and repeats than frames). frame_times: `FeatureExtractor.frame_times`. scores: what the
     search scores paths with, if not the log-probs (a label-prior model's adjusted ones);
-    confidences are posteriors either way."""
-    path, score = ctc_viterbi(log_probs if scores is None else scores, lengths, targets, target_lengths, blank)
-    path, score, log_probs = path.cpu(), score.tolist(), log_probs.cpu()
+    confidences are posteriors either way.
+
+    frame_log_probs (batch, frames, vocab): a frame head's per-frame classification of the token
+    being spoken (blank: none, silence), where the model has one (`model.frame_head`). Then the
+    path is found in them instead, with the frame topology: the word separators are left out of
+    the transcript (the silence between words is the optional blank), repeats need no blank
+    between them, and the confidences are the frame head's posteriors."""
+    separator = symbols.index(space) if space is not None else None
+    label_lists = [targets[b, :n].tolist() for b, n in enumerate(target_lengths.tolist())]
+    words_of = [word_index(labels, separator) for labels in label_lists]
+    repeats_need_blank = frame_log_probs is None
+    if frame_log_probs is not None:
+        kept = [[i for i, w in enumerate(of) if w >= 0] if of is not None else None for of in words_of]
+        label_lists = [labels if k is None else [labels[i] for i in k] for labels, k in zip(label_lists, kept)]
+        words_of = [of if k is None else [of[i] for i in k] for of, k in zip(words_of, kept)]
+        target_lengths = torch.tensor([len(labels) for labels in label_lists], dtype=torch.long)
+        targets = torch.zeros(len(label_lists), max([1, *target_lengths.tolist()]), dtype=torch.long)
+        for b, labels in enumerate(label_lists):
+            targets[b, : len(labels)] = torch.tensor(labels, dtype=torch.long)
+        log_probs = scores = frame_log_probs
+    search = log_probs if scores is None else scores
+    _, score, states = ctc_viterbi(search, lengths, targets, target_lengths, blank, repeats_need_blank=repeats_need_blank, return_states=True)
+    states, score, log_probs = states.cpu(), score.tolist(), log_probs.cpu()
     starts, ends = frame_times(log_probs.shape[1])
-    needed = min_ctc_frames(targets, target_lengths).tolist()
+    needed = min_frames(targets.cpu(), target_lengths.cpu(), repeats_need_blank).tolist()
+    what = "labels, and a blank between repeats" if repeats_need_blank else "one per label"
     alignments, failed = [], []
     for b, utt in enumerate(ids):
         frames, labels = int(lengths[b]), int(target_lengths[b])
         if labels == 0:
             failed.append((utt, f"{utt}: empty transcript: nothing to align"))
         elif score[b] == NEG_INF:
-            failed.append((utt, f"{utt}: the transcript needs {needed[b]} frames (labels, and a blank between repeats) but the audio has {frames}"))
+            failed.append((utt, f"{utt}: the transcript needs {needed[b]} frames ({what}) but the audio has {frames}"))
         else:
-            tokens, words = spans_of(path[b], log_probs[b, :frames], symbols, starts, ends, space, blank)
+            tokens, words = spans_of(
+                states[b], label_lists[b], log_probs[b, :frames], symbols, starts, ends, words_of[b], not repeats_need_blank
+            )
             alignments.append(Alignment(utt, tokens, words, score[b], frames))
     return alignments, failed
 
@@ -374,10 +484,7 @@ def ctc_viterbi_long(
     lp = log_probs.detach().float().cpu().contiguous().numpy()
     frames = lp.shape[0]
     labels = target.detach().long().cpu()
-    ext = torch.full((2 * len(labels) + 1,), blank, dtype=torch.long)
-    ext[1::2] = labels
-    skip = torch.zeros(len(ext), dtype=torch.bool)
-    skip[3::2] = labels[1:] != labels[:-1]
+    ext, skip = _extended(labels, blank, repeats_need_blank=True)
     if frames == 0:
         return torch.empty(0, dtype=torch.long), NEG_INF
     window = max(min(window, len(ext)), 1)

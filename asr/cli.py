@@ -165,6 +165,7 @@ def cmd_align(args: argparse.Namespace) -> int:
         ("audio", f"{sum(durations[a.id] for a in aligned) / 3600:.3f} h"),
         ("words / tokens", f"{sum(len(a.words) for a in aligned)} / {sum(len(a.tokens) for a in aligned)}"),
         ("mean token confidence", f"{confidence:.3f}"),
+        ("aligned on", "the frame head" if recognizer.align_with_frame_head else "CTC's posteriors"),
         ("written", f"{out}/words.ctm, tokens.ctm, alignments.jsonl" + (", textgrid/" if args.textgrid else "") + (", plots/" if args.plot else "")),
         ("wall time", f"{time.perf_counter() - started:.1f} s"),
     ]))  # fmt: skip
@@ -180,6 +181,7 @@ def load_aligner(args: argparse.Namespace):
     recognizer = Recognizer.from_checkpoint(args.checkpoint, device=args.device)
     if args.on_unknown_char is not None and recognizer.tokenizer.kind == "char":
         recognizer.tokenizer.on_unknown = args.on_unknown_char
+    recognizer.align_with_frame_head &= not args.ctc
     return recognizer
 
 
@@ -524,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--textgrid", action="store_true", help="also one Praat TextGrid per utterance (words and tokens tiers)")
     p.add_argument("--plot", type=int, default=0, metavar="N", help="also PNGs of the first N utterances: spectrogram, posteriorgram, aligned tokens and words")
     p.add_argument("--on-unknown-char", choices=("error", "drop"), help="characters outside the vocabulary: fail the utterance (default) or drop them")
+    p.add_argument("--ctc", action="store_true", help="align on CTC's posteriors even where the model has a frame head (model.frame_head)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_align)

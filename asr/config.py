@@ -50,6 +50,7 @@ class ModelConfig:
     convlstm_channels: int = 8  # cell=convlstm: hidden channels per frequency bin
     convlstm_kernel: int = 5  # cell=convlstm: convolution width along frequency, bins (odd)
     convlstm_input_channels: int = 3  # cell=convlstm: the feature vector read as channels x frequency (3 stacked frames)
+    frame_head: bool = False  # a second output layer that classifies each frame (the token it is inside; blank = silence), for forced alignment; trained from timed transcripts (train.frame_loss_weight)
 
 
 @dataclass
@@ -94,6 +95,7 @@ class TrainConfig:
     tensorboard: bool = True  # also log to TensorBoard event files in out_dir/tensorboard (if tensorboard is installed)
     label_prior_weight: float = 0.0  # CTC over log p - w * log prior (Huang et al. 2024): less peaky, sharper alignments; 0 = plain CTC
     label_prior_momentum: float = 0.99  # the prior's running average, per step
+    frame_loss_weight: float = 1.0  # model.frame_head: weight of its cross-entropy per frame, beside CTC per label; targets from the manifest's word or phone times (asr/frame_targets.py)
 
 
 @dataclass

@@ -13,7 +13,9 @@ from typing import Iterable, Iterator, Sequence
 import torch
 from tqdm import tqdm
 
-from asr.align import Alignment, AlignmentError, Segment, Span, align_log_probs, ctc_viterbi_long, segment_spans, spans_of, unaligned_speech
+from asr.align import (
+    Alignment, AlignmentError, Segment, Span, align_log_probs, ctc_viterbi_long, segment_spans, spans_of, unaligned_speech, word_index,
+)
 from asr.audio import AudioError, load_audio
 from asr.checkpoint import load_checkpoint
 from asr.config import Config, DecodeConfig
@@ -60,6 +62,8 @@ class Recognizer:
         self.model, self.features, self.tokenizer, self.config = model, features, tokenizer, config
         self.fusion: Fusion | None = None
         self.label_log_prior: torch.Tensor | None = None  # (vocab,) of a model trained with label priors
+        # alignment reads the frame head where the model has one (`model.frame_head`); False: CTC's spikes
+        self.align_with_frame_head = bool(config.model.frame_head)
         self.set_decoder(config.decode)
 
     def set_decoder(self, decode: DecodeConfig) -> None:
@@ -99,13 +103,26 @@ class Recognizer:
     def log_probs(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """audio (batch, samples) float32 at `sample_rate`, lengths (batch,) -> the model's
         log-probs (batch, frames, vocab) and frame lengths (batch,), on the model's device."""
+        log_probs, frame_lengths, _ = self.outputs(audio, lengths, frames=False)
+        return log_probs, frame_lengths
+
+
+    @torch.inference_mode()
+    def outputs(
+        self, audio: torch.Tensor, lengths: torch.Tensor, frames: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`log_probs`, and the frame head's log-probs (batch, frames, vocab) where the model has
+        one and `frames` asks for them (else None), from one pass."""
         modules = (self.model, self.features)  # eval mode: no dropout, no dither
         was_training = [m.training for m in modules]
         for m in modules:
             m.eval()
         try:
             feats, frame_lengths = self.features(audio.to(self.device), lengths.to(self.device))  # (batch, frames, dim)
-            return self.model(feats, frame_lengths)
+            if frames and self.align_with_frame_head:
+                return self.model(feats, frame_lengths, frames=True)
+            log_probs, frame_lengths = self.model(feats, frame_lengths)
+            return log_probs, frame_lengths, None
         finally:
             for m, mode in zip(modules, was_training):
                 m.train(mode)
@@ -182,7 +199,8 @@ class Recognizer:
         A transcript the tokenizer cannot read raises TokenizerError, one that cannot be aligned
         (empty, or too long for its audio) AlignmentError, each naming the utterance (`ids`)."""
         ids = list(ids) if ids is not None else [f"utterance {i}" for i in range(len(texts))]
-        alignments, failed = self.align_log_probs(*self.log_probs(audio, lengths), *self.encode_batch(texts, ids), ids)
+        log_probs, frame_lengths, frame_log_probs = self.outputs(audio, lengths)
+        alignments, failed = self.align_log_probs(log_probs, frame_lengths, *self.encode_batch(texts, ids), ids, frame_log_probs)
         if failed:
             raise AlignmentError("; ".join(reason for _, reason in failed))
         return alignments
@@ -208,12 +226,14 @@ class Recognizer:
         return log_probs - self.config.train.label_prior_weight * self.label_log_prior.to(log_probs.device)
 
     def align_log_probs(
-        self, log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor, ids: Sequence[str]
+        self, log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor, ids: Sequence[str],
+        frame_log_probs: torch.Tensor | None = None,
     ) -> tuple[list[Alignment], list[tuple[str, str]]]:
-        """`asr.align.align_log_probs` with this model's symbols, frame times and word separator."""
+        """`asr.align.align_log_probs` with this model's symbols, frame times and word separator:
+        in the frame head's log-probs where they are given (`outputs`), else in CTC's."""
         return align_log_probs(
             log_probs, lengths, targets, target_lengths, list(ids), self.tokenizer.symbols, self.features.frame_times,
-            self.word_separator, BLANK_ID, self.alignment_scores(log_probs),
+            self.word_separator, BLANK_ID, self.alignment_scores(log_probs), frame_log_probs,
         )
 
     def align_long(
@@ -259,7 +279,9 @@ class Recognizer:
             raise AlignmentError(f"{name}: the transcript could not be followed to its end within the audio "
                                  f"({len(log_probs)} frames, {at} labels; a larger window may help)")  # fmt: skip
         starts, ends = self.features.frame_times(len(log_probs))
-        tokens, words = spans_of(path, log_probs, self.tokenizer.symbols, starts, ends, space, BLANK_ID)
+        labels = torch.cat(pieces).tolist()
+        separator = self.tokenizer.symbols.index(space) if space is not None else None
+        tokens, words = spans_of(states, labels, log_probs, self.tokenizer.symbols, starts, ends, word_index(labels, separator))
         segments = segment_spans(path, log_probs, list(texts), ranges, starts, ends, confidence_tokens, BLANK_ID)
         in_gap = gaps[states.clamp(min=0)] & (states >= 0)  # (frames,)
         untranscribed = unaligned_speech(in_gap, log_probs, starts, ends, max(round(0.5 / self.features.frame_seconds), 1), garbage, BLANK_ID)
@@ -288,22 +310,24 @@ class Recognizer:
                 names = list(loaded)
                 lengths = torch.tensor([len(loaded[n]) for n in names])  # (batch,)
                 audio = torch.nn.utils.rnn.pad_sequence([loaded[n] for n in names], batch_first=True)  # (batch, samples)
-                log_probs, frame_lengths = self.log_probs(audio, lengths)  # (batch, frames, vocab), (batch,)
+                log_probs, frame_lengths, frame_log_probs = self.outputs(audio, lengths, frames=word_timestamps)  # (batch, frames, vocab), (batch,)
                 if nbest > 1:
                     decoded = dict(zip(names, self.decode_nbest(log_probs, frame_lengths, nbest)))
                     texts = {n: alternatives[0].text if alternatives else "" for n, alternatives in decoded.items()}
                 else:
                     texts = dict(zip(names, self.decode_log_probs(log_probs, frame_lengths)))
                 if word_timestamps:
-                    words = self.word_times(log_probs, frame_lengths, [texts[n] for n in names], names)
+                    words = self.word_times(log_probs, frame_lengths, [texts[n] for n in names], names, frame_log_probs)
             for p in chunk:
                 yield Transcript(p, texts.get(p), errors.get(p), decoded.get(p, []), words.get(p, []) if word_timestamps else None)
 
-    def word_times(self, log_probs: torch.Tensor, lengths: torch.Tensor, texts: list[str], names: list[str]) -> dict[str, list[Span]]:
+    def word_times(
+        self, log_probs: torch.Tensor, lengths: torch.Tensor, texts: list[str], names: list[str], frame_log_probs: torch.Tensor | None = None
+    ) -> dict[str, list[Span]]:
         """log_probs (batch, frames, vocab), lengths (batch,), one transcript and name each -> each
         name's words (tokens, for a phone model) with their times: the transcript aligned to the
-        log-probs it was decoded from (an empty transcript has no words)."""
-        aligned, _ = self.align_log_probs(log_probs, lengths, *self.encode_batch(texts, names), names)
+        log-probs it was decoded from, or to the frame head's (an empty transcript has no words)."""
+        aligned, _ = self.align_log_probs(log_probs, lengths, *self.encode_batch(texts, names), names, frame_log_probs)
         return {a.id: (a.words or a.tokens) for a in aligned}
 
 
@@ -396,8 +420,8 @@ def align_dataset(recognizer: Recognizer, utterances: Sequence[Utterance], batch
     for batch in tqdm(loader, desc="align", unit="batch", disable=not progress, leave=False):
         result.failed.extend(batch.bad)
         if len(batch):
-            log_probs, frame_lengths = recognizer.log_probs(batch.audio, batch.audio_lengths)  # (batch, frames, vocab)
-            aligned, failed = recognizer.align_log_probs(log_probs, frame_lengths, batch.targets, batch.target_lengths, batch.ids)
+            log_probs, frame_lengths, frame_log_probs = recognizer.outputs(batch.audio, batch.audio_lengths)  # (batch, frames, vocab)
+            aligned, failed = recognizer.align_log_probs(log_probs, frame_lengths, batch.targets, batch.target_lengths, batch.ids, frame_log_probs)
             result.alignments.extend(aligned)
             result.failed.extend(failed)
     order = {u.id: i for i, u in enumerate(utterances)}  # both lists in manifest order

@@ -35,6 +35,7 @@ from asr.ctc import LabelPrior, ctc_loss
 from asr.data.loader import Batch, BucketBatchSampler, UtteranceDataset, make_loader, placeholder_batch
 from asr.data.manifest import Utterance, read_manifest
 from asr.features import FeatureExtractor
+from asr.frame_targets import IGNORE, frame_targets
 from asr.inference import Recognizer, decode_dataset
 from asr.models import build_model
 from asr.text import CharTokenizer, build_tokenizer, label_utterances
@@ -73,24 +74,29 @@ class StepStats:
     audio_seconds: float = 0.0
     steps: int = 0
     grad_norms: list[float] = field(default_factory=list)
+    frame_losses: list[torch.Tensor] = field(default_factory=list)  # the frame head's, this rank's, per step
 
     @classmethod
     def zeros(cls, device: torch.device) -> "StepStats":
         return cls(torch.zeros((), device=device), torch.zeros((), device=device))
 
-    def add(self, loss_sum: torch.Tensor, label_sum: torch.Tensor, audio_seconds: float, grad_norm: float) -> None:
+    def add(
+        self, loss_sum: torch.Tensor, label_sum: torch.Tensor, audio_seconds: float, grad_norm: float, frame_loss: torch.Tensor | None = None
+    ) -> None:
         self.loss_sum += loss_sum
         self.label_sum += label_sum
         self.audio_seconds += audio_seconds
         self.steps += 1
         self.grad_norms.append(grad_norm)
+        if frame_loss is not None:
+            self.frame_losses.append(frame_loss.detach())
 
     def summarize(self, progress: Progress, lr: float, elapsed: float, context: distributed.DistContext) -> dict[str, Any]:
         """The metrics-log line for these steps, over the whole group (a collective: every rank calls)."""
         sums = torch.stack([self.loss_sum, self.label_sum.to(self.loss_sum.dtype)])
         sums = torch.cat([sums, torch.tensor([self.audio_seconds], device=self.loss_sum.device, dtype=sums.dtype)])
         loss_total, labels_total, audio_total = distributed.all_reduce_sum(sums, context).tolist()  # group totals
-        return {
+        record = {
             "step": progress.step,
             "epoch": progress.epoch,
             "loss": loss_total / max(labels_total, 1.0),
@@ -99,6 +105,9 @@ class StepStats:
             "audio_s_per_s": audio_total / max(elapsed, 1e-9),
             "skipped_infeasible": progress.skipped_infeasible,
         }
+        if self.frame_losses:  # this rank's mean over its steps (the loss above holds it too, weighted)
+            record["frame_loss"] = float(torch.stack(self.frame_losses).mean())
+        return record
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
@@ -127,9 +136,15 @@ def compute_loss(
     amp: bool,
     augment: SpecAugment | None = None,
     label_prior: LabelPrior | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Features → [SpecAugment] → model → [label prior] → CTC. Returns (summed loss, summed label
-    count, feasible mask (batch,)); infeasible utterances contribute nothing to either sum."""
+    frame_loss_weight: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Features → [SpecAugment] → model → [label prior] → CTC [+ the frame head's cross-entropy].
+    Returns (summed loss, summed label count, feasible mask (batch,), the frame head's mean
+    cross-entropy per timed frame or None); infeasible utterances contribute nothing to either sum.
+
+    With a frame head (`model.frame_head`), the loss adds frame_loss_weight x its mean
+    cross-entropy per frame x the batch's label count, so that after the trainer divides by the
+    label count the objective is CTC per label + weight x cross-entropy per frame."""
     audio = batch.audio.to(device, non_blocking=True)  # (batch, samples)
     targets = batch.targets.to(device, non_blocking=True)  # (batch, max_labels)
     target_lengths = batch.target_lengths.to(device, non_blocking=True)  # (batch,)
@@ -139,11 +154,33 @@ def compute_loss(
             feats = augment(feats, frame_lengths)  # (batch, frames, dim)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else contextlib.nullcontext()
     with autocast:
-        log_probs, frame_lengths = model(feats, frame_lengths)  # (batch, frames, vocab), float32
+        log_probs, frame_lengths, frame_log_probs = model(feats, frame_lengths, frames=True)  # (batch, frames, vocab), float32
     if label_prior is not None:
         log_probs = label_prior.adjust(log_probs, frame_lengths)  # (batch, frames, vocab)
     losses, feasible = ctc_loss(log_probs, frame_lengths, targets, target_lengths)  # (batch,), (batch,)
-    return losses.sum(), (target_lengths * feasible).sum(), feasible
+    label_sum = (target_lengths * feasible).sum()
+    loss_sum = losses.sum()
+    frame_loss = None
+    if frame_log_probs is not None:
+        frame_loss = frame_cross_entropy(frame_log_probs, frame_lengths, batch, features)
+        loss_sum = loss_sum + frame_loss_weight * frame_loss * label_sum
+    return loss_sum, label_sum, feasible, frame_loss
+
+
+def frame_cross_entropy(frame_log_probs: torch.Tensor, frame_lengths: torch.Tensor, batch: Batch, features: FeatureExtractor) -> torch.Tensor:
+    """The frame head's mean cross-entropy over the batch's timed frames (asr.frame_targets);
+    0, still tied to the head's weights (every rank's step must reach them), where none is timed."""
+    frames = frame_log_probs.shape[1]
+    if batch.intervals is None or frames == 0:
+        return frame_log_probs.sum() * 0.0
+    starts, ends = features.frame_times(frames)
+    centres = torch.tensor([(a + b) / 2 for a, b in zip(starts, ends)], dtype=torch.float64, device=frame_log_probs.device)
+    targets = frame_targets(*batch.intervals, centres, frame_lengths)  # (batch, frames)
+    timed = int((targets != IGNORE).sum())
+    if timed == 0:
+        return frame_log_probs.sum() * 0.0
+    flat = frame_log_probs.reshape(-1, frame_log_probs.shape[-1])
+    return torch.nn.functional.nll_loss(flat, targets.reshape(-1), ignore_index=IGNORE, reduction="sum") / timed
 
 
 def clip_gradients(model: torch.nn.Module, max_norm: float) -> float:
@@ -207,7 +244,9 @@ def train_one_epoch(
             if not context.is_distributed:
                 continue
             batch = placeholder_batch(sample_rate)  # this rank must still join the all-reduce
-        loss_sum, label_sum, feasible = compute_loss(model, features, batch, device, config.train.amp, augment, label_prior)
+        loss_sum, label_sum, feasible, frame_loss = compute_loss(
+            model, features, batch, device, config.train.amp, augment, label_prior, config.train.frame_loss_weight
+        )
         # Normalize by the group's label count: DDP averages gradients over ranks, so the step
         # follows the mean loss per label over every rank's batch (one process: loss_sum / labels).
         group_labels = distributed.all_reduce_sum(label_sum.detach().clone(), context)
@@ -224,7 +263,7 @@ def train_one_epoch(
         scheduler.step()
         progress.step += 1
         audio_seconds = float(batch.audio_lengths.sum()) / sample_rate if real_utterances else 0.0
-        stats.add(loss_sum.detach(), label_sum, audio_seconds, grad_norm)
+        stats.add(loss_sum.detach(), label_sum, audio_seconds, grad_norm, frame_loss)
         bar.update(1)
         if progress.step % config.train.log_every == 0:
             record = stats.summarize(progress, scheduler.get_last_lr()[0], time.perf_counter() - started, context)
@@ -359,10 +398,17 @@ def load_training_data(config: Config) -> tuple[CharTokenizer, UtteranceDataset,
     train_utts = [u for u in read_manifest(config.data.train) if u.duration <= config.data.max_duration]
     train_utts = label_utterances(train_utts, tokenizer)
     dataset = UtteranceDataset(
-        train_utts, tokenizer, config.features.sample_rate, speed_factors=config.augment.speed_factors, seed=config.train.seed
+        train_utts, tokenizer, config.features.sample_rate, speed_factors=config.augment.speed_factors, seed=config.train.seed,
+        timed=config.model.frame_head,
     )
     if len(dataset) == 0:
         raise TrainingError(f"{config.data.train}: no usable training utterances")
+    if dataset.timed and not any(it is not None for it in dataset.intervals):
+        raise TrainingError(
+            f"{config.data.train}: model.frame_head learns from timed transcripts, and no row has times "
+            "(words + word_starts + word_ends for characters, phone_times + phone_ends for phones); "
+            "train without it: model.frame_head=false"
+        )
     dev_utts = read_manifest(config.data.dev) if config.data.dev else []
     return tokenizer, dataset, dev_utts
 
@@ -430,6 +476,9 @@ def log_start(run: TrainingRun, log: MetricsLog, resume: bool) -> None:
     if dataset.rejected and context.is_main:
         log.write({"event": "rejected_text", "count": len(dataset.rejected), "examples": dataset.rejected[:5]})
         print(f"skipping {len(dataset.rejected)} training utterance(s) the tokenizer rejects, e.g. {dataset.rejected[0][1]}")
+    if dataset.untimed and context.is_main:
+        log.write({"event": "untimed", "count": len(dataset.untimed), "examples": dataset.untimed[:5]})
+        print(f"{len(dataset.untimed)} training utterance(s) train without the frame head: bad times, e.g. {dataset.untimed[0][1]}")
     log.write({"event": "start", "resume": resume, "step": run.progress.step, "device": str(context.device),
                "config": config_to_dict(run.config), "train_utterances": len(dataset),
                "parameters": sum(p.numel() for p in run.model.parameters()), "world_size": context.world_size})

@@ -203,6 +203,8 @@ def main() -> int:
     parser.add_argument("--corpus", required=True, help="folder with test.jsonl (with word_starts/word_ends: the built-in corpus)")
     parser.add_argument("--phone-checkpoint", help="a phone model, for phone-boundary accuracy")
     parser.add_argument("--phone-manifest", help="its test manifest (phones and phone_times)")
+    parser.add_argument("--ctc", action="store_true", help="align on CTC's log-probs even where the model has a frame head")
+    parser.add_argument("--accuracy-only", action="store_true", help="measure accuracy only (no speed or memory runs)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per aligner; the fastest counts")
     parser.add_argument("--long-minutes", type=float, default=60.0, help="length of the long recording for the memory comparison (0: skip)")
@@ -212,16 +214,21 @@ def main() -> int:
     torch.set_num_threads(1)
 
     recognizer = Recognizer.from_checkpoint(args.checkpoint, device="cpu")
+    recognizer.align_with_frame_head &= not args.ctc
     utterances = read_manifest(Path(args.corpus) / "test.jsonl")
-    print(f"accuracy: {len(utterances)} test utterances (voices unseen in training), {args.checkpoint}")
+    on = "the frame head" if recognizer.align_with_frame_head else "CTC"
+    print(f"accuracy: {len(utterances)} test utterances (voices unseen in training), {args.checkpoint}, aligned on {on}")
     result = align_dataset(recognizer, utterances, batch_size=args.batch_size)
     for kind, errors in boundary_errors(result.alignments, utterances).items():
         print(f"  {kind:<11} {summarize(errors)}")
     if args.phone_checkpoint and args.phone_manifest:
         phone_recognizer = Recognizer.from_checkpoint(args.phone_checkpoint, device="cpu")
+        phone_recognizer.align_with_frame_head &= not args.ctc
         phone_utts = read_manifest(args.phone_manifest)
         phones = align_dataset(phone_recognizer, phone_utts, batch_size=args.batch_size)
         print(f"  phone boundaries {summarize(phone_boundary_errors(phones.alignments, phone_utts))}")
+    if args.accuracy_only:
+        return 0
 
     data = collect_log_probs(recognizer, utterances)
     log_probs = [lp.cpu().contiguous() for lp in data.log_probs]

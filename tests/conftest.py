@@ -49,6 +49,7 @@ TINY_OVERRIDES = [
     "optim.warmup_steps=2",
     "train.log_every=2",
     "train.epochs=2",
+    "model.frame_head=false",  # configs/demo.yaml has one; these corpora carry no word times to train it
 ]
 
 

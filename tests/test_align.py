@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from asr.align import AlignmentError, ctc_viterbi, spans_of, token_frames
+from asr.align import AlignmentError, ctc_viterbi, spans_of, token_frames, word_index
 from asr.config import FeatureConfig
 from asr.features import FeatureExtractor
 
@@ -90,6 +90,68 @@ def test_compiled_cpu_search_equals_the_torch_one(seed):
     assert compiled_score[5] == -math.inf  # "a a" in 2 frames cannot fit
 
 
+def frame_paths(target: list[int], frames: int) -> list[list[int]]:
+    """Every state sequence of the frame topology: blank (0) runs optional before, between and
+    after the labels, each label at least one frame, repeats needing no blank."""
+    paths = []
+    for sizes in itertools.product(range(frames + 1), repeat=2 * len(target) + 1):
+        if sum(sizes) != frames or any(sizes[i] == 0 for i in range(1, len(sizes), 2)):
+            continue
+        path = []
+        for i, size in enumerate(sizes):
+            path += [target[i // 2] if i % 2 else 0] * size
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_frame_topology_agrees_with_brute_force(seed):
+    # repeats_need_blank=False: a frame classifier's topology, "a a" may run a a a with no blank
+    from asr.align import ctc_viterbi_torch, label_runs
+
+    g = torch.Generator().manual_seed(seed)
+    vocab, frames = 3, 6
+    lp = torch.randn(frames, vocab, generator=g).mul(2).log_softmax(-1)
+    target = [[1], [1, 2], [2, 2], [1, 2, 1], [1, 1, 2]][seed]
+    best = max(path_score(lp, p) for p in frame_paths(target, frames))
+    args = (lp[None], torch.tensor([frames]), torch.tensor([target]), torch.tensor([len(target)]))
+    path, score, states = ctc_viterbi(*args, repeats_need_blank=False, return_states=True)
+    assert score[0] == pytest.approx(best, abs=1e-5)
+    assert path_score(lp, path[0].tolist()) == pytest.approx(best, abs=1e-5)
+    assert [target[i] for i, _, _ in label_runs(states[0])] == target  # every label gets its own frames
+    torch_path, torch_score, torch_states = ctc_viterbi_torch(*args, repeats_need_blank=False, return_states=True)
+    assert torch_states.tolist() == states.tolist() and torch_score.tolist() == pytest.approx(score.tolist(), abs=1e-5)
+
+
+def test_frame_topology_fits_repeats_in_as_many_frames_as_labels():
+    lp = peaky([[0.1, 0.9], [0.1, 0.9]])[None]
+    _, ctc_score = ctc_viterbi(lp, torch.tensor([2]), torch.tensor([[1, 1]]), torch.tensor([2]))
+    path, score, states = ctc_viterbi(lp, torch.tensor([2]), torch.tensor([[1, 1]]), torch.tensor([2]), repeats_need_blank=False, return_states=True)
+    assert ctc_score[0] == -math.inf and score[0] == pytest.approx(2 * math.log(0.9))
+    assert path[0].tolist() == [1, 1] and states[0].tolist() == [1, 3]
+
+
+def test_frame_head_alignment_leaves_out_separators_and_times_words():
+    # "ab a": a frame classifier says a a b b, silence, a a; the space gets no frames of its own
+    from asr.align import align_log_probs
+
+    symbols = ["<blank>", " ", "a", "b"]
+    said = [2, 2, 3, 3, 0, 0, 2, 2]
+    frame_lp = torch.full((1, 8, 4), math.log(0.02))
+    frame_lp[0, torch.arange(8), torch.tensor(said)] = math.log(0.94)
+    ctc_lp = torch.full((1, 8, 4), math.log(0.25))  # CTC's log-probs, unused for the path
+    times = lambda n: ([0.03 * t for t in range(n)], [0.03 * (t + 1) for t in range(n)])  # noqa: E731
+    args = (ctc_lp, torch.tensor([8]), torch.tensor([[2, 3, 1, 2]]), torch.tensor([4]), ["u"], symbols, times, " ")
+    (alignment,), failed = align_log_probs(*args, frame_log_probs=frame_lp)
+    assert failed == []
+    assert [(w.text, round(w.start, 2), round(w.end, 2)) for w in alignment.words] == [("ab", 0.0, 0.12), ("a", 0.18, 0.24)]
+    assert [t.text for t in alignment.tokens] == ["a", "b", "a"]
+    assert alignment.words[0].confidence == pytest.approx(0.94)
+    # too few frames for its labels: a named failure, not an exception
+    short = (ctc_lp[:, :2], torch.tensor([2]), *args[2:])
+    assert align_log_probs(*short, frame_log_probs=frame_lp[:, :2])[1] == [("u", "u: the transcript needs 3 frames (one per label) but the audio has 2")]
+
+
 def test_batched_equals_one_at_a_time():
     g = torch.Generator().manual_seed(7)
     vocab = 6
@@ -121,17 +183,21 @@ def test_matches_torchaudio_forced_align():
 def test_spans_times_and_words():
     # "ab a" over 10 frames of 30 ms: a b | a, with blanks between
     symbols = ["<blank>", " ", "a", "b"]
+    labels = [2, 3, 1, 2]
     path = torch.tensor([0, 2, 2, 3, 0, 1, 0, 2, 0, 0])
+    states = torch.tensor([0, 1, 1, 3, 4, 5, 6, 7, 8, 8])  # 2i + 1 for label i
     lp = torch.full((10, 4), -5.0)
     lp[torch.arange(10), path] = -0.1
     starts = [0.03 * t for t in range(10)]
     ends = [0.03 * (t + 1) for t in range(10)]
-    tokens, words = spans_of(path, lp, symbols, starts, ends, space=" ")
+    assert word_index(labels, 1) == [0, 0, -1, 1]
+    tokens, words = spans_of(states, labels, lp, symbols, starts, ends, word_index(labels, 1))
     assert [(s.text, round(s.start, 2), round(s.end, 2)) for s in tokens] == [("a", 0.03, 0.09), ("b", 0.09, 0.12), ("a", 0.21, 0.24)]
     assert [(w.text, round(w.start, 2), round(w.end, 2)) for w in words] == [("ab", 0.03, 0.12), ("a", 0.21, 0.24)]
     assert all(s.confidence == pytest.approx(math.exp(-0.1)) for s in tokens)
-    # without a word separator (phones) there are no words
-    assert spans_of(path, lp, symbols, starts, ends, space=None)[1] == []
+    # without a word separator (phones) there are no words, and the separator is a token
+    tokens, words = spans_of(states, labels, lp, symbols, starts, ends, word_index(labels, None))
+    assert words == [] and [s.text for s in tokens] == ["a", "b", " ", "a"]
 
 
 def test_frame_times_are_centred_on_the_stacked_analysis_frames():
@@ -250,3 +316,17 @@ def test_torch_search_on_cuda_equals_the_cpu():
     assert gpu_path.device.type == "cuda"
     assert gpu_path.cpu().tolist() == cpu_path.tolist()
     assert gpu_score.cpu().tolist() == pytest.approx(cpu_score.tolist(), abs=1e-4)
+
+
+def test_adjacent_runs_of_one_label_share_their_frames_evenly():
+    from asr.align import share_repeats
+
+    # labels t t o (as in "at to"): the path gave the first t one frame and the second five;
+    # every split of those six frames scores the same, so they are shared 3 / 3
+    runs = [(0, 0, 1), (1, 1, 6), (2, 6, 8)]
+    assert share_repeats(runs, [5, 5, 7]) == [(0, 0, 3), (1, 3, 6), (2, 6, 8)]
+    # a blank between them (a gap in frames) or different labels: left alone
+    assert share_repeats([(0, 0, 1), (1, 2, 6)], [5, 5]) == [(0, 0, 1), (1, 2, 6)]
+    assert share_repeats(runs, [5, 6, 7]) == runs
+    # three in a row over 7 frames: 2 / 3 / 2 or so, each keeps at least one frame
+    assert [end - first for _, first, end in share_repeats([(0, 0, 1), (1, 1, 2), (2, 2, 7)], [4, 4, 4])] == [2, 3, 2]

@@ -120,3 +120,75 @@ def test_label_prior_training_saves_its_prior_resumes_exactly_and_alignment_uses
     lp = torch.randn(1, 5, len(log_prior)).log_softmax(-1)
     torch.testing.assert_close(recognizer.alignment_scores(lp), lp - 0.3 * log_prior)
     assert "label_log_prior" not in load_checkpoint(train(config_for(noise_corpus, tmp_path / "c"), show_progress=False) / LAST)
+
+
+def write_burst_corpus(root, count: int = 16, seed: int = 0) -> dict[str, object]:
+    """Each word a tone of its own pitch with silence around it, and the manifest says when: a
+    frame head can learn where the words are from that alone."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    texts = ["hello world", "a cat sat", "no", "it is good"]
+    manifests = {}
+    for split, n in (("train", count), ("dev", 4)):
+        rows = []
+        for i in range(n):
+            words = texts[i % 4].split()
+            audio, starts, ends, t = [], [], [], float(rng.uniform(0.1, 0.3))
+            audio.append(np.zeros(int(t * 16000)))
+            for word in words:
+                length = float(rng.uniform(0.15, 0.4))
+                starts.append(round(t, 4))
+                pitch = 300.0 * (1 + sorted({w for t in texts for w in t.split()}).index(word))
+                audio.append(0.3 * np.sin(2 * np.pi * pitch * np.arange(int(length * 16000)) / 16000))
+                t += length
+                ends.append(round(t, 4))
+                gap = float(rng.uniform(0.1, 0.3))
+                audio.append(np.zeros(int(gap * 16000)))
+                t += gap
+            samples = np.concatenate(audio).astype(np.float32)
+            path = root / "wav" / f"{split}{i}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, samples, 16000)
+            rows.append({"id": f"{split}{i}", "audio": f"wav/{split}{i}.wav", "duration": len(samples) / 16000, "text": texts[i % 4],
+                         "words": words, "word_starts": starts, "word_ends": ends})  # fmt: skip
+        manifests[split] = root / f"{split}.jsonl"
+        manifests[split].write_text("".join(json.dumps(x) + "\n" for x in rows))
+    return manifests
+
+
+def test_frame_head_learns_where_the_words_are_and_alignment_reads_it(tmp_path):
+    from asr.data.manifest import read_manifest
+    from asr.inference import Recognizer, align_dataset
+
+    corpus = write_burst_corpus(tmp_path)
+    rows = corpus["train"].read_text().splitlines()
+    bad = json.loads(rows[0]) | {"id": "bad_times", "word_starts": [0.1]}  # times that do not fit: trains untimed, logged
+    corpus["train"].write_text("\n".join(rows + [json.dumps(bad)]) + "\n")
+    head = ("model.frame_head=true", "train.epochs=40", "optim.lr=0.01", "model.hidden_size=24")
+    out = train(config_for(corpus, tmp_path / "f", *head), show_progress=False)
+    records = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
+    frame_losses = [r["frame_loss"] for r in records if "frame_loss" in r]
+    assert frame_losses and frame_losses[-1] < 0.5 * frame_losses[0]
+    assert [r["examples"][0][0] for r in records if r.get("event") == "untimed"] == ["bad_times"]
+    assert "frame_output.weight" in load_checkpoint(out / LAST)["model"]
+
+    recognizer = Recognizer.from_checkpoint(out / LAST, device="cpu")
+    utterances = read_manifest(corpus["train"])[:-1]
+    assert recognizer.align_with_frame_head
+    errors = []
+    for alignment in align_dataset(recognizer, utterances).alignments:
+        truth = next(u for u in utterances if u.id == alignment.id).extra
+        assert [w.text for w in alignment.words] == truth["words"]
+        errors += [abs(w.start - s) for w, s in zip(alignment.words, truth["word_starts"])]
+        errors += [abs(w.end - e) for w, e in zip(alignment.words, truth["word_ends"])]
+    frame = recognizer.features.frame_seconds
+    assert sum(e <= 1.5 * frame for e in errors) / len(errors) > 0.9  # boundaries on the tones' edges
+
+
+def test_frame_head_without_any_times_is_an_error(noise_corpus, tmp_path):
+    from asr.train import TrainingError
+
+    with pytest.raises(TrainingError, match="no row has times"):
+        train(config_for(noise_corpus, tmp_path / "n", "model.frame_head=true"), show_progress=False)

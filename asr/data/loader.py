@@ -11,6 +11,7 @@ import torch
 from asr.audio import AudioError, load_audio
 from asr.augment import perturb_speed, speed_factor
 from asr.data.manifest import Utterance
+from asr.frame_targets import Intervals, TimingError, pad_intervals, scale_intervals, token_intervals
 from asr.text import CharTokenizer
 from asr.tokens import TokenizerError
 
@@ -24,6 +25,9 @@ class Batch:
     target_lengths: torch.Tensor  # (batch,) int64
     texts: list[str]
     bad: list[tuple[str, str]] = field(default_factory=list)  # (utterance id, reason) dropped from this batch
+    # timed tokens for the frame head, as asr.frame_targets.pad_intervals gives them (starts, ends,
+    # labels, timed); None where the dataset was not asked for times
+    intervals: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -35,7 +39,10 @@ class UtteranceDataset(torch.utils.data.Dataset):
     Text is tokenized once up front: utterances the tokenizer rejects are listed in
     `self.rejected` as (id, reason) and left out. Audio that fails to load at run time comes
     back as an item with `error` set, for collate to drop and the trainer to count. With
-    `speed_factors` other than (1.0,), each item is speed-perturbed (training only).
+    `speed_factors` other than (1.0,), each item is speed-perturbed (training only). With
+    `timed`, each item also carries its tokens' times (`asr.frame_targets.token_intervals`, for
+    the frame head); rows whose times do not fit their transcript are listed in
+    `self.untimed` as (id, reason) and train without them.
     """
 
     def __init__(
@@ -46,6 +53,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
         *,
         speed_factors: Sequence[float] = (1.0,),
         seed: int = 0,
+        timed: bool = False,
     ):
         self.sample_rate = sample_rate
         self.speed_factors = tuple(speed_factors)  # speed perturbation (training only), see asr.augment
@@ -56,6 +64,9 @@ class UtteranceDataset(torch.utils.data.Dataset):
         self.utterances: list[Utterance] = []
         self.labels: list[list[int]] = []
         self.rejected: list[tuple[str, str]] = []
+        self.timed = timed
+        self.intervals: list[Intervals | None] = []
+        self.untimed: list[tuple[str, str]] = []
         for utt in utterances:
             try:
                 labels = tokenizer.encode(utt.text, utterance=utt.id)
@@ -64,6 +75,12 @@ class UtteranceDataset(torch.utils.data.Dataset):
                 continue
             self.utterances.append(utt)
             self.labels.append(labels)
+            if timed:
+                try:
+                    self.intervals.append(token_intervals(utt, tokenizer))
+                except (TimingError, TokenizerError) as e:
+                    self.untimed.append((utt.id, str(e)))
+                    self.intervals.append(None)
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -80,6 +97,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
             samples = load_audio(utt.audio, self.sample_rate, utt.offset, duration)  # (samples,)
             factor = speed_factor(self.speed_factors, self.seed, self.epoch, index)
             item["audio"] = torch.from_numpy(perturb_speed(samples, factor, self.sample_rate))
+            if self.timed:
+                item["intervals"] = scale_intervals(self.intervals[index], factor)
         except AudioError as e:
             item["error"] = f"{utt.id}: {e}"
         return item
@@ -95,7 +114,8 @@ def collate(items: Sequence[dict]) -> Batch:
     for i, it in enumerate(good):
         audio[i, : len(it["audio"])] = it["audio"]
         targets[i, : len(it["labels"])] = torch.tensor(it["labels"], dtype=torch.int64)
-    return Batch([it["id"] for it in good], audio, audio_lengths, targets, target_lengths, [it["text"] for it in good], bad)
+    intervals = pad_intervals([it["intervals"] for it in good]) if any("intervals" in it for it in good) else None
+    return Batch([it["id"] for it in good], audio, audio_lengths, targets, target_lengths, [it["text"] for it in good], bad, intervals)
 
 
 class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):

@@ -103,9 +103,16 @@ class CTCModel(nn.Module):
             size = directions * config.hidden_size
         self.dropout = nn.Dropout(config.dropout)
         self.output = nn.Linear(size, vocab_size)
+        # a second output layer over the same top layer: which token each frame is inside (blank =
+        # none: silence), trained by cross-entropy on timed transcripts (train.frame_loss_weight);
+        # forced alignment reads it instead of CTC's spikes (asr.align.align_log_probs)
+        self.frame_output = nn.Linear(size, vocab_size) if config.frame_head else None
 
-    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """feats (batch, frames, input_dim), lengths (batch,) -> log_probs (batch, frames, vocab), lengths (batch,).
+    def forward(
+        self, feats: torch.Tensor, lengths: torch.Tensor, frames: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """feats (batch, frames, input_dim), lengths (batch,) -> log_probs (batch, frames, vocab), lengths (batch,);
+        with `frames`, also the frame head's log-probs (batch, frames, vocab), None without one.
 
         Frames past an utterance's length hold log-probs too; they are meaningless and every
         consumer (CTC loss, decoders) reads only the first `lengths` frames.
@@ -115,8 +122,14 @@ class CTCModel(nn.Module):
             if i:
                 x = self.dropout(x)
             x = layer(x, lengths)  # (batch, frames, directions * hidden)
-        logits = self.output(self.dropout(x))  # (batch, frames, vocab)
-        return torch.log_softmax(logits.float(), dim=-1), lengths  # float32 even under autocast
+        x = self.dropout(x)
+        log_probs = torch.log_softmax(self.output(x).float(), dim=-1)  # (batch, frames, vocab), float32 even under autocast
+        if not frames:
+            return log_probs, lengths
+        frame_log_probs = None
+        if self.frame_output is not None:
+            frame_log_probs = torch.log_softmax(self.frame_output(x).float(), dim=-1)  # (batch, frames, vocab)
+        return log_probs, lengths, frame_log_probs
 
 
 def build_model(config: ModelConfig, input_dim: int, vocab_size: int) -> CTCModel:

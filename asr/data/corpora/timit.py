@@ -122,7 +122,12 @@ def _read_utterance(speaker_dir: Path, stem: str, files: dict[str, Path], proble
         text=words,
         speaker=speaker,
         phones=" ".join(p for _, _, p in segments),
-        extra={"dialect_region": speaker_dir.parent.name.lower()},
+        extra={
+            "dialect_region": speaker_dir.parent.name.lower(),
+            # when each phone was spoken (s), TIMIT's hand labels: what a frame head learns from
+            "phone_times": [round(start / TIMIT_SAMPLE_RATE, 5) for start, _, _ in segments],
+            "phone_ends": [round(end / TIMIT_SAMPLE_RATE, 5) for _, end, _ in segments],
+        },
     )
 
 
