@@ -340,6 +340,14 @@ def spans_of(
     return tokens, words
 
 
+def _without_separators(labels: list[int], words_of: list[int] | None) -> tuple[list[int], list[int] | None]:
+    """A transcript's labels and their words (`word_index`) with the word separators left out."""
+    if words_of is None:
+        return labels, None
+    kept = [i for i, w in enumerate(words_of) if w >= 0]
+    return [labels[i] for i in kept], [words_of[i] for i in kept]
+
+
 def align_log_probs(
     log_probs: torch.Tensor,
     lengths: torch.Tensor,
@@ -369,15 +377,11 @@ def align_log_probs(
     label_lists = [targets[b, :n].tolist() for b, n in enumerate(target_lengths.tolist())]
     words_of = [word_index(labels, separator) for labels in label_lists]
     repeats_need_blank = frame_log_probs is None
-    if frame_log_probs is not None:
-        kept = [[i for i, w in enumerate(of) if w >= 0] if of is not None else None for of in words_of]
-        label_lists = [labels if k is None else [labels[i] for i in k] for labels, k in zip(label_lists, kept)]
-        words_of = [of if k is None else [of[i] for i in k] for of, k in zip(words_of, kept)]
+    if frame_log_probs is not None:  # the separators leave the transcript; the search and the confidences read the frame head
+        label_lists, words_of = zip(*(_without_separators(labels, of) for labels, of in zip(label_lists, words_of)))
         target_lengths = torch.tensor([len(labels) for labels in label_lists], dtype=torch.long)
-        targets = torch.zeros(len(label_lists), max([1, *target_lengths.tolist()]), dtype=torch.long)
-        for b, labels in enumerate(label_lists):
-            targets[b, : len(labels)] = torch.tensor(labels, dtype=torch.long)
-        log_probs = scores = frame_log_probs
+        targets = torch.nn.utils.rnn.pad_sequence([torch.tensor(labels, dtype=torch.long) for labels in label_lists], batch_first=True)
+        log_probs, scores = frame_log_probs, None
     search = log_probs if scores is None else scores
     _, score, states = ctc_viterbi(search, lengths, targets, target_lengths, blank, repeats_need_blank=repeats_need_blank, return_states=True)
     states, score, log_probs = states.cpu(), score.tolist(), log_probs.cpu()

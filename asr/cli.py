@@ -105,7 +105,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             if args.nbest > 1:
                 record["nbest"] = [{"text": a.text, "score": a.score, "acoustic": a.acoustic, "lm": a.lm, "words": a.num_words} for a in result.nbest]
             if result.words is not None:
-                record["words"] = [{"text": w.text, "start": round(w.start, 3), "end": round(w.end, 3), "confidence": round(w.confidence, 4)} for w in result.words]
+                from asr.writers import span_records
+
+                record["words"] = span_records(result.words)
             print(json.dumps(record, ensure_ascii=False), flush=True)
         elif args.nbest > 1:  # one line per alternative: file, rank, score, text
             for rank, a in enumerate(result.nbest, start=1):

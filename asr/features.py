@@ -213,17 +213,23 @@ class FeatureExtractor(torch.nn.Module):
         """The step between output frames, in seconds (frame shift × subsample)."""
         return self.frame_shift * self.config.subsample / self.config.sample_rate
 
-    def frame_times(self, num_frames: int) -> tuple[list[float], list[float]]:
-        """When output frames 0 .. num_frames-1 happened: each one's start and end in seconds
-        from the start of the audio, one frame step wide, centred on the analysis frames it
-        stacks (an analysis frame is centred on sample t * shift, or, in Kaldi mode, starts
-        there). The one owner of "frame index -> seconds"."""
+    def frame_centres(self, num_frames: int) -> list[float]:
+        """Where output frames 0 .. num_frames-1 are centred, in seconds from the start of the
+        audio: on the analysis frames each one stacks (an analysis frame is centred on sample
+        t * shift, or, in Kaldi mode, starts there). With `frame_times`, the one owner of
+        "frame index -> seconds"."""
         config = self.config
         centre_of_first = ((config.stack_frames - 1) / 2 * self.frame_shift) / config.sample_rate
         if config.kaldi_compat:
             centre_of_first += self.frame_length / 2 / config.sample_rate
+        return [centre_of_first + i * self.frame_seconds for i in range(num_frames)]
+
+    def frame_times(self, num_frames: int) -> tuple[list[float], list[float]]:
+        """When output frames 0 .. num_frames-1 happened: each one's start and end in seconds
+        from the start of the audio, one frame step wide around its centre (`frame_centres`),
+        the first starting no earlier than 0."""
         step = self.frame_seconds
-        centres = [centre_of_first + i * step for i in range(num_frames)]
+        centres = self.frame_centres(num_frames)
         return [max(c - step / 2, 0.0) for c in centres], [c + step / 2 for c in centres]
 
     def frame(self, audio: Tensor, lengths: Tensor) -> Tensor:

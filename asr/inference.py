@@ -106,7 +106,6 @@ class Recognizer:
         log_probs, frame_lengths, _ = self.outputs(audio, lengths, frames=False)
         return log_probs, frame_lengths
 
-
     @torch.inference_mode()
     def outputs(
         self, audio: torch.Tensor, lengths: torch.Tensor, frames: bool = True

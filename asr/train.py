@@ -173,8 +173,7 @@ def frame_cross_entropy(frame_log_probs: torch.Tensor, frame_lengths: torch.Tens
     frames = frame_log_probs.shape[1]
     if batch.intervals is None or frames == 0:
         return frame_log_probs.sum() * 0.0
-    starts, ends = features.frame_times(frames)
-    centres = torch.tensor([(a + b) / 2 for a, b in zip(starts, ends)], dtype=torch.float64, device=frame_log_probs.device)
+    centres = torch.tensor(features.frame_centres(frames), dtype=torch.float64, device=frame_log_probs.device)
     targets = frame_targets(*batch.intervals, centres, frame_lengths)  # (batch, frames)
     timed = int((targets != IGNORE).sum())
     if timed == 0:

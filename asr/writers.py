@@ -34,13 +34,14 @@ def write_ctm(path: str | os.PathLike, alignments: Iterable[Alignment], level: s
                 f.write(line + "\n")
 
 
+def span_records(spans: Sequence[Span]) -> list[dict]:
+    """Timed words or tokens as JSON: text, start and end (s, 3 decimals), confidence (4)."""
+    return [{"text": s.text, "start": round(s.start, 3), "end": round(s.end, 3), "confidence": round(s.confidence, 4)} for s in spans]
+
+
 def alignment_record(alignment: Alignment) -> dict:
     """What alignments.jsonl says of one utterance."""
-
-    def spans(items: Sequence[Span]) -> list[dict]:
-        return [{"text": s.text, "start": round(s.start, 3), "end": round(s.end, 3), "confidence": round(s.confidence, 4)} for s in items]
-
-    return {"id": alignment.id, "score": round(alignment.score, 3), "words": spans(alignment.words), "tokens": spans(alignment.tokens)}
+    return {"id": alignment.id, "score": round(alignment.score, 3), "words": span_records(alignment.words), "tokens": span_records(alignment.tokens)}
 
 
 def write_alignments(path: str | os.PathLike, alignments: Iterable[Alignment], failed: Iterable[tuple[str, str]] = ()) -> None:
