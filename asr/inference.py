@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
 import torch
@@ -45,6 +45,16 @@ class Alternative:
 
 
 @dataclass
+class TranscriptSegment:
+    """A stretch of a file decoded at once (a pause-bounded piece of speech), with its times."""
+
+    start: float  # s, from the start of the file
+    end: float  # s
+    text: str
+    words: list[Span] | None = None  # with word_timestamps: its words (tokens, for a phone model), times from the file's start
+
+
+@dataclass
 class Transcript:
     """What `Recognizer.transcribe_files` says of one file."""
 
@@ -53,6 +63,9 @@ class Transcript:
     error: str | None  # why not
     nbest: list[Alternative]  # with nbest > 1: the n best, best first (text is the first's)
     words: list[Span] | None = None  # with word_timestamps: when each word of `text` was spoken
+    segments: list[TranscriptSegment] = field(default_factory=list)  # in time order; their texts joined by spaces are `text`
+    duration: float = 0.0  # s of audio read
+    warnings: list[str] = field(default_factory=list)  # what went wrong without stopping it (a cut-off file, a segment not decoded), naming the file
 
 
 class Recognizer:
