@@ -32,10 +32,13 @@ def save_checkpoint(
     tokenizer: CharTokenizer,
     training_state: dict[str, Any] | None = None,
     label_log_prior: torch.Tensor | None = None,
+    train_max_duration: float | None = None,
 ) -> None:
     """Write a checkpoint atomically. `training_state` (optimizer, scheduler, RNG, progress) is
     what `--resume` needs; a checkpoint without it still transcribes and evaluates.
-    `label_log_prior` (vocab,): the label prior of a model trained with one (asr.ctc.LabelPrior)."""
+    `label_log_prior` (vocab,): the label prior of a model trained with one (asr.ctc.LabelPrior).
+    `train_max_duration` (s): the longest utterance it was trained on (speed perturbation
+    included), from which long recordings' segment length is set."""
     state = {
         "format": FORMAT,
         "config": config_to_dict(config),
@@ -46,6 +49,8 @@ def save_checkpoint(
         state["training_state"] = training_state
     if label_log_prior is not None:
         state["label_log_prior"] = label_log_prior.detach().float().cpu()
+    if train_max_duration is not None:
+        state["train_max_duration"] = float(train_max_duration)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 

@@ -92,6 +92,14 @@ def scale_intervals(intervals: Intervals | None, factor: float) -> Intervals | N
     return [s / factor for s in starts], [e / factor for e in ends], labels
 
 
+def shift_intervals(intervals: Intervals | None, seconds: float) -> Intervals | None:
+    """The times of audio with `seconds` of silence put before it."""
+    if intervals is None or seconds == 0.0:
+        return intervals
+    starts, ends, labels = intervals
+    return [s + seconds for s in starts], [e + seconds for e in ends], labels
+
+
 def pad_intervals(items: list[Intervals | None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A batch's intervals -> starts, ends (batch, most) float64 seconds padded with +inf, labels
     (batch, most) long, timed (batch,) bool: whether each utterance has times at all."""

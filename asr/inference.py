@@ -7,16 +7,18 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from asr.align import (
     Alignment, AlignmentError, Segment, Span, align_log_probs, ctc_viterbi_long, segment_spans, spans_of, unaligned_speech, word_index,
 )
-from asr.audio import AudioError, load_audio
+from asr.audio import AudioError, audio_duration, load_audio
 from asr.checkpoint import load_checkpoint
 from asr.config import Config, DecodeConfig
 from asr.data.loader import UtteranceDataset, make_loader
@@ -29,6 +31,7 @@ from asr.features import FeatureExtractor
 from asr.fileio import atomic_write
 from asr.metrics import ErrorCounts, PhoneErrors, score_cer, score_per, score_wer
 from asr.models import build_model
+from asr.segment import AudioSegment, Segmenter, SegmentOptions, read_blocks, stitch
 from asr.text import CharTokenizer, label_utterances
 from asr.tokens import BLANK_ID, SPACE
 
@@ -42,6 +45,11 @@ class Alternative:
     acoustic: float  # ln P_ctc(text | audio), over all its alignments
     lm: float  # ln P_lm of its words, </s> included (0 without an LM)
     num_words: int  # words (or tokens) the LM scored
+
+
+DEFAULT_MAX_SEGMENT = 15.0  # s: max_segment for a checkpoint that does not say how long its training utterances were
+MAX_SEGMENT_FACTOR = 2.0  # max_segment = this x the longest training utterance ...
+MIN_MAX_SEGMENT = 8.0  # s ... but at least this
 
 
 @dataclass
@@ -68,6 +76,39 @@ class Transcript:
     warnings: list[str] = field(default_factory=list)  # what went wrong without stopping it (a cut-off file, a segment not decoded), naming the file
 
 
+class _FileJob:
+    """A file being transcribed: its segments arrive out of order (by batch) and are sorted by time."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.error: str | None = None
+        self.warnings: list[str] = []
+        self.segments: list[tuple[int, TranscriptSegment, list[Alternative]]] = []  # (first sample, segment, its n best)
+        self.read = False  # all its audio has been read
+        self.duration = 0.0  # s read so far
+        self.shown = 0.0  # s counted on the progress bar
+
+    def count(self, blocks: Iterator[np.ndarray], rate: int) -> Iterator[np.ndarray]:
+        for block in blocks:
+            self.duration += len(block) / rate
+            yield block
+
+    def show(self, bar, rate: int) -> None:
+        done = max((s.end for _, s, _ in self.segments), default=0.0)
+        if done > self.shown:
+            bar.update(done - self.shown)
+            self.shown = done
+
+    def transcript(self) -> Transcript:
+        if self.error is not None:
+            return Transcript(self.path, None, self.error, [], None, [], self.duration, self.warnings)
+        ordered = sorted(self.segments, key=lambda s: s[0])
+        segments = [s for _, s, _ in ordered if s.text]
+        words = [w for s in segments for w in (s.words or [])] if any(s.words is not None for _, s, _ in ordered) else None
+        nbest = ordered[0][2] if len(ordered) == 1 else []
+        return Transcript(self.path, " ".join(s.text for s in segments), None, nbest, words, segments, self.duration, self.warnings)
+
+
 class Recognizer:
     """A model with its feature extractor and tokenizer, on one device, in eval mode."""
 
@@ -75,6 +116,7 @@ class Recognizer:
         self.model, self.features, self.tokenizer, self.config = model, features, tokenizer, config
         self.fusion: Fusion | None = None
         self.label_log_prior: torch.Tensor | None = None  # (vocab,) of a model trained with label priors
+        self.train_max_duration: float | None = None  # s, the longest training utterance (where the checkpoint says)
         # alignment reads the frame head where the model has one (`model.frame_head`); False: CTC's spikes
         self.align_with_frame_head = bool(config.model.frame_head)
         self.set_decoder(config.decode)
@@ -102,6 +144,7 @@ class Recognizer:
         recognizer = cls(model.to(target), features.to(target), tokenizer, config)
         if state.get("label_log_prior") is not None and config.train.label_prior_weight > 0:
             recognizer.label_log_prior = state["label_log_prior"].to(target)
+        recognizer.train_max_duration = state.get("train_max_duration")
         return recognizer
 
     @property
@@ -299,39 +342,146 @@ class Recognizer:
         untranscribed = unaligned_speech(in_gap, log_probs, starts, ends, max(round(0.5 / self.features.frame_seconds), 1), garbage, BLANK_ID)
         return Alignment(name, tokens, words, score, len(log_probs)), segments, untranscribed
 
+    def segment_options(self, options: SegmentOptions | None = None) -> SegmentOptions:
+        """`options` (default SegmentOptions()) with max_segment filled in where unset: the
+        longest utterance the model was trained on, times MAX_SEGMENT_FACTOR, at least
+        MIN_MAX_SEGMENT (a checkpoint that does not say: DEFAULT_MAX_SEGMENT)."""
+        options = replace(options) if options is not None else SegmentOptions()
+        if options.max_segment is None:
+            longest = self.train_max_duration
+            options.max_segment = DEFAULT_MAX_SEGMENT if longest is None else max(MAX_SEGMENT_FACTOR * longest, MIN_MAX_SEGMENT)
+        options.check()
+        return options
+
     def transcribe_files(
-        self, paths: Sequence[str | os.PathLike], batch_size: int = 16, nbest: int = 1, word_timestamps: bool = False
+        self, paths: Sequence[str | os.PathLike], batch_size: int = 16, nbest: int = 1, word_timestamps: bool = False,
+        segmenting: SegmentOptions | None = None, progress: bool = False,
     ) -> Iterator[Transcript]:
         """One Transcript per file, in order; a bad file gets its error and the rest go on.
-        nbest > 1: each also carries its n best transcripts (beam search only); word_timestamps:
-        when each word of the transcript was spoken (the transcript force-aligned to the same
-        log-probs, `asr.align`)."""
-        for start in range(0, len(paths), batch_size):
-            chunk = [str(p) for p in paths[start : start + batch_size]]
-            loaded: dict[str, torch.Tensor] = {}
-            errors: dict[str, str] = {}
-            for p in chunk:
-                try:
-                    loaded[p] = torch.from_numpy(load_audio(p, self.sample_rate))
-                except AudioError as e:
-                    errors[p] = str(e)
-            decoded: dict[str, list[Alternative]] = {}
-            texts: dict[str, str] = {}
-            words: dict[str, list[Span]] = {}
-            if loaded:
-                names = list(loaded)
-                lengths = torch.tensor([len(loaded[n]) for n in names])  # (batch,)
-                audio = torch.nn.utils.rnn.pad_sequence([loaded[n] for n in names], batch_first=True)  # (batch, samples)
-                log_probs, frame_lengths, frame_log_probs = self.outputs(audio, lengths, frames=word_timestamps)  # (batch, frames, vocab), (batch,)
-                if nbest > 1:
-                    decoded = dict(zip(names, self.decode_nbest(log_probs, frame_lengths, nbest)))
-                    texts = {n: alternatives[0].text if alternatives else "" for n, alternatives in decoded.items()}
+
+        A file no longer than `max_segment` is decoded whole; a longer one is read in blocks and
+        cut at pauses (`asr.segment.Segmenter`), a run of speech longer than max_segment cut
+        into overlapping windows joined at a word boundary; segments are decoded in batches,
+        several files' at once. nbest > 1: the n best of each segment (beam search only), also
+        the file's where it is one segment; word_timestamps: when each word was spoken (the
+        transcript force-aligned to the log-probs it was decoded from, or to the frame head's).
+        progress: a bar in seconds of audio."""
+        options = self.segment_options(segmenting)
+        segmenter: Segmenter | None = None
+        rate = self.sample_rate
+        step = self.features.frame_shift * self.config.features.subsample  # samples per output frame
+        jobs: deque[_FileJob] = deque()
+        pending: list[tuple[_FileJob, AudioSegment]] = []
+        bar = tqdm(total=0, unit="s", desc="transcribe", disable=not progress, leave=False, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
+
+        def flush() -> None:
+            self._decode_segments(pending, nbest, word_timestamps, batch_size)
+            pending.clear()
+
+        def finished() -> Iterator[Transcript]:
+            while jobs and jobs[0].read and not any(job is jobs[0] for job, _ in pending):
+                job = jobs.popleft()
+                bar.update(job.duration - job.shown)
+                yield job.transcript()
+
+        for path in paths:
+            job = _FileJob(str(path))
+            jobs.append(job)
+            try:
+                header = audio_duration(path)
+                bar.total += header
+                blocks = read_blocks(path, rate, options.block, job.warnings)
+                if header <= options.max_segment:
+                    audio = np.concatenate(list(blocks))
+                    job.duration = len(audio) / rate
+                    pending.append((job, AudioSegment(0, audio, [(0, len(audio))])))
                 else:
-                    texts = dict(zip(names, self.decode_log_probs(log_probs, frame_lengths)))
-                if word_timestamps:
-                    words = self.word_times(log_probs, frame_lengths, [texts[n] for n in names], names, frame_log_probs)
-            for p in chunk:
-                yield Transcript(p, texts.get(p), errors.get(p), decoded.get(p, []), words.get(p, []) if word_timestamps else None)
+                    segmenter = segmenter or Segmenter(options, rate, step)
+                    for segment in segmenter.segments(job.count(blocks, rate)):
+                        pending.append((job, segment))
+                        if sum(len(s.windows) for _, s in pending) >= 4 * batch_size:
+                            flush()
+                            job.show(bar, rate)
+            except AudioError as e:
+                job.error = str(e)
+            job.read = True
+            if sum(len(s.windows) for _, s in pending) >= 4 * batch_size:
+                flush()
+            yield from finished()
+        flush()
+        yield from finished()
+        bar.close()
+
+    def _decode_segments(self, pending: list[tuple["_FileJob", AudioSegment]], nbest: int, word_timestamps: bool, batch_size: int) -> None:
+        """Run the model over the segments' windows (in batches of similar length), join each
+        segment's windows, decode, align, and add each segment's TranscriptSegment to its file.
+        A segment that cannot be decoded is reported in its file's warnings with its time range."""
+        if not pending:
+            return
+        rate = self.sample_rate
+        step = self.features.frame_shift * self.config.features.subsample
+        windows = [(i, k) for i, (_, segment) in enumerate(pending) for k in range(len(segment.windows))]
+        outputs: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
+        failed: dict[int, str] = {}
+        windows.sort(key=lambda w: -(pending[w[0]][1].windows[w[1]][1] - pending[w[0]][1].windows[w[1]][0]))
+        for b in range(0, len(windows), batch_size):
+            group = windows[b : b + batch_size]
+            try:
+                outputs.update(self._window_outputs(pending, group, word_timestamps))
+            except (RuntimeError, ValueError):
+                for w in group:  # one at a time, to find the one that fails
+                    try:
+                        outputs.update(self._window_outputs(pending, [w], word_timestamps))
+                    except (RuntimeError, ValueError) as e:
+                        failed[w[0]] = f"{type(e).__name__}: {e}"
+        done: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
+        for i, (job, segment) in enumerate(pending):
+            if i in failed:
+                start = segment.start / rate
+                job.warnings.append(f"{job.path}: {start:.2f}-{start + len(segment.audio) / rate:.2f} s not decoded: {failed[i]}")
+                continue
+            pieces = [(first // step, outputs[(i, k)][0]) for k, (first, _) in enumerate(segment.windows)]
+            extra = [outputs[(i, k)][1] for k in range(len(segment.windows))] if word_timestamps and self.align_with_frame_head else None
+            if len(pieces) == 1:
+                done.append((i, pieces[0][1], extra[0] if extra else None))
+                continue
+            quiet = [BLANK_ID] + ([self.tokenizer.symbols.index(self.word_separator)] if self.word_separator else [])
+            num_frames = int(self.features.num_frames(len(segment.audio)))
+            log_probs, frame_log_probs, _ = stitch(pieces, [c // step for c in segment.cuts], num_frames, quiet, extra)
+            done.append((i, log_probs, frame_log_probs))
+        pool = self.decode_pool
+        for b in range(0, len(done), pool):
+            group = done[b : b + pool]
+            log_probs, lengths = pad_log_probs([lp for _, lp, _ in group])
+            if nbest > 1:
+                alternatives = self.decode_nbest(log_probs, lengths, nbest)
+                texts = [a[0].text if a else "" for a in alternatives]
+            else:
+                alternatives = [[] for _ in group]
+                texts = self.decode_log_probs(log_probs, lengths)
+            words: dict[str, list[Span]] = {}
+            if word_timestamps:
+                names = [str(i) for i, _, _ in group]
+                frame_log_probs = pad_log_probs([f for _, _, f in group])[0] if group[0][2] is not None else None
+                words = self.word_times(log_probs, lengths, texts, names, frame_log_probs)
+            for (i, _, _), text, alts in zip(group, texts, alternatives):
+                job, segment = pending[i]
+                start = segment.start / rate
+                spans = [Span(s.text, s.start + start, s.end + start, s.confidence) for s in words.get(str(i), [])] if word_timestamps else None
+                job.segments.append((segment.start, TranscriptSegment(start, start + len(segment.audio) / rate, text, spans), alts))
+
+    def _window_outputs(
+        self, pending: list[tuple["_FileJob", AudioSegment]], group: list[tuple[int, int]], frames: bool
+    ) -> dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor | None]]:
+        """The model's log-probs (frames, vocab) of each (segment, window) in `group`, and the
+        frame head's where `frames` asks for them and the model has one."""
+        pieces = [torch.from_numpy(pending[i][1].audio[slice(*pending[i][1].windows[k])]) for i, k in group]
+        lengths = torch.tensor([len(p) for p in pieces])  # (batch,)
+        log_probs, frame_lengths, frame_log_probs = self.outputs(torch.nn.utils.rnn.pad_sequence(pieces, batch_first=True), lengths, frames=frames)
+        return {
+            w: (log_probs[j, :n], frame_log_probs[j, :n] if frame_log_probs is not None else None)
+            for j, (w, n) in enumerate(zip(group, frame_lengths.tolist()))
+        }
 
     def word_times(
         self, log_probs: torch.Tensor, lengths: torch.Tensor, texts: list[str], names: list[str], frame_log_probs: torch.Tensor | None = None

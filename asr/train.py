@@ -353,6 +353,7 @@ class TrainingRun:
         save_checkpoint(
             self.out_dir / name, model=self.model, config=self.config, tokenizer=self.tokenizer, training_state=training_state,
             label_log_prior=self.label_prior.log_prior if self.label_prior is not None else None,
+            train_max_duration=max(u.duration for u in self.dataset.utterances) / min(self.config.augment.speed_factors or [1.0]) + 2 * self.config.augment.pad_silence,
         )
 
 
@@ -397,7 +398,8 @@ def load_training_data(config: Config) -> tuple[CharTokenizer, UtteranceDataset,
     train_utts = [u for u in read_manifest(config.data.train) if u.duration <= config.data.max_duration]
     train_utts = label_utterances(train_utts, tokenizer)
     dataset = UtteranceDataset(
-        train_utts, tokenizer, config.features.sample_rate, speed_factors=config.augment.speed_factors, seed=config.train.seed,
+        train_utts, tokenizer, config.features.sample_rate, speed_factors=config.augment.speed_factors,
+        pad_silence=config.augment.pad_silence, seed=config.train.seed,
         timed=config.model.frame_head,
     )
     if len(dataset) == 0:

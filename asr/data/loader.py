@@ -6,12 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from asr.audio import AudioError, load_audio
-from asr.augment import perturb_speed, speed_factor
+from asr.augment import perturb_speed, silence_pads, speed_factor
 from asr.data.manifest import Utterance
-from asr.frame_targets import Intervals, TimingError, pad_intervals, scale_intervals, token_intervals
+from asr.frame_targets import Intervals, TimingError, pad_intervals, scale_intervals, shift_intervals, token_intervals
 from asr.text import CharTokenizer
 from asr.tokens import TokenizerError
 
@@ -39,7 +40,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
     Text is tokenized once up front: utterances the tokenizer rejects are listed in
     `self.rejected` as (id, reason) and left out. Audio that fails to load at run time comes
     back as an item with `error` set, for collate to drop and the trainer to count. With
-    `speed_factors` other than (1.0,), each item is speed-perturbed (training only). With
+    `speed_factors` other than (1.0,), each item is speed-perturbed, and with `pad_silence` padded
+    with silence (training only). With
     `timed`, each item also carries its tokens' times (`asr.frame_targets.token_intervals`, for
     the frame head); rows whose times do not fit their transcript are listed in
     `self.untimed` as (id, reason) and train without them.
@@ -52,10 +54,12 @@ class UtteranceDataset(torch.utils.data.Dataset):
         sample_rate: int,
         *,
         speed_factors: Sequence[float] = (1.0,),
+        pad_silence: float = 0.0,
         seed: int = 0,
         timed: bool = False,
     ):
         self.sample_rate = sample_rate
+        self.pad_silence = pad_silence  # s, most silence added at each end (training only), see asr.augment
         self.speed_factors = tuple(speed_factors)  # speed perturbation (training only), see asr.augment
         if any(f <= 0 for f in self.speed_factors) or not self.speed_factors:
             raise ValueError(f"speed factors must be positive, got {list(speed_factors)}")
@@ -96,9 +100,13 @@ class UtteranceDataset(torch.utils.data.Dataset):
             duration = utt.duration if utt.offset else None
             samples = load_audio(utt.audio, self.sample_rate, utt.offset, duration)  # (samples,)
             factor = speed_factor(self.speed_factors, self.seed, self.epoch, index)
-            item["audio"] = torch.from_numpy(perturb_speed(samples, factor, self.sample_rate))
+            samples = perturb_speed(samples, factor, self.sample_rate)
+            lead, trail = silence_pads(self.pad_silence, self.seed, self.epoch, index)
+            if lead or trail:
+                samples = np.pad(samples, (round(lead * self.sample_rate), round(trail * self.sample_rate)))
+            item["audio"] = torch.from_numpy(samples)
             if self.timed:
-                item["intervals"] = scale_intervals(self.intervals[index], factor)
+                item["intervals"] = shift_intervals(scale_intervals(self.intervals[index], factor), round(lead * self.sample_rate) / self.sample_rate)
         except AudioError as e:
             item["error"] = f"{utt.id}: {e}"
         return item

@@ -1,0 +1,329 @@
+"""Long recordings cut into the pieces a model was trained on.
+
+    read_blocks      a file of any length, read and resampled block by block (memory: one block)
+    VoiceActivity    silero-vad's speech probability per 32 ms, run over many parts of a block at once
+    Segmenter        blocks -> AudioSegments: speech between pauses, none longer than `max_segment`;
+                     a run of speech longer than that is cut at its quietest moments into windows
+                     that overlap by `overlap` on each side of every cut
+    stitch           the windows' log-probs joined into the segment's, each cut moved to a word
+                     boundary both windows agree on
+
+Why silero-vad (scripts/bench_long.py --vad-check prints the evidence): on the demo's joined test
+files it finds every pause of 0.2 s or more and puts no cut inside an utterance, and on noise it
+hears no speech; webrtcvad is 60x cheaper but calls noise speech. Run one 32 ms chunk at a time
+(as `silero_vad.get_speech_timestamps` does) it costs RTF 0.007 on one thread, half our budget;
+run as 32 streams at once over a block (each warmed up on the audio before it) it costs 0.0014.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from asr.audio import MIN_DURATION, AudioError
+
+VAD_RATE = 16000  # Hz: silero-vad's rate (it also takes 8 kHz; we feed it 16 kHz)
+VAD_CHUNK = 512  # samples per speech probability at VAD_RATE (32 ms), silero-vad's window
+
+
+class SegmentError(ValueError):
+    """Segmentation options that cannot work."""
+
+
+@dataclass
+class SegmentOptions:
+    max_segment: float | None = None  # s; None: from the model's training durations (Recognizer)
+    min_pause: float = 0.2  # s of non-speech that ends a segment
+    pad: float = 0.2  # s of the pause kept on each side of a segment (at most half the pause)
+    min_speech: float = 0.1  # s: shorter bursts of "speech" between pauses are dropped
+    threshold: float = 0.5  # silero speech probability that starts speech
+    overlap: float = 1.0  # s each window reaches past a cut in a run of speech longer than max_segment
+    block: float = 60.0  # s of audio read (and run through the VAD) at a time
+    vad_streams: int = 32  # parts of a block the VAD runs over at once
+    vad_warmup: float = 0.5  # s of audio before each part that the VAD hears first
+
+    def check(self) -> None:
+        for name in ("min_pause", "pad", "min_speech", "overlap", "block", "vad_warmup"):
+            if getattr(self, name) < 0:
+                raise SegmentError(f"{name} must be >= 0, not {getattr(self, name)}")
+        if self.max_segment is not None and self.max_segment < 4 * self.overlap + 1:
+            raise SegmentError(f"max_segment ({self.max_segment} s) must be at least 4 x overlap + 1 s ({4 * self.overlap + 1} s)")
+        if not 0 < self.threshold < 1:
+            raise SegmentError(f"threshold must be in (0, 1), not {self.threshold}")
+        if self.block < 2 * (self.max_segment or 0):
+            raise SegmentError(f"block ({self.block} s) must be at least twice max_segment ({self.max_segment} s)")
+
+
+@dataclass
+class AudioSegment:
+    """A piece of a file to decode at once."""
+
+    start: int  # samples from the start of the file
+    audio: np.ndarray  # (samples,) float32
+    windows: list[tuple[int, int]] = field(default_factory=list)  # (first, end) samples of the segment the model runs on, in order; one unless it was cut
+    cuts: list[int] = field(default_factory=list)  # samples where window i ends and i + 1 begins, before `stitch` moves them
+
+
+def read_blocks(path: str | os.PathLike, sample_rate: int, block_seconds: float, warnings: list[str]) -> Iterator[np.ndarray]:
+    """A file of any length as float32 mono blocks of about `block_seconds` at `sample_rate`
+    (downmixed, resampled by a streaming soxr): memory holds one block. A file cut off
+    half-way yields what can be read, with a warning naming the file added to `warnings`;
+    one that cannot be read at all raises AudioError naming it."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file")
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception as e:  # soundfile raises RuntimeError / LibsndfileError
+        raise AudioError(f"{path}: unreadable audio: {e}") from e
+    with f:
+        native, expected = f.samplerate, f.frames
+        resampler = None
+        if native != sample_rate:
+            import soxr
+
+            resampler = soxr.ResampleStream(native, sample_rate, 1, dtype="float32")
+        per_block = max(int(block_seconds * native), 1)
+        read = 0
+        yielded = 0
+        while True:
+            try:
+                samples = f.read(frames=per_block, dtype="float32", always_2d=True)  # (samples, channels)
+            except Exception as e:
+                warnings.append(f"{path}: unreadable after {read / native:.2f} s: {e}; transcribed up to there")
+                samples = np.zeros((0, f.channels), np.float32)
+            last = len(samples) < per_block
+            read += len(samples)
+            mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+            if not np.isfinite(mono).all():
+                bad = np.flatnonzero(~np.isfinite(mono))
+                at = (read - len(mono) + bad[0]) / native
+                warnings.append(f"{path}: {len(bad)} non-finite samples (NaN or Inf) from {at:.2f} s, read as silence")
+                mono = np.where(np.isfinite(mono), mono, 0.0).astype(np.float32)
+            if resampler is not None:
+                mono = resampler.resample_chunk(mono, last=last)
+            if mono.size:
+                yielded += mono.size
+                yield np.ascontiguousarray(mono, dtype=np.float32)
+            if last:
+                break
+        if read < expected and not any(w.startswith(f"{path}: unreadable after") for w in warnings):
+            warnings.append(f"{path}: cut off: {read / native:.2f} s of the {expected / native:.2f} s its header promises could be read")
+    if yielded < MIN_DURATION * sample_rate:
+        raise AudioError(f"{path}: {yielded / sample_rate * 1000:.1f} ms of audio is shorter than one {MIN_DURATION * 1000:.0f} ms frame")
+
+
+class VoiceActivity:
+    """silero-vad (its wheel ships the model: nothing is downloaded) on 16 kHz audio."""
+
+    def __init__(self, streams: int = 32, warmup: float = 0.5):
+        try:
+            from silero_vad import load_silero_vad
+        except ImportError as e:
+            raise ImportError("long recordings are cut at pauses by silero-vad: pip install silero-vad") from e
+        self.model = load_silero_vad()  # TorchScript, CPU
+        self.streams, self.warmup = streams, max(round(warmup * VAD_RATE / VAD_CHUNK), 1)
+
+    @torch.inference_mode()
+    def probabilities(self, audio: np.ndarray, before: np.ndarray) -> np.ndarray:
+        """Speech probability of each VAD_CHUNK of `audio` (samples,) at VAD_RATE -> (ceil(samples
+        / VAD_CHUNK),). The block is cut into `streams` parts run as one batch, each first
+        hearing `warmup` of the audio before it (`before`: what preceded the block)."""
+        num = -(-len(audio) // VAD_CHUNK)
+        if num == 0:
+            return np.zeros(0, np.float32)
+        warm = self.warmup * VAD_CHUNK
+        context = np.zeros(warm, np.float32)
+        tail = before[-warm:]
+        context[warm - len(tail) :] = tail
+        padded = np.concatenate([context, audio, np.zeros(num * VAD_CHUNK - len(audio), np.float32)])
+        streams = min(self.streams, num)
+        per = -(-num // streams)  # chunks per stream
+        padded = np.concatenate([padded, np.zeros((streams * per - num) * VAD_CHUNK, np.float32)])
+        x = torch.from_numpy(padded)
+        starts = torch.arange(streams) * per * VAD_CHUNK  # where each stream's warmup begins, in `padded`
+        self.model.reset_states()
+        probs = []
+        for j in range(self.warmup + per):
+            index = starts[:, None] + j * VAD_CHUNK + torch.arange(VAD_CHUNK)[None, :]  # (streams, VAD_CHUNK)
+            probs.append(self.model(x[index], VAD_RATE))  # (streams, 1)
+        return torch.cat(probs, dim=1)[:, self.warmup :].reshape(-1)[:num].numpy()
+
+
+def speech_runs(speech: np.ndarray, min_pause: int, min_speech: int) -> list[tuple[int, int]]:
+    """Boolean per chunk -> (first, end) chunks of speech, joined across gaps shorter than
+    `min_pause` chunks, those shorter than `min_speech` chunks dropped."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], speech, [False]]).astype(np.int8)))
+    runs: list[list[int]] = []
+    for first, end in zip(edges[::2].tolist(), edges[1::2].tolist()):
+        if runs and first - runs[-1][1] < min_pause:
+            runs[-1][1] = end
+        else:
+            runs.append([first, end])
+    return [(a, b) for a, b in runs if b - a >= min_speech]
+
+
+def hysteresis(probs: np.ndarray, threshold: float, state: bool = False) -> np.ndarray:
+    """Speech where the probability reaches `threshold`, and on until it falls below threshold -
+    0.15 (silero-vad's own rule): (chunks,) -> (chunks,) bool."""
+    low = threshold - 0.15
+    out = np.empty(len(probs), bool)
+    for i, p in enumerate(probs.tolist()):
+        state = p >= threshold or (state and p >= low)
+        out[i] = state
+    return out
+
+
+def cut_points(probs: np.ndarray, length: int, max_len: int, min_len: int) -> list[int]:
+    """Where to cut a run of `length` chunks with no pause into pieces of at most `max_len` and at
+    least `min_len` chunks: each cut at the least speech-like chunk it may fall on."""
+    cuts, at = [], 0
+    while length - at > max_len:
+        lo, hi = at + min_len, min(at + max_len, length - min_len)
+        cut = lo + int(np.argmin(probs[lo : hi + 1])) if hi >= lo else at + max_len
+        cuts.append(cut)
+        at = cut
+    return cuts
+
+
+class Segmenter:
+    """Blocks of a file -> AudioSegments, streamed: a segment is handed out once the pause after
+    it has been heard, so memory holds a block and the speech since the last pause."""
+
+    def __init__(self, options: SegmentOptions, sample_rate: int, frame_step: int, vad: VoiceActivity | None = None):
+        options.check()
+        if options.max_segment is None:
+            raise SegmentError("max_segment is not set")
+        self.options, self.rate, self.step = options, sample_rate, frame_step
+        self.vad = vad or VoiceActivity(options.vad_streams, options.vad_warmup)
+        self.chunk = VAD_CHUNK * sample_rate // VAD_RATE  # samples per VAD chunk at `sample_rate`
+
+    def _chunks(self, seconds: float) -> int:
+        return max(round(seconds * self.rate / self.chunk), 1)
+
+    def segments(self, blocks: Iterator[np.ndarray]) -> Iterator[AudioSegment]:
+        o = self.options
+        buffer = np.zeros(0, np.float32)  # audio not yet handed out, from sample `origin`
+        probs = np.zeros(0, np.float32)  # its speech probabilities, one per chunk
+        origin = 0
+        previous = np.zeros(0, np.float32)
+        for block in blocks:
+            vad_in = block if self.rate == VAD_RATE else _resample(block, self.rate)
+            # the buffer always ends on a chunk boundary, except after the last block
+            probs = np.concatenate([probs, self.vad.probabilities(vad_in, previous)])
+            previous = vad_in[-VAD_RATE:]
+            buffer = np.concatenate([buffer, block])
+            keep = self._last_pause(probs)  # the chunk where a pause is heard that ends the last complete segment
+            if keep is None and len(buffer) > 2 * o.block * self.rate:  # no pause for two blocks: hand out all but a block
+                keep = len(probs) - self._chunks(o.block)
+            if keep:
+                yield from self._segments_of(buffer[: keep * self.chunk], probs[:keep], origin, final=False)
+                buffer, probs, origin = buffer[keep * self.chunk :], probs[keep:], origin + keep * self.chunk
+        yield from self._segments_of(buffer, probs, origin, final=True)
+
+    def _last_pause(self, probs: np.ndarray) -> int | None:
+        """The chunk in the middle of the last pause of at least min_pause in `probs`, or None."""
+        runs = speech_runs(hysteresis(probs, self.options.threshold), self._chunks(self.options.min_pause), 1)
+        if not runs or len(probs) - runs[-1][1] < self._chunks(self.options.min_pause):
+            runs = runs[:-1]  # the last run may go on in the next block
+        if not runs:
+            return None
+        end = runs[-1][1]
+        following = len(probs) - end
+        return end + following // 2 if following < 2 * self._chunks(self.options.min_pause) else end + self._chunks(self.options.min_pause)
+
+    def _segments_of(self, audio: np.ndarray, probs: np.ndarray, origin: int, final: bool) -> Iterator[AudioSegment]:
+        o = self.options
+        runs = speech_runs(hysteresis(probs, o.threshold), self._chunks(o.min_pause), self._chunks(o.min_speech))
+        pad = self._chunks(o.pad)
+        total = -(-len(audio) // self.chunk)
+        for i, (first, end) in enumerate(runs):
+            before = first - (runs[i - 1][1] if i else 0)
+            after = (runs[i + 1][0] if i + 1 < len(runs) else total) - end
+            first = first - (min(pad, before // 2) if i else min(pad, before))
+            end = end + (min(pad, after // 2) if i + 1 < len(runs) else min(pad, after))
+            start = first * self.chunk // self.step * self.step  # on a frame step, so windows' frames line up
+            stop = min(end * self.chunk, len(audio))
+            if stop - start < MIN_DURATION * self.rate:
+                continue
+            yield self.windows(AudioSegment(origin + start, audio[start:stop]), probs[first:end])
+
+    def windows(self, segment: AudioSegment, probs: np.ndarray) -> AudioSegment:
+        """Cut a segment longer than max_segment at its quietest moments into windows that overlap
+        by `overlap` on each side of every cut (window starts on a frame step)."""
+        o, n = self.options, len(segment.audio)
+        max_len = self._chunks(o.max_segment - 2 * o.overlap)
+        cuts = [c * self.chunk for c in cut_points(probs, len(probs), max_len, self._chunks(2 * o.overlap + 0.5))]
+        cuts = [c for c in cuts if 0 < c < n]
+        reach = int(o.overlap * self.rate)
+        bounds = [0] + cuts + [n]
+        segment.cuts = cuts
+        segment.windows = [(max(a - reach, 0) // self.step * self.step if a else 0, min(b + reach, n) if b < n else n) for a, b in zip(bounds, bounds[1:])]
+        return segment
+
+
+def _resample(block: np.ndarray, rate: int) -> np.ndarray:
+    import soxr
+
+    return soxr.resample(block, rate, VAD_RATE).astype(np.float32, copy=False)
+
+
+def stitch(
+    pieces: list[tuple[int, torch.Tensor]], cuts: list[int], num_frames: int, quiet: list[int], extra: list[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+    """Windows' log-probs -> the segment's (num_frames, vocab). `pieces`: (first frame, (frames,
+    vocab)) of each window, in order, overlapping their neighbours; `cuts`: the frame where each
+    window was meant to hand over to the next. Each cut moves, within the overlap, to the frame
+    in the middle of the longest stretch where both windows' best label is one of `quiet`
+    (blank, and the word separator): a word boundary both agree on, so no label is kept twice
+    or lost. `extra`: a second set of log-probs per window (the frame head's), joined at the
+    same frames. Returns the joined log-probs, the joined extras (or None), and the cuts used."""
+    vocab = pieces[0][1].shape[-1]
+    out = pieces[0][1].new_empty(num_frames, vocab)
+    joined_extra = extra[0].new_empty(num_frames, extra[0].shape[-1]) if extra else None
+    used: list[int] = []
+    at = 0
+    quiet_t = torch.tensor(quiet, device=out.device)
+    for i, (first, lp) in enumerate(pieces):
+        if i + 1 < len(pieces):
+            nxt_first, nxt = pieces[i + 1]
+            lo, hi = nxt_first, min(first + len(lp), nxt_first + len(nxt))  # the overlap, in segment frames
+            margin = (hi - lo) // 4
+            cut = _boundary(lp[lo - first : hi - first], nxt[: hi - lo], quiet_t, margin)
+            end = lo + cut if cut is not None else min(max(cuts[i], lo), hi)
+        else:
+            end = num_frames
+        end = max(end, at)
+        out[at:end] = lp[at - first : end - first]
+        if extra:
+            joined_extra[at:end] = extra[i][at - first : end - first]
+        if i + 1 < len(pieces):
+            used.append(end)
+        at = end
+    return out, joined_extra, used
+
+
+def _boundary(a: torch.Tensor, b: torch.Tensor, quiet: torch.Tensor, margin: int) -> int | None:
+    """The frame of an overlap (a and b: the two windows' log-probs over it) in the middle of the
+    longest run where both windows' best label is quiet, keeping `margin` frames off its ends."""
+    both = torch.isin(a.argmax(-1), quiet) & torch.isin(b.argmax(-1), quiet)  # (frames,)
+    both[:margin] = False
+    both[len(both) - margin :] = False
+    best, best_len, run = None, 0, 0
+    for i, q in enumerate(both.tolist() + [False]):
+        if q:
+            run += 1
+        else:
+            if run > best_len:
+                best, best_len = i - run + run // 2, run
+            run = 0
+    return best if best_len else None
