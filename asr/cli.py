@@ -3,7 +3,7 @@
     asr synth OUT [--num-utterances N] [--seed S] [--layout manifest|timit|librispeech]
     asr prepare librispeech|timit|kaldi|nemo ROOT OUT_DIR
     asr train CONFIG [key=value ...] [--resume]
-    asr transcribe CKPT FILE... [--json] [--word-timestamps] [--nbest N] [--decoder beam --lm LM.arpa ...]
+    asr transcribe CKPT FILE... [--json] [--word-timestamps] [--output-dir DIR --output-format srt,...] [--nbest N] [--decoder beam --lm LM.arpa ...]
     asr evaluate CKPT MANIFEST [--output FILE] [--decoder beam --lm LM.arpa ...] [--tune-lm]
     asr align CKPT MANIFEST|AUDIO [--text T | --text-file LINES] --output-dir DIR [--textgrid] [--plot N]
     asr lm build TEXT -o LM.arpa [--order N] [--unit word|char|phone]
@@ -84,29 +84,52 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from asr.config import ConfigError
     from asr.inference import Recognizer
+    from asr.segment import SegmentOptions
+    from asr.writers import SubtitleOptions, span_records, transcript_record, write_transcript
 
     if args.nbest < 1:
         raise ConfigError(f"--nbest must be at least 1, not {args.nbest}")
     if args.nbest > 1 and args.decoder == "greedy":
         raise ConfigError("--nbest needs beam search, not --decoder greedy")
+    formats = args.output_format.split(",")
+    if args.output_dir:
+        stems: dict[str, str] = {}
+        for f in args.files:
+            if Path(f).stem in stems:
+                raise ConfigError(f"{stems[Path(f).stem]} and {f} would write the same files in {args.output_dir}: rename one")
+            stems[Path(f).stem] = f
+        os.makedirs(args.output_dir, exist_ok=True)
+    word_timestamps = args.word_timestamps or (bool(args.output_dir) and "ctm" in formats)
+    try:
+        subtitles = SubtitleOptions(args.max_line_width, args.max_line_count, args.max_words_per_line, args.max_gap)
+    except ValueError as e:
+        raise ConfigError(f"--{str(e).replace('_', '-')}") from e
+    segmenting = SegmentOptions(max_segment=args.max_segment, min_pause=args.min_pause, threshold=args.vad_threshold)
     recognizer = Recognizer.from_checkpoint(args.checkpoint, device=args.device)
     apply_decoder_options(recognizer, args)
     num_failed = 0
     as_json = args.json or args.word_timestamps
-    for result in recognizer.transcribe_files(args.files, batch_size=args.batch_size, nbest=args.nbest, word_timestamps=args.word_timestamps):
+    results = recognizer.transcribe_files(
+        args.files, batch_size=args.batch_size, nbest=args.nbest, word_timestamps=word_timestamps, segmenting=segmenting,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    for result in results:
+        for warning in result.warnings:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
         if result.error is not None:
             num_failed += 1
-            if as_json:
+            if as_json and not args.output_dir:
                 print(json.dumps({"file": result.path, "error": result.error}, ensure_ascii=False), flush=True)
             print(f"error: {result.error}", file=sys.stderr, flush=True)
             continue
-        if as_json:
-            record = {"file": result.path, "text": result.text}
+        if args.output_dir:
+            paths = write_transcript(result, args.output_dir, formats, subtitles)
+            print(f"{result.path}\t" + " ".join(str(p) for p in paths), flush=True)
+        elif as_json:
+            record = transcript_record(result)
             if args.nbest > 1:
                 record["nbest"] = [{"text": a.text, "score": a.score, "acoustic": a.acoustic, "lm": a.lm, "words": a.num_words} for a in result.nbest]
             if result.words is not None:
-                from asr.writers import span_records
-
                 record["words"] = span_records(result.words)
             print(json.dumps(record, ensure_ascii=False), flush=True)
         elif args.nbest > 1:  # one line per alternative: file, rank, score, text
@@ -502,7 +525,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--nbest", type=int, default=1, help="print each file's N best transcripts with their scores (beam search; default 1)")
-    p.add_argument("--word-timestamps", action="store_true", help="JSON lines with each word's start, end (s) and confidence (the transcript force-aligned)")
+    p.add_argument("--word-timestamps", action="store_true", help="each word's start, end (s) and confidence (the transcript force-aligned): in JSON lines on stdout, "
+                   "or in json and ctm with --output-dir, where subtitles are then cut by the options below")
+    p.add_argument("--output-dir", help="write OUTPUT_DIR/<file stem>.<format> for each file instead of lines on stdout")
+    p.add_argument("--output-format", default="txt", help="with --output-dir: txt, json, tsv, srt, vtt, ctm (needs word times: turns them on), "
+                   "several comma-separated, or all (default txt)")
+    p.add_argument("--max-line-width", type=int, help="subtitles: characters per line (with --word-timestamps)")
+    p.add_argument("--max-line-count", type=int, help="subtitles: lines per cue (with --word-timestamps)")
+    p.add_argument("--max-words-per-line", type=int, help="subtitles: words per line (with --word-timestamps)")
+    p.add_argument("--max-gap", type=float, default=1.0, help="subtitles: a pause between words longer than this (s) starts a new cue (default 1)")
+    p.add_argument("--max-segment", type=float, help="long files: the longest piece decoded at once, s (default: twice the model's longest training utterance)")
+    p.add_argument("--min-pause", type=float, default=0.3, help="long files: a pause at least this long (s) ends a segment (default 0.3)")
+    p.add_argument("--vad-threshold", type=float, default=0.5, help="long files: silero-vad's speech probability that starts speech (default 0.5)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal only)")
     add_decoder_options(p)
     p.set_defaults(func=cmd_transcribe)
 

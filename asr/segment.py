@@ -38,7 +38,7 @@ class SegmentError(ValueError):
 @dataclass
 class SegmentOptions:
     max_segment: float | None = None  # s; None: from the model's training durations (Recognizer)
-    min_pause: float = 0.2  # s of non-speech that ends a segment
+    min_pause: float = 0.3  # s of non-speech that ends a segment (a stop's closure inside a word can last 0.2 s)
     pad: float = 0.2  # s of the pause kept on each side of a segment (at most half the pause)
     min_speech: float = 0.1  # s: shorter bursts of "speech" between pauses are dropped
     threshold: float = 0.5  # silero speech probability that starts speech
@@ -123,39 +123,42 @@ def read_blocks(path: str | os.PathLike, sample_rate: int, block_seconds: float,
 
 
 class VoiceActivity:
-    """silero-vad (its wheel ships the model: nothing is downloaded) on 16 kHz audio."""
+    """silero-vad (its wheel ships the model: nothing is downloaded) on 16 or 8 kHz audio."""
 
-    def __init__(self, streams: int = 32, warmup: float = 0.5):
+    def __init__(self, sample_rate: int = VAD_RATE, streams: int = 32, warmup: float = 0.5):
         try:
             from silero_vad import load_silero_vad
         except ImportError as e:
             raise ImportError("long recordings are cut at pauses by silero-vad: pip install silero-vad") from e
+        if sample_rate not in (8000, 16000):
+            raise SegmentError(f"silero-vad hears 16 or 8 kHz audio; the model takes {sample_rate} Hz")
         self.model = load_silero_vad()  # TorchScript, CPU
-        self.streams, self.warmup = streams, max(round(warmup * VAD_RATE / VAD_CHUNK), 1)
+        self.rate, self.chunk = sample_rate, VAD_CHUNK * sample_rate // VAD_RATE
+        self.streams, self.warmup = streams, max(round(warmup * sample_rate / self.chunk), 1)
 
     @torch.inference_mode()
     def probabilities(self, audio: np.ndarray, before: np.ndarray) -> np.ndarray:
-        """Speech probability of each VAD_CHUNK of `audio` (samples,) at VAD_RATE -> (ceil(samples
-        / VAD_CHUNK),). The block is cut into `streams` parts run as one batch, each first
-        hearing `warmup` of the audio before it (`before`: what preceded the block)."""
-        num = -(-len(audio) // VAD_CHUNK)
+        """Speech probability of each `chunk` of `audio` (samples,) -> (ceil(samples / chunk),).
+        The block is cut into `streams` parts run as one batch, each first hearing `warmup`
+        chunks of the audio before it (`before`: what preceded the block)."""
+        chunk = self.chunk
+        num = -(-len(audio) // chunk)
         if num == 0:
             return np.zeros(0, np.float32)
-        warm = self.warmup * VAD_CHUNK
+        warm = self.warmup * chunk
         context = np.zeros(warm, np.float32)
-        tail = before[-warm:]
+        tail = before[len(before) - min(warm, len(before)) :]
         context[warm - len(tail) :] = tail
-        padded = np.concatenate([context, audio, np.zeros(num * VAD_CHUNK - len(audio), np.float32)])
         streams = min(self.streams, num)
         per = -(-num // streams)  # chunks per stream
-        padded = np.concatenate([padded, np.zeros((streams * per - num) * VAD_CHUNK, np.float32)])
+        padded = np.concatenate([context, audio, np.zeros(streams * per * chunk - len(audio), np.float32)])
         x = torch.from_numpy(padded)
-        starts = torch.arange(streams) * per * VAD_CHUNK  # where each stream's warmup begins, in `padded`
+        starts = torch.arange(streams) * per * chunk  # where each stream's warmup begins, in `padded`
         self.model.reset_states()
         probs = []
         for j in range(self.warmup + per):
-            index = starts[:, None] + j * VAD_CHUNK + torch.arange(VAD_CHUNK)[None, :]  # (streams, VAD_CHUNK)
-            probs.append(self.model(x[index], VAD_RATE))  # (streams, 1)
+            index = starts[:, None] + j * chunk + torch.arange(chunk)[None, :]  # (streams, chunk)
+            probs.append(self.model(x[index], self.rate))  # (streams, 1)
         return torch.cat(probs, dim=1)[:, self.warmup :].reshape(-1)[:num].numpy()
 
 
@@ -204,44 +207,51 @@ class Segmenter:
         if options.max_segment is None:
             raise SegmentError("max_segment is not set")
         self.options, self.rate, self.step = options, sample_rate, frame_step
-        self.vad = vad or VoiceActivity(options.vad_streams, options.vad_warmup)
-        self.chunk = VAD_CHUNK * sample_rate // VAD_RATE  # samples per VAD chunk at `sample_rate`
+        self.vad = vad or VoiceActivity(sample_rate, options.vad_streams, options.vad_warmup)
+        self.chunk = VAD_CHUNK * sample_rate // VAD_RATE  # samples per speech probability
 
     def _chunks(self, seconds: float) -> int:
         return max(round(seconds * self.rate / self.chunk), 1)
 
     def segments(self, blocks: Iterator[np.ndarray]) -> Iterator[AudioSegment]:
         o = self.options
-        buffer = np.zeros(0, np.float32)  # audio not yet handed out, from sample `origin`
+        buffer = np.zeros(0, np.float32)  # audio not yet handed out, from sample `origin`; whole chunks
         probs = np.zeros(0, np.float32)  # its speech probabilities, one per chunk
         origin = 0
-        previous = np.zeros(0, np.float32)
+        leftover = np.zeros(0, np.float32)  # the end of the last block that does not fill a chunk
+        heard = np.zeros(0, np.float32)  # the last second the VAD heard, to warm it up on the next block
         for block in blocks:
-            vad_in = block if self.rate == VAD_RATE else _resample(block, self.rate)
-            # the buffer always ends on a chunk boundary, except after the last block
-            probs = np.concatenate([probs, self.vad.probabilities(vad_in, previous)])
-            previous = vad_in[-VAD_RATE:]
-            buffer = np.concatenate([buffer, block])
-            keep = self._last_pause(probs)  # the chunk where a pause is heard that ends the last complete segment
-            if keep is None and len(buffer) > 2 * o.block * self.rate:  # no pause for two blocks: hand out all but a block
-                keep = len(probs) - self._chunks(o.block)
+            data = np.concatenate([leftover, block])
+            whole = len(data) // self.chunk * self.chunk
+            data, leftover = data[:whole], data[whole:]
+            probs = np.concatenate([probs, self.vad.probabilities(data, heard)])
+            buffer = np.concatenate([buffer, data])
+            heard = np.concatenate([heard, data])[-self.rate :]
+            keep = self._last_pause(probs)  # the chunk in the middle of the pause after the last complete segment
+            if keep is None and len(probs) > 2 * self._chunks(o.block):  # no pause for two blocks: cut where it is quietest
+                lo = len(probs) - self._chunks(o.block) - self._chunks(o.max_segment)
+                keep = lo + int(np.argmin(probs[lo : len(probs) - self._chunks(o.block)]))
             if keep:
-                yield from self._segments_of(buffer[: keep * self.chunk], probs[:keep], origin, final=False)
+                yield from self._segments_of(buffer[: keep * self.chunk], probs[:keep], origin)
                 buffer, probs, origin = buffer[keep * self.chunk :], probs[keep:], origin + keep * self.chunk
-        yield from self._segments_of(buffer, probs, origin, final=True)
+        if len(leftover):
+            probs = np.concatenate([probs, self.vad.probabilities(leftover, heard)])
+            buffer = np.concatenate([buffer, leftover])
+        yield from self._segments_of(buffer, probs, origin)
 
     def _last_pause(self, probs: np.ndarray) -> int | None:
-        """The chunk in the middle of the last pause of at least min_pause in `probs`, or None."""
-        runs = speech_runs(hysteresis(probs, self.options.threshold), self._chunks(self.options.min_pause), 1)
-        if not runs or len(probs) - runs[-1][1] < self._chunks(self.options.min_pause):
-            runs = runs[:-1]  # the last run may go on in the next block
+        """The chunk in the middle of the pause after the last run of speech that has surely
+        ended (at least min_pause follows it), or None."""
+        min_pause = self._chunks(self.options.min_pause)
+        runs = speech_runs(hysteresis(probs, self.options.threshold), min_pause, 1)
+        next_start = len(probs)
+        if runs and len(probs) - runs[-1][1] < min_pause:  # the last run may go on in the next block
+            next_start = runs.pop()[0]
         if not runs:
             return None
-        end = runs[-1][1]
-        following = len(probs) - end
-        return end + following // 2 if following < 2 * self._chunks(self.options.min_pause) else end + self._chunks(self.options.min_pause)
+        return runs[-1][1] + (next_start - runs[-1][1]) // 2
 
-    def _segments_of(self, audio: np.ndarray, probs: np.ndarray, origin: int, final: bool) -> Iterator[AudioSegment]:
+    def _segments_of(self, audio: np.ndarray, probs: np.ndarray, origin: int) -> Iterator[AudioSegment]:
         o = self.options
         runs = speech_runs(hysteresis(probs, o.threshold), self._chunks(o.min_pause), self._chunks(o.min_speech))
         pad = self._chunks(o.pad)
@@ -255,26 +265,21 @@ class Segmenter:
             stop = min(end * self.chunk, len(audio))
             if stop - start < MIN_DURATION * self.rate:
                 continue
-            yield self.windows(AudioSegment(origin + start, audio[start:stop]), probs[first:end])
+            yield self.windows(AudioSegment(origin + start, audio[start:stop]), probs[first:end], first * self.chunk - start)
 
-    def windows(self, segment: AudioSegment, probs: np.ndarray) -> AudioSegment:
+    def windows(self, segment: AudioSegment, probs: np.ndarray, offset: int = 0) -> AudioSegment:
         """Cut a segment longer than max_segment at its quietest moments into windows that overlap
-        by `overlap` on each side of every cut (window starts on a frame step)."""
+        by `overlap` on each side of every cut (window starts on a frame step). `probs`: its
+        chunks' speech probabilities, the first chunk starting `offset` samples into it."""
         o, n = self.options, len(segment.audio)
         max_len = self._chunks(o.max_segment - 2 * o.overlap)
-        cuts = [c * self.chunk for c in cut_points(probs, len(probs), max_len, self._chunks(2 * o.overlap + 0.5))]
+        cuts = [offset + c * self.chunk for c in cut_points(probs, len(probs), max_len, self._chunks(2 * o.overlap + 0.5))]
         cuts = [c for c in cuts if 0 < c < n]
         reach = int(o.overlap * self.rate)
         bounds = [0] + cuts + [n]
         segment.cuts = cuts
         segment.windows = [(max(a - reach, 0) // self.step * self.step if a else 0, min(b + reach, n) if b < n else n) for a, b in zip(bounds, bounds[1:])]
         return segment
-
-
-def _resample(block: np.ndarray, rate: int) -> np.ndarray:
-    import soxr
-
-    return soxr.resample(block, rate, VAD_RATE).astype(np.float32, copy=False)
 
 
 def stitch(
