@@ -11,6 +11,11 @@
   and falters on a segment cut from a long recording with more or less of it around the speech
   (asr/segment.py): on the demo, 0.4 s of silence each side of the test utterances took greedy
   WER from 8 % to 33 %.
+- Concatenation: a `concat` share of training items are two utterances back to back (the second
+  drawn per (seed, epoch, utterance)), each trimmed to its words where the manifest has word
+  times, keeping a random 0-`CONCAT_GAP` s of its own silence at the join. A model trained only
+  on sentences framed by silence runs the last word of one into the first of the next
+  ("tuesdaywe") where a long recording has no pause between them.
 - SpecAugment (Park et al. 2019, "SpecAugment: a simple data augmentation method for ASR"):
   time warping, frequency masks and time masks on the batched features, on the training
   device, within each utterance's own length. Random numbers come from the device's global
@@ -46,6 +51,21 @@ def silence_pads(max_seconds: float, seed: int, epoch: int, index: int) -> tuple
     rng = np.random.default_rng([seed, epoch, index, 1])
     lead, trail = rng.uniform(0.0, max_seconds, size=2)
     return float(lead), float(trail)
+
+
+CONCAT_GAP = 0.15  # s: most of its own silence each utterance keeps at a concatenation's join
+
+
+def concat_partner(share: float, seed: int, epoch: int, index: int, size: int) -> tuple[int, float, float] | None:
+    """Which utterance follows utterance `index` in `epoch` (None for most: a `share` of them
+    get one), and the silence (s) each keeps at the join: reproducible, like `speed_factor`."""
+    if share <= 0 or size < 2:
+        return None
+    rng = np.random.default_rng([seed, epoch, index, 2])
+    if rng.random() >= share:
+        return None
+    other = int(rng.integers(size - 1))
+    return other + (other >= index), float(rng.uniform(0, CONCAT_GAP)), float(rng.uniform(0, CONCAT_GAP))
 
 
 def perturb_speed(samples: np.ndarray, factor: float, sample_rate: int) -> np.ndarray:

@@ -399,7 +399,7 @@ def load_training_data(config: Config) -> tuple[CharTokenizer, UtteranceDataset,
     train_utts = label_utterances(train_utts, tokenizer)
     dataset = UtteranceDataset(
         train_utts, tokenizer, config.features.sample_rate, speed_factors=config.augment.speed_factors,
-        pad_silence=config.augment.pad_silence, seed=config.train.seed,
+        pad_silence=config.augment.pad_silence, concat=config.augment.concat, seed=config.train.seed,
         timed=config.model.frame_head,
     )
     if len(dataset) == 0:

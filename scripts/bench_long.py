@@ -10,7 +10,8 @@ then for greedy and (with --lm) beam + LM decoding prints: the WER of the uttera
 by one (the same utterances, in the file's order), the WER of `asr transcribe` on the file, the
 difference, `asr transcribe`'s wall time and real-time factor (one thread, model loading
 included) and its peak RSS (the child process's, from wait4). --pocketsphinx adds pocketsphinx's
-RTF and WER on the same file (one thread; its wheel ships an en-us model) and the speed ratio.
+RTF and WER on the same file (one thread; its wheel ships an en-us model) and the speed ratio;
+--vad-check, silero-vad against webrtcvad (why asr/segment.py uses silero).
 """
 
 from __future__ import annotations
@@ -68,6 +69,43 @@ print(" ".join(s.word for s in decoder.seg() if not s.word.startswith(("<", "[")
 """
 
 
+def vad_check(wav: Path, joined, min_pause: float = 0.3) -> None:
+    """silero-vad (as asr.segment runs it) against webrtcvad on one joined file and on a minute
+    of white noise: pauses found, cuts inside utterances, share of noise heard as speech, RTF."""
+    import numpy as np
+    import soundfile as sf
+    import webrtcvad
+
+    from asr.segment import VAD_CHUNK, VoiceActivity, hysteresis, speech_runs
+
+    audio = sf.read(wav, dtype="float32")[0]
+    noise = (0.05 * np.random.default_rng(0).standard_normal(60 * 16000)).astype(np.float32)
+    pauses = [(a[1], b[0]) for a, b in zip(joined.times, joined.times[1:]) if b[0] - a[1] >= min_pause + 0.05]
+    inside = joined.times
+
+    def report(name, speech_of, frame):  # speech_of(samples) -> bool per `frame` samples
+        started = time.perf_counter()
+        speech = speech_of(audio)
+        seconds = time.perf_counter() - started
+        runs = [(a * frame / 16000, b * frame / 16000) for a, b in speech_runs(speech, max(round(min_pause * 16000 / frame), 1), 1)]
+        gaps = [(a[1], b[0]) for a, b in zip(runs, runs[1:])]
+        found = sum(any(g0 <= p1 and g1 >= p0 for g0, g1 in gaps) for p0, p1 in pauses)
+        cuts = sum(any(u0 + 0.05 < g0 and g1 < u1 - 0.05 for u0, u1 in inside) for g0, g1 in gaps)
+        heard = speech_of(noise).mean()
+        print(f"  {name:<10} pauses >= {min_pause + 0.05:.2f} s found {found}/{len(pauses)}, cuts inside an utterance {cuts}, "
+              f"noise heard as speech {heard:.0%}, RTF {seconds / (len(audio) / 16000):.5f}")
+
+    vad = VoiceActivity()
+    report("silero", lambda x: hysteresis(vad.probabilities(x, np.zeros(0, np.float32)), 0.5), VAD_CHUNK)
+    detector = webrtcvad.Vad(2)
+
+    def webrtc(x):
+        pcm = (np.clip(x, -1, 1) * 32767).astype(np.int16).tobytes()
+        return np.array([detector.is_speech(pcm[i : i + 960], 16000) for i in range(0, len(pcm) - 959, 960)])
+
+    report("webrtcvad", webrtc, 480)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
@@ -80,6 +118,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pocketsphinx", action="store_true", help="also pocketsphinx 5 on each file (pip install pocketsphinx)")
     parser.add_argument("--keep", help="folder to keep the joined files in (default: a temporary one)")
+    parser.add_argument("--vad-check", action="store_true", help="also silero-vad against webrtcvad on each file (pip install webrtcvad-wheels)")
     args = parser.parse_args()
 
     import torch
@@ -115,6 +154,8 @@ def main() -> int:
         wav = folder / f"joined_{minutes:g}min.wav"
         joined = join_utterances(manifest, wav, minutes * 60, pause, args.no_pause, seed=args.seed)
         reference = normalize(joined.text)
+        if args.vad_check:
+            vad_check(wav, joined)
         label = f"{minutes:g} min ({len(joined.texts)} utts, {joined.num_no_pause} joins w/o pause)"
         for name, options in decoders.items():
             per_utt = score_wer([reference], [" ".join(single[name][t] for t in joined.texts)]).rate

@@ -90,6 +90,38 @@ def test_demo_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "run" / "best.pt").is_file()
     assert (tmp_path / "demo" / "run" / "metrics.jsonl").is_file()
     assert "hypothesis" in out
+    check_long_file(tmp_path / "demo", tmp_path)
+
+
+def check_long_file(demo, tmp_path):
+    """The demo model on its test utterances joined into a 3-minute file (pauses of 0.2-1.5 s,
+    a third of the joins with none): `asr transcribe` gives nearly the WER of the utterances
+    transcribed one by one, and subtitles that parse back inside the file."""
+    import srt
+
+    from asr.data.joined import join_utterances
+    from asr.inference import Recognizer
+    from asr.metrics import score_wer
+
+    joined = join_utterances(demo / "corpus" / "test.jsonl", tmp_path / "talk.wav", 180.0, no_pause=0.3, seed=5)
+    rows = {json.loads(line)["text"]: json.loads(line) for line in (demo / "corpus" / "test.jsonl").read_text().splitlines()}
+    recognizer = Recognizer.from_checkpoint(demo / "run" / "best.pt")
+    files = [str(demo / "corpus" / rows[t]["audio"]) for t in joined.texts]
+    reference = recognizer.tokenizer.normalize(joined.text)
+    per_utterance = score_wer([reference], [" ".join(r.text for r in recognizer.transcribe_files(files))]).rate
+    run = subprocess.run([sys.executable, "-m", "asr", "transcribe", str(demo / "run" / "best.pt"), str(tmp_path / "talk.wav"), "--output-dir",
+                          str(tmp_path / "subs"), "--output-format", "txt,srt", "--word-timestamps", "--max-line-width", "42"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    text = " ".join((tmp_path / "subs" / "talk.txt").read_text().split())
+    long = score_wer([reference], [text]).rate
+    print(f"3-minute file: per-utterance WER {per_utterance:.2%}, as one file {long:.2%}")
+    assert long <= per_utterance + 0.02, (per_utterance, long)
+    cues = list(srt.parse((tmp_path / "subs" / "talk.srt").read_text()))
+    assert " ".join(c.content.replace("\n", " ") for c in cues) == text
+    for a, b in zip(cues, cues[1:]):
+        assert a.start <= a.end <= b.start
+    assert cues[-1].end.total_seconds() <= joined.duration
 
 
 def test_align_writes_ctm_jsonl_textgrids_and_plots_and_reports_bad_utterances(checkpoint, tmp_path, capsys):
@@ -201,3 +233,99 @@ def test_long_recording_log_probs_in_chunks_and_align_with_a_text_file(checkpoin
     text.write_text("hello\n\u4e2d\n")  # a line the tokenizer cannot read: an error naming it, exit 1
     assert main(["align", str(ckpt), str(wav), "--text-file", str(text), "--output-dir", str(tmp_path / "bad")]) == 1
     assert "segment 2" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def spoken_file(tmp_path_factory):
+    """A minute of eSpeak sentences joined with pauses, some without one, and its truth."""
+    from asr.data.joined import join_utterances
+    from asr.data.synth import synthesize_corpus
+
+    root = tmp_path_factory.mktemp("spoken")
+    manifests = synthesize_corpus(root / "corpus", num_utterances=40, seed=0, progress=False, num_workers=1)
+    joined = join_utterances(manifests["train"], root / "talk.wav", 60.0, pause=(0.3, 1.2), no_pause=0.3, seed=0)
+    return root / "talk.wav", joined
+
+
+def test_transcribe_long_file_segments_are_decoded_as_they_would_be_alone(checkpoint, spoken_file, tmp_path):
+    """Batching segments, several files at once, changes nothing: each segment's text is what the
+    same audio gives transcribed on its own, and segments tile the file in order."""
+    from asr.inference import Recognizer
+    from asr.segment import SegmentOptions
+
+    ckpt, _ = checkpoint
+    wav, joined = spoken_file
+    recognizer = Recognizer.from_checkpoint(ckpt)
+    options = SegmentOptions(max_segment=8.0)  # long runs of speech become stitched windows
+    short = tmp_path / "short.wav"
+    sf.write(short, sf.read(wav, dtype="float32")[0][: 3 * 16000], 16000)
+    results = list(recognizer.transcribe_files([wav, short, wav], batch_size=4, segmenting=options))
+    assert [r.path for r in results] == [str(wav), str(short), str(wav)]
+    assert results[0].text == results[2].text and results[0].error is None
+    long = results[0]
+    assert abs(long.duration - joined.duration) < 0.01
+    assert len(long.segments) >= 1
+    audio = sf.read(wav, dtype="float32")[0]
+    for a, b in zip(long.segments, long.segments[1:]):
+        assert 0 <= a.start < a.end <= b.start < b.end <= long.duration
+    for s in long.segments[:4]:
+        piece = tmp_path / "piece.wav"
+        sf.write(piece, audio[round(s.start * 16000) : round(s.end * 16000)], 16000)
+        [alone] = recognizer.transcribe_files([piece], segmenting=SegmentOptions(max_segment=60.0))
+        if s.end - s.start <= 8.0:  # one window: exactly the same
+            assert alone.text == s.text
+
+
+def test_transcribe_output_dir_writes_every_format_that_parses_back(checkpoint, spoken_file, tmp_path, capsys):
+    import srt
+    import webvtt
+
+    ckpt, _ = checkpoint
+    wav, _ = spoken_file
+    out = tmp_path / "out"
+    code = main(["transcribe", str(ckpt), str(wav), "--output-dir", str(out), "--output-format", "all", "--word-timestamps",
+                 "--max-line-width", "20", "--max-segment", "10"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert str(wav) in printed
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"talk.{ext}" for ext in ("txt", "json", "tsv", "srt", "vtt", "ctm"))
+    record = json.loads((out / "talk.json").read_text())
+    duration = record["duration"]
+    cues = list(srt.parse((out / "talk.srt").read_text()))
+    vtt = list(webvtt.read(str(out / "talk.vtt")))
+    assert len(cues) == len(vtt)
+    for cue in cues:
+        assert 0 <= cue.start.total_seconds() <= cue.end.total_seconds() <= duration + 1e-3
+        assert all(len(line) <= 20 or " " not in line for line in cue.content.splitlines())
+    words = [w for s in record["segments"] for w in s["words"]]
+    assert " ".join(w["text"] for w in words) == record["text"]
+    assert len((out / "talk.ctm").read_text().splitlines()) == len(words)
+    assert [c.content.replace("\n", " ") for c in cues] == [" ".join(c.text.split()) for c in vtt]
+
+
+def test_transcribe_silence_noise_and_cut_off_long_files(checkpoint, tmp_path, capsys):
+    ckpt, _ = checkpoint
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "silence.wav", np.zeros(40 * 16000, np.float32), 16000)
+    sf.write(tmp_path / "noise.flac", (0.05 * rng.standard_normal(35 * 16000)).astype(np.float32), 16000)
+    sf.write(tmp_path / "cut.wav", (0.05 * rng.standard_normal(40 * 16000)).astype(np.float32), 16000, subtype="PCM_16")
+    data = (tmp_path / "cut.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[: len(data) // 2])
+    files = [str(tmp_path / n) for n in ("silence.wav", "noise.flac", "cut.wav")]
+    assert main(["transcribe", "--json", "--max-segment", "10", str(ckpt), *files]) == 0
+    out, err = capsys.readouterr()
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["file"] for r in records] == files
+    assert records[0]["text"] == "" and records[0]["segments"] == []
+    assert abs(records[0]["duration"] - 40) < 0.01 and abs(records[2]["duration"] - 20) < 0.1
+    assert "cut.wav: cut off" in err and any("cut off" in w for w in records[2]["warnings"])
+
+
+def test_transcribe_output_dir_refuses_two_files_with_one_stem(checkpoint, tmp_path, capsys):
+    ckpt, _ = checkpoint
+    (tmp_path / "a").mkdir()
+    for f in (tmp_path / "x.wav", tmp_path / "a" / "x.wav"):
+        sf.write(f, np.zeros(16000, np.float32), 16000)
+    assert main(["transcribe", str(ckpt), str(tmp_path / "x.wav"), str(tmp_path / "a" / "x.wav"), "--output-dir", str(tmp_path / "o")]) == 2
+    assert "would write the same files" in capsys.readouterr().err

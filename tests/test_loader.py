@@ -20,3 +20,71 @@ def test_dataset_reports_bad_text_and_bad_audio(tmp_path):
     assert batch.ids == ["ok"]
     assert batch.bad[0][0] == "broken" and "broken.wav" in batch.bad[0][1]
     assert batch.audio.shape == (1, 1600) and batch.targets.tolist() == [CharTokenizer().encode("fine")]
+
+
+def test_pad_silence_adds_zeros_at_both_ends_and_shifts_the_word_times(tmp_path):
+    """augment.pad_silence: reproducible silence before and after, the frame head's times moved
+    by the silence put before."""
+    import json
+
+    import torch
+
+    from asr.augment import silence_pads
+    from asr.data.manifest import read_manifest
+
+    samples = (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32)
+    sf.write(tmp_path / "a.wav", samples, 16000, subtype="FLOAT")
+    row = {"id": "a", "audio": "a.wav", "duration": 1.0, "text": "ab cd", "words": ["ab", "cd"], "word_starts": [0.1, 0.5], "word_ends": [0.4, 0.9]}
+    (tmp_path / "m.jsonl").write_text(json.dumps(row) + "\n")
+    utts = read_manifest(tmp_path / "m.jsonl")
+    tokenizer = CharTokenizer.from_texts(["ab cd"])
+    plain = UtteranceDataset(utts, tokenizer, 16000, timed=True)[0]
+    padded = UtteranceDataset(utts, tokenizer, 16000, pad_silence=0.5, seed=3, timed=True)[0]
+    lead, trail = silence_pads(0.5, 3, 0, 0)
+    assert 0 < lead <= 0.5 and 0 < trail <= 0.5
+    n_lead = round(lead * 16000)
+    assert len(padded["audio"]) == 16000 + n_lead + round(trail * 16000)
+    assert torch.equal(padded["audio"][n_lead : n_lead + 16000], plain["audio"])
+    assert padded["audio"][:n_lead].abs().max() == 0 and padded["audio"][n_lead + 16000 :].abs().max() == 0
+    np.testing.assert_allclose(padded["intervals"][0], np.array(plain["intervals"][0]) + n_lead / 16000)
+    assert silence_pads(0.5, 3, 0, 0) == (lead, trail) and silence_pads(0.5, 3, 1, 0) != (lead, trail)
+
+
+def test_concat_joins_two_utterances_at_their_words_with_both_transcripts_and_times(tmp_path):
+    """augment.concat: an item that is two utterances back to back, each trimmed to its words
+    (keeping a little of its own silence), its labels both transcripts with a space between, its
+    timed tokens both utterances' at their new places."""
+    import json
+
+    from asr.augment import CONCAT_GAP, concat_partner
+    from asr.data.manifest import read_manifest
+
+    rows = []
+    for i, text in enumerate(["ab cd", "ef"]):
+        samples = np.zeros(16000, np.float32)
+        samples[3200:12800] = 0.1 * (i + 1)  # "speech" from 0.2 to 0.8 s
+        sf.write(tmp_path / f"{i}.wav", samples, 16000, subtype="FLOAT")
+        words = text.split()
+        starts = [0.2, 0.5][: len(words)]
+        ends = [0.4, 0.8][: len(words)] if len(words) == 2 else [0.8]
+        rows.append({"id": f"u{i}", "audio": f"{i}.wav", "duration": 1.0, "text": text, "words": words, "word_starts": starts, "word_ends": ends})
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    utts = read_manifest(tmp_path / "m.jsonl")
+    tokenizer = CharTokenizer.from_texts(["ab cd ef"])
+    dataset = UtteranceDataset(utts, tokenizer, 16000, concat=1.0, seed=0, timed=True)
+    item = dataset[0]
+    other, keep_after, keep_before = concat_partner(1.0, 0, 0, 0, 2)
+    assert other == 1 and 0 <= keep_after <= CONCAT_GAP and 0 <= keep_before <= CONCAT_GAP
+    assert item["text"] == "ab cd ef"
+    assert item["labels"] == tokenizer.encode("ab cd ef")
+    end = round((0.8 + keep_after) * 16000)
+    start = round((0.2 - keep_before) * 16000)
+    assert len(item["audio"]) == end + 16000 - start
+    audio = item["audio"].numpy()
+    assert np.all(audio[3200:12800] == np.float32(0.1)) and np.all(audio[end + 3200 - start : end + 12800 - start] == np.float32(0.2))
+    starts, ends, labels = item["intervals"]
+    assert labels == tokenizer.encode("abcdef")
+    shift = (end - start) / 16000
+    np.testing.assert_allclose(starts[4:], [0.2 + shift, 0.5 + shift])
+    assert starts[:4] == UtteranceDataset(utts, tokenizer, 16000, timed=True)[0]["intervals"][0]
+    assert UtteranceDataset(utts, tokenizer, 16000, concat=0.0, timed=True)[0]["text"] == "ab cd"

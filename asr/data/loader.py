@@ -10,11 +10,11 @@ import numpy as np
 import torch
 
 from asr.audio import AudioError, load_audio
-from asr.augment import perturb_speed, silence_pads, speed_factor
+from asr.augment import concat_partner, perturb_speed, silence_pads, speed_factor
 from asr.data.manifest import Utterance
 from asr.frame_targets import Intervals, TimingError, pad_intervals, scale_intervals, shift_intervals, token_intervals
 from asr.text import CharTokenizer
-from asr.tokens import TokenizerError
+from asr.tokens import SPACE, TokenizerError
 
 
 @dataclass
@@ -55,11 +55,14 @@ class UtteranceDataset(torch.utils.data.Dataset):
         *,
         speed_factors: Sequence[float] = (1.0,),
         pad_silence: float = 0.0,
+        concat: float = 0.0,
         seed: int = 0,
         timed: bool = False,
     ):
         self.sample_rate = sample_rate
         self.pad_silence = pad_silence  # s, most silence added at each end (training only), see asr.augment
+        self.concat = concat  # share of items that are two utterances back to back (training only)
+        self.separator = tokenizer.symbols.index(SPACE) if tokenizer.kind == "char" else None  # put between two joined transcripts
         self.speed_factors = tuple(speed_factors)  # speed perturbation (training only), see asr.augment
         if any(f <= 0 for f in self.speed_factors) or not self.speed_factors:
             raise ValueError(f"speed factors must be positive, got {list(speed_factors)}")
@@ -97,19 +100,53 @@ class UtteranceDataset(torch.utils.data.Dataset):
         utt = self.utterances[index]
         item = {"id": utt.id, "text": utt.text, "labels": self.labels[index], "audio": None, "error": None}
         try:
-            duration = utt.duration if utt.offset else None
-            samples = load_audio(utt.audio, self.sample_rate, utt.offset, duration)  # (samples,)
             factor = speed_factor(self.speed_factors, self.seed, self.epoch, index)
-            samples = perturb_speed(samples, factor, self.sample_rate)
+            samples, intervals = self._load(index, factor)
+            partner = concat_partner(self.concat, self.seed, self.epoch, index, len(self))
+            if partner is not None:
+                other, gap_after, gap_before = partner
+                more, more_intervals = self._load(other, factor)
+                end = self._word_bound(index, factor, -1, gap_after) or len(samples)
+                start = self._word_bound(other, factor, 0, gap_before) or 0
+                samples = np.concatenate([samples[:end], more[start:]])
+                if self.timed:
+                    intervals = _join_intervals(intervals, shift_intervals(more_intervals, (end - start) / self.sample_rate))
+                item["labels"] = self.labels[index] + ([self.separator] if self.separator is not None else []) + self.labels[other]
+                item["text"] = f"{utt.text} {self.utterances[other].text}"
             lead, trail = silence_pads(self.pad_silence, self.seed, self.epoch, index)
             if lead or trail:
                 samples = np.pad(samples, (round(lead * self.sample_rate), round(trail * self.sample_rate)))
             item["audio"] = torch.from_numpy(samples)
             if self.timed:
-                item["intervals"] = shift_intervals(scale_intervals(self.intervals[index], factor), round(lead * self.sample_rate) / self.sample_rate)
+                item["intervals"] = shift_intervals(intervals, round(lead * self.sample_rate) / self.sample_rate)
         except AudioError as e:
             item["error"] = f"{utt.id}: {e}"
         return item
+
+    def _load(self, index: int, factor: float) -> tuple[np.ndarray, Intervals | None]:
+        """Utterance `index`'s samples (samples,) played `factor` times as fast, and its timed tokens."""
+        utt = self.utterances[index]
+        duration = utt.duration if utt.offset else None
+        samples = perturb_speed(load_audio(utt.audio, self.sample_rate, utt.offset, duration), factor, self.sample_rate)
+        return samples, (scale_intervals(self.intervals[index], factor) if self.timed else None)
+
+    def _word_bound(self, index: int, factor: float, which: int, keep: float) -> int | None:
+        """The sample `keep` s before its first word (which=0) or after its last (-1), at speed
+        `factor`; None where the manifest row has no word times."""
+        extra = self.utterances[index].extra
+        times = extra.get("word_starts" if which == 0 else "word_ends")
+        if not times:
+            return None
+        at = times[which] / factor + (keep if which else -keep)
+        return max(round(at * self.sample_rate), 0)
+
+
+def _join_intervals(a: Intervals | None, b: Intervals | None) -> Intervals | None:
+    """Two utterances' timed tokens, the second's already moved to where it starts; None (untimed)
+    unless both are timed."""
+    if a is None or b is None:
+        return None
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
 
 
 def collate(items: Sequence[dict]) -> Batch:
