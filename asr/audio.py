@@ -22,6 +22,10 @@ def audio_duration(path: str | os.PathLike) -> float:
     """Duration in seconds from the file header alone (no decoding)."""
     import soundfile as sf
 
+    if not Path(path).is_file():
+        raise AudioError(f"{path}: no such file")
+    if Path(path).stat().st_size == 0:
+        raise AudioError(f"{path}: empty file")
     try:
         info = sf.info(str(path))
     except Exception as e:  # soundfile raises RuntimeError / LibsndfileError

@@ -18,6 +18,7 @@ run as 32 streams at once over a block (each warmed up on the audio before it) i
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -26,12 +27,13 @@ import numpy as np
 import torch
 
 from asr.audio import MIN_DURATION, AudioError
+from asr.config import ConfigError
 
 VAD_RATE = 16000  # Hz: silero-vad's rate (it also takes 8 kHz; we feed it 16 kHz)
 VAD_CHUNK = 512  # samples per speech probability at VAD_RATE (32 ms), silero-vad's window
 
 
-class SegmentError(ValueError):
+class SegmentError(ConfigError):
     """Segmentation options that cannot work."""
 
 
@@ -116,10 +118,20 @@ def read_blocks(path: str | os.PathLike, sample_rate: int, block_seconds: float,
                 yield np.ascontiguousarray(mono, dtype=np.float32)
             if last:
                 break
-        if read < expected and not any(w.startswith(f"{path}: unreadable after") for w in warnings):
-            warnings.append(f"{path}: cut off: {read / native:.2f} s of the {expected / native:.2f} s its header promises could be read")
+        promised = _promised_frames(f.extra_info, expected)
+        if read < promised and not any(w.startswith(f"{path}: unreadable after") for w in warnings):
+            warnings.append(f"{path}: cut off: {read / native:.2f} s of the {promised / native:.2f} s its header promises could be read")
     if yielded < MIN_DURATION * sample_rate:
         raise AudioError(f"{path}: {yielded / sample_rate * 1000:.1f} ms of audio is shorter than one {MIN_DURATION * 1000:.0f} ms frame")
+
+
+def _promised_frames(info: str, frames: int) -> int:
+    """The frames a file's header promises. libsndfile counts the frames a WAV (or AIFF) really
+    holds and notes the header's claim in its log, as `data : 320000 (should be 159978)` (bytes)."""
+    claim = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", info, re.MULTILINE)
+    if claim and int(claim.group(2)) > 0:
+        return round(frames * int(claim.group(1)) / int(claim.group(2)))
+    return frames
 
 
 class VoiceActivity:
