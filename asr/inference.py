@@ -47,9 +47,7 @@ class Alternative:
     num_words: int  # words (or tokens) the LM scored
 
 
-DEFAULT_MAX_SEGMENT = 15.0  # s: max_segment for a checkpoint that does not say how long its training utterances were
-MAX_SEGMENT_FACTOR = 2.0  # max_segment = this x the longest training utterance ...
-MIN_MAX_SEGMENT = 8.0  # s ... but at least this
+DEFAULT_MAX_SEGMENT = 12.0  # s: max_segment for a checkpoint that does not say how long its training utterances were
 
 
 @dataclass
@@ -343,13 +341,15 @@ class Recognizer:
         return Alignment(name, tokens, words, score, len(log_probs)), segments, untranscribed
 
     def segment_options(self, options: SegmentOptions | None = None) -> SegmentOptions:
-        """`options` (default SegmentOptions()) with max_segment filled in where unset: the
-        longest utterance the model was trained on, times MAX_SEGMENT_FACTOR, at least
-        MIN_MAX_SEGMENT (a checkpoint that does not say: DEFAULT_MAX_SEGMENT)."""
+        """`options` (default SegmentOptions()) with max_segment filled in where unset: the longest
+        utterance the model was trained on plus the overlap on each side, so a window's own part
+        is no longer than what the model learned from (a checkpoint that does not say:
+        DEFAULT_MAX_SEGMENT). On the demo's dev set joined without pauses, windows of 8 s gave
+        6.9 % greedy WER, of 10-13 s 7.4 % (utterances alone: 6.2 %)."""
         options = replace(options) if options is not None else SegmentOptions()
         if options.max_segment is None:
             longest = self.train_max_duration
-            options.max_segment = DEFAULT_MAX_SEGMENT if longest is None else max(MAX_SEGMENT_FACTOR * longest, MIN_MAX_SEGMENT)
+            options.max_segment = DEFAULT_MAX_SEGMENT if longest is None else max(longest + 2 * options.overlap, 4 * options.overlap + 1)
         options.check()
         return options
 

@@ -434,9 +434,11 @@ def build_sampler(config: Config, dataset: UtteranceDataset, context: distribute
     frames_per_second = 1000.0 / config.features.frame_shift_ms  # feature frames before subsampling
     max_frames = config.data.batch_frames or config.data.batch_seconds * frames_per_second
     try:
+        augmented = config.augment.concat > 0 or config.augment.pad_silence > 0
         return BucketBatchSampler(
             [u.duration * frames_per_second for u in dataset.utterances], max_frames, seed=config.train.seed,
             num_replicas=context.world_size, rank=context.rank, sortagrad=config.data.sortagrad,
+            epoch_lengths=(lambda epoch: [d * frames_per_second for d in dataset.item_durations(epoch)]) if augmented else None,
         )
     except ValueError as e:
         raise TrainingError(f"{config.data.train}: {e}") from e

@@ -329,3 +329,28 @@ def test_transcribe_output_dir_refuses_two_files_with_one_stem(checkpoint, tmp_p
         sf.write(f, np.zeros(16000, np.float32), 16000)
     assert main(["transcribe", str(ckpt), str(tmp_path / "x.wav"), str(tmp_path / "a" / "x.wav"), "--output-dir", str(tmp_path / "o")]) == 2
     assert "would write the same files" in capsys.readouterr().err
+
+
+def test_a_segment_that_cannot_be_decoded_is_reported_with_its_times_and_the_rest_carries_on(checkpoint, spoken_file, monkeypatch):
+    from asr.inference import Recognizer
+    from asr.segment import SegmentOptions
+
+    ckpt, _ = checkpoint
+    wav, _ = spoken_file
+    recognizer = Recognizer.from_checkpoint(ckpt)
+    options = SegmentOptions(max_segment=30.0)
+    [whole] = recognizer.transcribe_files([wav], segmenting=options)
+    bad = max(whole.segments, key=lambda s: s.end - s.start)
+    bad_samples = round((bad.end - bad.start) * 16000)
+    outputs = recognizer.outputs
+
+    def failing(audio, lengths, frames=True):
+        if any(abs(n - bad_samples) <= 1 for n in lengths.tolist()):
+            raise RuntimeError("out of memory (simulated)")
+        return outputs(audio, lengths, frames)
+
+    monkeypatch.setattr(recognizer, "outputs", failing)
+    [result] = recognizer.transcribe_files([wav], segmenting=options)
+    assert result.error is None
+    assert [w for w in result.warnings if "not decoded" in w] == [f"{wav}: {bad.start:.2f}-{bad.end:.2f} s not decoded: RuntimeError: out of memory (simulated)"]
+    assert [(s.start, s.text) for s in result.segments] == [(s.start, s.text) for s in whole.segments if s is not bad]

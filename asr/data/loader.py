@@ -4,7 +4,7 @@ that fills batches up to a budget of padded frames (distributed-aware), and the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -123,6 +123,19 @@ class UtteranceDataset(torch.utils.data.Dataset):
             item["error"] = f"{utt.id}: {e}"
         return item
 
+    def item_durations(self, epoch: int) -> list[float]:
+        """Each item's duration (s) in `epoch` as augmentation makes it: speed, silence and the
+        utterance joined after it (untrimmed: an upper bound). What batches are planned by."""
+        out = []
+        for index, utt in enumerate(self.utterances):
+            factor = speed_factor(self.speed_factors, self.seed, epoch, index)
+            seconds = utt.duration / factor + sum(silence_pads(self.pad_silence, self.seed, epoch, index))
+            partner = concat_partner(self.concat, self.seed, epoch, index, len(self))
+            if partner is not None:
+                seconds += self.utterances[partner[0]].duration / factor
+            out.append(seconds)
+        return out
+
     def _load(self, index: int, factor: float) -> tuple[np.ndarray, Intervals | None]:
         """Utterance `index`'s samples (samples,) played `factor` times as fast, and its timed tokens."""
         utt = self.utterances[index]
@@ -191,6 +204,7 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         sortagrad: bool = False,
+        epoch_lengths: Callable[[int], Sequence[float]] | None = None,
     ):
         if max_frames <= 0:
             raise ValueError("max_frames (the batch budget) must be positive")
@@ -204,6 +218,7 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.shuffle = shuffle
         self.num_replicas, self.rank = num_replicas, rank
         self.sortagrad = sortagrad
+        self.epoch_lengths = epoch_lengths  # each item's length in a given epoch, where augmentation changes it (concatenation, silence)
         self.epoch = 0
         self.start_batch = 0
         self._cache: tuple[int, list[list[int]]] | None = None  # (epoch, this rank's batches)
@@ -221,7 +236,8 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         """Every rank's batches of the current epoch; batch i goes to rank i % num_replicas."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         sorted_epoch = self.sortagrad and self.epoch == 0
-        keys = self.lengths
+        lengths = self.lengths if self.epoch_lengths is None else torch.tensor(self.epoch_lengths(self.epoch), dtype=torch.float64)
+        keys = lengths
         if self.shuffle and not sorted_epoch:
             keys = keys * (1 + 0.2 * (torch.rand(len(keys), generator=generator, dtype=torch.float64) - 0.5))
         order = torch.argsort(keys, stable=True).tolist()
@@ -229,7 +245,7 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         current: list[int] = []
         longest = 0.0
         for index in order:
-            length = float(self.lengths[index])
+            length = float(lengths[index])
             if current and max(longest, length) * (len(current) + 1) > self.max_frames:
                 batches.append(current)
                 current, longest = [], 0.0
