@@ -34,44 +34,9 @@ from asr.models import build_model
 from asr.segment import AudioSegment, Segmenter, SegmentOptions, read_blocks, stitch
 from asr.text import CharTokenizer, label_utterances
 from asr.tokens import BLANK_ID, SPACE
-
-
-@dataclass
-class Alternative:
-    """One of an utterance's n best transcripts, with its beam-search scores (natural log)."""
-
-    text: str
-    score: float  # acoustic + lm_weight * lm + word_bonus * num_words: what ranks the list
-    acoustic: float  # ln P_ctc(text | audio), over all its alignments
-    lm: float  # ln P_lm of its words, </s> included (0 without an LM)
-    num_words: int  # words (or tokens) the LM scored
-
+from asr.transcript import Alternative, Transcript, TranscriptSegment
 
 DEFAULT_MAX_SEGMENT = 12.0  # s: max_segment for a checkpoint that does not say how long its training utterances were
-
-
-@dataclass
-class TranscriptSegment:
-    """A stretch of a file decoded at once (a pause-bounded piece of speech), with its times."""
-
-    start: float  # s, from the start of the file
-    end: float  # s
-    text: str
-    words: list[Span] | None = None  # with word_timestamps: its words (tokens, for a phone model), times from the file's start
-
-
-@dataclass
-class Transcript:
-    """What `Recognizer.transcribe_files` says of one file."""
-
-    path: str
-    text: str | None  # None when the file could not be read
-    error: str | None  # why not
-    nbest: list[Alternative]  # with nbest > 1: the n best, best first (text is the first's)
-    words: list[Span] | None = None  # with word_timestamps: when each word of `text` was spoken
-    segments: list[TranscriptSegment] = field(default_factory=list)  # in time order; their texts joined by spaces are `text`
-    duration: float = 0.0  # s of audio read
-    warnings: list[str] = field(default_factory=list)  # what went wrong without stopping it (a cut-off file, a segment not decoded), naming the file
 
 
 class _FileJob:

@@ -18,13 +18,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from asr.align import Alignment, Span
 from asr.fileio import atomic_path, atomic_write
+from asr.transcript import Transcript, TranscriptSegment
 
-if TYPE_CHECKING:  # asr.inference imports torch and may import this module
-    from asr.inference import Transcript, TranscriptSegment
 
 
 def ctm_lines(alignment: Alignment, level: str = "words", decimals: int = 2) -> list[str]:
@@ -140,8 +139,6 @@ def transcript_segments(transcript: Transcript) -> list[TranscriptSegment]:
         raise ValueError(f"{transcript.path}: no transcript to write ({transcript.error})")
     if transcript.segments or not transcript.text.strip():
         return transcript.segments
-    from asr.inference import TranscriptSegment
-
     return [TranscriptSegment(0.0, transcript.duration, transcript.text, transcript.words)]
 
 

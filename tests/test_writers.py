@@ -13,7 +13,7 @@ import srt
 import webvtt
 
 from asr.align import Span
-from asr.inference import Transcript, TranscriptSegment
+from asr.transcript import Transcript, TranscriptSegment
 from asr.writers import OUTPUT_FORMATS, SubtitleOptions, format_timestamp, subtitle_cues, write_srt, write_transcript, write_vtt
 
 
