@@ -11,9 +11,10 @@
   and falters on a segment cut from a long recording with more or less of it around the speech
   (asr/segment.py): on the demo, 0.4 s of silence each side of the test utterances took greedy
   WER from 8 % to 33 %.
-- Concatenation: a `concat` share of training items are two utterances back to back (the second
-  drawn per (seed, epoch, utterance)), each trimmed to its words where the manifest has word
-  times, keeping a random 0-`CONCAT_GAP` s of its own silence at the join. A model trained only
+- Concatenation: a `concat` share of the training utterances are joined in pairs, back to back
+  (drawn per (seed, epoch)), each trimmed to its words where the manifest has word times,
+  keeping a random 0-`CONCAT_GAP` s of its own silence at the join; an epoch holds the same
+  speech as without, in fewer, longer items. A model trained only
   on sentences framed by silence runs the last word of one into the first of the next
   ("tuesdaywe") where a long recording has no pause between them.
 - SpecAugment (Park et al. 2019, "SpecAugment: a simple data augmentation method for ASR"):
@@ -56,16 +57,18 @@ def silence_pads(max_seconds: float, seed: int, epoch: int, index: int) -> tuple
 CONCAT_GAP = 0.15  # s: most of its own silence each utterance keeps at a concatenation's join
 
 
-def concat_partner(share: float, seed: int, epoch: int, index: int, size: int) -> tuple[int, float, float] | None:
-    """Which utterance follows utterance `index` in `epoch` (None for most: a `share` of them
-    get one), and the silence (s) each keeps at the join: reproducible, like `speed_factor`."""
+def concat_pairs(share: float, seed: int, epoch: int, size: int) -> dict[int, tuple[int, float, float]]:
+    """Epoch `epoch`'s joined items: {first: (second, s of silence the first keeps after its last
+    word, s the second keeps before its first)}. A `share` of the `size` utterances are paired,
+    each at most once, so an epoch holds the same speech with or without concatenation (the
+    second of a pair is not an item of its own that epoch). Reproducible, like `speed_factor`."""
     if share <= 0 or size < 2:
-        return None
-    rng = np.random.default_rng([seed, epoch, index, 2])
-    if rng.random() >= share:
-        return None
-    other = int(rng.integers(size - 1))
-    return other + (other >= index), float(rng.uniform(0, CONCAT_GAP)), float(rng.uniform(0, CONCAT_GAP))
+        return {}
+    rng = np.random.default_rng([seed, epoch, 2])
+    order = rng.permutation(size).tolist()
+    num_pairs = int(min(share, 1.0) * size) // 2
+    keep = rng.uniform(0, CONCAT_GAP, size=(num_pairs, 2))
+    return {order[2 * k]: (order[2 * k + 1], float(keep[k, 0]), float(keep[k, 1])) for k in range(num_pairs)}
 
 
 def perturb_speed(samples: np.ndarray, factor: float, sample_rate: int) -> np.ndarray:

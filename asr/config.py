@@ -104,7 +104,7 @@ class AugmentConfig:
 
     speed_factors: list[float] = field(default_factory=lambda: [1.0])  # speed perturbation factors, drawn uniformly; [0.9, 1.0, 1.1] as Ko et al. 2015
     pad_silence: float = 0.0  # s: up to this much silence added at each end of a training utterance (asr.augment.silence_pads)
-    concat: float = 0.0  # share of training items that are two utterances back to back, trimmed to their words (asr.augment.concat_partner)
+    concat: float = 0.0  # share of training utterances joined in pairs, back to back, trimmed to their words (asr.augment.concat_pairs)
     freq_masks: int = 0  # SpecAugment frequency masks per utterance (Park et al. 2019 LibriSpeech: 2)
     freq_mask_width: int = 27  # F: widest frequency mask, mel bins (or cepstra)
     time_masks: int = 0  # SpecAugment time masks per utterance (LibriSpeech: 2)

@@ -53,10 +53,11 @@ def test_pad_silence_adds_zeros_at_both_ends_and_shifts_the_word_times(tmp_path)
 def test_concat_joins_two_utterances_at_their_words_with_both_transcripts_and_times(tmp_path):
     """augment.concat: an item that is two utterances back to back, each trimmed to its words
     (keeping a little of its own silence), its labels both transcripts with a space between, its
-    timed tokens both utterances' at their new places."""
+    timed tokens both utterances' at their new places; the second is no item of its own."""
     import json
 
-    from asr.augment import CONCAT_GAP, concat_partner
+    from asr.augment import CONCAT_GAP, concat_pairs
+    from asr.data.loader import BucketBatchSampler
     from asr.data.manifest import read_manifest
 
     rows = []
@@ -66,15 +67,16 @@ def test_concat_joins_two_utterances_at_their_words_with_both_transcripts_and_ti
         sf.write(tmp_path / f"{i}.wav", samples, 16000, subtype="FLOAT")
         words = text.split()
         starts = [0.2, 0.5][: len(words)]
-        ends = [0.4, 0.8][: len(words)] if len(words) == 2 else [0.8]
+        ends = [0.4, 0.8] if len(words) == 2 else [0.8]
         rows.append({"id": f"u{i}", "audio": f"{i}.wav", "duration": 1.0, "text": text, "words": words, "word_starts": starts, "word_ends": ends})
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     utts = read_manifest(tmp_path / "m.jsonl")
     tokenizer = CharTokenizer.from_texts(["ab cd ef"])
-    dataset = UtteranceDataset(utts, tokenizer, 16000, concat=1.0, seed=0, timed=True)
+    seed = next(s for s in range(100) if 0 in concat_pairs(1.0, s, 0, 2))  # a seed whose pair is (u0, u1)
+    [(first, (second, keep_after, keep_before))] = concat_pairs(1.0, seed, 0, 2).items()
+    assert (first, second) == (0, 1) and 0 <= keep_after <= CONCAT_GAP and 0 <= keep_before <= CONCAT_GAP
+    dataset = UtteranceDataset(utts, tokenizer, 16000, concat=1.0, seed=seed, timed=True)
     item = dataset[0]
-    other, keep_after, keep_before = concat_partner(1.0, 0, 0, 0, 2)
-    assert other == 1 and 0 <= keep_after <= CONCAT_GAP and 0 <= keep_before <= CONCAT_GAP
     assert item["text"] == "ab cd ef"
     assert item["labels"] == tokenizer.encode("ab cd ef")
     end = round((0.8 + keep_after) * 16000)
@@ -88,3 +90,18 @@ def test_concat_joins_two_utterances_at_their_words_with_both_transcripts_and_ti
     np.testing.assert_allclose(starts[4:], [0.2 + shift, 0.5 + shift])
     assert starts[:4] == UtteranceDataset(utts, tokenizer, 16000, timed=True)[0]["intervals"][0]
     assert UtteranceDataset(utts, tokenizer, 16000, concat=0.0, timed=True)[0]["text"] == "ab cd"
+    # the epoch's batches hold the pair once: utterance 1 is no item of its own
+    assert dataset.item_durations(0) == [2.0, 0.0]
+    sampler = BucketBatchSampler([1.0, 1.0], 10.0, seed=seed, epoch_lengths=dataset.item_durations)
+    assert [i for batch in sampler.batches() for i in batch] == [0]
+
+
+def test_concat_pairs_each_utterance_at_most_once():
+    from asr.augment import concat_pairs
+
+    pairs = concat_pairs(0.5, 0, 3, 101)
+    assert len(pairs) == 25
+    used = list(pairs) + [second for second, _, _ in pairs.values()]
+    assert len(set(used)) == len(used) == 50
+    assert concat_pairs(0.5, 0, 3, 101) == pairs and concat_pairs(0.5, 0, 4, 101) != pairs
+    assert concat_pairs(0.0, 0, 3, 101) == {}

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from asr.audio import AudioError, load_audio
-from asr.augment import concat_partner, perturb_speed, silence_pads, speed_factor
+from asr.augment import concat_pairs, perturb_speed, silence_pads, speed_factor
 from asr.data.manifest import Utterance
 from asr.frame_targets import Intervals, TimingError, pad_intervals, scale_intervals, shift_intervals, token_intervals
 from asr.text import CharTokenizer
@@ -61,7 +61,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
     ):
         self.sample_rate = sample_rate
         self.pad_silence = pad_silence  # s, most silence added at each end (training only), see asr.augment
-        self.concat = concat  # share of items that are two utterances back to back (training only)
+        self.concat = concat  # share of utterances joined in pairs, back to back (training only)
+        self._pairs: tuple[int, dict[int, tuple[int, float, float]]] | None = None  # (epoch, its pairs)
         self.separator = tokenizer.symbols.index(SPACE) if tokenizer.kind == "char" else None  # put between two joined transcripts
         self.speed_factors = tuple(speed_factors)  # speed perturbation (training only), see asr.augment
         if any(f <= 0 for f in self.speed_factors) or not self.speed_factors:
@@ -102,7 +103,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
         try:
             factor = speed_factor(self.speed_factors, self.seed, self.epoch, index)
             samples, intervals = self._load(index, factor)
-            partner = concat_partner(self.concat, self.seed, self.epoch, index, len(self))
+            partner = self.pairs(self.epoch).get(index)
             if partner is not None:
                 other, gap_after, gap_before = partner
                 more, more_intervals = self._load(other, factor)
@@ -123,18 +124,25 @@ class UtteranceDataset(torch.utils.data.Dataset):
             item["error"] = f"{utt.id}: {e}"
         return item
 
+    def pairs(self, epoch: int) -> dict[int, tuple[int, float, float]]:
+        """`asr.augment.concat_pairs` of `epoch` (computed once per epoch)."""
+        if self._pairs is None or self._pairs[0] != epoch:
+            self._pairs = (epoch, concat_pairs(self.concat, self.seed, epoch, len(self)))
+        return self._pairs[1]
+
     def item_durations(self, epoch: int) -> list[float]:
         """Each item's duration (s) in `epoch` as augmentation makes it: speed, silence and the
-        utterance joined after it (untrimmed: an upper bound). What batches are planned by."""
-        out = []
+        utterance joined after it (untrimmed: an upper bound); 0 for an utterance that is the
+        second of a pair that epoch, which is no item of its own. What batches are planned by."""
+        pairs = self.pairs(epoch)
+        seconds = []
         for index, utt in enumerate(self.utterances):
             factor = speed_factor(self.speed_factors, self.seed, epoch, index)
-            seconds = utt.duration / factor + sum(silence_pads(self.pad_silence, self.seed, epoch, index))
-            partner = concat_partner(self.concat, self.seed, epoch, index, len(self))
-            if partner is not None:
-                seconds += self.utterances[partner[0]].duration / factor
-            out.append(seconds)
-        return out
+            seconds.append(utt.duration / factor + sum(silence_pads(self.pad_silence, self.seed, epoch, index)))
+        for first, (second, _, _) in pairs.items():
+            seconds[first] += seconds[second]
+            seconds[second] = 0.0
+        return seconds
 
     def _load(self, index: int, factor: float) -> tuple[np.ndarray, Intervals | None]:
         """Utterance `index`'s samples (samples,) played `factor` times as fast, and its timed tokens."""
@@ -204,7 +212,7 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         sortagrad: bool = False,
-        epoch_lengths: Callable[[int], Sequence[float]] | None = None,
+        epoch_lengths: Callable[[int], Sequence[float]] | None = None,  # each item's length in an epoch (0: none that epoch), where augmentation changes it
     ):
         if max_frames <= 0:
             raise ValueError("max_frames (the batch budget) must be positive")
@@ -218,7 +226,7 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.shuffle = shuffle
         self.num_replicas, self.rank = num_replicas, rank
         self.sortagrad = sortagrad
-        self.epoch_lengths = epoch_lengths  # each item's length in a given epoch, where augmentation changes it (concatenation, silence)
+        self.epoch_lengths = epoch_lengths
         self.epoch = 0
         self.start_batch = 0
         self._cache: tuple[int, list[list[int]]] | None = None  # (epoch, this rank's batches)
@@ -240,7 +248,7 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         keys = lengths
         if self.shuffle and not sorted_epoch:
             keys = keys * (1 + 0.2 * (torch.rand(len(keys), generator=generator, dtype=torch.float64) - 0.5))
-        order = torch.argsort(keys, stable=True).tolist()
+        order = [i for i in torch.argsort(keys, stable=True).tolist() if lengths[i] > 0]  # 0: no item this epoch (joined to another)
         batches: list[list[int]] = []
         current: list[int] = []
         longest = 0.0
