@@ -32,18 +32,21 @@ from asr.data.joined import join_utterances  # noqa: E402
 
 
 def peak_rss_of(command: list[str]) -> tuple[str, float, float]:
-    """Run `command` on one thread: its stdout, wall seconds and peak RSS (MB, wait4 on the child itself)."""
+    """Run `command` on one thread: its stdout, wall seconds and peak RSS (MB). The RSS comes from
+    /usr/bin/time, which forks a process of its own: wait4 on a child of this (large) process
+    would also count the pages the child shared with it between fork and exec."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
-    started = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        child = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env)
-        _, status, usage = os.wait4(child.pid, 0)
+    with tempfile.NamedTemporaryFile("r") as rss_file, tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        timed = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name, *command] if os.path.exists("/usr/bin/time") else command
+        started = time.perf_counter()
+        code = subprocess.run(timed, stdout=out, stderr=err, text=True, env=env).returncode
         wall = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
-        if os.waitstatus_to_exitcode(status):
+        if code:
             raise RuntimeError(f"{' '.join(command)} failed:\n{err.read()[-2000:]}")
-        return out.read(), wall, usage.ru_maxrss / 1024
+        rss = float(rss_file.read().split()[-1]) / 1024 if timed is not command else float("nan")
+        return out.read(), wall, rss
 
 
 def transcribe_long(checkpoint: str, wav: Path, decoder: list[str]) -> tuple[str, float, float, list[str]]:
