@@ -284,6 +284,9 @@ class Segmenter:
         by `overlap` on each side of every cut (window starts on a frame step). `probs`: its
         chunks' speech probabilities, the first chunk starting `offset` samples into it."""
         o, n = self.options, len(segment.audio)
+        if n <= o.max_segment * self.rate:
+            segment.windows, segment.cuts = [(0, n)], []
+            return segment
         max_len = self._chunks(o.max_segment - 2 * o.overlap)
         cuts = [offset + c * self.chunk for c in cut_points(probs, len(probs), max_len, self._chunks(2 * o.overlap + 0.5))]
         cuts = [c for c in cuts if 0 < c < n]
