@@ -114,6 +114,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
                     intervals = _join_intervals(intervals, shift_intervals(more_intervals, (end - start) / self.sample_rate))
                 item["labels"] = self.labels[index] + ([self.separator] if self.separator is not None else []) + self.labels[other]
                 item["text"] = f"{utt.text} {self.utterances[other].text}"
+                item["id"] = f"{utt.id}+{self.utterances[other].id}"
             lead, trail = silence_pads(self.pad_silence, self.seed, self.epoch, index)
             if lead or trail:
                 samples = np.pad(samples, (round(lead * self.sample_rate), round(trail * self.sample_rate)))
