@@ -534,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-line-count", type=int, help="subtitles: lines per cue (with --word-timestamps)")
     p.add_argument("--max-words-per-line", type=int, help="subtitles: words per line (with --word-timestamps)")
     p.add_argument("--max-gap", type=float, default=1.0, help="subtitles: a pause between words longer than this (s) starts a new cue (default 1)")
-    p.add_argument("--max-segment", type=float, help="long files: the longest piece run through the model at once, s (default: the model's longest training utterance + 2 s)")
+    p.add_argument("--max-segment", type=float, help="long files: the longest piece run through the model at once, s (default: the model's longest training utterance)")
     p.add_argument("--min-pause", type=float, default=0.3, help="long files: a pause at least this long (s) ends a segment (default 0.3)")
     p.add_argument("--vad-threshold", type=float, default=0.5, help="long files: silero-vad's speech probability that starts speech (default 0.5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal only)")
