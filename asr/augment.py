@@ -6,11 +6,10 @@
   decoding and resampling. The factor is a pure function of (seed, epoch, utterance index), so
   it does not depend on worker scheduling and a resumed run draws the same factors.
 - Silence padding: each training utterance gets up to `pad_silence` seconds of digital silence
-  (zeros) at each end, drawn uniformly per (seed, epoch, utterance) like the speed factor. With
-  per-utterance CMVN a model otherwise learns the silence share of its training utterances
-  and falters on a segment cut from a long recording with more or less of it around the speech
-  (asr/segment.py): on the demo, 0.4 s of silence each side of the test utterances took greedy
-  WER from 8 % to 33 %.
+  (zeros) at each end, drawn uniformly per (seed, epoch, utterance) like the speed factor. A
+  corpus whose files all start after the same silence (eSpeak's) otherwise teaches the model one
+  phase of the frame grid: the demo's dev WER went from 5.9 % to 8.2 % with its utterances
+  shifted by 10 ms, as segments cut from a long recording are (docs/transcribe.md).
 - Concatenation: a `concat` share of the training utterances are joined in pairs, back to back
   (drawn per (seed, epoch)), each trimmed to its words where the manifest has word times,
   keeping a random 0-`CONCAT_GAP` s of its own silence at the join; an epoch holds the same
