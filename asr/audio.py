@@ -18,14 +18,21 @@ class AudioError(ValueError):
     """A user-supplied audio file that cannot be used; the message names the file."""
 
 
+def check_audio_path(path: str | os.PathLike) -> Path:
+    """`path` as a Path; AudioError naming it when it is missing or empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file")
+    return path
+
+
 def audio_duration(path: str | os.PathLike) -> float:
     """Duration in seconds from the file header alone (no decoding)."""
     import soundfile as sf
 
-    if not Path(path).is_file():
-        raise AudioError(f"{path}: no such file")
-    if Path(path).stat().st_size == 0:
-        raise AudioError(f"{path}: empty file")
+    path = check_audio_path(path)
     try:
         info = sf.info(str(path))
     except Exception as e:  # soundfile raises RuntimeError / LibsndfileError
@@ -47,11 +54,7 @@ def load_audio(
     """
     import soundfile as sf
 
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: empty file")
+    path = check_audio_path(path)
     try:
         with sf.SoundFile(str(path)) as f:
             native_rate = f.samplerate

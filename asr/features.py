@@ -217,9 +217,15 @@ class FeatureExtractor(torch.nn.Module):
         return (raw + self.config.subsample - 1) // self.config.subsample
 
     @property
+    def frame_step(self) -> int:
+        """The step between output frames, in samples (frame shift × subsample): audio cut on a
+        multiple of it gives frames that line up with the whole's."""
+        return self.frame_shift * self.config.subsample
+
+    @property
     def frame_seconds(self) -> float:
-        """The step between output frames, in seconds (frame shift × subsample)."""
-        return self.frame_shift * self.config.subsample / self.config.sample_rate
+        """The step between output frames, in seconds."""
+        return self.frame_step / self.config.sample_rate
 
     def frame_centres(self, num_frames: int) -> list[float]:
         """Where output frames 0 .. num_frames-1 are centred, in seconds from the start of the

@@ -56,7 +56,8 @@ class _FileJob:
             self.duration += len(block) / rate
             yield block
 
-    def show(self, bar, rate: int) -> None:
+    def show(self, bar) -> None:
+        """Move the progress bar to the end of the last segment decoded."""
         done = max((s.end for _, s, _ in self.segments), default=0.0)
         if done > self.shown:
             bar.update(done - self.shown)
@@ -153,7 +154,7 @@ class Recognizer:
         model trained on utterances of seconds is not run over an hour at once), and frames
         line up across chunks (chunks start on a frame step). Memory grows with the chunk, and
         the result with the audio."""
-        step = self.features.frame_shift * self.config.features.subsample  # samples per output frame
+        step = self.features.frame_step  # samples per output frame
         margin = max(round(overlap_seconds * self.sample_rate / step), 1)  # frames of context kept off each side
         width = max(round(chunk_seconds * self.sample_rate / step), 4 * margin)  # frames per chunk
         total = int(self.features.num_frames(len(audio)))
@@ -334,14 +335,15 @@ class Recognizer:
         options = self.segment_options(segmenting)
         segmenter: Segmenter | None = None
         rate = self.sample_rate
-        step = self.features.frame_shift * self.config.features.subsample  # samples per output frame
         jobs: deque[_FileJob] = deque()
         pending: list[tuple[_FileJob, AudioSegment]] = []
         bar = tqdm(total=0, unit="s", desc="transcribe", disable=not progress, leave=False, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
 
-        def flush() -> None:
-            self._decode_segments(pending, nbest, word_timestamps, batch_size)
-            pending.clear()
+        def flush(at_least: int = 1) -> None:
+            """Decode the pending segments once they hold `at_least` windows."""
+            if sum(len(s.windows) for _, s in pending) >= at_least:
+                self._decode_segments(pending, nbest, word_timestamps, batch_size)
+                pending.clear()
 
         def finished() -> Iterator[Transcript]:
             while jobs and jobs[0].read and not any(job is jobs[0] for job, _ in pending):
@@ -361,17 +363,15 @@ class Recognizer:
                     job.duration = len(audio) / rate
                     pending.append((job, AudioSegment(0, audio, [(0, len(audio))])))
                 else:
-                    segmenter = segmenter or Segmenter(options, rate, step)
+                    segmenter = segmenter or Segmenter(options, rate, self.features.frame_step)
                     for segment in segmenter.segments(job.count(blocks, rate)):
                         pending.append((job, segment))
-                        if sum(len(s.windows) for _, s in pending) >= 4 * batch_size:
-                            flush()
-                            job.show(bar, rate)
+                        flush(4 * batch_size)
+                        job.show(bar)
             except AudioError as e:
                 job.error = str(e)
             job.read = True
-            if sum(len(s.windows) for _, s in pending) >= 4 * batch_size:
-                flush()
+            flush(4 * batch_size)
             yield from finished()
         flush()
         yield from finished()
@@ -384,7 +384,7 @@ class Recognizer:
         if not pending:
             return
         rate = self.sample_rate
-        step = self.features.frame_shift * self.config.features.subsample
+        step = self.features.frame_step
         windows = [(i, k) for i, (_, segment) in enumerate(pending) for k in range(len(segment.windows))]
         outputs: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
         failed: dict[int, str] = {}
@@ -399,6 +399,7 @@ class Recognizer:
                         outputs.update(self._window_outputs(pending, [w], word_timestamps))
                     except (RuntimeError, ValueError) as e:
                         failed[w[0]] = f"{type(e).__name__}: {e}"
+        quiet = [BLANK_ID] + ([self.tokenizer.symbols.index(self.word_separator)] if self.word_separator else [])  # where stitch may hand over
         done: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
         for i, (job, segment) in enumerate(pending):
             if i in failed:
@@ -410,7 +411,6 @@ class Recognizer:
             if len(pieces) == 1:
                 done.append((i, pieces[0][1], extra[0] if extra else None))
                 continue
-            quiet = [BLANK_ID] + ([self.tokenizer.symbols.index(self.word_separator)] if self.word_separator else [])
             num_frames = int(self.features.num_frames(len(segment.audio)))
             log_probs, frame_log_probs, _ = stitch(pieces, [c // step for c in segment.cuts], num_frames, quiet, extra)
             done.append((i, log_probs, frame_log_probs))

@@ -20,13 +20,12 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from asr.audio import MIN_DURATION, AudioError
+from asr.audio import MIN_DURATION, AudioError, check_audio_path
 from asr.config import ConfigError
 
 VAD_RATE = 16000  # Hz: silero-vad's rate (it also takes 8 kHz; we feed it 16 kHz)
@@ -78,11 +77,7 @@ def read_blocks(path: str | os.PathLike, sample_rate: int, block_seconds: float,
     one that cannot be read at all raises AudioError naming it."""
     import soundfile as sf
 
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: empty file")
+    path = check_audio_path(path)
     try:
         f = sf.SoundFile(str(path))
     except Exception as e:  # soundfile raises RuntimeError / LibsndfileError
@@ -229,6 +224,7 @@ class Segmenter:
         o = self.options
         buffer = np.zeros(0, np.float32)  # audio not yet handed out, from sample `origin`; whole chunks
         probs = np.zeros(0, np.float32)  # its speech probabilities, one per chunk
+        speech = np.zeros(0, bool)  # its chunks heard as speech (`hysteresis`, from the buffer's start)
         origin = 0
         leftover = np.zeros(0, np.float32)  # the end of the last block that does not fill a chunk
         heard = np.zeros(0, np.float32)  # the last second the VAD heard, to warm it up on the next block
@@ -236,36 +232,41 @@ class Segmenter:
             data = np.concatenate([leftover, block])
             whole = len(data) // self.chunk * self.chunk
             data, leftover = data[:whole], data[whole:]
-            probs = np.concatenate([probs, self.vad.probabilities(data, heard)])
+            new = self.vad.probabilities(data, heard)
+            probs = np.concatenate([probs, new])
+            speech = np.concatenate([speech, hysteresis(new, o.threshold, bool(speech[-1]) if len(speech) else False)])
             buffer = np.concatenate([buffer, data])
             heard = np.concatenate([heard, data])[-self.rate :]
-            keep = self._last_pause(probs)  # the chunk in the middle of the pause after the last complete segment
+            keep = self._last_pause(speech)  # the chunk in the middle of the pause after the last complete segment
             if keep is None and len(probs) > 2 * self._chunks(o.block):  # no pause for two blocks: cut where it is quietest
                 lo = len(probs) - self._chunks(o.block) - self._chunks(o.max_segment)
                 keep = lo + int(np.argmin(probs[lo : len(probs) - self._chunks(o.block)]))
             if keep:
-                yield from self._segments_of(buffer[: keep * self.chunk], probs[:keep], origin)
+                yield from self._segments_of(buffer[: keep * self.chunk], probs[:keep], speech[:keep], origin)
                 buffer, probs, origin = buffer[keep * self.chunk :], probs[keep:], origin + keep * self.chunk
+                speech = hysteresis(probs, o.threshold)  # the rest, heard afresh from its start
         if len(leftover):
-            probs = np.concatenate([probs, self.vad.probabilities(leftover, heard)])
+            new = self.vad.probabilities(leftover, heard)
+            probs = np.concatenate([probs, new])
+            speech = np.concatenate([speech, hysteresis(new, o.threshold, bool(speech[-1]) if len(speech) else False)])
             buffer = np.concatenate([buffer, leftover])
-        yield from self._segments_of(buffer, probs, origin)
+        yield from self._segments_of(buffer, probs, speech, origin)
 
-    def _last_pause(self, probs: np.ndarray) -> int | None:
+    def _last_pause(self, speech: np.ndarray) -> int | None:
         """The chunk in the middle of the pause after the last run of speech that has surely
         ended (at least min_pause follows it), or None."""
         min_pause = self._chunks(self.options.min_pause)
-        runs = speech_runs(hysteresis(probs, self.options.threshold), min_pause, 1)
-        next_start = len(probs)
-        if runs and len(probs) - runs[-1][1] < min_pause:  # the last run may go on in the next block
+        runs = speech_runs(speech, min_pause, 1)
+        next_start = len(speech)
+        if runs and len(speech) - runs[-1][1] < min_pause:  # the last run may go on in the next block
             next_start = runs.pop()[0]
         if not runs:
             return None
         return runs[-1][1] + (next_start - runs[-1][1]) // 2
 
-    def _segments_of(self, audio: np.ndarray, probs: np.ndarray, origin: int) -> Iterator[AudioSegment]:
+    def _segments_of(self, audio: np.ndarray, probs: np.ndarray, speech: np.ndarray, origin: int) -> Iterator[AudioSegment]:
         o = self.options
-        runs = speech_runs(hysteresis(probs, o.threshold), self._chunks(o.min_pause), self._chunks(o.min_speech))
+        runs = speech_runs(speech, self._chunks(o.min_pause), self._chunks(o.min_speech))
         pad = self._chunks(o.pad)
         total = -(-len(audio) // self.chunk)
         for i, (first, end) in enumerate(runs):
