@@ -41,7 +41,9 @@ class ModelConfig:
     cell: str = "lstm"  # recurrent cell: lstm (nn.LSTM / cuDNN), gru, peephole, lstm_diag_peephole, lstm_variant, slstm, convlstm
     hidden_size: int = 320  # units per direction
     num_layers: int = 3  # stacked recurrent layers
-    bidirectional: bool = True
+    direction: str = "bidirectional"  # "bidirectional", "unidirectional" (streams frame by frame) or "latency_controlled" (LC-BLSTM: streams chunk by chunk; Zhang et al. 2016)
+    chunk_frames: int = 0  # latency_controlled: model frames (after subsampling) per chunk; the forward direction carries its state across chunks
+    right_context_frames: int = 0  # latency_controlled: frames past each chunk the backward direction reads (it restarts at every chunk)
     dropout: float = 0.1  # between recurrent layers and before the output layer
     frontend_size: int = 0  # width of a linear+ReLU layer before the LSTMs; 0 = none
     lstm_variant: str = "vanilla"  # cell=lstm_variant: Greff et al. 2017 variant (vanilla NIG NFG NOG NIAF NOAF CIFG NP FGR)
@@ -51,6 +53,14 @@ class ModelConfig:
     convlstm_kernel: int = 5  # cell=convlstm: convolution width along frequency, bins (odd)
     convlstm_input_channels: int = 3  # cell=convlstm: the feature vector read as channels x frequency (3 stacked frames)
     frame_head: bool = False  # a second output layer that classifies each frame (the token it is inside; blank = silence), for forced alignment; trained from timed transcripts (train.frame_loss_weight)
+
+    @property
+    def bidirectional(self) -> bool:
+        """Whether each layer has a backward direction (bidirectional and latency-controlled models)."""
+        return self.direction != "unidirectional"
+
+
+DIRECTIONS = ("bidirectional", "unidirectional", "latency_controlled")
 
 
 @dataclass
@@ -144,18 +154,38 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
 
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """Configs written before `model.direction` said `model.bidirectional: true | false`: read it
+    as direction bidirectional | unidirectional (old checkpoints and YAML files keep loading)."""
+    model = data.get("model")
+    if isinstance(model, dict) and "bidirectional" in model:
+        model = dict(model)
+        bidirectional = model.pop("bidirectional")
+        model.setdefault("direction", "bidirectional" if bidirectional in (True, "true", "True") else "unidirectional")
+        data = {**data, "model": model}
+    return data
+
+
+def _upgrade_override(item: str) -> str:
+    key, _, value = item.partition("=")
+    if key.strip() == "model.bidirectional":
+        return "model.direction=" + ("bidirectional" if value.strip().lower() == "true" else "unidirectional")
+    return item
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
     """Schema defaults <- YAML file <- `section.key=value` overrides. Unknown keys are errors."""
     schema = OmegaConf.structured(Config)
     try:
         merged = schema
         if path is not None:
-            merged = OmegaConf.merge(merged, OmegaConf.load(str(path)))
+            loaded = OmegaConf.to_container(OmegaConf.load(str(path)))
+            merged = OmegaConf.merge(merged, _upgrade(loaded) if isinstance(loaded, dict) else loaded)
         if overrides:
             for item in overrides:
                 if "=" not in item:
                     raise ConfigError(f"override {item!r} is not of the form section.key=value")
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([_upgrade_override(o) for o in overrides]))
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         where = f" in {path}" if path is not None else ""
@@ -171,6 +201,6 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a Config from `config_to_dict` output (e.g. from a checkpoint)."""
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))  # type: ignore[return-value]
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), _upgrade(data)))  # type: ignore[return-value]
     except OmegaConfBaseException as e:
         raise ConfigError(f"bad config: {e}".splitlines()[0]) from e

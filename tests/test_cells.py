@@ -144,7 +144,7 @@ def test_script_and_eager_recurrences_agree():
 
 def model_config(cell: str, bidirectional: bool = True) -> ModelConfig:
     return ModelConfig(
-        cell=cell, hidden_size=6, num_layers=2, dropout=0.0, bidirectional=bidirectional, lstm_variant="CIFG",
+        cell=cell, hidden_size=6, num_layers=2, dropout=0.0, direction="bidirectional" if bidirectional else "unidirectional", lstm_variant="CIFG",
         convlstm_channels=2, convlstm_layers=2, convlstm_input_channels=2, convlstm_kernel=3,
     )
 

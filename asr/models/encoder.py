@@ -3,6 +3,17 @@
 `model.cell` picks the recurrence of every layer from RECURRENT_CELLS (nn.LSTM, nn.GRU, or the
 custom cells of `asr.models.cells` and `asr.models.convlstm`); everything else is the same for all.
 
+`model.direction` picks how far each layer looks ahead: `bidirectional` (the whole utterance),
+`unidirectional` (nothing: streams frame by frame) or `latency_controlled` (LC-BLSTM; Chen & Huo
+2016, Zhang et al. 2016: the utterance is cut into chunks of `chunk_frames`; the forward direction
+carries its state from chunk to chunk, the backward direction restarts at every chunk and reads
+`right_context_frames` past it). An LC-BLSTM runs the whole stack on windows of chunk + right
+context: at every layer the right-context frames get their forward outputs by continuing from the
+chunk's end state (which is not carried on) and their backward outputs from the window alone; only
+the chunk's frames leave the top. Training runs the same windows (`CTCModel._forward_windows`), so
+what the model learns is what it will see streaming (`EncoderStream`), to the last bit: with a right
+context as long as the utterance it is the offline BiLSTM.
+
 Each layer runs one unidirectional recurrence per direction. The backward direction sees every
 utterance reversed *within its own length* (`reverse_padded`), so it starts at the utterance's
 last real frame and padding never reaches its state; the forward direction needs nothing, since
@@ -13,12 +24,12 @@ frames, forward+backward 0.67 s masked vs 1.46 s packed), and on CUDA it is plai
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Union
 
 import torch
 import torch.nn as nn
 
-from asr.config import ModelConfig
+from asr.config import DIRECTIONS, ModelConfig
 from asr.models.cells import DIAG_PEEPHOLE, GREFF_VARIANTS, LSTMVariantLayer, SLSTMLayer, gers2000_spec
 from asr.models.convlstm import ConvLSTMLayer
 
@@ -53,6 +64,18 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index[:, :, None].expand_as(x))
 
 
+# A recurrent state as the cells return it: a tensor (GRU) or a tuple of tensors (LSTMs), each
+# (1, batch, size). Only these helpers look inside.
+State = Union[torch.Tensor, tuple]
+
+
+def map_state(fn: Callable[..., torch.Tensor], *states: State) -> State:
+    """fn applied to the matching tensors of one or more states of the same kind."""
+    if isinstance(states[0], torch.Tensor):
+        return fn(*states)
+    return tuple(fn(*parts) for parts in zip(*states))
+
+
 class RecurrentLayer(nn.Module):
     """One recurrent layer, one or two directions; outputs of the directions are concatenated.
 
@@ -72,12 +95,47 @@ class RecurrentLayer(nn.Module):
         backward_out, _ = self.backward_rnn(reverse_padded(x, lengths))  # (batch, frames, hidden), reversed time
         return torch.cat([forward_out, reverse_padded(backward_out, lengths)], dim=-1)
 
+    def forward_windows(
+        self, windows: torch.Tensor, window_lengths: torch.Tensor, chunk: int, state: State | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """The latency-controlled layer over windows of chunk + right context (see the module
+        docstring). windows (batch, n, chunk + right, input) hold frames [i * chunk, i * chunk +
+        chunk + right) of each utterance, window_lengths (batch, n) how many of them are real;
+        `state`: the forward direction's state before window 0 (zeros if None).
+        -> (batch, n, chunk + right, 2 * hidden) and the forward state after the last chunk."""
+        batch, n, width, _ = windows.shape
+        right = width - chunk
+        main = windows[:, :, :chunk].flatten(1, 2)  # (batch, n * chunk, input): the chunks, back to back
+        forward_out, last = self.forward_rnn(main, state)  # carried from chunk to chunk: one call over them all
+        forward_out = forward_out.unflatten(1, (n, chunk))  # (batch, n, chunk, hidden)
+        if right > 0:  # the right context: the same direction on from each chunk's end state, not carried on
+            ends = []
+            with torch.no_grad():  # the states at the chunk ends, for their values: the gradient reaches the
+                for i in range(n):  # chunks through their own frames, not through the look-ahead's start
+                    _, state = self.forward_rnn(windows[:, i, :chunk], state)
+                    ends.append(state)
+            starts = map_state(lambda *parts: torch.stack(parts, 2).flatten(1, 2), *ends)  # (1, batch * n, hidden)
+            ahead, _ = self.forward_rnn(windows[:, :, chunk:].flatten(0, 1), starts)  # (batch * n, right, hidden)
+            forward_out = torch.cat([forward_out, ahead.unflatten(0, (batch, n))], 2)  # (batch, n, width, hidden)
+        flat = windows.flatten(0, 1)  # (batch * n, width, input)
+        flat_lengths = window_lengths.flatten()
+        backward_out, _ = self.backward_rnn(reverse_padded(flat, flat_lengths))  # restarts in every window
+        backward_out = reverse_padded(backward_out, flat_lengths).unflatten(0, (batch, n))  # (batch, n, width, hidden)
+        return torch.cat([forward_out, backward_out], dim=-1), last
+
 
 class CTCModel(nn.Module):
     def __init__(self, input_dim: int, vocab_size: int, config: ModelConfig):
         super().__init__()
         if config.cell not in RECURRENT_CELLS:
             raise ValueError(f"model.cell={config.cell!r}: choose one of {', '.join(RECURRENT_CELLS)}")
+        if config.direction not in DIRECTIONS:
+            raise ValueError(f"model.direction={config.direction!r}: choose one of {', '.join(DIRECTIONS)}")
+        if config.direction == "latency_controlled" and (config.chunk_frames < 1 or config.right_context_frames < 0):
+            raise ValueError(
+                f"model.direction=latency_controlled needs model.chunk_frames >= 1 and model.right_context_frames >= 0, "
+                f"got {config.chunk_frames} and {config.right_context_frames}"
+            )
         if config.cell == "convlstm" and config.frontend_size > 0:
             raise ValueError("model.cell=convlstm reads the filterbank itself: set model.frontend_size=0")
         self.config = config
@@ -118,10 +176,35 @@ class CTCModel(nn.Module):
         consumer (CTC loss, decoders) reads only the first `lengths` frames.
         """
         x = self.frontend(feats)  # (batch, frames, frontend)
+        if self.config.direction == "latency_controlled":
+            x = self._forward_windows(x, lengths)
+        else:
+            for i, layer in enumerate(self.layers):
+                if i:
+                    x = self.dropout(x)
+                x = layer(x, lengths)  # (batch, frames, directions * hidden)
+        return self._outputs(x, lengths, frames)
+
+    def _forward_windows(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The latency-controlled stack over a batch: (batch, frames, frontend) -> (batch, frames, 2 * hidden),
+        each chunk's frames as `EncoderStream` computes them."""
+        chunk, right = self.config.chunk_frames, self.config.right_context_frames
+        batch, frames, _ = x.shape
+        n = max(1, -(-frames // chunk))
+        padded = nn.functional.pad(x, (0, 0, 0, n * chunk + right - frames))  # (batch, n * chunk + right, dim)
+        windows = padded.unfold(1, chunk + right, chunk).transpose(2, 3)  # (batch, n, chunk + right, dim)
+        starts = chunk * torch.arange(n, device=lengths.device)  # (n,)
+        window_lengths = (lengths[:, None] - starts[None, :]).clamp(0, chunk + right)  # (batch, n)
         for i, layer in enumerate(self.layers):
             if i:
-                x = self.dropout(x)
-            x = layer(x, lengths)  # (batch, frames, directions * hidden)
+                windows = self.dropout(windows)
+            windows, _ = layer.forward_windows(windows, window_lengths, chunk)  # (batch, n, chunk + right, 2 * hidden)
+        return windows[:, :, :chunk].flatten(1, 2)[:, :frames]  # (batch, frames, 2 * hidden)
+
+    def _outputs(
+        self, x: torch.Tensor, lengths: torch.Tensor, frames: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The top layer's outputs (batch, frames, size) -> log-probs (and the frame head's), as `forward`."""
         x = self.dropout(x)
         log_probs = torch.log_softmax(self.output(x).float(), dim=-1)  # (batch, frames, vocab), float32 even under autocast
         if not frames:
@@ -134,3 +217,84 @@ class CTCModel(nn.Module):
 
 def build_model(config: ModelConfig, input_dim: int, vocab_size: int) -> CTCModel:
     return CTCModel(input_dim, vocab_size, config)
+
+
+class EncoderStream:
+    """A unidirectional or latency-controlled `CTCModel` fed feature frames as they come: log-probs
+    out as soon as the model's look-ahead allows, equal to the whole utterance's offline.
+
+    Unidirectional: every frame at once, each layer's state carried on. Latency-controlled: frames
+    wait until a chunk and its right context are in (`chunk_frames + right_context_frames`), then the
+    stack runs that window as training did (`RecurrentLayer.forward_windows`) and the chunk's frames
+    leave; `finish` runs what is left as the shorter last windows. The state is a fixed size per
+    layer, whatever the stream's length.
+    """
+
+    def __init__(self, model: CTCModel):
+        config = model.config
+        if config.direction == "bidirectional":
+            raise ValueError(
+                "a bidirectional model reads the whole utterance and cannot stream: train one with "
+                "model.direction=unidirectional or latency_controlled (configs/demo_streaming.yaml)"
+            )
+        self.model = model
+        self.chunk = config.chunk_frames if config.direction == "latency_controlled" else 0
+        self.right = config.right_context_frames if self.chunk else 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the utterance: states back to zero, buffered frames dropped."""
+        self.states: list[State | None] = [None] * len(self.model.layers)
+        self.pending: torch.Tensor | None = None  # (frames, dim) frames not yet run (latency-controlled)
+        self.frames_out = 0
+
+    @torch.inference_mode()
+    def accept(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """feats (frames, input_dim), the next frames of the utterance -> the log-probs now final
+        (n, vocab) and the frame head's (n, vocab) or None; n may be 0 while a chunk fills."""
+        if not self.chunk:
+            return self._run(feats[None], None) if len(feats) else self._empty()
+        self.pending = feats if self.pending is None else torch.cat([self.pending, feats])
+        return self._drain(final=False)
+
+    @torch.inference_mode()
+    def finish(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The log-probs of the frames still waiting for their right context (latency-controlled)."""
+        return self._drain(final=True) if self.chunk else self._empty()
+
+    def _empty(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        empty = torch.zeros(0, self.model.output.out_features, device=self.model.output.weight.device)
+        return empty, (empty if self.model.frame_output is not None else None)
+
+    def _drain(self, final: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        outputs = []
+        width = self.chunk + self.right
+        while self.pending is not None and (len(self.pending) >= width or (final and len(self.pending) > 0)):
+            window = self.pending[:width]
+            main = min(self.chunk, len(window))
+            outputs.append(self._run(window[None], main))
+            self.pending = self.pending[main:]
+        if not outputs:
+            return self._empty()
+        log_probs = torch.cat([o[0] for o in outputs])
+        frame_log_probs = torch.cat([o[1] for o in outputs]) if outputs[0][1] is not None else None
+        return log_probs, frame_log_probs
+
+    def _run(self, x: torch.Tensor, main: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (1, frames, input_dim): unidirectional frames (main None) or one window whose first
+        `main` frames are its chunk -> log-probs of the frames that leave (n, vocab), frame head's."""
+        model = self.model
+        x = model.frontend(x)
+        if main is None:
+            for i, layer in enumerate(model.layers):
+                x, self.states[i] = layer.forward_rnn(x, self.states[i])  # (1, frames, hidden)
+        else:
+            windows = x[:, None]  # (1, 1, width, dim)
+            lengths = torch.tensor([[x.shape[1]]], device=x.device)
+            for i, layer in enumerate(model.layers):
+                windows, self.states[i] = layer.forward_windows(windows, lengths, main, self.states[i])
+            x = windows[:, 0, :main]  # (1, main, 2 * hidden)
+        frames = x.shape[1]
+        self.frames_out += frames
+        log_probs, _, frame_log_probs = model._outputs(x, torch.tensor([frames]), frames=True)
+        return log_probs[0], (frame_log_probs[0] if frame_log_probs is not None else None)
