@@ -1,0 +1,316 @@
+"""Streaming recognition: audio in as it comes, partial text out while the person speaks, a final
+result at each endpoint. The shape sherpa-onnx and Vosk users know:
+
+    stream = recognizer.stream()
+    for samples in source:                       # any size: 1 sample to minutes, any sample rate
+        stream.accept_waveform(samples, rate)
+        if stream.is_endpoint():
+            print(stream.result().text)          # the utterance, final
+            stream.reset()                       # the next one starts where the audio is
+        else:
+            print(stream.partial().text, end="\r")
+    print(stream.finish().text)
+
+or `stream.feed(samples, rate)`, which does that loop's bookkeeping and returns `StreamEvent`s
+("partial" when the text changed, "final" at an endpoint), the events `asr stream --json` prints.
+
+Inside, one stage per box, each incremental and equal to its offline self on the same audio:
+soxr's ResampleStream (other rates) -> `FeatureStream` (asr/features.py) -> `EncoderStream`
+(a unidirectional or latency-controlled model, asr/models/encoder.py) -> `GreedyStream` /
+`BeamStream` (asr/decode/incremental.py: the beam and its LM state kept across chunks).
+
+Endpoints are sherpa-onnx's three rules (sherpa-onnx/csrc/endpoint.h, defaults from its
+OnlineRecognizerConfig): an endpoint when the trailing silence (frames whose best label is blank)
+reaches 2.4 s with nothing decoded, or 1.2 s after something was decoded, or the utterance
+reaches 20 s. At an endpoint the final result is made (its words force-aligned as `asr transcribe
+--word-timestamps` times them) and `reset` drops every per-utterance state, so memory stays flat
+however long the stream: the features' and the model's states are a fixed size and go on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from asr.align import Span
+from asr.config import ConfigError
+from asr.decode.incremental import make_stream_decoder
+from asr.features import FeatureStream
+from asr.models.encoder import EncoderStream
+from asr.tokens import SPACE
+
+
+class StreamError(ValueError):
+    """Input a stream cannot take (NaN or inf samples, a bad rate, audio after `finish`); the
+    stream's state is untouched, so it can go on (or be reset)."""
+
+
+@dataclass
+class EndpointRule:
+    """An endpoint when the trailing silence and the utterance are at least this long (s); with
+    `must_contain_nonsilence`, only once something was decoded. 0 = no condition."""
+
+    must_contain_nonsilence: bool
+    min_trailing_silence: float
+    min_utterance_length: float
+
+    def fires(self, decoded: bool, trailing_silence: float, utterance_length: float) -> bool:
+        if self.must_contain_nonsilence and not decoded:
+            return False
+        return trailing_silence >= self.min_trailing_silence and utterance_length >= self.min_utterance_length
+
+
+@dataclass
+class EndpointConfig:
+    """sherpa-onnx's three rules and defaults; `enabled=False`: no endpoints (one utterance until finish)."""
+
+    rule1: EndpointRule = field(default_factory=lambda: EndpointRule(False, 2.4, 0.0))  # silence, nothing said
+    rule2: EndpointRule = field(default_factory=lambda: EndpointRule(True, 1.2, 0.0))  # silence after speech
+    rule3: EndpointRule = field(default_factory=lambda: EndpointRule(False, 0.0, 20.0))  # a long utterance
+    enabled: bool = True
+
+
+@dataclass
+class StreamResult:
+    """One utterance of the stream, so far (partial) or final; times in s from the stream's start."""
+
+    text: str
+    start: float
+    end: float
+    words: list[Span]
+    final: bool = False
+
+    def event(self) -> dict:
+        """The JSON event `asr stream --json` and the server send."""
+        return {
+            "type": "final" if self.final else "partial", "text": self.text, "start": round(self.start, 3), "end": round(self.end, 3),
+            "words": [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3), "confidence": round(w.confidence, 3)} for w in self.words],
+        }
+
+
+StreamEvent = StreamResult
+
+
+def check_streamable(config) -> None:
+    """ConfigError unless the checkpoint's model and features can stream."""
+    if config.model.direction == "bidirectional":
+        raise ConfigError(
+            "this model is bidirectional: it reads whole utterances and cannot stream; train one with "
+            "model.direction=latency_controlled or unidirectional (configs/demo_streaming.yaml), or use `asr transcribe`"
+        )
+    if config.features.cmvn in ("utterance", "speech"):
+        raise ConfigError(
+            f"this model normalizes features per utterance (features.cmvn={config.features.cmvn}), which needs the whole "
+            "utterance: train a streaming model with features.cmvn=global or running"
+        )
+
+
+def algorithmic_latency(features, model_config) -> float:
+    """Seconds of audio a streaming model waits for before a sample's frame is final: the chunk and
+    its right context (latency-controlled) or one frame (unidirectional), in model frames, plus the
+    feature window (the analysis window and the frames stacked onto it)."""
+    frames = model_config.chunk_frames + model_config.right_context_frames if model_config.direction == "latency_controlled" else 1
+    config = features.config
+    window = (config.frame_length_ms + (config.stack_frames - 1) * config.frame_shift_ms) / 1000
+    return frames * features.frame_seconds + window
+
+
+class Stream:
+    """One audio stream through a streaming `Recognizer` (see the module docstring)."""
+
+    def __init__(self, recognizer, endpoint: EndpointConfig | None = None):
+        check_streamable(recognizer.config)
+        self.recognizer = recognizer
+        self.endpoint = endpoint or EndpointConfig()
+        self.features = FeatureStream(recognizer.features)
+        self.encoder = EncoderStream(recognizer.model)
+        self.decoder = make_stream_decoder(recognizer.config.decode, recognizer.fusion)
+        self.frame_seconds = recognizer.features.frame_seconds
+        self.sample_rate = recognizer.sample_rate
+        self._resampler = None
+        self._input_rate: int | None = None
+        self._start_stream()
+
+    def _start_stream(self) -> None:
+        self.features.reset()
+        self.encoder.reset()
+        self._resampler, self._input_rate = None, None
+        self.frames = 0  # model frames decoded since the stream began
+        self.finished = False
+        self._last_partial = ""
+        self._start_utterance()
+
+    def _start_utterance(self) -> None:
+        self.decoder.reset()
+        self.utterance_frame = self.frames  # the first frame of the current utterance
+        self._log_probs: list[torch.Tensor] = []  # this utterance's, for the final word times
+        self._frame_log_probs: list[torch.Tensor] = []
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def accept_waveform(self, samples, sample_rate: int) -> None:
+        """The next samples of the stream: float in [-1, 1] (or int16), any length, at any rate
+        (resampled to the model's by soxr, in a stream of its own for that rate)."""
+        if self.finished:
+            raise StreamError("accept_waveform after finish(): call reset() to start a new stream")
+        audio = self._check(samples, sample_rate)
+        if sample_rate != self.sample_rate:
+            if self._input_rate != sample_rate:
+                import soxr
+
+                if self._input_rate is not None:
+                    raise StreamError(f"the sample rate changed from {self._input_rate} to {sample_rate} Hz within a stream: reset() first")
+                self._resampler, self._input_rate = soxr.ResampleStream(sample_rate, self.sample_rate, 1, dtype="float32"), sample_rate
+            audio = self._resampler.resample_chunk(audio)
+        elif self._input_rate is None:
+            self._input_rate = sample_rate
+        elif self._input_rate != sample_rate:
+            raise StreamError(f"the sample rate changed from {self._input_rate} to {sample_rate} Hz within a stream: reset() first")
+        self._advance(*self.encoder.accept(self.features.accept(torch.from_numpy(audio))))
+
+    @staticmethod
+    def _check(samples, sample_rate: int) -> np.ndarray:
+        if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+            raise StreamError(f"sample_rate must be a positive integer, not {sample_rate!r}")
+        audio = np.asarray(samples.numpy() if isinstance(samples, torch.Tensor) else samples)
+        if audio.dtype == np.int16:
+            audio = audio.astype(np.float32) / 32768.0
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        if audio.ndim != 1:
+            raise StreamError(f"samples must be one channel, shape (n,), not {audio.shape}")
+        if not np.isfinite(audio).all():
+            bad = int((~np.isfinite(audio)).sum())
+            raise StreamError(f"{bad} of {len(audio)} samples are NaN or inf: the chunk was dropped, the stream goes on")
+        return audio
+
+    def _advance(self, log_probs: torch.Tensor, frame_log_probs: torch.Tensor | None) -> None:
+        if len(log_probs) == 0:
+            return
+        self.decoder.advance(log_probs)
+        self.frames += len(log_probs)
+        self._log_probs.append(log_probs)
+        if frame_log_probs is not None:
+            self._frame_log_probs.append(frame_log_probs)
+
+    # -- output --------------------------------------------------------------------------------
+
+    @property
+    def utterance_seconds(self) -> float:
+        return (self.frames - self.utterance_frame) * self.frame_seconds
+
+    def is_endpoint(self) -> bool:
+        """Whether one of the endpoint rules fires now (see `EndpointConfig`)."""
+        if not self.endpoint.enabled or self.frames == self.utterance_frame:
+            return False
+        labels, _ = self.decoder.best()
+        silence = self.decoder.trailing_blanks * self.frame_seconds
+        rules = (self.endpoint.rule1, self.endpoint.rule2, self.endpoint.rule3)
+        return any(rule.fires(bool(labels), silence, self.utterance_seconds) for rule in rules)
+
+    def partial(self) -> StreamResult:
+        """The best text of the current utterance so far, words timed by where their labels were emitted."""
+        labels, frames = self.decoder.best()
+        return self._result(labels, frames, final=False)
+
+    def result(self) -> StreamResult:
+        """The current utterance, final: the decoder's last word (with the LM's end of sentence),
+        words force-aligned to the utterance's log-probs. Call `reset` after it to go on."""
+        labels, frames = self.decoder.finish()
+        result = self._result(labels, frames, final=True)
+        if result.text and self._log_probs:
+            result.words = self._aligned_words(result.text) or result.words
+        return result
+
+    def finish(self) -> StreamResult:
+        """The end of the audio: the frames still waiting for look-ahead are run, and the last
+        utterance's final result returned. accept_waveform raises afterwards, until reset()."""
+        if not self.finished:
+            if self._resampler is not None:
+                tail = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+                self._advance(*self.encoder.accept(self.features.accept(torch.from_numpy(tail))))
+            self._advance(*self.encoder.accept(self.features.finish()))
+            self._advance(*self.encoder.finish())
+            self.finished = True
+        return self.result()
+
+    def reset(self) -> None:
+        """After an endpoint: a new utterance, where the audio is (the per-utterance state dropped).
+        After finish() or an error you want to start over from: a new stream, its clock at 0."""
+        if self.finished:
+            self._start_stream()
+        else:
+            self._start_utterance()
+            self._last_partial = ""
+
+    def feed(self, samples, sample_rate: int) -> list[StreamEvent]:
+        """accept_waveform, then what happened: a "final" event (and a reset) at an endpoint, else
+        a "partial" one when the text changed."""
+        self.accept_waveform(samples, sample_rate)
+        if self.is_endpoint():
+            final = self.result()
+            self.reset()
+            return [final] if final.text else []
+        partial = self.partial()
+        if partial.text != self._last_partial:
+            self._last_partial = partial.text
+            return [partial]
+        return []
+
+    def close(self) -> list[StreamEvent]:
+        """finish(), as events: the last utterance's final, if it said anything."""
+        final = self.finish()
+        return [final] if final.text else []
+
+    # -- times ---------------------------------------------------------------------------------
+
+    def _result(self, labels: list[int], frames: list[int], final: bool) -> StreamResult:
+        tokenizer = self.recognizer.tokenizer
+        text = tokenizer.decode(labels)
+        starts, ends = self.recognizer.features.frame_times(self.frames + 1)
+        first = self.utterance_frame
+
+        def at(frame: int, table: list[float]) -> float:
+            return table[min(first + frame, len(table) - 1)]
+
+        words: list[Span] = []
+        symbols = tokenizer.symbols
+        word, word_start, word_end = "", 0.0, 0.0
+        split_words = tokenizer.kind == "char"
+        for label, frame in zip(labels, frames):
+            symbol = symbols[label]
+            if split_words and symbol == SPACE:
+                if word:
+                    words.append(Span(word, word_start, word_end, math.nan))
+                word = ""
+                continue
+            if not word:
+                word_start = at(frame, starts)
+            word += symbol if split_words else ""
+            word_end = at(frame, ends)
+            if not split_words:
+                words.append(Span(symbol, word_start, word_end, math.nan))
+        if split_words and word:
+            words.append(Span(word, word_start, word_end, math.nan))
+        start = at(0, starts)
+        end = at(max(self.frames - first - 1, 0), ends)
+        return StreamResult(text=text, start=start, end=end, words=words, final=final)
+
+    def _aligned_words(self, text: str) -> list[Span]:
+        """The final text force-aligned to the utterance's log-probs (in the frame head's where the
+        model has one), its times moved from the utterance's start to the stream's."""
+        recognizer = self.recognizer
+        log_probs = torch.cat(self._log_probs)[None]  # (1, frames, vocab)
+        frame_log_probs = torch.cat(self._frame_log_probs)[None] if self._frame_log_probs and recognizer.align_with_frame_head else None
+        try:
+            spans = recognizer.word_times(log_probs, torch.tensor([log_probs.shape[1]]), [text], ["stream"], frame_log_probs)["stream"]
+        except Exception:  # a text the aligner cannot place (too many labels for the frames): keep the emission times
+            return []
+        offset = self.recognizer.features.frame_times(self.utterance_frame + 1)[0][self.utterance_frame] if self.utterance_frame else 0.0
+        return [Span(s.text, s.start + offset, s.end + offset, s.confidence) for s in spans]
+
+
+def result_dict(result: StreamResult) -> dict:
+    return asdict(result)
