@@ -125,13 +125,8 @@ def final_hypotheses(
     words so far: (utts, beam); state (utts, beam, S) the fusion's), and spell out each
     utterance's `nbest` best by the back-pointers (parent slot, label added or -1: (frames,
     utts, beam)), with `backtrack` (default `grid_backtrack`; same arguments, same answer)."""
-    n_utt, beam = p_b.shape
-    acoustic = torch.logaddexp(p_b, p_nb) if options.merge == "sum" else torch.maximum(p_b, p_nb)  # (utts, beam)
-    if fusion is not None:
-        final_lm, final_words = fusion.final_scores(state.reshape(n_utt * beam, -1))
-        lm_total, words_total = lm_total + final_lm.view(n_utt, beam), words_total + final_words.view(n_utt, beam)
-    score = acoustic + options.lm_weight * lm_total + options.word_bonus * words_total
-    score = score.masked_fill(acoustic == NEG_INF, NEG_INF)
+    n_utt = p_b.shape[0]
+    score, acoustic, lm_total, words_total = score_slots(p_b, p_nb, lm_total, words_total, state, fusion, options)
     best, slot = (x[:, :options.nbest] for x in score.sort(dim=1, descending=True, stable=True))  # (utts, n) best first
     spelled = (backtrack or grid_backtrack)(parent.cpu(), label.cpu(), slot.cpu())
     columns = [best.tolist()] + [x.gather(1, slot).tolist() for x in (acoustic, lm_total, words_total)]
@@ -143,6 +138,21 @@ def final_hypotheses(
             if s > NEG_INF
         ])
     return results
+
+
+def score_slots(
+    p_b: torch.Tensor, p_nb: torch.Tensor, lm_total: torch.Tensor, words_total: torch.Tensor, state: torch.Tensor, fusion: Fusion | None, options: BeamOptions,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The grid's slots scored as the search ends (arguments as `final_hypotheses` takes them):
+    score, acoustic, ln P_lm and words, the fusion's final terms included, each (utts, beam);
+    an empty slot (acoustic -inf) scores -inf."""
+    n_utt, beam = p_b.shape
+    acoustic = torch.logaddexp(p_b, p_nb) if options.merge == "sum" else torch.maximum(p_b, p_nb)  # (utts, beam)
+    if fusion is not None:
+        final_lm, final_words = fusion.final_scores(state.reshape(n_utt * beam, -1))
+        lm_total, words_total = lm_total + final_lm.view(n_utt, beam), words_total + final_words.view(n_utt, beam)
+    score = acoustic + options.lm_weight * lm_total + options.word_bonus * words_total
+    return score.masked_fill(acoustic == NEG_INF, NEG_INF), acoustic, lm_total, words_total
 
 
 def grid_backtrack(hist_parent: torch.Tensor, hist_label: torch.Tensor, slot: torch.Tensor) -> list[list[list[int]]]:

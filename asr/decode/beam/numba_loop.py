@@ -17,16 +17,21 @@ does); the best `beam_size` within `beam_threshold` of the best survive, best fi
 to the earlier candidate (the flat list's stable sort). Scores are float32, as in torch. The
 back-pointers (parent slot, label added) are followed afterwards by a compiled walk, and
 `common.final_hypotheses` adds the final LM scores and picks the n-best.
+
+The live hypotheses are arrays the caller holds (`start_hypotheses`), which the search reads
+and leaves as they are after its last frame: a later call on the next frames goes on from
+there. That is how the streaming decoder (`asr.decode.incremental`) advances chunk by chunk.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from asr.decode.beam.common import UTT_MUL, BeamOptions, Hypothesis, final_hypotheses, frame_candidates
+from asr.decode.beam.common import NEG_INF, UTT_MUL, BeamOptions, Hypothesis, final_hypotheses, frame_candidates
 from asr.decode.fusion import TOKEN_LM, TOKEN_TABLES, WORD_FUSION, Fusion, fusion_bound, fusion_tables
 from asr.decode.lm import _MUL, NGramLM
 from asr.jit import njit
@@ -76,22 +81,23 @@ def _lm_score(state, word, lm):
 @njit
 def _search(
     lp, lengths, cand_id, cand_lp,  # (B, T, V) f32, (B,) i64, (B, T, K) i64 and f32 (-inf: none)
-    parent_out, label_out, f_out, state_out,  # out: (T, B, beam) i32 x2, (4, B, beam) f32, (B, beam, 2) i64
+    hyp_f, hyp_i, live,  # in and out: (B, 4, beam) f32, (B, 4, beam) i64, (B,) i64 (`_start`)
+    parent_out, label_out,  # out: (T, B, beam) i32 x2, the back-pointers of these frames
     beam, blank, threshold, early, bound, lm_weight, word_bonus, merge_sum, kind,
-    lm, start_state,  # NGramLM (`_lm_arrays`), its start state
+    lm,  # NGramLM (`_lm_arrays`)
     word_tables, token_tables,  # (trie, ends_word, penalty, node_word, end_cost), (token_words, table_logp, table_next)
 ):
     """Every utterance's frames, a step at a time; the step's parts are the flat list's
-    (`flat._step`). The live hypotheses of one utterance, best first: hf (4, beam) [p_b, p_nb,
-    ln P_lm so far, words so far], hi (4, beam) [last label, hash, state 0, state 1]; the
-    candidates of a frame, stays (the first n) then grows: cf, ci (4, stays + grows) the same
-    rows, c_parent, c_label (the label added, -1 for a stay), score."""
+    (`flat._step`). The live hypotheses of utterance b, best first, are its first live[b]
+    slots of hf = hyp_f[b] (4, beam) [p_b, p_nb, ln P_lm so far, words so far] and hi = hyp_i[b]
+    (4, beam) [last label, hash, state 0, state 1]; they are the search's state, so a later
+    call on the next frames goes on where this one stopped. The candidates of a frame, stays
+    (the first n) then grows: cf, ci (4, stays + grows) the same rows, c_parent, c_label (the
+    label added, -1 for a stay), score."""
     num_utt, frames, vocab = lp.shape
     k = cand_id.shape[2]
     slack = _F32(threshold + 1e-3)  # early pruning's margin, as in the flat list
     thr = _F32(threshold)
-    hf = np.empty((4, beam), np.float32)
-    hi = np.empty((4, beam), np.int64)
     cap = beam + beam * k
     cf = np.empty((4, cap), np.float32)
     ci = np.empty((4, cap), np.int64)
@@ -102,9 +108,7 @@ def _search(
     total = np.empty(beam, np.float32)
     pick = np.empty(beam, np.int64)
     for b in range(num_utt):
-        n = 1  # the empty prefix: last label blank, the utterance's own hash
-        hf[0, 0], hf[1, 0], hf[2, 0], hf[3, 0] = 0.0, _NEG_INF, 0.0, 0.0
-        hi[0, 0], hi[1, 0], hi[2, 0], hi[3, 0] = blank, b * UTT_MUL, start_state, 0
+        hf, hi, n = hyp_f[b], hyp_i[b], live[b]
         length = lengths[b]
         for t in range(length):
             m = _stay_and_grow(lp, cand_id, cand_lp, b, t, n, hf, hi, cf, ci, c_parent, c_label, total, blank, merge_sum)
@@ -118,14 +122,17 @@ def _search(
             for slot in range(beam):
                 parent_out[t, b, slot] = slot
                 label_out[t, b, slot] = -1
-        for slot in range(beam):
-            live = slot < n
-            f_out[0, b, slot] = hf[0, slot] if live else _NEG_INF
-            f_out[1, b, slot] = hf[1, slot] if live else _NEG_INF
-            f_out[2, b, slot] = hf[2, slot] if live else 0.0
-            f_out[3, b, slot] = hf[3, slot] if live else 0.0
-            state_out[b, slot, 0] = hi[2, slot] if live else start_state
-            state_out[b, slot, 1] = hi[3, slot] if live else 0
+        live[b] = n
+
+
+@njit
+def _start(hyp_f, hyp_i, live, blank, start_state):
+    """Every utterance's hypotheses before its first frame: the empty prefix alone (last label
+    blank, the utterance's own hash, the LM's start state). Arrays as `_search` takes them."""
+    for b in range(live.shape[0]):
+        live[b] = 1
+        hyp_f[b, 0, 0], hyp_f[b, 1, 0], hyp_f[b, 2, 0], hyp_f[b, 3, 0] = 0.0, _NEG_INF, 0.0, 0.0
+        hyp_i[b, 0, 0], hyp_i[b, 1, 0], hyp_i[b, 2, 0], hyp_i[b, 3, 0] = blank, b * UTT_MUL, start_state, 0
 
 
 @_inlined
@@ -305,6 +312,94 @@ def _lm_arrays(lm: NGramLM | None) -> tuple[tuple, int]:
     return tables + (window, 64 - lm._bits, 1 << (lm._bits - 1)), lm._bos_state
 
 
+@njit
+def _trace(parent, label, slot):
+    """The labels of one utterance's slot and the frame where each was added, walking the
+    back-pointers (frames, 1, beam) from the last frame: two (labels,) int64 arrays."""
+    labels = np.empty(parent.shape[0], np.int64)
+    at_frame = np.empty(parent.shape[0], np.int64)
+    n = 0
+    for t in range(parent.shape[0] - 1, -1, -1):
+        if label[t, 0, slot] >= 0:
+            labels[n] = label[t, 0, slot]
+            at_frame[n] = t
+            n += 1
+        slot = parent[t, 0, slot]
+    return labels[:n][::-1].copy(), at_frame[:n][::-1].copy()
+
+
+def trace_path(parent: np.ndarray, label: np.ndarray, slot: int) -> tuple[list[int], list[int]]:
+    """One utterance's back-pointers (frames, 1, beam) int32 and a slot -> its labels and, for
+    each, the frame that added it."""
+    labels, at_frame = _trace(parent, label, slot)
+    return labels.tolist(), at_frame.tolist()
+
+
+@dataclass(frozen=True)
+class SearchSetup:
+    """What `_search` is given besides the frames, the hypotheses and the back-pointers: fixed
+    for a decoder (its options, the fusion's tables)."""
+
+    args: tuple  # _search's arguments from beam to token_tables
+    kind: int  # the fusion's kind (asr.decode.fusion: NO_FUSION, WORD_FUSION, ...)
+    start_state: int  # the LM's start state (0 without an LM)
+
+
+def search_setup(fusion: Fusion | None, options: BeamOptions, vocab: int) -> SearchSetup:
+    """The options and the fusion's tables as `_search` reads them, for log-probs of `vocab` labels."""
+    bound, early = fusion_bound(fusion, vocab, options.lm_weight, options.word_bonus, options.beam_threshold, torch.device("cpu"))
+    kind, lm, word_tables, token_tables = fusion_tables(fusion, torch.device("cpu"))  # (numba reads the kinds as constants)
+    if lm is not None and lm.device.type != "cpu":
+        raise ValueError(f"the numba layout needs the LM on the CPU, not on {lm.device.type}")
+    lm_tables, start_state = _lm_arrays(lm)
+    args = (
+        options.beam_size, options.blank, float(options.beam_threshold), early, bound.numpy(), _F32(options.lm_weight), _F32(options.word_bonus), options.merge == "sum", kind,
+        lm_tables, tuple(t.numpy() for t in word_tables), tuple(t.numpy() for t in token_tables),
+    )
+    return SearchSetup(args, kind, start_state)
+
+
+def start_hypotheses(num_utt: int, setup: SearchSetup) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each utterance's hypotheses before its first frame, as `_search` takes and returns them:
+    hyp_f (utts, 4, beam) float32, hyp_i (utts, 4, beam) int64, live (utts,) int64."""
+    beam, blank = setup.args[0], setup.args[1]
+    hyp_f = np.empty((num_utt, 4, beam), np.float32)
+    hyp_i = np.empty((num_utt, 4, beam), np.int64)
+    live = np.empty(num_utt, np.int64)
+    _start(hyp_f, hyp_i, live, blank, setup.start_state)
+    return hyp_f, hyp_i, live
+
+
+def search_frames(
+    log_probs: torch.Tensor, lengths: torch.Tensor, hypotheses: tuple[np.ndarray, np.ndarray, np.ndarray],
+    parent: np.ndarray, label: np.ndarray, setup: SearchSetup, options: BeamOptions,
+) -> None:
+    """Advance each utterance's `hypotheses` (`start_hypotheses`' arrays, updated in place) over
+    its frames of log_probs (utts, frames, vocab) float32, contiguous, lengths (utts,) int64;
+    the frames' back-pointers go to parent and label (frames, utts, beam) int32."""
+    n_utt, frames, _ = log_probs.shape
+    cand_id, cand_lp = frame_candidates(log_probs, lengths, options.token_top_k, options.token_min_logp, options.blank, options.token_cum_prob)  # (utts * frames, k)
+    k = cand_id.shape[1]
+    _search(
+        log_probs.numpy(), lengths.numpy(), cand_id.view(n_utt, frames, k).numpy(), cand_lp.view(n_utt, frames, k).numpy(),
+        *hypotheses, parent, label, *setup.args,
+    )
+
+
+def grid_scores(hypotheses: tuple[np.ndarray, np.ndarray, np.ndarray], setup: SearchSetup) -> tuple[torch.Tensor, ...]:
+    """The hypotheses' slots as `common.final_hypotheses` takes them: p_b, p_nb, ln P_lm so far,
+    words so far (utts, beam) float32, the fusion's state (utts, beam, S); a slot past the live
+    ones scores -inf, with nothing of the LM's."""
+    hyp_f, hyp_i, live = hypotheses
+    dead = torch.from_numpy(np.arange(hyp_f.shape[2]) >= live[:, None])[:, None, :]  # (utts, 1, beam)
+    f = torch.from_numpy(hyp_f).masked_fill(dead, 0.0)
+    f[:, :2].masked_fill_(dead, NEG_INF)
+    state = torch.from_numpy(hyp_i[:, 2:]).masked_fill(dead, 0)
+    state[:, 0].masked_fill_(dead[:, 0], setup.start_state)
+    state = state.transpose(1, 2)[:, :, : (2 if setup.kind == WORD_FUSION else 1)]  # (utts, beam, S)
+    return f[:, 0], f[:, 1], f[:, 2], f[:, 3], state
+
+
 @torch.inference_mode()
 def decode_beam_numba(
     log_probs: torch.Tensor,
@@ -319,27 +414,9 @@ def decode_beam_numba(
     log_probs = log_probs.float().contiguous()
     lengths = lengths.long().contiguous()
     n_utt, frames, vocab = log_probs.shape
-    cand_id, cand_lp = frame_candidates(log_probs, lengths, options.token_top_k, options.token_min_logp, options.blank, options.token_cum_prob)  # (utts * frames, k)
-    k = cand_id.shape[1]
-    bound, early = fusion_bound(fusion, vocab, options.lm_weight, options.word_bonus, options.beam_threshold, log_probs.device)
-
-    kind, lm, word_tables, token_tables = fusion_tables(fusion, log_probs.device)  # (numba reads the kinds as constants)
-    if lm is not None and lm.device.type != "cpu":
-        raise ValueError(f"the numba layout needs the LM on the CPU, not on {lm.device.type}")
-
-    beam = options.beam_size
-    parent = np.empty((frames, n_utt, beam), np.int32)
-    label = np.empty((frames, n_utt, beam), np.int32)
-    out_f = np.empty((4, n_utt, beam), np.float32)
-    out_state = np.empty((n_utt, beam, 2), np.int64)
-    _search(
-        log_probs.numpy(), lengths.numpy(), cand_id.view(n_utt, frames, k).numpy(), cand_lp.view(n_utt, frames, k).numpy(),
-        parent, label, out_f, out_state,
-        beam, options.blank, float(options.beam_threshold), early, bound.numpy(), _F32(options.lm_weight), _F32(options.word_bonus), options.merge == "sum", kind,
-        *_lm_arrays(lm), tuple(t.numpy() for t in word_tables), tuple(t.numpy() for t in token_tables),
-    )
-    out_f, out_state = torch.from_numpy(out_f), torch.from_numpy(out_state)
-    state = out_state[:, :, : (2 if kind == WORD_FUSION else 1)]
-    return final_hypotheses(
-        out_f[0], out_f[1], out_f[2], out_f[3], state, torch.from_numpy(parent), torch.from_numpy(label), fusion, options, _backtrack,
-    )
+    setup = search_setup(fusion, options, vocab)
+    hypotheses = start_hypotheses(n_utt, setup)
+    parent = np.empty((frames, n_utt, options.beam_size), np.int32)
+    label = np.empty((frames, n_utt, options.beam_size), np.int32)
+    search_frames(log_probs, lengths, hypotheses, parent, label, setup, options)
+    return final_hypotheses(*grid_scores(hypotheses, setup), torch.from_numpy(parent), torch.from_numpy(label), fusion, options, _backtrack)
