@@ -3,6 +3,7 @@
     asr synth OUT [--num-utterances N] [--seed S] [--layout manifest|timit|librispeech]
     asr prepare librispeech|timit|kaldi|nemo ROOT OUT_DIR
     asr train CONFIG [key=value ...] [--resume]
+    asr stream CKPT FILE|- [--realtime] [--json] [--sample-rate RATE] [--mic] [--decoder beam --lm LM.arpa]
     asr transcribe CKPT FILE... [--json] [--word-timestamps] [--output-dir DIR --output-format srt,...] [--nbest N] [--decoder beam --lm LM.arpa ...]
     asr evaluate CKPT MANIFEST [--output FILE] [--decoder beam --lm LM.arpa ...] [--tune-lm]
     asr align CKPT MANIFEST|AUDIO [--text T | --text-file LINES] --output-dir DIR [--textgrid] [--plot N]
@@ -19,10 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
+
+import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -463,7 +467,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     manifests = synthesize_corpus(corpus, num_utterances=args.num_utterances, seed=args.seed)
     config.data.train, config.data.dev, config.data.test = (str(manifests[s]) for s in ("train", "dev", "test"))
     config.train.out_dir = str(out / "run")
-    print(f"[2/5] training ({config.model.num_layers}x{config.model.hidden_size} Bi{config.model.cell.upper()}, "
+    kind = {"bidirectional": "Bi", "unidirectional": "unidirectional ", "latency_controlled": "latency-controlled Bi"}.get(config.model.direction, "")
+    print(f"[2/5] training ({config.model.num_layers}x{config.model.hidden_size} {kind}{config.model.cell.upper()}, "
           f"{config.train.epochs} epochs) into {config.train.out_dir}")
     run_dir = train(config)
     checkpoint = run_dir / BEST
@@ -482,14 +487,128 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print_result(beam, output, "test", decoder_name(decode))
     print(f"  test WER: greedy {greedy.wer:.2%} -> {decoder_name(decode)} {beam.wer:.2%} "
           f"(lm_weight {decode.lm_weight}, word_bonus {decode.word_bonus})")
-    print("[5/5] transcribing one held-out file (beam + LM)")
     utterance = read_manifest(config.data.test)[0]
-    [result] = list(recognizer.transcribe_files([utterance.audio]))
-    print(f"  file       {result.path}\n  reference  {recognizer.tokenizer.normalize(utterance.text)}\n"
-          f"  hypothesis {result.text if result.error is None else result.error}")
+    if config.model.direction == "bidirectional":
+        print("[5/5] transcribing one held-out file (beam + LM)")
+        [result] = list(recognizer.transcribe_files([utterance.audio]))
+        text = result.text if result.error is None else result.error
+    else:
+        print("[5/5] streaming one held-out file in 100 ms chunks (beam + LM): partial results as they came")
+        text = stream_file(recognizer, utterance.audio)
+    print(f"  file       {utterance.audio}\n  reference  {recognizer.tokenizer.normalize(utterance.text)}\n  hypothesis {text}")
     print(f"checkpoint: {checkpoint}\nmetrics log: {run_dir / METRICS}")
     print(f"wall time: {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def stream_sources(args: argparse.Namespace) -> Iterator[tuple[np.ndarray, int]]:
+    """(samples float32 mono, sample rate) blocks of --chunk-ms from a file, stdin's raw 16-bit PCM
+    or the microphone."""
+    from asr.config import ConfigError
+
+    if args.mic:
+        try:
+            import sounddevice
+        except ImportError as e:  # an optional extra: pip install 'asr[mic]'
+            raise ConfigError(f"--mic records through the optional sounddevice package: pip install 'asr[mic]' ({e})") from e
+        rate = args.sample_rate or 16000
+        block = max(1, rate * args.chunk_ms // 1000)
+        try:
+            with sounddevice.InputStream(samplerate=rate, channels=1, dtype="float32", blocksize=block) as mic:
+                while True:
+                    data, _ = mic.read(block)
+                    yield data[:, 0].copy(), rate
+        except sounddevice.PortAudioError as e:
+            raise ConfigError(f"--mic: no microphone to record from ({e})") from e
+    elif args.source == "-":
+        if not args.sample_rate:
+            raise ConfigError("reading raw 16-bit PCM from stdin needs its rate: --sample-rate (e.g. 16000)")
+        block_bytes = 2 * max(1, args.sample_rate * args.chunk_ms // 1000)
+        pending = b""
+        while True:
+            data = sys.stdin.buffer.read(block_bytes)
+            if not data:
+                break
+            data, pending = pending + data, b""
+            if len(data) % 2:  # half a sample: keep it for the next read
+                data, pending = data[:-1], data[-1:]
+            yield np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0, args.sample_rate
+    else:
+        import soundfile
+
+        from asr.audio import AudioError, check_audio_path
+
+        check_audio_path(args.source)
+        try:
+            info = soundfile.info(args.source)
+            block = max(1, info.samplerate * args.chunk_ms // 1000)
+            for data in soundfile.blocks(args.source, blocksize=block, dtype="float32", always_2d=True):
+                yield data.mean(axis=1), info.samplerate
+        except (RuntimeError, soundfile.LibsndfileError) as e:
+            raise AudioError(f"{args.source}: cannot read audio: {e}") from e
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from asr.config import ConfigError
+    from asr.inference import Recognizer
+    from asr.stream import EndpointConfig, EndpointRule, algorithmic_latency
+
+    if not args.mic and args.source is None:
+        raise ConfigError("give an audio file, - (raw 16-bit PCM on stdin, with --sample-rate) or --mic")
+    if args.chunk_ms < 1:
+        raise ConfigError(f"--chunk-ms must be at least 1, not {args.chunk_ms}")
+    recognizer = Recognizer.from_checkpoint(args.checkpoint, device=args.device)
+    apply_decoder_options(recognizer, args)
+    endpoint = EndpointConfig(
+        rule1=EndpointRule(False, args.rule1_min_trailing_silence, 0.0),
+        rule2=EndpointRule(True, args.rule2_min_trailing_silence, 0.0),
+        rule3=EndpointRule(False, 0.0, args.rule3_min_utterance_length),
+        enabled=not args.no_endpoint,
+    )
+    stream = recognizer.stream(endpoint)
+    terminal = sys.stdout.isatty() and not args.json
+    if not args.json:
+        latency = algorithmic_latency(recognizer.features, recognizer.config.model)
+        print(f"# {recognizer.config.model.direction} model, algorithmic latency {latency * 1000:.0f} ms", file=sys.stderr)
+
+    def show(events) -> None:
+        for event in events:
+            if args.json:
+                print(json.dumps(event.event()), flush=True)
+            elif event.final:
+                print(("\r\033[K" if terminal else "") + f"[{event.start:8.2f} -> {event.end:8.2f}] {event.text}", flush=True)
+            elif terminal:
+                print("\r\033[K" + event.text[-(shutil.get_terminal_size().columns - 1):], end="", flush=True)
+
+    started = time.perf_counter()
+    heard = 0.0  # s of audio fed so far
+    for samples, rate in stream_sources(args):
+        if args.realtime:  # the speed of speech: wait until the audio would have arrived
+            time.sleep(max(0.0, started + heard - time.perf_counter()))
+        heard += len(samples) / rate
+        try:
+            show(stream.feed(samples, rate))
+        except ValueError as e:  # StreamError: the chunk is dropped, the stream goes on
+            print(f"asr stream: warning: {e}", file=sys.stderr)
+    show(stream.close())
+    return 0
+
+
+def stream_file(recognizer, path: str, chunk_ms: int = 100) -> str:
+    """Feed a file through `recognizer.stream()` in chunks, printing each new partial; the final text."""
+    from asr.audio import load_audio
+
+    audio = load_audio(path).numpy()
+    stream = recognizer.stream()
+    block = recognizer.sample_rate * chunk_ms // 1000
+    finals = []
+    for at in range(0, len(audio), block):
+        for event in stream.feed(audio[at : at + block], recognizer.sample_rate):
+            print(f"  {'final  ' if event.final else 'partial'} {(at + block) / recognizer.sample_rate:5.2f} s  {event.text}")
+            if event.final:
+                finals.append(event.text)
+    finals += [event.text for event in stream.close()]
+    return " ".join(finals)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -583,6 +702,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("arpa", help="ARPA file, plain or compressed")
     q.add_argument("-o", "--output", required=True, help="file to write (e.g. lm.bin); --lm takes it wherever it takes an ARPA file")
     q.set_defaults(func=cmd_lm_compile)
+
+    p = sub.add_parser("stream", help="recognize as the audio comes: partial results, then a final one at each endpoint")
+    p.add_argument("checkpoint", help="a streaming model (model.direction latency_controlled or unidirectional)")
+    p.add_argument("source", nargs="?", help="an audio file, or - for raw 16-bit little-endian mono PCM on stdin (with --sample-rate)")
+    p.add_argument("--sample-rate", type=int, help="stdin's (and --mic's) sample rate, Hz; a file says its own")
+    p.add_argument("--mic", action="store_true", help="record from the default microphone (the optional sounddevice extra: pip install 'asr[mic]')")
+    p.add_argument("--realtime", action="store_true", help="feed a file at the speed of speech")
+    p.add_argument("--json", action="store_true", help='one JSON line per event: {"type": "partial" | "final", "text", "start", "end", "words"}')
+    p.add_argument("--chunk-ms", type=int, default=100, help="audio per read, ms (default 100)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--rule1-min-trailing-silence", type=float, default=2.4, help="endpoint after this much silence with nothing decoded, s (default 2.4)")
+    p.add_argument("--rule2-min-trailing-silence", type=float, default=1.2, help="endpoint after this much silence after speech, s (default 1.2)")
+    p.add_argument("--rule3-min-utterance-length", type=float, default=20.0, help="endpoint when an utterance is this long, s (default 20)")
+    p.add_argument("--no-endpoint", action="store_true", help="no endpoints: one final result at the end")
+    add_decoder_options(p)
+    p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser("demo", help="synthesize, train, evaluate and transcribe, end to end")
     p.add_argument("--out", default="demo_out", help="folder for the corpus, checkpoints and logs")

@@ -306,6 +306,13 @@ class Recognizer:
         untranscribed = unaligned_speech(in_gap, log_probs, starts, ends, max(round(0.5 / self.features.frame_seconds), 1), garbage, BLANK_ID)
         return Alignment(name, tokens, words, score, len(log_probs)), segments, untranscribed
 
+    def stream(self, endpoint=None):
+        """A `asr.stream.Stream` through this (streaming) model: audio in as it comes, partial and
+        final results out; `endpoint`: an `asr.stream.EndpointConfig` (sherpa-onnx's rules by default)."""
+        from asr.stream import Stream  # asr.stream sits above the models and decoders, beside this module
+
+        return Stream(self, endpoint)
+
     def segment_options(self, options: SegmentOptions | None = None) -> SegmentOptions:
         """`options` (default SegmentOptions()) with max_segment filled in where unset: the longest
         utterance the model was trained on, so no window is longer than what it learned from (a
