@@ -21,7 +21,9 @@ CUSTOM_CELLS = ["peephole", "lstm_diag_peephole", "lstm_variant", "slstm", "conv
 @pytest.mark.parametrize("backend", ["eager", "script"])
 @pytest.mark.parametrize("name", list(SPECS))
 def test_generic_lstm_hand_written_backward_passes_gradcheck(name, backend):
-    """The custom autograd Function's backward against finite differences, float64, every switch."""
+    """The custom autograd Function's backward against finite differences, float64, every switch, from
+    a given initial state (h0, c0 and FGR's gates g0 get gradients) and with gradients arriving through
+    the final state (c_T, FGR's g_T), as in chunked BPTT."""
     spec = SPECS[name]
     torch.manual_seed(0)
     H = 3
@@ -30,11 +32,14 @@ def test_generic_lstm_hand_written_backward_passes_gradcheck(name, backend):
     R = (0.5 * torch.randn(rows, H, dtype=torch.float64)).requires_grad_()
     P = (0.5 * torch.randn(3, H, dtype=torch.float64)).requires_grad_(spec.peepholes)
     G = (0.5 * torch.randn(3 * H, 3 * H, dtype=torch.float64)).requires_grad_(spec.full_gate_recurrence)
+    h0, c0 = torch.randn(2, H, dtype=torch.float64, requires_grad=True), torch.randn(2, H, dtype=torch.float64, requires_grad=True)
+    g0 = torch.rand(2, 3 * H, dtype=torch.float64, requires_grad=spec.full_gate_recurrence)
 
-    def run(xp, R, P, G):
-        return cells._LSTMRecurrence.apply(xp, R, P, G, cells._flags(spec), backend)[0]
+    def run(xp, R, P, G, h0, c0, g0):
+        h, c_last, g_last = cells._LSTMRecurrence.apply(xp, R, P, G, h0, c0, g0, cells._flags(spec), backend)
+        return (h, c_last, g_last) if spec.full_gate_recurrence else (h, c_last)
 
-    assert torch.autograd.gradcheck(run, (xp, R, P, G))
+    assert torch.autograd.gradcheck(run, (xp, R, P, G, h0, c0, g0))
 
 
 def test_slstm_and_convlstm_pass_gradcheck():
@@ -45,6 +50,102 @@ def test_slstm_and_convlstm_pass_gradcheck():
     conv = ConvLSTMLayer(input_size=8, in_channels=2, hidden_channels=2, kernel_size=3).double()
     x = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, W, P: conv(x)[0], (x, conv.recurrent, conv.peephole))
+
+
+def test_slstm_and_convlstm_from_a_given_state_pass_gradcheck():
+    """Gradients reach h0 and c0 (and sLSTM's normalizer n0; the stabilizer m0 is a constant), float64,
+    and flow back through the returned state when the next piece continues from it."""
+    torch.manual_seed(0)
+    slstm = SLSTMLayer(3, 4).double()
+    x, x_next = (torch.randn(2, n, 3, dtype=torch.float64, requires_grad=True) for n in (5, 3))
+    _, (h0, c0, n0, m0) = slstm(torch.randn(2, 4, 3, dtype=torch.float64))  # a state the layer returned: n0 >= 1
+    h0, c0, n0 = (s.detach().requires_grad_() for s in (h0, c0, n0))
+
+    def run_slstm(x, x_next, R, h0, c0, n0):
+        # c and n are stored scaled by exp(-m), with m a step function of the input: only what is
+        # invariant to m (h, the next piece's outputs) is a differentiable function of the inputs.
+        y, state = slstm(x, (h0, c0, n0, m0))
+        return y, slstm(x_next, state)[0]
+
+    assert torch.autograd.gradcheck(run_slstm, (x, x_next, slstm.recurrent, h0, c0, n0))
+    conv = ConvLSTMLayer(input_size=8, in_channels=2, hidden_channels=2, kernel_size=3).double()
+    x = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    h0, c0 = (torch.randn(1, 2, conv.output_size, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(lambda x, W, P, h0, c0: (lambda y, s: (y, *s))(*conv(x, (h0, c0))), (x, conv.recurrent, conv.peephole, h0, c0))
+
+
+def make_layer(name: str) -> nn.Module:
+    if name == "slstm":
+        return SLSTMLayer(4, 5)
+    if name == "convlstm":
+        return ConvLSTMLayer(input_size=8, in_channels=2, hidden_channels=2, kernel_size=3)
+    return LSTMVariantLayer(4, 5, SPECS[name])
+
+
+STREAMING_LAYERS = [*SPECS, "slstm", "convlstm"]
+
+
+def input_size(layer: nn.Module) -> int:
+    return 8 if isinstance(layer, ConvLSTMLayer) else 4
+
+
+@pytest.mark.parametrize("name", STREAMING_LAYERS)
+def test_running_in_pieces_with_carried_state_equals_running_whole(name):
+    """Chunked BPTT: three pieces, each starting from the state the last one returned, give the whole
+    run's outputs, final state, and gradients of the input and every parameter."""
+    torch.manual_seed(0)
+    layer = make_layer(name)
+    x = torch.randn(3, 9, input_size(layer), requires_grad=True)
+    y_whole, state_whole = layer(x)
+    weights = torch.randn_like(y_whole)  # a loss that sees every frame
+    loss_whole = (weights * y_whole).sum() + sum(s.sum() for s in state_whole if s.requires_grad)
+    grads_whole = torch.autograd.grad(loss_whole, [x, *(p for p in layer.parameters() if p.requires_grad)])
+
+    pieces, state = [], None
+    for start, end in [(0, 4), (4, 5), (5, 9)]:
+        y, state = layer(x[:, start:end], state)
+        pieces.append(y)
+    y_pieces = torch.cat(pieces, 1)
+    torch.testing.assert_close(y_pieces, y_whole, atol=1e-5, rtol=1e-5)
+    assert len(state) == len(state_whole)
+    for s, s_whole in zip(state, state_whole):
+        assert s.shape == s_whole.shape and s.shape[:2] == (1, 3)
+        torch.testing.assert_close(s, s_whole, atol=1e-5, rtol=1e-5)
+    loss_pieces = (weights * y_pieces).sum() + sum(s.sum() for s in state if s.requires_grad)
+    grads_pieces = torch.autograd.grad(loss_pieces, [x, *(p for p in layer.parameters() if p.requires_grad)])
+    for g, g_whole in zip(grads_pieces, grads_whole):
+        torch.testing.assert_close(g, g_whole, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "FGR", "slstm", "convlstm"])
+def test_states_of_several_sequences_concatenate_along_dim_1(name):
+    """The encoder batches streams by `torch.cat(states, 1)`: a zero state is a stream that starts
+    there (the same as hx=None), next to one that goes on; each gets what it gets alone."""
+    torch.manual_seed(0)
+    layer = make_layer(name).eval()
+    first, second, fresh = (torch.randn(1, n, input_size(layer)) for n in (5, 4, 4))
+    with torch.no_grad():
+        _, carried = layer(first)
+        y_on, state_on = layer(second, carried)
+        y_fresh, state_fresh = layer(fresh)
+        zeros = tuple(torch.zeros_like(s) for s in carried)
+        torch.testing.assert_close(layer(fresh, zeros)[0], y_fresh, atol=0, rtol=0)
+        y, state = layer(torch.cat([second, fresh]), tuple(torch.cat(pair, 1) for pair in zip(carried, zeros)))
+    torch.testing.assert_close(y, torch.cat([y_on, y_fresh]), atol=1e-6, rtol=1e-6)
+    for s, s_on, s_fresh in zip(state, state_on, state_fresh):
+        torch.testing.assert_close(s, torch.cat([s_on, s_fresh], 1), atol=1e-6, rtol=1e-6)
+
+
+def test_a_state_of_the_wrong_form_is_an_error():
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(ValueError, match=r"LSTMVariantLayer \(FGR\): hx has 2 tensors, the state has 3"):
+        LSTMVariantLayer(4, 5, SPECS["FGR"])(x, (torch.zeros(1, 2, 5), torch.zeros(1, 2, 5)))
+    with pytest.raises(ValueError, match=r"SLSTMLayer: hx has 2 tensors, the state has 4"):
+        SLSTMLayer(4, 5)(x, (torch.zeros(1, 2, 5), torch.zeros(1, 2, 5)))
+    with pytest.raises(ValueError, match=r"hx\[1\] has shape \(2, 5\), expected \(1, 2, 5\)"):
+        LSTMVariantLayer(4, 5)(x, (torch.zeros(1, 2, 5), torch.zeros(2, 5)))
+    with pytest.raises(ValueError, match=r"ConvLSTMLayer: hx\[0\] has shape \(1, 3, 8\)"):
+        ConvLSTMLayer(8, 2, 2, 3)(torch.randn(2, 3, 8), (torch.zeros(1, 3, 8), torch.zeros(1, 2, 8)))
 
 
 def test_generic_cell_without_peepholes_equals_nn_lstm():

@@ -1,7 +1,11 @@
 """The LSTM family as unidirectional recurrences with nn.LSTM's interface (batch_first).
 
-Every module here takes x (batch, frames, input_size) and returns (output (batch, frames, hidden),
-final state), like `nn.LSTM(batch_first=True)`. Bidirectionality, stacking and lengths live one level
+Every module here takes x (batch, frames, input_size) and an optional initial state hx, and returns
+(output (batch, frames, hidden), final state), like `nn.LSTM(batch_first=True)`. A state is a tuple of
+(1, batch, width) tensors, to be carried into the next call unchanged: streaming runs a sequence in
+pieces, and the pieces equal the whole run, outputs and gradients (chunked BPTT: the gradient flows
+through the carried state into the previous piece). What each state holds is in its class docstring;
+one made of zeros is the zero state. Bidirectionality, stacking and lengths live one level
 up (`asr.models.encoder.RecurrentLayer`): the backward direction is run on each utterance reversed
 within its own length, so every recurrence here only ever sees padding *after* the real frames,
 where it cannot affect them.
@@ -118,20 +122,20 @@ def _forward_cell(a: Tensor, c: Tensor, P: Tensor, flags: List[bool]) -> Tuple[T
 
 
 def _lstm_forward(
-    xp: Tensor, R: Tensor, P: Tensor, G: Tensor, flags: List[bool]
+    xp: Tensor, R: Tensor, P: Tensor, G: Tensor, h0: Tensor, c0: Tensor, g0: Tensor, flags: List[bool]
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """xp (batch, frames, 4H) input projections, R (rows, H) recurrent weights (rows = 4H or 3H: the
-    candidate block is last), P (3, H) peepholes, G (3H, 3H) gate recurrence (any shape unless FGR).
+    candidate block is last), P (3, H) peepholes, G (3H, 3H) gate recurrence (any shape unless FGR);
+    the state before the first frame: h0, c0 (batch, H) and g0 (batch, 3H) = [i, f, o]_{-1} (FGR only).
 
     Returns h, c, i, f, o, z, k, each (batch, frames, H); k = act(c), the value o multiplies.
     """
     fgr, from_cell = flags[7], flags[8]
-    batch = xp.shape[0]
     H = R.shape[1]
     rows = R.shape[0]
-    h = xp.new_zeros(batch, H)
-    c = xp.new_zeros(batch, H)
-    g = xp.new_zeros(batch, 3 * H)  # [i, f, o]_{t-1}, for FGR
+    h = h0
+    c = c0
+    g = g0  # [i, f, o]_{t-1}, for FGR
     hs: List[Tensor] = []
     cs: List[Tensor] = []
     is_: List[Tensor] = []
@@ -168,9 +172,9 @@ def _lstm_forward(
     )
 
 
-def _shift_right(x: Tensor) -> Tensor:
-    """(batch, frames, d) -> the same one frame later, zeros first: the state each step starts from."""
-    return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], 1)
+def _shift_right(x: Tensor, x0: Tensor) -> Tensor:
+    """(batch, frames, d) -> the same one frame later, x0 (batch, d) first: the state each step starts from."""
+    return torch.cat([x0.unsqueeze(1), x[:, :-1]], 1)
 
 
 def _backward_cell(
@@ -230,20 +234,27 @@ def _lstm_backward(
     o: Tensor,
     z: Tensor,
     k: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    g0: Tensor,
+    dc_last: Tensor,
+    dg_last: Tensor,
     flags: List[bool],
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of `_lstm_forward` by hand: returns dxp (batch, frames, 4H), dR, dP, dG."""
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of `_lstm_forward` by hand. dh_out (batch, frames, H) = dL/h; dc_last (batch, H) and
+    dg_last (batch, 3H) = dL/c_T and dL/[i, f, o]_T from beyond the last frame (the carried state; zeros
+    when it is not used). Returns dxp (batch, frames, 4H), dR, dP, dG and dh0, dc0 (batch, H), dg0 (batch, 3H)."""
     peep, fgr, from_cell = flags[6], flags[7], flags[8]
     batch, frames = dh_out.shape[0], dh_out.shape[1]
     H = R.shape[1]
     rows = R.shape[0]
-    c_prev_all = _shift_right(c)  # (batch, frames, H)
+    c_prev_all = _shift_right(c, c0)  # (batch, frames, H)
     sens = [s.unbind(1) for s in _sensitivities(c_prev_all, i, f, o, z, k, flags)]  # 8 x frames x (batch, H)
     f_t = f.unbind(1)
     dh_t = dh_out.unbind(1)
-    dh_next = dh_out.new_zeros(batch, H)  # dL/dh_t through step t+1
-    dc_next = dh_out.new_zeros(batch, H)  # dL/dc_t through step t+1
-    dg_next = dh_out.new_zeros(batch, 3 * H)  # dL/[i, f, o]_t through step t+1 (FGR)
+    dh_next = dh_out.new_zeros(batch, H)  # dL/dh_t through step t+1 (h_T's gradient from beyond is in dh_out)
+    dc_next = dc_last  # dL/dc_t through step t+1
+    dg_next = dg_last  # dL/[i, f, o]_t through step t+1 (FGR)
     das: List[Tensor] = []
     for t in range(frames - 1, -1, -1):
         da, dcp = _backward_cell(dh_t[t] + dh_next, dc_next, dg_next, [s[t] for s in sens], f_t[t], P, flags)
@@ -259,7 +270,7 @@ def _lstm_backward(
     das.reverse()
     dxp = torch.stack(das, 1)  # (batch, frames, 4H)
     flat = dxp.reshape(batch * frames, 4 * H)
-    source_prev = _shift_right(c if from_cell else h).reshape(batch * frames, H)
+    source_prev = (_shift_right(c, c0) if from_cell else _shift_right(h, h0)).reshape(batch * frames, H)
     dR = torch.mm(flat[:, :rows].t(), source_prev)  # one product over all frames
     dP = torch.zeros_like(P)
     if peep:
@@ -272,9 +283,10 @@ def _lstm_backward(
         )
     dG = torch.zeros_like(G)
     if fgr:
-        gates_prev = _shift_right(torch.cat([i, f, o], 2)).reshape(batch * frames, 3 * H)
+        gates_prev = _shift_right(torch.cat([i, f, o], 2), g0).reshape(batch * frames, 3 * H)
         dG = torch.mm(flat[:, : 3 * H].t(), gates_prev)
-    return dxp, dR, dP, dG
+    # After step 0 the "next" gradients are those of the initial state (dh_next stays 0 when R reads c).
+    return dxp, dR, dP, dG, dh_next, dc_next, dg_next
 
 
 _built: dict = {}
@@ -308,28 +320,52 @@ BACKEND = "script"
 
 
 class _LSTMRecurrence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, xp: Tensor, R: Tensor, P: Tensor, G: Tensor, flags: List[bool], backend: str):
-        forward_loop, _ = _kernels(backend)
-        h, c, i, f, o, z, k = forward_loop(xp, R, P, G, flags)
-        ctx.save_for_backward(R, P, G, h, c, i, f, o, z, k)
-        ctx.flags, ctx.backend = flags, backend
-        ctx.mark_non_differentiable(c)  # the cell states are returned for the final state only
-        return h, c
+    """(xp, R, P, G, h0, c0, g0) -> h (batch, frames, H), c_T (batch, H), g_T = [i, f, o]_T (batch, 3H).
+
+    g0 and g_T are the FGR gate state; without FGR they are zeros and g_T carries no gradient."""
 
     @staticmethod
-    def backward(ctx, dh_out: Tensor, _dc_out: Tensor):
-        R, P, G, h, c, i, f, o, z, k = ctx.saved_tensors
+    def forward(ctx, xp: Tensor, R: Tensor, P: Tensor, G: Tensor, h0: Tensor, c0: Tensor, g0: Tensor, flags: List[bool], backend: str):
+        forward_loop, _ = _kernels(backend)
+        h, c, i, f, o, z, k = forward_loop(xp, R, P, G, h0, c0, g0, flags)
+        c_last = c[:, -1].clone()  # (batch, H)
+        fgr = flags[7]
+        g_last = torch.cat([i[:, -1], f[:, -1], o[:, -1]], 1) if fgr else torch.zeros_like(g0)  # (batch, 3H)
+        ctx.save_for_backward(R, P, G, h, c, i, f, o, z, k, h0, c0, g0)
+        ctx.flags, ctx.backend = flags, backend
+        if not fgr:
+            ctx.mark_non_differentiable(g_last)
+        return h, c_last, g_last
+
+    @staticmethod
+    def backward(ctx, dh_out: Tensor, dc_last: Tensor, dg_last: Tensor):
+        R, P, G, h, c, i, f, o, z, k, h0, c0, g0 = ctx.saved_tensors
         _, backward_loop = _kernels(ctx.backend)
-        dxp, dR, dP, dG = backward_loop(dh_out.contiguous(), R, P, G, h, c, i, f, o, z, k, ctx.flags)
-        return dxp, dR, dP, dG, None, None
+        dxp, dR, dP, dG, dh0, dc0, dg0 = backward_loop(
+            dh_out.contiguous(), R, P, G, h, c, i, f, o, z, k, h0, c0, g0, dc_last.contiguous(), dg_last.contiguous(), ctx.flags
+        )
+        return dxp, dR, dP, dG, dh0, dc0, (dg0 if ctx.flags[7] else None), None, None
+
+
+def unpack_state(layer: str, hx: Tuple[Tensor, ...], widths: Tuple[int, ...], batch: int, dtype: torch.dtype) -> List[Tensor]:
+    """hx, a tuple of (1, batch, width) tensors as a layer returns its state -> a list of (batch, width)."""
+    if len(hx) != len(widths):
+        raise ValueError(f"{layer}: hx has {len(hx)} tensors, the state has {len(widths)}")
+    for n, (s, width) in enumerate(zip(hx, widths)):
+        if tuple(s.shape) != (1, batch, width):
+            raise ValueError(f"{layer}: hx[{n}] has shape {tuple(s.shape)}, expected {(1, batch, width)}")
+    return [s[0].to(dtype) for s in hx]
 
 
 class LSTMVariantLayer(nn.Module):
     """One unidirectional generic (peephole) LSTM layer, batch-first; see `LSTMSpec` for the switches.
 
-    x (batch, frames, input_size) -> output (batch, frames, hidden), (h_T, c_T) each (1, batch, hidden).
-    The state starts at zero (as the encoder uses it).
+    x (batch, frames, input_size), hx -> output (batch, frames, hidden), state. The state is
+    (h, c), each (1, batch, hidden), as nn.LSTM's; with full_gate_recurrence (FGR) it is (h, c, g),
+    g = [i; f; o] (1, batch, 3 * hidden) the last step's gates, which the next step's gates read
+    (Greff et al. 2017, FGR). hx is a state this layer returned (running a sequence in pieces and
+    carrying the state equals running it whole, gradients included), or None for zeros; an all-zero
+    hx is the same as None.
     """
 
     def __init__(self, input_size: int, hidden_size: int, spec: LSTMSpec = LSTMSpec(), batch_first: bool = True):
@@ -358,23 +394,35 @@ class LSTMVariantLayer(nn.Module):
         if not self.spec.peepholes:
             nn.init.zeros_(self.peephole)
 
-    def forward(self, x: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-        if hx is not None:
-            raise ValueError("LSTMVariantLayer starts from a zero state")
+    def forward(self, x: Tensor, hx: Optional[Tuple[Tensor, ...]] = None) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+        batch, H = x.shape[0], self.hidden_size
+        fgr = self.spec.full_gate_recurrence
         xp = self.input_proj(x)  # (batch, frames, 4H)
         with torch.autocast(x.device.type, enabled=False):  # the hand-written recurrence runs in the weights' dtype
-            h, c = _LSTMRecurrence.apply(  # (batch, frames, H) each
-                xp.to(self.recurrent.dtype), self.recurrent, self.peephole, self.gate_recurrence, _flags(self.spec), BACKEND
+            dtype = self.recurrent.dtype
+            if hx is None:
+                h0, c0 = xp.new_zeros(batch, H, dtype=dtype), xp.new_zeros(batch, H, dtype=dtype)  # (batch, H)
+                g0 = xp.new_zeros(batch, 3 * H, dtype=dtype)  # (batch, 3H)
+            else:
+                widths = (H, H, 3 * H) if fgr else (H, H)
+                h0, c0, *rest = unpack_state("LSTMVariantLayer" + (" (FGR)" if fgr else ""), hx, widths, batch, dtype)
+                g0 = rest[0] if fgr else xp.new_zeros(batch, 3 * H, dtype=dtype)
+            h, c_last, g_last = _LSTMRecurrence.apply(  # (batch, frames, H), (batch, H), (batch, 3H)
+                xp.to(dtype), self.recurrent, self.peephole, self.gate_recurrence, h0, c0, g0, _flags(self.spec), BACKEND
             )
-        return h, (h[:, -1].unsqueeze(0), c[:, -1].unsqueeze(0))
+        state = (h[:, -1].unsqueeze(0), c_last.unsqueeze(0))  # (1, batch, H) each
+        if fgr:
+            state = state + (g_last.unsqueeze(0),)  # (1, batch, 3H)
+        return h, state
 
 
 # ---------------------------------------------------------------------------------------------
 # sLSTM (Beck et al. 2024, "xLSTM", Sec. 2.2).
 
 
-def _slstm_forward(xp: Tensor, R: Tensor) -> Tuple[Tensor, Tensor]:
-    """xp (batch, frames, 4H) = W [z; i; f; o] x_t + b, R (4H, H). Returns h (batch, frames, H), c_T.
+def _slstm_forward(xp: Tensor, R: Tensor, state: Optional[List[Tensor]] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """xp (batch, frames, 4H) = W [z; i; f; o] x_t + b, R (4H, H), state = [h0, c0, n0, m0] (batch, H)
+    each or None (zeros). Returns h (batch, frames, H) and the final c_T, n_T, m_T (batch, H).
 
     z_t = tanh(.), i~_t and f~_t are log-gates (input exponential, forget sigmoid: log f = logsigmoid),
     o_t = sigmoid(.). Stabilizer (eq. 15-17): m_t = max(log f_t + m_{t-1}, log i_t),
@@ -384,10 +432,11 @@ def _slstm_forward(xp: Tensor, R: Tensor) -> Tuple[Tensor, Tensor]:
     """
     batch = xp.shape[0]
     H = R.shape[1]
-    h = xp.new_zeros(batch, H)
-    c = xp.new_zeros(batch, H)
-    n = xp.new_zeros(batch, H)
-    m = xp.new_zeros(batch, H)
+    if state is None:
+        h, c, n, m = (xp.new_zeros(batch, H) for _ in range(4))
+    else:
+        h, c, n, m = state
+        m = m.detach()  # c, n are stored relative to exp(m) with m a constant, as within a sequence
     hs: List[Tensor] = []
     for t, xp_t in enumerate(xp.unbind(1)):  # unbind, not xp[:, t]: each select's backward fills a full-size zero gradient
         a = torch.addmm(xp_t, h, R.t())  # (batch, 4H)
@@ -397,9 +446,16 @@ def _slstm_forward(xp: Tensor, R: Tensor) -> Tuple[Tensor, Tensor]:
         # since one of i', f' is 1 at every step, n_t >= 1 afterwards: c / n never divides by zero.
         # (At t = 0, f' multiplies the zero state; it is set to 0 rather than exp(log f - log i), which
         # can be inf there.)
-        if t == 0:
+        if t == 0 and state is None:
             m_new = log_i.detach()
             f_ = torch.zeros_like(log_f)
+        elif t == 0:
+            # A carried state has n >= 1; where n0 = 0 (a zero state: a sequence that starts here) the
+            # first step is the zero-state step above, elementwise. -inf, not 0 after exp: where()'s
+            # unused branch would otherwise send 0 * inf = nan into log f's gradient.
+            fresh = n == 0
+            m_new = torch.where(fresh, log_i, torch.maximum(log_f + m, log_i)).detach()
+            f_ = torch.exp(torch.where(fresh, torch.full_like(log_f, -math.inf), log_f + m - m_new))
         else:
             m_new = torch.maximum(log_f + m, log_i).detach()
             f_ = torch.exp(log_f + m - m_new)
@@ -409,13 +465,18 @@ def _slstm_forward(xp: Tensor, R: Tensor) -> Tuple[Tensor, Tensor]:
         h = torch.sigmoid(ao) * c / n
         m = m_new
         hs.append(h)
-    return torch.stack(hs, 1), c
+    return torch.stack(hs, 1), c, n, m
 
 
 class SLSTMLayer(nn.Module):
     """One unidirectional sLSTM layer (one head: R is a full matrix, not the paper's block-diagonal heads).
 
-    x (batch, frames, input_size) -> output (batch, frames, hidden), (h_T, c_T) each (1, batch, hidden).
+    x (batch, frames, input_size), hx -> output (batch, frames, hidden), state (h, c, n, m), each
+    (1, batch, hidden): the output, the cell, the normalizer and the log-space stabilizer after the last
+    frame (Beck et al. 2024, eqs. 8-17), all four needed to continue exactly. c and n are scaled by
+    exp(-m); m carries no gradient. hx is a state this layer returned (running a sequence in pieces and
+    carrying the state equals running it whole, gradients included), or None for zeros; an all-zero hx
+    is the same as None, and so is any sequence whose n is zero.
     """
 
     def __init__(self, input_size: int, hidden_size: int, batch_first: bool = True):
@@ -431,11 +492,14 @@ class SLSTMLayer(nn.Module):
         with torch.no_grad():  # forget gates open at the start (the xLSTM code uses a positive forget bias too)
             self.input_proj.bias[2 * hidden_size : 3 * hidden_size].fill_(1.0)
 
-    def forward(self, x: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-        if hx is not None:
-            raise ValueError("SLSTMLayer starts from a zero state")
-        h, c = _slstm_forward(self.input_proj(x), self.recurrent)  # (batch, frames, H), (batch, H)
-        return h, (h[:, -1].unsqueeze(0), c.unsqueeze(0))
+    def forward(
+        self, x: Tensor, hx: Optional[Tuple[Tensor, Tensor, Tensor, Tensor]] = None
+    ) -> Tuple[Tensor, Tuple[Tensor, Tensor, Tensor, Tensor]]:
+        xp = self.input_proj(x)  # (batch, frames, 4H)
+        H = self.hidden_size
+        state = None if hx is None else unpack_state("SLSTMLayer", hx, (H, H, H, H), x.shape[0], xp.dtype)
+        h, c, n, m = _slstm_forward(xp, self.recurrent, state)  # (batch, frames, H), then (batch, H) each
+        return h, (h[:, -1].unsqueeze(0), c.unsqueeze(0), n.unsqueeze(0), m.unsqueeze(0))
 
 
 def make_lstm_variant(input_size: int, hidden_size: int, variant: str) -> LSTMVariantLayer:

@@ -25,16 +25,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from asr.models.cells import unpack_state
 
-def _convlstm_loop(xc: Tensor, weight: Tensor, peephole: Tensor, padding: int) -> Tuple[Tensor, Tensor]:
-    """xc (batch, frames, 4C, freq) = W_x * X + b, weight (4C, C, kernel), peephole (3, C, freq).
+
+def _convlstm_loop(xc: Tensor, weight: Tensor, peephole: Tensor, padding: int, h: Tensor, c: Tensor) -> Tuple[Tensor, Tensor]:
+    """xc (batch, frames, 4C, freq) = W_x * X + b, weight (4C, C, kernel), peephole (3, C, freq),
+    h, c (batch, C, freq) = H_0, C_0, the state before the first frame.
 
     Returns H (batch, frames, C, freq) and C_T (batch, C, freq).
     """
-    batch, freq = xc.shape[0], xc.shape[3]
-    channels = weight.shape[1]
-    h = xc.new_zeros(batch, channels, freq)
-    c = xc.new_zeros(batch, channels, freq)
     hs: List[Tensor] = []
     for xc_t in xc.unbind(1):  # unbind, not xc[:, t]: each select's backward would fill a full-size zero gradient
         a = xc_t + F.conv1d(h, weight, padding=padding)  # (batch, 4C, freq)
@@ -52,7 +51,9 @@ class ConvLSTMLayer(nn.Module):
     """One unidirectional peephole ConvLSTM layer with nn.LSTM's batch-first interface.
 
     x (batch, frames, in_channels * freq) -> output (batch, frames, hidden_channels * freq),
-    (H_T, C_T) each (1, batch, hidden_channels * freq). The state starts at zero.
+    (H_T, C_T) each (1, batch, hidden_channels * freq), channel-major. hx is such a state (running a
+    sequence in pieces and carrying the state equals running it whole, gradients included), or None
+    for zeros.
     """
 
     def __init__(self, input_size: int, in_channels: int, hidden_channels: int, kernel_size: int):
@@ -80,11 +81,14 @@ class ConvLSTMLayer(nn.Module):
         return self.hidden_channels * self.freq
 
     def forward(self, x: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-        if hx is not None:
-            raise ValueError("ConvLSTMLayer starts from a zero state")
         batch, frames, _ = x.shape
         maps = x.reshape(batch * frames, self.in_channels, self.freq)  # (batch*frames, C_in, freq)
         xc = self.input_conv(maps).reshape(batch, frames, 4 * self.hidden_channels, self.freq)  # (batch, frames, 4C, freq)
-        h, c = _convlstm_loop(xc, self.recurrent, self.peephole, self.padding)  # (batch, frames, C, freq), (batch, C, freq)
+        if hx is None:
+            h0, c0 = (xc.new_zeros(batch, self.hidden_channels, self.freq) for _ in range(2))  # (batch, C, freq)
+        else:
+            state = unpack_state("ConvLSTMLayer", hx, (self.output_size,) * 2, batch, xc.dtype)
+            h0, c0 = (s.reshape(batch, self.hidden_channels, self.freq) for s in state)  # (batch, C, freq), channel-major
+        h, c = _convlstm_loop(xc, self.recurrent, self.peephole, self.padding, h0, c0)  # (batch, frames, C, freq), (batch, C, freq)
         out = h.reshape(batch, frames, self.output_size)  # (batch, frames, C*freq), channel-major
         return out, (out[:, -1].unsqueeze(0), c.reshape(1, batch, -1))
