@@ -7,13 +7,14 @@ import torch
 from asr.config import ModelConfig, config_from_dict, config_to_dict, Config, load_config
 from asr.models.encoder import EncoderStream, build_model
 
-STREAMING_CELLS = ["lstm", "gru"]
+STREAMING_CELLS = ["lstm", "gru", "peephole", "lstm_diag_peephole", "lstm_variant", "slstm", "convlstm"]
 
 
 def make(direction: str, cell: str = "lstm", chunk: int = 0, right: int = 0, frame_head: bool = False):
     config = ModelConfig(
         cell=cell, hidden_size=12, num_layers=3, dropout=0.0, direction=direction,
         chunk_frames=chunk, right_context_frames=right, frame_head=frame_head,
+        lstm_variant="FGR", convlstm_channels=2, convlstm_input_channels=2, convlstm_kernel=3,
     )
     return build_model(config, input_dim=10, vocab_size=7).eval()
 
