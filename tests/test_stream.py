@@ -1,0 +1,247 @@
+"""`Recognizer.stream()` and `asr stream`: chunks of any size give the offline text, endpoints on
+synthetic silence, bad input, state dropped at endpoints."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from asr.checkpoint import save_checkpoint
+from asr.config import Config, ConfigError, FeatureConfig, ModelConfig
+from asr.features import FeatureExtractor
+from asr.inference import Recognizer
+from asr.models.encoder import build_model
+from asr.stream import EndpointConfig, EndpointRule, StreamError
+from asr.text import CharTokenizer
+
+RATE = 16000
+
+
+def speechy(seconds: float, seed: int = 0) -> np.ndarray:
+    """Noise shaped by a slow random envelope: stands in for speech."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    envelope = np.repeat(rng.uniform(0.0, 0.5, n // 1600 + 1), 1600)[:n]
+    return (rng.standard_normal(n) * envelope * 0.3).astype(np.float32)
+
+
+def make_recognizer(direction: str = "latency_controlled", decoder: str = "greedy", cmvn: str = "global") -> Recognizer:
+    torch.manual_seed(0)
+    config = Config(
+        features=FeatureConfig(num_mel_bins=20, cmvn=cmvn, stack_frames=3, subsample=3),
+        model=ModelConfig(hidden_size=16, num_layers=2, dropout=0.0, direction=direction, chunk_frames=4, right_context_frames=2),
+    )
+    config.decode.decoder = decoder
+    tokenizer = CharTokenizer()
+    features = FeatureExtractor(config.features)
+    if cmvn in ("global", "running"):
+        from asr.features import compute_cmvn_stats
+
+        mean, var, _ = compute_cmvn_stats(features, [torch.from_numpy(speechy(2.0, s)) for s in range(3)])
+        features.set_cmvn_stats(mean, var)
+    model = build_model(config.model, features.output_dim, tokenizer.vocab_size)
+    with torch.no_grad():  # a random model says little but blank; lift the letters so texts are not empty
+        model.output.bias[1:] += 2.0
+    return Recognizer(model.eval(), features.eval(), tokenizer, config)
+
+
+def offline_text(recognizer: Recognizer, audio: np.ndarray) -> str:
+    log_probs, lengths = recognizer.log_probs(torch.from_numpy(audio)[None], torch.tensor([len(audio)]))
+    return recognizer.decode_log_probs(log_probs, lengths)[0]
+
+
+def stream_text(recognizer: Recognizer, audio: np.ndarray, sizes, endpoint: EndpointConfig | None = None) -> str:
+    stream = recognizer.stream(endpoint or EndpointConfig(enabled=False))
+    at, finals = 0, []
+    for size in sizes:
+        finals += [e.text for e in stream.feed(audio[at : at + size], RATE) if e.final]
+        at += size
+    finals += [e.text for e in stream.close()]
+    return " ".join(finals)
+
+
+@pytest.mark.parametrize("direction", ["latency_controlled", "unidirectional"])
+@pytest.mark.parametrize("decoder", ["greedy", "beam"])
+def test_a_stream_fed_in_any_chunks_says_what_offline_decoding_says(direction, decoder):
+    recognizer = make_recognizer(direction, decoder)
+    audio = speechy(2.3, seed=1)
+    expected = offline_text(recognizer, audio)
+    assert expected  # the test means something
+    rng = np.random.default_rng(0)
+    random_sizes = list(rng.integers(0, 4000, 40)) + [len(audio)]
+    for sizes in ([len(audio)], [1] * 700 + [len(audio)], random_sizes):
+        assert stream_text(recognizer, audio, sizes) == expected
+
+
+def test_partials_grow_into_the_final_and_carry_word_times():
+    recognizer = make_recognizer()
+    audio = speechy(2.0, seed=2)
+    stream = recognizer.stream(EndpointConfig(enabled=False))
+    partials = []
+    for at in range(0, len(audio), 1600):
+        partials += [e for e in stream.feed(audio[at : at + 1600], RATE)]
+    final = stream.finish()
+    assert partials and all(not p.final for p in partials)
+    assert final.final and final.text == offline_text(recognizer, audio)
+    for event in partials + [final]:
+        assert " ".join(w.text for w in event.words) == " ".join(event.text.split())
+        assert all(0.0 <= w.start <= w.end <= 2.0 + 0.1 for w in event.words)
+    record = json.loads(json.dumps(final.event()))
+    assert record["type"] == "final" and set(record) == {"type", "text", "start", "end", "words"}
+
+
+def test_other_sample_rates_are_resampled():
+    recognizer = make_recognizer()
+    audio = speechy(1.5, seed=3)
+    import soxr
+
+    at_8k = soxr.resample(audio, RATE, 8000).astype(np.float32)
+    stream = recognizer.stream(EndpointConfig(enabled=False))
+    for at in range(0, len(at_8k), 333):
+        stream.accept_waveform(at_8k[at : at + 333], 8000)
+    stream.finish()
+    assert abs(stream.frames - recognizer.features.num_frames(len(audio))) <= 2
+    with pytest.raises(StreamError, match="sample rate changed"):
+        stream.reset()
+        stream.accept_waveform(at_8k[:100], 8000)
+        stream.accept_waveform(at_8k[:100], 22050)
+
+
+def test_bad_samples_are_a_typed_error_and_the_stream_goes_on():
+    recognizer = make_recognizer()
+    audio = speechy(1.2, seed=4)
+    stream = recognizer.stream(EndpointConfig(enabled=False))
+    stream.accept_waveform(audio[:8000], RATE)
+    for bad in (np.array([0.1, np.nan], np.float32), np.array([np.inf], np.float32)):
+        with pytest.raises(StreamError, match="NaN or inf"):
+            stream.accept_waveform(bad, RATE)
+    with pytest.raises(StreamError, match="one channel"):
+        stream.accept_waveform(np.zeros((10, 2), np.float32), RATE)
+    stream.accept_waveform(audio[8000:], RATE)
+    assert stream.finish().text == offline_text(recognizer, audio)
+    with pytest.raises(StreamError, match="after finish"):
+        stream.accept_waveform(audio[:10], RATE)
+    stream.reset()  # a new stream, from the top
+    stream.accept_waveform(audio, RATE)
+    assert stream.finish().text == offline_text(recognizer, audio)
+
+
+def test_models_that_cannot_stream_say_why():
+    with pytest.raises(ConfigError, match="bidirectional"):
+        make_recognizer("bidirectional").stream()
+    with pytest.raises(ConfigError, match="per utterance"):
+        make_recognizer(cmvn="utterance").stream()
+
+
+class LoudIsA:
+    """A stand-in for the model: label 1 on loud frames, blank on quiet ones (for endpoint rules)."""
+
+    def __init__(self, vocab: int):
+        self.vocab = vocab
+
+    def _log_probs(self, feats: torch.Tensor) -> torch.Tensor:
+        loud = feats[:, 0] > -5.0  # raw log-mel (cmvn none): digital silence sits at the floor, ~ -15.9
+        out = torch.full((len(feats), self.vocab), -20.0)
+        out[:, 0] = torch.where(loud, -20.0, 0.0)
+        out[:, 1] = torch.where(loud, 0.0, -20.0)
+        return out
+
+    def accept(self, feats):
+        return self._log_probs(feats), None
+
+    def finish(self):
+        return torch.zeros(0, self.vocab), None
+
+    def reset(self):
+        pass
+
+
+def silence_stream(endpoint: EndpointConfig):
+    recognizer = make_recognizer("unidirectional", cmvn="none")
+    stream = recognizer.stream(endpoint)
+    stream.encoder = LoudIsA(recognizer.tokenizer.vocab_size)
+    return stream
+
+
+def seconds_until_endpoint(stream, audio: np.ndarray, step: int = 160) -> float | None:
+    for at in range(0, len(audio), step):
+        stream.accept_waveform(audio[at : at + step], RATE)
+        if stream.is_endpoint():
+            return (at + step) / RATE
+    return None
+
+
+def test_endpoint_rules_on_synthetic_silence():
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(RATE) / RATE)).astype(np.float32)  # 1 s
+    silence = np.zeros(4 * RATE, np.float32)
+    # rule 1: silence with nothing decoded ends an utterance after 2.4 s, not before
+    when = seconds_until_endpoint(silence_stream(EndpointConfig()), silence)
+    assert when is not None and 2.4 <= when <= 2.5
+    # rule 2: after speech, 1.2 s of silence does
+    stream = silence_stream(EndpointConfig())
+    when = seconds_until_endpoint(stream, np.concatenate([tone, silence]))
+    assert when is not None and 2.2 <= when <= 2.35
+    assert stream.result().text == "a"
+    # the rules are configurable: rule 2 at 0.3 s
+    short = EndpointConfig(rule2=EndpointRule(True, 0.3, 0.0))
+    when = seconds_until_endpoint(silence_stream(short), np.concatenate([tone, silence]))
+    assert when is not None and 1.3 <= when <= 1.45
+    # rule 3: an utterance that never pauses ends at its maximum length
+    long = EndpointConfig(rule3=EndpointRule(False, 0.0, 2.0))
+    when = seconds_until_endpoint(silence_stream(long), np.tile(tone, 4))
+    assert when is not None and 2.0 <= when <= 2.1
+    assert seconds_until_endpoint(silence_stream(EndpointConfig(enabled=False)), silence) is None
+
+
+def test_state_is_dropped_at_every_endpoint():
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(RATE // 2) / RATE)).astype(np.float32)
+    one = np.concatenate([tone, np.zeros(int(1.5 * RATE), np.float32)])
+    stream = silence_stream(EndpointConfig())
+    finals = []
+    for _ in range(30):  # a minute of audio
+        for at in range(0, len(one), 1600):
+            finals += [e for e in stream.feed(one[at : at + 1600], RATE) if e.final]
+        assert stream.decoder.num_frames < 2.1 / stream.frame_seconds  # no more than the utterance since its endpoint
+        assert len(stream._log_probs) < 25
+    assert len(finals) == 30 and {f.text for f in finals} == {"a"}
+    starts = [f.start for f in finals]
+    assert all(b - a == pytest.approx(2.0, abs=0.05) for a, b in zip(starts, starts[1:]))  # times run on with the stream
+
+
+@pytest.fixture
+def streaming_checkpoint(tmp_path):
+    recognizer = make_recognizer()
+    path = tmp_path / "stream.pt"
+    features = recognizer.features
+    save_checkpoint(
+        path, model=recognizer.model, config=recognizer.config, tokenizer=recognizer.tokenizer,
+        cmvn_stats={"mean": features.cmvn_mean, "var": features.cmvn_var, "frames": 1},
+    )
+    return path, recognizer
+
+
+def run_cli(*args, stdin: bytes | None = None):
+    return subprocess.run([sys.executable, "-m", "asr", "stream", *args], input=stdin, capture_output=True, timeout=300)
+
+
+def test_asr_stream_on_a_file_and_on_stdin(streaming_checkpoint, tmp_path):
+    path, recognizer = streaming_checkpoint
+    audio = speechy(2.0, seed=5)
+    expected = offline_text(recognizer, audio)
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, audio, RATE, subtype="FLOAT")
+    done = run_cli(str(path), str(wav), "--json", "--no-endpoint")
+    assert done.returncode == 0, done.stderr.decode()
+    events = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    assert events[-1]["type"] == "final" and events[-1]["text"] == expected
+    assert all(e["type"] == "partial" for e in events[:-1])
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    done = run_cli(str(path), "-", "--sample-rate", "16000", "--no-endpoint", "--json", stdin=pcm)
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout.decode().splitlines()[-1])["type"] == "final"
+    done = run_cli(str(path), "-", "--no-endpoint", stdin=pcm)
+    assert done.returncode == 2 and b"--sample-rate" in done.stderr
