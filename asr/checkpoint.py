@@ -33,12 +33,15 @@ def save_checkpoint(
     training_state: dict[str, Any] | None = None,
     label_log_prior: torch.Tensor | None = None,
     train_max_duration: float | None = None,
+    cmvn_stats: dict[str, Any] | None = None,
 ) -> None:
     """Write a checkpoint atomically. `training_state` (optimizer, scheduler, RNG, progress) is
     what `--resume` needs; a checkpoint without it still transcribes and evaluates.
     `label_log_prior` (vocab,): the label prior of a model trained with one (asr.ctc.LabelPrior).
     `train_max_duration` (s): the longest utterance it was trained on (speed perturbation
-    included), from which long recordings' segment length is set."""
+    included), from which long recordings' segment length is set. `cmvn_stats`: {"mean", "var"}
+    (static_dim,) and "frames" (how many made them), the training set's statistics that
+    features.cmvn "global" and "running" normalize with (asr.features.compute_cmvn_stats)."""
     state = {
         "format": FORMAT,
         "config": config_to_dict(config),
@@ -51,6 +54,12 @@ def save_checkpoint(
         state["label_log_prior"] = label_log_prior.detach().float().cpu()
     if train_max_duration is not None:
         state["train_max_duration"] = float(train_max_duration)
+    if cmvn_stats is not None:
+        state["cmvn_stats"] = {
+            "mean": cmvn_stats["mean"].detach().float().cpu(),
+            "var": cmvn_stats["var"].detach().float().cpu(),
+            "frames": int(cmvn_stats["frames"]),
+        }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 

@@ -30,7 +30,7 @@ class FeatureConfig:
     high_freq: float = 0.0  # Hz; 0 = Nyquist, negative = offset below Nyquist (as Kaldi)
     kaldi_compat: bool = False  # povey window, pre-emphasis, DC removal, snip-edges: matches Kaldi's fbank
     dither: float = 0.0  # Gaussian dither amplitude (in int16 units, as Kaldi); 0 = off
-    cmvn: str = "utterance"  # per-"utterance" mean/variance normalization, "speech" (the same, digital silence left out of the statistics), or "none"
+    cmvn: str = "utterance"  # per-"utterance" mean/variance normalization, "speech" (the same, digital silence left out of the statistics), "global" (the training set's statistics, saved in checkpoints), "running" (a sliding 6 s window with the global statistics as prior: streams), or "none"
     deltas: int = 0  # append delta features up to this order (0 = none, 2 = deltas + delta-deltas)
     stack_frames: int = 1  # concatenate this many consecutive frames ...
     subsample: int = 1  # ... and keep every n-th stacked frame (3 + 3 = 30 ms frames)

@@ -1,7 +1,7 @@
 """Features: log-mel filterbank and MFCC in pure torch, batched, on the model's device.
 
     audio (batch, samples) ──► frames ──► window ──► |rfft|² ──► mel ──► log ──► [DCT + lifter]
-        ──► per-utterance CMVN ──► [deltas] ──► [stack + subsample] ──► feats (batch, frames, dim)
+        ──► CMVN ──► [deltas] ──► [stack + subsample] ──► feats (batch, frames, dim)
 
 Scale: the API takes float samples in [-1, 1] (what `asr.audio.load_audio` returns) and
 multiplies them by 32768 internally, in both modes, so that energies, the log floor and the
@@ -32,6 +32,20 @@ silence at each end lost 8 % -> 33 % greedy WER when segments of a long file kep
 (asr/segment.py). Under "speech" the same speech gets the same features however much digital
 silence surrounds it.
 
+CMVN "global" normalizes every frame with the training set's mean and variance of the static
+features (`compute_cmvn_stats`, digital silence left out as under "speech"; saved in checkpoints
+and set with `FeatureExtractor.set_cmvn_stats`): x_t -> (x_t - mean) / sqrt(var + 1e-10).
+CMVN "running" is Kaldi's online CMVN (src/feat/online-feature.h, OnlineCmvn): frame t is
+normalized by the mean and variance of frames max(0, t - 599) .. t (CMVN_WINDOW = 600, 6 s) of
+its utterance, to which the global statistics add max(0, 200 - n_t) frames' weight
+(CMVN_PRIOR_FRAMES; n_t the frames in the window), so that an utterance's first frames lean on
+the training set's statistics and later ones on its own last 6 s. Neither reads a frame after the
+one it normalizes, so both stream; "utterance" and "speech" need the whole utterance first.
+
+`FeatureStream` computes an utterance's features as its audio arrives, chunk by chunk, with the
+same code on the same frames: whatever the chunks, it gives the offline features frame for frame
+(to float32 rounding), keeping only the tail of samples and frames each stage still reads.
+
 Dither (Gaussian, `FeatureConfig.dither` int16 units per sample) is added only in training mode,
 like dropout, so evaluation and decoding are deterministic.
 """
@@ -40,6 +54,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import astuple
+from typing import Iterable
 
 import torch
 from torch import Tensor
@@ -53,8 +68,12 @@ LOG_FLOOR = torch.finfo(torch.float32).eps  # Kaldi floors mel energies at float
 CEPSTRAL_LIFTER = 22.0  # Kaldi's default MFCC lifter coefficient Q
 DELTA_WINDOW = 2  # frames each side in the delta regression (Kaldi add-deltas default)
 CMVN_VARIANCE_FLOOR = 1e-10  # keeps constant features (digital silence) finite under CMVN
+CMVN_WINDOW = 600  # "running" CMVN: raw frames (6 s at 10 ms) of statistics, Kaldi's OnlineCmvnOptions::cmn_window
+CMVN_PRIOR_FRAMES = 200  # "running" CMVN: frames' weight of the global prior while the window is short (Kaldi's global_frames)
 FEATURE_KINDS = ("fbank", "mfcc")
-CMVN_KINDS = ("utterance", "speech", "none")  # "speech": per utterance, digital silence left out of the statistics
+CMVN_KINDS = ("utterance", "speech", "none", "global", "running")  # see the module docstring
+STREAMING_CMVN_KINDS = ("none", "global", "running")  # those that need no frame after the one they normalize
+TRAINED_CMVN_KINDS = ("global", "running")  # those that need the training set's statistics (set_cmvn_stats)
 
 
 def mel_scale(hz: Tensor) -> Tensor:
@@ -126,6 +145,10 @@ def delta_scales(order: int, window: int = DELTA_WINDOW) -> list[Tensor]:
     return scales
 
 
+class MissingCmvnStatsError(ConfigError):
+    """cmvn "global" or "running" used before the training set's statistics were set."""
+
+
 def gather_frames(feats: Tensor, index: Tensor, frame_lengths: Tensor) -> Tensor:
     """feats[b, clamp(index[b, t], 0, frame_lengths[b] - 1)] -> (batch, len(t), dim).
 
@@ -134,6 +157,54 @@ def gather_frames(feats: Tensor, index: Tensor, frame_lengths: Tensor) -> Tensor
     last = (frame_lengths - 1).clamp_min(0)[:, None]  # (batch, 1)
     index = torch.minimum(index.clamp_min(0), last)  # (batch, out_frames)
     return torch.gather(feats, 1, index[:, :, None].expand(-1, -1, feats.shape[2]))
+
+
+def reflect_positions(position: Tensor, last: Tensor | None) -> Tensor:
+    """Centered framing's reflection: sample positions (any shape, int64; below 0 or past `last`
+    where a frame overhangs the utterance) -> the samples they read. Reflected about the first
+    sample and, unless `last` is None (a stream whose end has not come), about the last one
+    (`last` broadcasts against `position`); clamped into [0, last], so utterances shorter than
+    half a window still work."""
+    position = position.abs()
+    if last is None:
+        return position
+    position = torch.where(position > last, 2 * last - position, position).clamp(min=0)
+    return torch.minimum(position, last)
+
+
+def is_sound(log_mel: Tensor) -> Tensor:
+    """(batch, frames, num_mel_bins) log-mel -> (batch, frames) bool: False on frames of digital
+    silence (every mel bin at the log floor), which cmvn "speech" and the global statistics leave out."""
+    return log_mel.amax(dim=2) > math.log(LOG_FLOOR) + 1e-3
+
+
+def running_cmvn(feats: Tensor, prior_mean: Tensor, prior_var: Tensor, first: int = 0) -> Tensor:
+    """cmvn "running" (module docstring) of frames first .. of `feats` (batch, frames, dim), which
+    holds each utterance from its first frame, or from at least CMVN_WINDOW - 1 frames before
+    `first` -> (batch, frames - first, dim). prior_mean, prior_var (dim,): the global statistics.
+
+    The window sums slide: the first one summed, then each next one adds the frame that enters
+    and takes out the frame that leaves (a cumulative sum), in float64, so that a stream's
+    sums, started afresh at each chunk, agree with an hour's offline to ~1e-12."""
+    x = feats.double()  # (batch, frames, dim)
+    num_frames = x.shape[1]
+    if first >= num_frames:
+        return feats[:, first:]
+    window = x[:, max(first - CMVN_WINDOW + 1, 0) : first + 1]  # (batch, <= W, dim): frame first's window
+    entering = x[:, first + 1 :]  # (batch, out - 1, dim)
+    # (out - 1,): the frame each next window loses, < 0 while the window still grows
+    leaving_index = torch.arange(first + 1 - CMVN_WINDOW, num_frames - CMVN_WINDOW, device=x.device)
+    leaving = x[:, leaving_index.clamp_min(0)].masked_fill((leaving_index < 0)[None, :, None], 0.0)  # (batch, out - 1, dim)
+    sums = torch.cat([window.sum(dim=1, keepdim=True), entering - leaving], dim=1).cumsum(dim=1)  # (batch, out, dim)
+    squares = torch.cat([window.square().sum(dim=1, keepdim=True), entering.square() - leaving.square()], dim=1).cumsum(dim=1)
+    count = torch.arange(first + 1, num_frames + 1, device=x.device).clamp_max(CMVN_WINDOW)  # (out,): frames in each window
+    count = count.to(x.dtype)[None, :, None]  # (1, out, 1)
+    prior = (CMVN_PRIOR_FRAMES - count).clamp_min(0.0)  # (1, out, 1): the global statistics' weight, in frames
+    prior_mean, prior_var = prior_mean.double(), prior_var.double()
+    mean = (sums + prior * prior_mean) / (count + prior)  # (batch, out, dim)
+    power = (squares + prior * (prior_var + prior_mean.square())) / (count + prior)  # (batch, out, dim)
+    variance = (power - mean.square()).clamp_min(0.0)
+    return ((x[:, first:] - mean) * torch.rsqrt(variance + CMVN_VARIANCE_FLOOR)).to(feats.dtype)
 
 
 def frame_mask(frame_lengths: Tensor, num_frames: int) -> Tensor:
@@ -186,8 +257,15 @@ class FeatureExtractor(torch.nn.Module):
             self.register_buffer("dct", dct.float(), persistent=False)  # (num_mel_bins, num_ceps)
         else:
             self.dct = None
-        for order, taps in enumerate(delta_scales(config.deltas)):
-            self.register_buffer(f"delta_taps_{order}", taps.float(), persistent=False)
+        reach = config.deltas * DELTA_WINDOW
+        kernel = torch.zeros(2 * reach + 1, config.deltas, dtype=torch.float64)  # (taps, deltas): each order's filter, centred
+        for order, taps in enumerate(delta_scales(config.deltas)[1:], start=1):
+            kernel[reach - order * DELTA_WINDOW : reach + order * DELTA_WINDOW + 1, order - 1] = taps
+        self.register_buffer("delta_kernel", kernel.float(), persistent=False)
+        # cmvn "global" and "running": the training set's statistics (set_cmvn_stats), saved in
+        # checkpoints beside the config
+        self.register_buffer("cmvn_mean", None, persistent=False)  # (static_dim,)
+        self.register_buffer("cmvn_var", None, persistent=False)  # (static_dim,)
 
     @property
     def static_dim(self) -> int:
@@ -255,17 +333,19 @@ class FeatureExtractor(torch.nn.Module):
             return audio.new_zeros(audio.shape[0], 0, self.frame_length)
         if self.config.kaldi_compat:
             return audio.unfold(1, self.frame_length, self.frame_shift)  # (batch, frames, frame_length)
-        # Centered frames: extend each utterance by reflection about its own first and last
-        # sample (clamped, so utterances shorter than half a window still work).
         left = self.frame_length // 2
-        right = self.frame_length - left
-        position = torch.arange(-left, audio.shape[1] + right, device=audio.device)  # (padded_samples,)
+        position = torch.arange(-left, audio.shape[1] + self.frame_length - left, device=audio.device)  # (padded_samples,)
         last = (lengths - 1).clamp_min(0)[:, None]  # (batch, 1)
-        position = position.abs()[None, :]  # (1, padded_samples), reflects the start
-        position = torch.where(position > last, 2 * last - position, position).clamp(min=0)  # (batch, padded_samples)
-        position = torch.minimum(position, last)
-        padded = torch.gather(audio, 1, position)  # (batch, samples + frame_length)
+        padded = torch.gather(audio, 1, reflect_positions(position[None, :], last))  # (batch, samples + frame_length)
         return padded.unfold(1, self.frame_length, self.frame_shift)  # (batch, frames, frame_length)
+
+    def frame_positions(self, first: int, num_frames: int, last: int | None, device: torch.device) -> Tensor:
+        """The samples centered frames first .. first + num_frames - 1 read, as `frame` reads them:
+        (num_frames, frame_length) int64 sample indices. `last`: the utterance's last sample, or
+        None while a stream has not reached its end (no reflection there yet)."""
+        start = (first + torch.arange(num_frames, device=device)) * self.frame_shift - self.frame_length // 2  # (num_frames,)
+        position = start[:, None] + torch.arange(self.frame_length, device=device)  # (num_frames, frame_length)
+        return reflect_positions(position, None if last is None else torch.tensor(last, device=device))
 
     @staticmethod
     def remove_dc_and_preemphasize(frames: Tensor) -> Tensor:
@@ -275,6 +355,18 @@ class FeatureExtractor(torch.nn.Module):
         first = (1.0 - PREEMPHASIS) * frames[:, :, :1]  # (batch, frames, 1)
         rest = frames[:, :, 1:] - PREEMPHASIS * frames[:, :, :-1]  # (batch, frames, frame_length - 1)
         return torch.cat([first, rest], dim=2)
+
+    def log_mel_of_frames(self, frames: Tensor) -> Tensor:
+        """The spectral part, frame by frame: (batch, frames, frame_length) cut frames in int16
+        units -> (batch, frames, num_mel_bins) log-mel energies: [Kaldi mode: DC removal and
+        pre-emphasis,] window, |rfft|², mel, log. Offline and streaming features both run it."""
+        if frames.shape[1] == 0:  # MKL's FFT rejects an empty batch
+            return frames.new_zeros(frames.shape[0], 0, self.config.num_mel_bins)
+        if self.config.kaldi_compat:
+            frames = self.remove_dc_and_preemphasize(frames)
+        spectrum = torch.fft.rfft(frames * self.window, n=self.n_fft)  # (batch, frames, n_fft // 2 + 1)
+        power = spectrum.real.square() + spectrum.imag.square()  # (batch, frames, n_fft // 2 + 1)
+        return torch.matmul(power, self.mel_weights).clamp_min(LOG_FLOOR).log()  # (batch, frames, num_mel_bins)
 
     def compute_log_mel(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Raw log-mel energies: audio (batch, samples) in [-1, 1], lengths (batch,) in samples
@@ -292,15 +384,9 @@ class FeatureExtractor(torch.nn.Module):
         lengths = lengths.to(device=audio.device, dtype=torch.int64).clamp(0, audio.shape[1])  # (batch,)
         frame_lengths = self.num_raw_frames(lengths)  # (batch,)
         frames = self.frame(audio, lengths)  # (batch, frames, frame_length)
-        if frames.shape[1] == 0:  # MKL's FFT rejects an empty batch
-            return audio.new_zeros(audio.shape[0], 0, self.config.num_mel_bins), frame_lengths
         if self.training and self.config.dither > 0:
             frames = frames + self.config.dither * torch.randn_like(frames)
-        if self.config.kaldi_compat:
-            frames = self.remove_dc_and_preemphasize(frames)
-        spectrum = torch.fft.rfft(frames * self.window, n=self.n_fft)  # (batch, frames, n_fft // 2 + 1)
-        power = spectrum.real.square() + spectrum.imag.square()  # (batch, frames, n_fft // 2 + 1)
-        log_mel = torch.matmul(power, self.mel_weights).clamp_min(LOG_FLOOR).log()  # (batch, frames, num_mel_bins)
+        log_mel = self.log_mel_of_frames(frames)  # (batch, frames, num_mel_bins)
         log_mel = log_mel.masked_fill(~frame_mask(frame_lengths, log_mel.shape[1]), 0.0)
         return log_mel, frame_lengths
 
@@ -318,24 +404,61 @@ class FeatureExtractor(torch.nn.Module):
         variance = (feats - mean).masked_fill(~stats, 0.0).square().sum(dim=1, keepdim=True) / count  # (batch, 1, dim)
         return (feats - mean).masked_fill(~valid, 0.0) * torch.rsqrt(variance + CMVN_VARIANCE_FLOOR)
 
+    def set_cmvn_stats(self, mean: Tensor, var: Tensor) -> None:
+        """Set the training set's statistics that cmvn "global" and "running" normalize with:
+        mean and variance of the static features, each (static_dim,) (`compute_cmvn_stats`)."""
+        for name, value in (("mean", mean), ("var", var)):
+            if tuple(value.shape) != (self.static_dim,) or not torch.isfinite(value).all():
+                raise ValueError(f"CMVN {name}: need {self.static_dim} finite values, got shape {tuple(value.shape)}")
+        if (var < 0).any():
+            raise ValueError("CMVN var: negative variance")
+        self.cmvn_mean = mean.to(self.window)
+        self.cmvn_var = var.to(self.window)
+
+    def trained_cmvn_stats(self) -> tuple[Tensor, Tensor]:
+        """(mean, var), each (static_dim,): what `set_cmvn_stats` set; MissingCmvnStatsError if nothing."""
+        if self.cmvn_mean is None or self.cmvn_var is None:
+            raise MissingCmvnStatsError(
+                f"features.cmvn={self.config.cmvn!r} normalizes with the training set's mean and variance, and none "
+                "are set: checkpoints trained with it carry them; otherwise compute them with "
+                "asr.features.compute_cmvn_stats and give them to FeatureExtractor.set_cmvn_stats"
+            )
+        return self.cmvn_mean, self.cmvn_var
+
+    def normalize_global(self, feats: Tensor) -> Tensor:
+        """cmvn "global": (x - mean) / sqrt(var + floor) with the training set's statistics,
+        (..., static_dim) -> same shape."""
+        mean, var = self.trained_cmvn_stats()
+        return (feats - mean) * torch.rsqrt(var + CMVN_VARIANCE_FLOOR)
+
+    def apply_cmvn(self, feats: Tensor, frame_lengths: Tensor, sound: Tensor) -> Tensor:
+        """config.cmvn's normalization of static features (batch, frames, static_dim) -> same
+        shape, padding 0. sound (batch, frames) bool: the frames that are not digital silence."""
+        kind = self.config.cmvn
+        if kind in ("utterance", "speech"):
+            return self.normalize(feats, frame_lengths, sound if kind == "speech" else None)
+        if kind == "global":
+            feats = self.normalize_global(feats)
+        elif kind == "running":
+            feats = running_cmvn(feats, *self.trained_cmvn_stats())
+        return feats.masked_fill(~frame_mask(frame_lengths, feats.shape[1]), 0.0)
+
     def add_deltas(self, feats: Tensor, frame_lengths: Tensor) -> Tensor:
         """Append deltas up to config.deltas: (batch, frames, dim) -> (batch, frames, dim * (order + 1)).
 
-        Each order is its Kaldi filter (see `delta_scales`) over the static features, with
-        frame indices clamped to the utterance's own [0, length - 1] (edges replicated).
+        Each order is its Kaldi filter (see `delta_scales`) over the static features, with frame
+        indices clamped to the utterance's own [0, length - 1] (edges replicated); all orders in
+        one matmul (not conv1d, which cuDNN would run in TF32).
         """
         order = self.config.deltas
         reach = order * DELTA_WINDOW  # frames each side the widest filter reads
-        time = torch.arange(feats.shape[1], device=feats.device)[None, :].expand(feats.shape[0], -1)  # (batch, frames)
-        outputs = [feats] + [torch.zeros_like(feats) for _ in range(order)]
-        for offset in range(-reach, reach + 1):
-            shifted = gather_frames(feats, time + offset, frame_lengths)  # (batch, frames, dim)
-            for i in range(1, order + 1):
-                taps: Tensor = getattr(self, f"delta_taps_{i}")
-                tap = offset + i * DELTA_WINDOW  # index into this order's 2 * i * W + 1 taps
-                if 0 <= tap < len(taps):
-                    outputs[i] = outputs[i] + taps[tap] * shifted
-        return torch.cat(outputs, dim=2)
+        batch, num_frames, dim = feats.shape
+        if num_frames == 0:
+            return feats.new_zeros(batch, 0, dim * (order + 1))
+        time = torch.arange(-reach, num_frames + reach, device=feats.device).expand(batch, -1)  # (batch, frames + 2 reach)
+        windows = gather_frames(feats, time, frame_lengths).unfold(1, 2 * reach + 1, 1)  # (batch, frames, dim, taps)
+        deltas = torch.matmul(windows, self.delta_kernel).transpose(2, 3)  # (batch, frames, order, dim)
+        return torch.cat([feats, deltas.reshape(batch, num_frames, order * dim)], dim=2)
 
     def stack_and_subsample(self, feats: Tensor, frame_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Output frame t = concat(feats[t * s], ..., feats[t * s + k - 1]), k = stack_frames,
@@ -358,18 +481,25 @@ class FeatureExtractor(torch.nn.Module):
             return self._forward(audio, lengths)
 
     def _forward(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        feats, frame_lengths = self.compute_log_mel(audio, lengths)  # (batch, frames, num_mel_bins)
-        sound = feats.amax(dim=2) > math.log(LOG_FLOOR) + 1e-3 if self.config.cmvn == "speech" else None  # (batch, frames): not digital silence
-        if self.dct is not None:
-            feats = torch.matmul(feats, self.dct)  # (batch, frames, num_ceps)
-        if self.config.cmvn != "none":
-            feats = self.normalize(feats, frame_lengths, sound)
+        feats, frame_lengths, sound = self.static_features(audio, lengths)  # (batch, frames, static_dim)
+        feats = self.apply_cmvn(feats, frame_lengths, sound)
         if self.config.deltas:
             feats = self.add_deltas(feats, frame_lengths)  # (batch, frames, static_dim * (deltas + 1))
         if self.config.stack_frames > 1 or self.config.subsample > 1:
             feats, frame_lengths = self.stack_and_subsample(feats, frame_lengths)  # (batch, out, output_dim)
         feats = feats.masked_fill(~frame_mask(frame_lengths, feats.shape[1]), 0.0)
         return feats, frame_lengths
+
+    def static_features(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Features before CMVN: audio (batch, samples), lengths (batch,) -> log-mel or MFCC
+        (batch, frames, static_dim) with padding 0, frame lengths (batch,), and which frames are
+        sound, not digital silence (batch, frames) bool. Autocast must be off (as in `forward`)."""
+        log_mel, frame_lengths = self.compute_log_mel(audio, lengths)  # (batch, frames, num_mel_bins)
+        return self.cepstra(log_mel), frame_lengths, is_sound(log_mel)
+
+    def cepstra(self, log_mel: Tensor) -> Tensor:
+        """Static features from log-mel: the DCT for mfcc (batch, frames, num_ceps), else log-mel itself."""
+        return log_mel if self.dct is None else torch.matmul(log_mel, self.dct)
 
 
 _extractors: dict[tuple, FeatureExtractor] = {}
@@ -391,3 +521,215 @@ def compute_fbank(audio: Tensor, config: FeatureConfig | None = None) -> Tensor:
     lengths = torch.tensor([audio.shape[0]], device=audio.device)
     log_mel, _ = extractor.compute_log_mel(audio[None, :], lengths)  # (1, frames, num_mel_bins)
     return log_mel[0]
+
+
+def compute_cmvn_stats(extractor: FeatureExtractor, audios: Iterable[Tensor]) -> tuple[Tensor, Tensor, int]:
+    """The statistics cmvn "global" and "running" normalize with: each audio (samples,) float in
+    [-1, 1] at the extractor's rate -> mean (static_dim,), var (static_dim,) float32 on the CPU
+    of its static features (after the DCT for mfcc, before deltas and stacking) over all the
+    audios' frames, and how many frames that is. Frames of digital silence are left out, as
+    cmvn "speech" leaves them out; sums in float64; no dither (the extractor runs in eval mode)."""
+    device = extractor.window.device
+    total = torch.zeros(extractor.static_dim, dtype=torch.float64, device=device)
+    squares = torch.zeros_like(total)
+    frames = torch.zeros((), dtype=torch.int64, device=device)
+    was_training = extractor.training
+    extractor.eval()
+    try:
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            for audio in audios:
+                audio = audio.to(device)
+                lengths = torch.tensor([audio.shape[0]], device=device)
+                feats, _, sound = extractor.static_features(audio[None, :], lengths)  # (1, frames, static_dim), (1, frames)
+                kept = feats[0][sound[0]].double()  # (sound frames, static_dim)
+                total += kept.sum(dim=0)
+                squares += kept.square().sum(dim=0)
+                frames += kept.shape[0]
+    finally:
+        extractor.train(was_training)
+    num_frames = int(frames)
+    if num_frames == 0:
+        raise ValueError("compute_cmvn_stats: the audio holds no frame that is not digital silence")
+    mean = total / num_frames
+    var = (squares / num_frames - mean.square()).clamp_min(0.0)
+    return mean.float().cpu(), var.float().cpu(), num_frames
+
+
+class _Tail:
+    """The last rows of a sequence that grows at its end: rows start .. end - 1 (absolute
+    indices), (rows, *row_shape). What each stage of a FeatureStream keeps of its input."""
+
+    def __init__(self, row_shape: tuple[int, ...], like: Tensor):
+        self.rows = like.new_zeros(0, *row_shape)
+        self.end = 0
+
+    @property
+    def start(self) -> int:
+        return self.end - self.rows.shape[0]
+
+    def extend(self, rows: Tensor) -> None:
+        self.rows = torch.cat([self.rows, rows]) if self.rows.shape[0] else rows
+        self.end += rows.shape[0]
+
+    def drop_before(self, index: int) -> None:
+        """Forget rows before `index` (all of them when index >= end)."""
+        self.rows = self.rows[max(index - self.start, 0) :]
+
+
+class FeatureStream:
+    """One utterance's features as its audio arrives, equal (to float32 rounding) to what the
+    extractor gives the whole utterance offline, however the audio is cut into chunks:
+
+        stream = FeatureStream(extractor)
+        feats = torch.cat([stream.accept(chunk) for chunk in chunks] + [stream.finish()])  # (frames, output_dim)
+
+    Each stage runs the extractor's own code on its new rows plus the tail of earlier ones that
+    they read, and keeps only that tail: samples from one window before the next frame, the last
+    CMVN_WINDOW - 1 static frames (cmvn "running"), deltas * DELTA_WINDOW frames each side of the
+    next delta, and the frames of the next stacked output; memory is bounded however long the
+    stream. A frame leaves `accept` once every sample and frame it reads has arrived; `finish`
+    gives the rest, with the offline ends (reflection at the end of the audio, deltas' and
+    stacking's last frame repeated). Always in eval mode (no dither), on the extractor's device.
+    """
+
+    def __init__(self, extractor: FeatureExtractor):
+        config = extractor.config
+        if config.cmvn not in STREAMING_CMVN_KINDS:
+            raise ConfigError(
+                f"features.cmvn={config.cmvn!r} normalizes each frame with statistics of the whole utterance, "
+                f"so its features cannot stream; models that stream train with features.cmvn in {STREAMING_CMVN_KINDS}"
+            )
+        if config.cmvn in TRAINED_CMVN_KINDS:
+            extractor.trained_cmvn_stats()  # raises now, not at the first frame
+        self.extractor = extractor
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new utterance: every sample and frame of the last one is dropped."""
+        extractor = self.extractor
+        dim = extractor.static_dim
+        self._samples = _Tail((), extractor.window)  # int16 units
+        self._static = _Tail((dim,), extractor.window)  # before CMVN, for cmvn "running"
+        self._normalized = _Tail((dim,), extractor.window)  # after CMVN, for deltas
+        self._dynamic = _Tail((dim * (extractor.config.deltas + 1),), extractor.window)  # after deltas, for stacking
+        self._next_delta = 0  # the first frame whose deltas are still to come
+        self._finished = False
+        self.frames_out = 0  # output frames returned since the reset
+
+    def accept(self, samples: Tensor) -> Tensor:
+        """The next samples (n,) float in [-1, 1] at config.sample_rate, n >= 0 -> the output
+        frames (new_frames, output_dim) they complete."""
+        if self._finished:
+            raise RuntimeError("FeatureStream.accept after finish: call reset() to start a new utterance")
+        if samples.dim() != 1:
+            raise ValueError(f"FeatureStream.accept takes samples of shape (n,), got {tuple(samples.shape)}")
+        self._samples.extend(samples.to(self.extractor.window) * INT16_SCALE)
+        return self._advance(self._ready_raw_frames(), last=None)
+
+    def finish(self) -> Tensor:
+        """The utterance's remaining output frames (frames, output_dim); accept() raises until reset()."""
+        if self._finished:
+            return self._samples.rows.new_zeros(0, self.extractor.output_dim)
+        self._finished = True
+        num_samples = self._samples.end
+        return self._advance(self.extractor.num_raw_frames(num_samples), last=num_samples - 1)
+
+    def _ready_raw_frames(self) -> int:
+        """Analysis frames whose samples have all arrived, reflection at the end of the audio aside."""
+        extractor, received = self.extractor, self._samples.end
+        if extractor.config.kaldi_compat:
+            return extractor.num_raw_frames(received)
+        # Centered frame t reads samples up to t * shift + right - 1, and frame 0, by reflection,
+        # sample left (= frame_length // 2 <= right).
+        left, right = extractor.frame_length // 2, extractor.frame_length - extractor.frame_length // 2
+        return 0 if received <= left else max((received - right) // extractor.frame_shift + 1, 0)
+
+    def _advance(self, num_raw_frames: int, last: int | None) -> Tensor:
+        """Compute raw frames up to `num_raw_frames` and carry them through every stage; `last`:
+        the last sample when the audio has ended (then every stage flushes), else None."""
+        extractor = self.extractor
+        first = self._static.end
+        if num_raw_frames <= first and last is None:
+            return self._samples.rows.new_zeros(0, extractor.output_dim)
+        with torch.no_grad(), torch.autocast(self._samples.rows.device.type, enabled=False):
+            frames = self._cut(first, num_raw_frames - first, last)  # (new, frame_length)
+            static = extractor.cepstra(extractor.log_mel_of_frames(frames[None]))[0]  # (new, static_dim)
+            normalized = self._normalize(static)  # (new, static_dim)
+            dynamic = self._add_deltas(normalized, final=last is not None)  # (ready, static_dim * (deltas + 1))
+            return self._stack(dynamic, final=last is not None)  # (ready, output_dim)
+
+    def _cut(self, first: int, num_frames: int, last: int | None) -> Tensor:
+        """Analysis frames first .. first + num_frames - 1, (num_frames, frame_length), int16 units,
+        cut as `FeatureExtractor.frame` cuts them."""
+        extractor, samples = self.extractor, self._samples
+        shift, length = extractor.frame_shift, extractor.frame_length
+        if num_frames == 0:
+            return samples.rows.new_zeros(0, length)
+        if extractor.config.kaldi_compat:
+            frames = samples.rows[first * shift - samples.start :].unfold(0, length, shift)[:num_frames]
+            samples.drop_before((first + num_frames) * shift)
+            return frames
+        positions = extractor.frame_positions(first, num_frames, last, samples.rows.device)  # (num_frames, frame_length)
+        frames = samples.rows[positions - samples.start]
+        # A later centered frame t reads no sample before t * shift - frame_length, even reflected
+        # about the end (which lies past t * shift - 1).
+        samples.drop_before((first + num_frames) * shift - length)
+        return frames
+
+    def _normalize(self, static: Tensor) -> Tensor:
+        """config.cmvn of new static frames (new, static_dim) -> same shape."""
+        extractor, kind = self.extractor, self.extractor.config.cmvn
+        self._static.extend(static)
+        if kind == "global":
+            return extractor.normalize_global(static)
+        if kind == "running":
+            history = self._static.rows.shape[0] - static.shape[0]
+            normalized = running_cmvn(self._static.rows[None], *extractor.trained_cmvn_stats(), first=history)[0]
+            self._static.drop_before(self._static.end - (CMVN_WINDOW - 1))
+            return normalized
+        self._static.drop_before(self._static.end)
+        return static
+
+    def _add_deltas(self, normalized: Tensor, final: bool) -> Tensor:
+        """Frames with deltas now complete (ready, static_dim * (deltas + 1)): those whose
+        `reach` frames after have arrived, all the rest when `final`."""
+        extractor = self.extractor
+        if not extractor.config.deltas:
+            return normalized
+        reach = extractor.config.deltas * DELTA_WINDOW  # frames each side the widest filter reads
+        tail = self._normalized
+        tail.extend(normalized)
+        end = tail.end if final else tail.end - reach
+        if end <= self._next_delta:
+            return normalized.new_zeros(0, extractor.static_dim * (extractor.config.deltas + 1))
+        # The tail starts at frame 0 or `reach` frames before the first delta to come, so only
+        # the clamping of the utterance's own ends (or of the tail's end, unread unless final) applies.
+        dynamic = extractor.add_deltas(tail.rows[None], torch.tensor([tail.rows.shape[0]], device=tail.rows.device))[0]
+        ready = dynamic[self._next_delta - tail.start : end - tail.start]
+        self._next_delta = end
+        tail.drop_before(end - reach)
+        return ready
+
+    def _stack(self, dynamic: Tensor, final: bool) -> Tensor:
+        """Output frames now complete (ready, output_dim): those whose stack_frames frames have
+        all arrived, all the rest when `final`."""
+        extractor = self.extractor
+        stack, step = extractor.config.stack_frames, extractor.config.subsample
+        if stack == 1 and step == 1:
+            self.frames_out += dynamic.shape[0]
+            return dynamic
+        tail = self._dynamic
+        tail.extend(dynamic)
+        tail.drop_before(self.frames_out * step)  # frames no output reads when stack < subsample
+        if final:
+            total = (tail.end + step - 1) // step
+        else:
+            total = (tail.end - stack) // step + 1 if tail.end >= stack else 0
+        if total <= self.frames_out:
+            return dynamic.new_zeros(0, extractor.output_dim)
+        assert tail.start == self.frames_out * step
+        stacked, _ = extractor.stack_and_subsample(tail.rows[None], torch.tensor([tail.rows.shape[0]], device=tail.rows.device))
+        ready = stacked[0, : total - self.frames_out]  # (ready, output_dim)
+        self.frames_out = total
+        tail.drop_before(total * step)
+        return ready

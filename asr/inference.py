@@ -102,6 +102,8 @@ class Recognizer:
         config: Config = state["config"]
         tokenizer: CharTokenizer = state["tokenizer"]
         features = FeatureExtractor(config.features)
+        if state.get("cmvn_stats") is not None:
+            features.set_cmvn_stats(state["cmvn_stats"]["mean"], state["cmvn_stats"]["var"])
         model = build_model(config.model, features.output_dim, tokenizer.vocab_size)
         model.load_state_dict(state["model"])
         target = resolve_device(device)

@@ -34,7 +34,8 @@ from asr.config import Config, config_to_dict
 from asr.ctc import LabelPrior, ctc_loss
 from asr.data.loader import Batch, BucketBatchSampler, UtteranceDataset, make_loader, placeholder_batch
 from asr.data.manifest import Utterance, read_manifest
-from asr.features import FeatureExtractor
+from asr.audio import AudioError
+from asr.features import TRAINED_CMVN_KINDS, FeatureExtractor, compute_cmvn_stats
 from asr.frame_targets import IGNORE, frame_targets
 from asr.inference import Recognizer, decode_dataset
 from asr.models import build_model
@@ -42,6 +43,7 @@ from asr.text import CharTokenizer, build_tokenizer, label_utterances
 from asr.train_log import MetricsLog
 
 LAST, BEST = "last.pt", "best.pt"  # checkpoint names inside train.out_dir
+CMVN_STATS_UTTERANCES = 1000  # training utterances (at most) whose features make the global CMVN statistics
 
 
 class TrainingError(RuntimeError):
@@ -293,7 +295,7 @@ def train(config: Config, resume: bool = False, show_progress: bool = True) -> P
 
 def _train(config: Config, resume: bool, show_progress: bool, context: distributed.DistContext) -> Path:
     """Build (or resume) the run, then train it with the metrics log open."""
-    run = build_run(config, context)
+    run = build_run(config, context, resume)
     if resume:
         resume_run(run)
     log = MetricsLog.open(run.out_dir, context, config.train.tensorboard)
@@ -325,6 +327,7 @@ class TrainingRun:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     total_steps: int  # optimizer steps of the whole run (the schedule's length)
     label_prior: LabelPrior | None = None  # with train.label_prior_weight > 0
+    cmvn_stats: dict[str, Any] | None = None  # features.cmvn global / running: {"mean", "var", "frames"}, set on `features`
     progress: Progress = field(default_factory=Progress)
 
     def save(self, name: str) -> None:
@@ -354,12 +357,14 @@ class TrainingRun:
             self.out_dir / name, model=self.model, config=self.config, tokenizer=self.tokenizer, training_state=training_state,
             label_log_prior=self.label_prior.log_prior if self.label_prior is not None else None,
             train_max_duration=max(u.duration for u in self.dataset.utterances) / min(self.config.augment.speed_factors or [1.0]) + 2 * self.config.augment.pad_silence,
+            cmvn_stats=self.cmvn_stats,
         )
 
 
-def build_run(config: Config, context: distributed.DistContext) -> TrainingRun:
+def build_run(config: Config, context: distributed.DistContext, resume: bool = False) -> TrainingRun:
     """Seed, then data, model, optimizer, sampler and schedule: in this order, which fixes every
-    random draw (initial weights, dropout, SpecAugment, batch order)."""
+    random draw (initial weights, dropout, SpecAugment, batch order). With features.cmvn global or
+    running, the CMVN statistics too, unless `resume` (then `resume_run` reads them back)."""
     out_dir = Path(config.train.out_dir)
     if context.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -369,6 +374,10 @@ def build_run(config: Config, context: distributed.DistContext) -> TrainingRun:
     seed_everything(config.train.seed)
     tokenizer, dataset, dev_utts = load_training_data(config)
     features = FeatureExtractor(config.features).to(device)
+    cmvn_stats = None
+    if config.features.cmvn in TRAINED_CMVN_KINDS and not resume:
+        cmvn_stats = training_cmvn_stats(config, dataset, features, context)
+        features.set_cmvn_stats(cmvn_stats["mean"], cmvn_stats["var"])
     model = build_model(config.model, features.output_dim, tokenizer.vocab_size).to(device)
     augment = SpecAugment(config.augment, features.static_dim, config.features.subsample).to(device)
     augment = augment if augment.enabled else None
@@ -386,7 +395,36 @@ def build_run(config: Config, context: distributed.DistContext) -> TrainingRun:
         features=features, model=model, step_model=step_model, augment=augment, optimizer=optimizer,
         sampler=sampler, scheduler=scheduler, total_steps=total_steps,
         label_prior=LabelPrior(tokenizer.vocab_size, config.train.label_prior_weight, config.train.label_prior_momentum) if config.train.label_prior_weight > 0 else None,
+        cmvn_stats=cmvn_stats,
     )
+
+
+def training_cmvn_stats(
+    config: Config, dataset: UtteranceDataset, features: FeatureExtractor, context: distributed.DistContext
+) -> dict[str, Any]:
+    """The statistics features.cmvn global and running normalize with, {"mean", "var" (static_dim,),
+    "frames"}: over at most CMVN_STATS_UTTERANCES training utterances, drawn by a random.Random
+    of their own (every other draw stays as it was), without augmentation; utterances whose audio
+    fails to load are left out. Every rank computes the same."""
+    chosen = sorted(random.Random(config.train.seed).sample(range(len(dataset)), min(len(dataset), CMVN_STATS_UTTERANCES)))
+    loaded = []
+
+    def audios():
+        for index in chosen:
+            try:
+                samples = dataset.load_audio(index)
+            except AudioError:
+                continue
+            loaded.append(index)
+            yield torch.from_numpy(samples)
+
+    try:
+        mean, var, frames = compute_cmvn_stats(features, audios())
+    except ValueError as e:
+        raise TrainingError(f"{config.data.train}: features.cmvn={config.features.cmvn}: {e}") from e
+    if context.is_main:
+        print(f"features.cmvn={config.features.cmvn}: statistics of {frames} frames from {len(loaded)} training utterances")
+    return {"mean": mean, "var": var, "frames": frames}
 
 
 def load_training_data(config: Config) -> tuple[CharTokenizer, UtteranceDataset, list[Utterance]]:
@@ -467,6 +505,11 @@ def resume_run(run: TrainingRun) -> None:
     run.scheduler.load_state_dict(training_state["scheduler"])
     if run.label_prior is not None and "label_log_prior" in state:
         run.label_prior.log_prior = state["label_log_prior"].to(run.context.device)
+    if run.config.features.cmvn in TRAINED_CMVN_KINDS:
+        run.cmvn_stats = state.get("cmvn_stats")
+        if run.cmvn_stats is None:
+            raise TrainingError(f"{path}: holds no CMVN statistics, which features.cmvn={run.config.features.cmvn} needs")
+        run.features.set_cmvn_stats(run.cmvn_stats["mean"], run.cmvn_stats["var"])
     run.progress = progress = Progress(**training_state["progress"])
     restore_rng(training_state, run.context, run.config.train.seed + 1_000_003 * progress.step)
     if run.context.rank:  # the checkpoint's skip counts are group totals; rank 0 carries them on
@@ -484,7 +527,8 @@ def log_start(run: TrainingRun, log: MetricsLog, resume: bool) -> None:
         print(f"{len(dataset.untimed)} training utterance(s) train without the frame head: bad times, e.g. {dataset.untimed[0][1]}")
     log.write({"event": "start", "resume": resume, "step": run.progress.step, "device": str(context.device),
                "config": config_to_dict(run.config), "train_utterances": len(dataset),
-               "parameters": sum(p.numel() for p in run.model.parameters()), "world_size": context.world_size})
+               "parameters": sum(p.numel() for p in run.model.parameters()), "world_size": context.world_size,
+               **({"cmvn_stats_frames": run.cmvn_stats["frames"]} if run.cmvn_stats is not None else {})})
 
 
 def run_epochs(run: TrainingRun, log: MetricsLog, show_progress: bool) -> None:

@@ -67,3 +67,16 @@ def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
         save_checkpoint(path, model=model, config=config, tokenizer=CharTokenizer())
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_cmvn_stats_round_trip(tmp_path):
+    config = load_config(None, ["model.hidden_size=8", "model.num_layers=1", "features.cmvn=global"])
+    tokenizer = CharTokenizer()
+    model = build_model(config.model, 80, tokenizer.vocab_size)
+    stats = {"mean": torch.randn(80), "var": torch.rand(80), "frames": 1234}
+    save_checkpoint(tmp_path / "c.pt", model=model, config=config, tokenizer=tokenizer, cmvn_stats=stats)
+    saved = load_checkpoint(tmp_path / "c.pt")["cmvn_stats"]
+    assert saved["frames"] == 1234
+    torch.testing.assert_close(saved["mean"], stats["mean"], rtol=0, atol=0)
+    torch.testing.assert_close(saved["var"], stats["var"], rtol=0, atol=0)
+    assert "cmvn_stats" not in load_checkpoint(make(tmp_path)[0])

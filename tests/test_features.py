@@ -12,7 +12,16 @@ import soundfile as sf
 import torch
 
 from asr.config import ConfigError, FeatureConfig
-from asr.features import FeatureExtractor, compute_fbank
+from asr.features import (
+    CMVN_PRIOR_FRAMES,
+    CMVN_VARIANCE_FLOOR,
+    CMVN_WINDOW,
+    FeatureExtractor,
+    FeatureStream,
+    MissingCmvnStatsError,
+    compute_cmvn_stats,
+    compute_fbank,
+)
 
 knf = pytest.importorskip("kaldi_native_fbank")
 
@@ -350,7 +359,7 @@ def test_dither_only_in_training_mode(wav_path: Path) -> None:
     "change",
     [
         {"kind": "plp"},
-        {"cmvn": "global"},
+        {"cmvn": "sliding"},
         {"high_freq": 9000.0},
         {"low_freq": 8000.0},
         {"subsample": 0},
@@ -392,3 +401,156 @@ def test_features_ignore_autocast(wav_path: Path) -> None:
         feats, _ = extractor(audio, lengths)
     assert feats.dtype == torch.float32
     torch.testing.assert_close(feats, reference)
+
+
+def with_training_stats(config: FeatureConfig, audio: torch.Tensor) -> FeatureExtractor:
+    """An extractor in eval mode whose global CMVN statistics come from `audio`'s two halves."""
+    extractor = FeatureExtractor(config).eval()
+    if config.cmvn in ("global", "running"):
+        mean, var, _ = compute_cmvn_stats(extractor, [audio[: len(audio) // 2], audio[len(audio) // 2 :]])
+        extractor.set_cmvn_stats(mean, var)
+    return extractor
+
+
+def static_numpy(audio: torch.Tensor, config: FeatureConfig) -> np.ndarray:
+    """Static features (frames, static_dim) of one utterance, float64: cmvn none, no deltas or stacking."""
+    plain = FeatureExtractor(replace(config, cmvn="none", deltas=0, stack_frames=1, subsample=1)).eval()
+    feats, _ = plain(audio[None, :], torch.tensor([len(audio)]))
+    return feats[0].double().numpy()
+
+
+@pytest.mark.parametrize("kind", ["fbank", "mfcc"])
+def test_global_cmvn_stats_leave_digital_silence_out_and_normalize(wav_path: Path, kind: str) -> None:
+    config = FeatureConfig(kind=kind, num_mel_bins=40, cmvn="global")
+    audio = as_float(read_int16(wav_path))
+    utterances = [audio[:20000], audio[20000:45000], torch.zeros(8000), audio[45000:]]  # one of pure digital silence
+    extractor = FeatureExtractor(config).eval()
+    mean, var, frames = compute_cmvn_stats(extractor, utterances)
+
+    statics = [static_numpy(u, config) for u in utterances]
+    log_mels = [static_numpy(u, replace(config, kind="fbank")) for u in utterances]
+    kept = np.concatenate([x[m.max(axis=1) > math.log(np.finfo(np.float32).eps) + 1e-3] for x, m in zip(statics, log_mels)])
+    assert frames == len(kept) < sum(len(x) for x in statics) - 50  # the zeros' 51 frames and the wav's silence left out
+    assert mean.shape == var.shape == (extractor.static_dim,) and mean.dtype == var.dtype == torch.float32
+    np.testing.assert_allclose(mean.numpy(), kept.mean(axis=0), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(var.numpy(), kept.var(axis=0), rtol=1e-4, atol=1e-4)
+
+    extractor.set_cmvn_stats(mean, var)
+    batch, lengths = padded_batch(utterances[:2])
+    feats, frame_lengths = extractor(batch, lengths)
+    for i, n in enumerate(frame_lengths.tolist()):
+        expected = (statics[i] - mean.double().numpy()) / np.sqrt(var.double().numpy() + CMVN_VARIANCE_FLOOR)
+        np.testing.assert_allclose(feats[i, :n].numpy(), expected, atol=1e-4, rtol=1e-4)
+        assert torch.all(feats[i, n:] == 0)
+
+
+def running_cmvn_reference(static: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """cmvn "running" frame by frame from its definition, float64: frame t is normalized by the
+    statistics of frames max(0, t - W + 1) .. t plus the global ones weighted as max(0, P - n_t) frames."""
+    out = np.zeros_like(static)
+    for t in range(len(static)):
+        window = static[max(0, t - CMVN_WINDOW + 1) : t + 1]
+        prior = max(0, CMVN_PRIOR_FRAMES - len(window))
+        count = len(window) + prior
+        frame_mean = (window.sum(axis=0) + prior * mean) / count
+        frame_power = ((window**2).sum(axis=0) + prior * (var + mean**2)) / count
+        out[t] = (static[t] - frame_mean) / np.sqrt(frame_power - frame_mean**2 + CMVN_VARIANCE_FLOOR)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["fbank", "mfcc"])
+def test_running_cmvn_matches_its_definition_frame_by_frame(kind: str) -> None:
+    config = FeatureConfig(kind=kind, num_mel_bins=23, cmvn="running")
+    long = torch.from_numpy(synthesize_speechlike(9 * SAMPLE_RATE, seed=3).astype(np.float32))  # 901 frames: the window slides
+    extractor = with_training_stats(config, torch.from_numpy(synthesize_speechlike(2 * SAMPLE_RATE, seed=4).astype(np.float32)))
+    mean, var = (x.double().numpy() for x in extractor.trained_cmvn_stats())
+    utterances = [long, long[:1000], long[5 * SAMPLE_RATE :]]  # 901, 7 (the prior dominates) and 401 frames
+    batch, lengths = padded_batch(utterances)
+    feats, frame_lengths = extractor(batch, lengths)
+    for i, utterance in enumerate(utterances):
+        n = int(frame_lengths[i])
+        reference = running_cmvn_reference(static_numpy(utterance, config), mean, var)
+        np.testing.assert_allclose(feats[i, :n].numpy(), reference, atol=1e-4, rtol=1e-4)
+        assert torch.all(feats[i, n:] == 0)
+
+
+@pytest.mark.parametrize("cmvn", ["global", "running"])
+def test_trained_cmvn_without_statistics_is_an_error(cmvn: str) -> None:
+    extractor = FeatureExtractor(FeatureConfig(cmvn=cmvn))
+    with pytest.raises(MissingCmvnStatsError, match=f"cmvn='{cmvn}'.*set_cmvn_stats"):
+        extractor(torch.zeros(1, 1600), torch.tensor([1600]))
+    with pytest.raises(ConfigError, match="set_cmvn_stats"):
+        FeatureStream(extractor)
+    with pytest.raises(ValueError, match="need 80 finite values"):
+        extractor.set_cmvn_stats(torch.zeros(13), torch.ones(13))
+
+
+def stream_features(stream: FeatureStream, audio: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Feed `audio` cut into chunks of `sizes` (the last chunk takes the rest), then finish."""
+    outputs, start = [], 0
+    for size in sizes:
+        outputs.append(stream.accept(audio[start : start + size]))
+        start += size
+    outputs.append(stream.accept(audio[start:]))
+    outputs.append(stream.finish())
+    assert all(o.shape[1] == stream.extractor.output_dim for o in outputs)
+    return torch.cat(outputs)
+
+
+@pytest.mark.parametrize("kaldi_compat", [False, True])
+@pytest.mark.parametrize("kind", ["fbank", "mfcc"])
+@pytest.mark.parametrize("cmvn", ["none", "global", "running"])
+def test_stream_equals_offline_frame_for_frame(wav_path: Path, kaldi_compat: bool, kind: str, cmvn: str) -> None:
+    config = FeatureConfig(kind=kind, kaldi_compat=kaldi_compat, num_mel_bins=40, cmvn=cmvn, deltas=2, stack_frames=3, subsample=3)
+    audio = as_float(read_int16(wav_path))
+    extractor = with_training_stats(config, audio)
+    long = torch.cat([audio, audio.flip(0)])  # 8 s, 801 frames: running CMVN's window slides
+    generator = torch.Generator().manual_seed(len(config.cmvn) + kaldi_compat)
+    random_sizes = torch.randint(0, 2000, (200,), generator=generator).tolist()
+    random_sizes[::7] = [0] * len(random_sizes[::7])
+    splits = {
+        "one chunk": [],
+        "random, empty ones too": random_sizes,
+        "20 ms": [320] * 400,
+        "1 sample, then 100 ms": [1] * 1000 + [1600] * 100,
+    }
+    stream = FeatureStream(extractor)
+    for length in [0, 1, 150, 399, 400, 401, 560, 5000, len(long)]:
+        utterance = long[:length]
+        expected, _ = extractor(utterance[None, :], torch.tensor([length]))
+        for name, sizes in splits.items():
+            stream.reset()
+            feats = stream_features(stream, utterance, sizes)
+            assert feats.shape == expected[0].shape, (length, name)
+            assert stream.frames_out == expected.shape[1] == extractor.num_frames(length)
+            torch.testing.assert_close(feats, expected[0], atol=1e-4, rtol=0, msg=f"{length} samples, {name}")
+
+
+def test_stream_memory_stays_bounded_and_reset_starts_over(wav_path: Path) -> None:
+    config = FeatureConfig(kind="mfcc", cmvn="running", deltas=2, stack_frames=3, subsample=3)
+    audio = as_float(read_int16(wav_path))
+    extractor = with_training_stats(config, audio)
+    stream = FeatureStream(extractor)
+    chunk = 1600  # 100 ms
+    first = [stream.accept(audio[i : i + chunk]) for i in range(0, len(audio), chunk)]
+    for _ in range(14):  # a minute of audio in all
+        for i in range(0, len(audio), chunk):
+            stream.accept(audio[i : i + chunk])
+            assert len(stream._samples.rows) <= extractor.frame_length + chunk
+            assert len(stream._static.rows) < CMVN_WINDOW
+            assert len(stream._normalized.rows) <= 2 * 2 * 2 + chunk // extractor.frame_shift
+            assert len(stream._dynamic.rows) <= 3 + chunk // extractor.frame_shift
+    assert stream.finish().shape[0] == 3  # the last frames wait for what deltas and stacking read after them
+    assert stream.frames_out == extractor.num_frames(15 * len(audio))
+    with pytest.raises(RuntimeError, match="reset"):
+        stream.accept(audio[:100])
+    stream.reset()
+    assert stream.frames_out == 0
+    again = [stream.accept(audio[i : i + chunk]) for i in range(0, len(audio), chunk)]
+    torch.testing.assert_close(torch.cat(again), torch.cat(first), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cmvn", ["utterance", "speech"])
+def test_stream_refuses_whole_utterance_cmvn(cmvn: str) -> None:
+    with pytest.raises(ConfigError, match="whole utterance"):
+        FeatureStream(FeatureExtractor(FeatureConfig(cmvn=cmvn)))

@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+import soundfile as sf
 import torch
 
 from asr.checkpoint import load_checkpoint
@@ -192,3 +193,36 @@ def test_frame_head_without_any_times_is_an_error(noise_corpus, tmp_path):
 
     with pytest.raises(TrainingError, match="no row has times"):
         train(config_for(noise_corpus, tmp_path / "n", "model.frame_head=true"), show_progress=False)
+
+
+def test_global_cmvn_training_saves_its_statistics_and_the_recognizer_normalizes_with_them(noise_corpus, tmp_path, monkeypatch):
+    import asr.train
+    from asr.data.manifest import read_manifest
+    from asr.features import FeatureExtractor, compute_cmvn_stats
+    from asr.inference import Recognizer
+
+    out = train(config_for(noise_corpus, tmp_path / "g", "features.cmvn=global"), show_progress=False)
+    stats = load_checkpoint(out / LAST)["cmvn_stats"]
+    config = load_checkpoint(out / LAST)["config"]
+    train_utts = read_manifest(noise_corpus["train"])  # 16, fewer than CMVN_STATS_UTTERANCES: all of them
+    plain = FeatureExtractor(config.features)
+    audios = [torch.from_numpy(sf.read(u.audio, dtype="float32")[0]) for u in train_utts]
+    mean, var, frames = compute_cmvn_stats(plain, audios)
+    assert stats["frames"] == frames > 1000
+    torch.testing.assert_close(stats["mean"], mean, rtol=0, atol=0)
+    torch.testing.assert_close(stats["var"], var, rtol=0, atol=0)
+    records = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
+    assert [r["cmvn_stats_frames"] for r in records if r.get("event") == "start"] == [frames]
+
+    recognizer = Recognizer.from_checkpoint(out / BEST, device="cpu")
+    audio = audios[0][None, :]
+    feats, _ = recognizer.features(audio, torch.tensor([audio.shape[1]]))
+    static, _, _ = plain.static_features(audio, torch.tensor([audio.shape[1]]))  # (1, frames, 20)
+    expected = (static - mean) / (var + 1e-10).sqrt()
+    torch.testing.assert_close(feats[0, :, :20], expected[0, ::2], atol=1e-4, rtol=1e-4)  # stacked 2, subsampled 2
+
+    # --resume reads them back instead of computing them again
+    train(config_for(noise_corpus, tmp_path / "r", "features.cmvn=global", "train.time_limit_s=1e-9"), show_progress=False)
+    monkeypatch.setattr(asr.train, "compute_cmvn_stats", lambda *args: pytest.fail("statistics recomputed on --resume"))
+    train(config_for(noise_corpus, tmp_path / "r", "features.cmvn=global"), resume=True, show_progress=False)
+    torch.testing.assert_close(load_checkpoint(tmp_path / "r" / LAST)["cmvn_stats"]["mean"], mean, rtol=0, atol=0)

@@ -145,11 +145,16 @@ class UtteranceDataset(torch.utils.data.Dataset):
             seconds[second] = 0.0
         return seconds
 
-    def _load(self, index: int, factor: float) -> tuple[np.ndarray, Intervals | None]:
-        """Utterance `index`'s samples (samples,) played `factor` times as fast, and its timed tokens."""
+    def load_audio(self, index: int) -> np.ndarray:
+        """Utterance `index`'s samples (samples,) as the manifest gives them, without augmentation;
+        AudioError when they fail to load."""
         utt = self.utterances[index]
         duration = utt.duration if utt.offset else None
-        samples = perturb_speed(load_audio(utt.audio, self.sample_rate, utt.offset, duration), factor, self.sample_rate)
+        return load_audio(utt.audio, self.sample_rate, utt.offset, duration)
+
+    def _load(self, index: int, factor: float) -> tuple[np.ndarray, Intervals | None]:
+        """Utterance `index`'s samples (samples,) played `factor` times as fast, and its timed tokens."""
+        samples = perturb_speed(self.load_audio(index), factor, self.sample_rate)
         return samples, (scale_intervals(self.intervals[index], factor) if self.timed else None)
 
     def _word_bound(self, index: int, factor: float, which: int, keep: float) -> int | None:
