@@ -83,6 +83,12 @@ class StreamResult:
     words: list[Span]
     final: bool = False
 
+    def _spoken(self) -> "StreamResult":
+        """start and end on the words where there are some (else the utterance's stretch of the stream)."""
+        if self.words:
+            self.start, self.end = self.words[0].start, self.words[-1].end
+        return self
+
     def event(self) -> dict:
         """The JSON event `asr stream --json` and the server send."""
         return {
@@ -222,7 +228,7 @@ class Stream:
         result = self._result(labels, frames, final=True)
         if result.text and self._log_probs:
             result.words = self._aligned_words(result.text) or result.words
-        return result
+        return result._spoken()
 
     def finish(self) -> StreamResult:
         """The end of the audio: the frames still waiting for look-ahead are run, and the last
@@ -296,7 +302,7 @@ class Stream:
             words.append(Span(word, word_start, word_end, math.nan))
         start = at(0, starts)
         end = at(max(self.frames - first - 1, 0), ends)
-        return StreamResult(text=text, start=start, end=end, words=words, final=final)
+        return StreamResult(text=text, start=start, end=end, words=words, final=final)._spoken()
 
     def _aligned_words(self, text: str) -> list[Span]:
         """The final text force-aligned to the utterance's log-probs (in the frame head's where the

@@ -140,14 +140,14 @@ def test_models_that_cannot_stream_say_why():
 class LoudIsA:
     """A stand-in for the model: label 1 on loud frames, blank on quiet ones (for endpoint rules)."""
 
-    def __init__(self, vocab: int):
-        self.vocab = vocab
+    def __init__(self, vocab: int, label: int):
+        self.vocab, self.label = vocab, label
 
     def _log_probs(self, feats: torch.Tensor) -> torch.Tensor:
         loud = feats[:, 0] > -5.0  # raw log-mel (cmvn none): digital silence sits at the floor, ~ -15.9
         out = torch.full((len(feats), self.vocab), -20.0)
         out[:, 0] = torch.where(loud, -20.0, 0.0)
-        out[:, 1] = torch.where(loud, 0.0, -20.0)
+        out[:, self.label] = torch.where(loud, 0.0, -20.0)
         return out
 
     def accept(self, feats):
@@ -163,7 +163,7 @@ class LoudIsA:
 def silence_stream(endpoint: EndpointConfig):
     recognizer = make_recognizer("unidirectional", cmvn="none")
     stream = recognizer.stream(endpoint)
-    stream.encoder = LoudIsA(recognizer.tokenizer.vocab_size)
+    stream.encoder = LoudIsA(recognizer.tokenizer.vocab_size, recognizer.tokenizer.symbols.index("a"))
     return stream
 
 
