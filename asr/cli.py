@@ -509,8 +509,9 @@ def stream_sources(args: argparse.Namespace) -> Iterator[tuple[np.ndarray, int]]
     if args.mic:
         try:
             import sounddevice
-        except ImportError as e:  # an optional extra: pip install 'asr[mic]'
-            raise ConfigError(f"--mic records through the optional sounddevice package: pip install 'asr[mic]' ({e})") from e
+        except (ImportError, OSError) as e:  # an optional extra (pip install 'asr[mic]'), over PortAudio (OSError when missing)
+            raise ConfigError(f"--mic records through the optional sounddevice package and PortAudio: pip install 'asr[mic]', "
+                              f"apt install libportaudio2 ({e})") from e
         rate = args.sample_rate or 16000
         block = max(1, rate * args.chunk_ms // 1000)
         try:

@@ -245,3 +245,19 @@ def test_asr_stream_on_a_file_and_on_stdin(streaming_checkpoint, tmp_path):
     assert json.loads(done.stdout.decode().splitlines()[-1])["type"] == "final"
     done = run_cli(str(path), "-", "--no-endpoint", stdin=pcm)
     assert done.returncode == 2 and b"--sample-rate" in done.stderr
+
+
+def test_asr_stream_mic_without_a_microphone_says_why(streaming_checkpoint):
+    path, _ = streaming_checkpoint
+    done = run_cli(str(path), "--mic", "--no-endpoint")  # no sounddevice, no PortAudio or no device here
+    assert done.returncode == 2 and (b"sounddevice" in done.stderr or b"microphone" in done.stderr), done.stderr.decode()
+
+
+def test_asr_stream_refuses_a_bidirectional_checkpoint(tmp_path):
+    recognizer = make_recognizer("bidirectional", cmvn="none")
+    path = tmp_path / "bi.pt"
+    save_checkpoint(path, model=recognizer.model, config=recognizer.config, tokenizer=recognizer.tokenizer)
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, speechy(0.5), RATE)
+    done = run_cli(str(path), str(wav))
+    assert done.returncode == 2 and b"bidirectional" in done.stderr

@@ -96,27 +96,44 @@ class RecurrentLayer(nn.Module):
         return torch.cat([forward_out, reverse_padded(backward_out, lengths)], dim=-1)
 
     def forward_windows(
-        self, windows: torch.Tensor, window_lengths: torch.Tensor, chunk: int, state: State | None = None
-    ) -> tuple[torch.Tensor, State]:
+        self, windows: torch.Tensor, window_lengths: torch.Tensor, chunk: int, state: State | None = None,
+        first: bool = False, top: bool = False,
+    ) -> tuple[torch.Tensor, State | None]:
         """The latency-controlled layer over windows of chunk + right context (see the module
         docstring). windows (batch, n, chunk + right, input) hold frames [i * chunk, i * chunk +
         chunk + right) of each utterance, window_lengths (batch, n) how many of them are real;
         `state`: the forward direction's state before window 0 (zeros if None).
-        -> (batch, n, chunk + right, 2 * hidden) and the forward state after the last chunk."""
+        -> (batch, n, chunk + right, 2 * hidden) and the forward state after the last chunk.
+
+        Two shortcuts that change no value: `top` (only the chunks' frames are read above: the
+        look-ahead's forward outputs are left at zero) and `first` (the first layer of a whole
+        utterance: the look-ahead's inputs are the next chunks' own, so the forward direction's
+        outputs there are theirs, from one call; the state it returns is then None)."""
         batch, n, width, _ = windows.shape
         right = width - chunk
         main = windows[:, :, :chunk].flatten(1, 2)  # (batch, n * chunk, input): the chunks, back to back
-        forward_out, last = self.forward_rnn(main, state)  # carried from chunk to chunk: one call over them all
-        forward_out = forward_out.unflatten(1, (n, chunk))  # (batch, n, chunk, hidden)
-        if right > 0:  # the right context: the same direction on from each chunk's end state, not carried on
-            ends = []
-            with torch.no_grad():  # the states at the chunk ends, for their values: the gradient reaches the
-                for i in range(n):  # chunks through their own frames, not through the look-ahead's start
-                    _, state = self.forward_rnn(windows[:, i, :chunk], state)
-                    ends.append(state)
-            starts = map_state(lambda *parts: torch.stack(parts, 2).flatten(1, 2), *ends)  # (1, batch * n, hidden)
-            ahead, _ = self.forward_rnn(windows[:, :, chunk:].flatten(0, 1), starts)  # (batch * n, right, hidden)
-            forward_out = torch.cat([forward_out, ahead.unflatten(0, (batch, n))], 2)  # (batch, n, width, hidden)
+        if right > 0 and first and not top:
+            tail = windows[:, -1, chunk:]  # (batch, right, input): what the last window reads past its chunk
+            whole, _ = self.forward_rnn(torch.cat([main, tail], 1), state)  # (batch, n * chunk + right, hidden)
+            ahead = whole[:, chunk:].unfold(1, right, chunk).transpose(2, 3)  # (batch, n, right, hidden)
+            forward_out = torch.cat([whole[:, : n * chunk].unflatten(1, (n, chunk)), ahead], 2)  # (batch, n, width, hidden)
+            last = None
+        else:
+            forward_out, last = self.forward_rnn(main, state)  # carried from chunk to chunk: one call over them all
+            forward_out = forward_out.unflatten(1, (n, chunk))  # (batch, n, chunk, hidden)
+            if right > 0 and top:
+                forward_out = torch.cat([forward_out, forward_out.new_zeros(batch, n, right, forward_out.shape[-1])], 2)
+            elif right > 0:  # the look-ahead: the same direction on from each chunk's end state, not carried on
+                ends = [last]
+                if n > 1:
+                    ends = []
+                    with torch.no_grad():  # the chunk ends' states, for their values: the gradient reaches
+                        for i in range(n):  # the chunks through their own frames, not through the look-ahead's start
+                            _, state = self.forward_rnn(windows[:, i, :chunk], state)
+                            ends.append(state)
+                starts = map_state(lambda *parts: torch.stack(parts, 2).flatten(1, 2), *ends)  # (1, batch * n, hidden)
+                ahead, _ = self.forward_rnn(windows[:, :, chunk:].flatten(0, 1), starts)  # (batch * n, right, hidden)
+                forward_out = torch.cat([forward_out, ahead.unflatten(0, (batch, n))], 2)  # (batch, n, width, hidden)
         flat = windows.flatten(0, 1)  # (batch * n, width, input)
         flat_lengths = window_lengths.flatten()
         backward_out, _ = self.backward_rnn(reverse_padded(flat, flat_lengths))  # restarts in every window
@@ -195,10 +212,11 @@ class CTCModel(nn.Module):
         windows = padded.unfold(1, chunk + right, chunk).transpose(2, 3)  # (batch, n, chunk + right, dim)
         starts = chunk * torch.arange(n, device=lengths.device)  # (n,)
         window_lengths = (lengths[:, None] - starts[None, :]).clamp(0, chunk + right)  # (batch, n)
+        top = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             if i:
                 windows = self.dropout(windows)
-            windows, _ = layer.forward_windows(windows, window_lengths, chunk)  # (batch, n, chunk + right, 2 * hidden)
+            windows, _ = layer.forward_windows(windows, window_lengths, chunk, first=i == 0, top=i == top)  # (batch, n, chunk + right, 2 * hidden)
         return windows[:, :, :chunk].flatten(1, 2)[:, :frames]  # (batch, frames, 2 * hidden)
 
     def _outputs(
@@ -291,8 +309,9 @@ class EncoderStream:
         else:
             windows = x[:, None]  # (1, 1, width, dim)
             lengths = torch.tensor([[x.shape[1]]], device=x.device)
+            top = len(model.layers) - 1
             for i, layer in enumerate(model.layers):
-                windows, self.states[i] = layer.forward_windows(windows, lengths, main, self.states[i])
+                windows, self.states[i] = layer.forward_windows(windows, lengths, main, self.states[i], top=i == top)
             x = windows[:, 0, :main]  # (1, main, 2 * hidden)
         frames = x.shape[1]
         self.frames_out += frames
