@@ -599,7 +599,7 @@ def stream_file(recognizer, path: str, chunk_ms: int = 100) -> str:
     """Feed a file through `recognizer.stream()` in chunks, printing each new partial; the final text."""
     from asr.audio import load_audio
 
-    audio = load_audio(path).numpy()
+    audio = load_audio(path, recognizer.sample_rate)
     stream = recognizer.stream()
     block = recognizer.sample_rate * chunk_ms // 1000
     finals = []

@@ -81,7 +81,7 @@ def emission_delays(recognizer: Recognizer, utterances) -> list[float]:
         word_starts = u.extra.get("word_starts")
         if not word_starts:
             continue
-        audio = load_audio(u.audio)
+        audio = torch.from_numpy(load_audio(u.audio))
         log_probs, lengths = recognizer.log_probs(audio[None], torch.tensor([len(audio)]))
         best = log_probs[0, : lengths[0]].argmax(-1).tolist()
         starts, previous, word_open = [], 0, False  # frame of each word's first label
@@ -217,7 +217,7 @@ def main() -> None:
 
     utterances = read_manifest(Path(args.corpus) / "test.jsonl")
     utterances = utterances[: args.limit] if args.limit else utterances
-    audios = [load_audio(u.audio).numpy() for u in utterances]
+    audios = [load_audio(u.audio) for u in utterances]
     endpoint = replace(EndpointConfig(), rule2=EndpointRule(True, args.rule2, 0.0))
     rows = []
     for spec in args.model:
