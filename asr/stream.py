@@ -38,7 +38,7 @@ import torch
 from asr.align import Span
 from asr.config import ConfigError
 from asr.decode.incremental import make_stream_decoder
-from asr.features import FeatureStream
+from asr.feature_stream import FeatureStream
 from asr.models.encoder import EncoderStream
 from asr.tokens import SPACE
 

@@ -12,12 +12,12 @@ import soundfile as sf
 import torch
 
 from asr.config import ConfigError, FeatureConfig
+from asr.feature_stream import FeatureStream
 from asr.features import (
     CMVN_PRIOR_FRAMES,
     CMVN_VARIANCE_FLOOR,
     CMVN_WINDOW,
     FeatureExtractor,
-    FeatureStream,
     MissingCmvnStatsError,
     compute_cmvn_stats,
     compute_fbank,
