@@ -144,6 +144,7 @@ class Stream:
         self.features.reset()
         self.encoder.reset()
         self._resampler, self._input_rate = None, None
+        self._feature_device = self.recognizer.features.window.device
         self.frames = 0  # model frames decoded since the stream began
         self.finished = False
         self._last_partial = ""
@@ -175,13 +176,13 @@ class Stream:
             self._input_rate = sample_rate
         elif self._input_rate != sample_rate:
             raise StreamError(f"the sample rate changed from {self._input_rate} to {sample_rate} Hz within a stream: reset() first")
-        self._advance(*self.encoder.accept(self.features.accept(torch.from_numpy(audio))))
+        self._advance(*self.encoder.accept(self.features.accept(torch.from_numpy(audio).to(self._feature_device))))
 
     @staticmethod
     def _check(samples, sample_rate: int) -> np.ndarray:
         if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
             raise StreamError(f"sample_rate must be a positive integer, not {sample_rate!r}")
-        audio = np.asarray(samples.numpy() if isinstance(samples, torch.Tensor) else samples)
+        audio = np.asarray(samples.detach().cpu().numpy() if isinstance(samples, torch.Tensor) else samples)
         if audio.dtype == np.int16:
             audio = audio.astype(np.float32) / 32768.0
         audio = np.ascontiguousarray(audio, dtype=np.float32)
@@ -195,6 +196,8 @@ class Stream:
     def _advance(self, log_probs: torch.Tensor, frame_log_probs: torch.Tensor | None) -> None:
         if len(log_probs) == 0:
             return
+        log_probs = log_probs.float().cpu()  # the decoders run on the CPU (numba), whatever the model's device
+        frame_log_probs = frame_log_probs.float().cpu() if frame_log_probs is not None else None
         self.decoder.advance(log_probs)
         self.frames += len(log_probs)
         self._log_probs.append(log_probs)
@@ -236,7 +239,7 @@ class Stream:
         if not self.finished:
             if self._resampler is not None:
                 tail = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-                self._advance(*self.encoder.accept(self.features.accept(torch.from_numpy(tail))))
+                self._advance(*self.encoder.accept(self.features.accept(torch.from_numpy(tail).to(self._feature_device))))
             self._advance(*self.encoder.accept(self.features.finish()))
             self._advance(*self.encoder.finish())
             self.finished = True

@@ -166,9 +166,9 @@ def concurrent_worker(checkpoint: str, audio: np.ndarray, streams: int, seconds:
 
 def concurrent(checkpoint: str, audio: np.ndarray, total: int, seconds: float, chunk_ms: int) -> float:
     processes = min(total, os.cpu_count() or 1)
-    queue = multiprocessing.get_context("fork").Queue()
+    queue = multiprocessing.get_context("spawn").Queue()
     workers = [
-        multiprocessing.get_context("fork").Process(target=concurrent_worker, args=(checkpoint, audio, total // processes + (i < total % processes), seconds, chunk_ms, queue))
+        multiprocessing.get_context("spawn").Process(target=concurrent_worker, args=(checkpoint, audio, total // processes + (i < total % processes), seconds, chunk_ms, queue))
         for i in range(processes)
     ]
     for w in workers:
