@@ -320,9 +320,15 @@ class FeatureExtractor(torch.nn.Module):
         """When output frames 0 .. num_frames-1 happened: each one's start and end in seconds
         from the start of the audio, one frame step wide around its centre (`frame_centres`),
         the first starting no earlier than 0."""
+        spans = [self.frame_span(i) for i in range(num_frames)]
+        return [start for start, _ in spans], [end for _, end in spans]
+
+    def frame_span(self, index: int) -> tuple[float, float]:
+        """`frame_times` of one output frame: its (start, end) in seconds, without listing the
+        frames before it (a stream asks for frames of an hour in)."""
         step = self.frame_seconds
-        centres = self.frame_centres(num_frames)
-        return [max(c - step / 2, 0.0) for c in centres], [c + step / 2 for c in centres]
+        centre = self.frame_centres(1)[0] + index * step
+        return max(centre - step / 2, 0.0), centre + step / 2
 
     def frame(self, audio: Tensor, lengths: Tensor) -> Tensor:
         """Cut (batch, samples) audio into (batch, frames, frame_length) analysis frames.

@@ -152,6 +152,7 @@ class Stream:
 
     def _start_utterance(self) -> None:
         self.decoder.reset()
+        self._best_at = -1  # the frame count `_best_cache` was asked at
         self.utterance_frame = self.frames  # the first frame of the current utterance
         self._log_probs: list[torch.Tensor] = []  # this utterance's, for the final word times
         self._frame_log_probs: list[torch.Tensor] = []
@@ -210,18 +211,24 @@ class Stream:
     def utterance_seconds(self) -> float:
         return (self.frames - self.utterance_frame) * self.frame_seconds
 
+    def _best(self) -> tuple[list[int], list[int]]:
+        """The decoder's best so far, asked once per new frame (a backtrack over the utterance)."""
+        if self._best_at != self.frames:
+            self._best_cache, self._best_at = self.decoder.best(), self.frames
+        return self._best_cache
+
     def is_endpoint(self) -> bool:
         """Whether one of the endpoint rules fires now (see `EndpointConfig`)."""
         if not self.endpoint.enabled or self.frames == self.utterance_frame:
             return False
-        labels, _ = self.decoder.best()
+        labels, _ = self._best()
         silence = self.decoder.trailing_blanks * self.frame_seconds
         rules = (self.endpoint.rule1, self.endpoint.rule2, self.endpoint.rule3)
         return any(rule.fires(bool(labels), silence, self.utterance_seconds) for rule in rules)
 
     def partial(self) -> StreamResult:
         """The best text of the current utterance so far, words timed by where their labels were emitted."""
-        labels, frames = self.decoder.best()
+        labels, frames = self._best()
         return self._result(labels, frames, final=False)
 
     def result(self) -> StreamResult:
@@ -278,11 +285,8 @@ class Stream:
     def _result(self, labels: list[int], frames: list[int], final: bool) -> StreamResult:
         tokenizer = self.recognizer.tokenizer
         text = tokenizer.decode(labels)
-        starts, ends = self.recognizer.features.frame_times(self.frames + 1)
+        span = self.recognizer.features.frame_span
         first = self.utterance_frame
-
-        def at(frame: int, table: list[float]) -> float:
-            return table[min(first + frame, len(table) - 1)]
 
         words: list[Span] = []
         symbols = tokenizer.symbols
@@ -296,15 +300,15 @@ class Stream:
                 word = ""
                 continue
             if not word:
-                word_start = at(frame, starts)
+                word_start = span(first + frame)[0]
             word += symbol if split_words else ""
-            word_end = at(frame, ends)
+            word_end = span(first + frame)[1]
             if not split_words:
                 words.append(Span(symbol, word_start, word_end, math.nan))
         if split_words and word:
             words.append(Span(word, word_start, word_end, math.nan))
-        start = at(0, starts)
-        end = at(max(self.frames - first - 1, 0), ends)
+        start = span(first)[0]
+        end = span(max(self.frames - 1, first))[1]
         return StreamResult(text=text, start=start, end=end, words=words, final=final)._spoken()
 
     def _aligned_words(self, text: str) -> list[Span]:
@@ -317,7 +321,7 @@ class Stream:
             spans = recognizer.word_times(log_probs, torch.tensor([log_probs.shape[1]]), [text], ["stream"], frame_log_probs)["stream"]
         except Exception:  # a text the aligner cannot place (too many labels for the frames): keep the emission times
             return []
-        offset = self.recognizer.features.frame_times(self.utterance_frame + 1)[0][self.utterance_frame] if self.utterance_frame else 0.0
+        offset = self.recognizer.features.frame_span(self.utterance_frame)[0] if self.utterance_frame else 0.0
         return [Span(s.text, s.start + offset, s.end + offset, s.confidence) for s in spans]
 
 
