@@ -90,10 +90,11 @@ class StreamResult:
         return self
 
     def event(self) -> dict:
-        """The JSON event `asr stream --json` and the server send."""
+        """The JSON event `asr stream --json` and the server send (a partial's confidences are null:
+        only the final's words are aligned)."""
         return {
             "type": "final" if self.final else "partial", "text": self.text, "start": round(self.start, 3), "end": round(self.end, 3),
-            "words": [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3), "confidence": round(w.confidence, 3)} for w in self.words],
+            "words": [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3), "confidence": None if math.isnan(w.confidence) else round(w.confidence, 3)} for w in self.words],
         }
 
 

@@ -90,6 +90,8 @@ def test_partials_grow_into_the_final_and_carry_word_times():
     for event in partials + [final]:
         assert " ".join(w.text for w in event.words) == " ".join(event.text.split())
         assert all(0.0 <= w.start <= w.end <= 2.0 + 0.1 for w in event.words)
+    for event in partials + [final]:
+        json.dumps(event.event(), allow_nan=False)  # strict JSON: an unknown confidence is null, not NaN
     record = json.loads(json.dumps(final.event()))
     assert record["type"] == "final" and set(record) == {"type", "text", "start", "end", "words"}
 
@@ -261,3 +263,18 @@ def test_asr_stream_refuses_a_bidirectional_checkpoint(tmp_path):
     soundfile.write(wav, speechy(0.5), RATE)
     done = run_cli(str(path), str(wav))
     assert done.returncode == 2 and b"bidirectional" in done.stderr
+
+
+def test_the_streaming_demo_config_streams_within_250_ms():
+    from pathlib import Path
+
+    from asr.config import load_config
+    from asr.stream import algorithmic_latency, check_streamable
+
+    config = load_config(Path(__file__).parent.parent / "configs" / "demo_streaming.yaml")
+    check_streamable(config)
+    features = FeatureExtractor(config.features)
+    latency = algorithmic_latency(features, config.model)
+    # (chunk + right context) x 30 ms frames + the 25 ms window and the two 10 ms frames stacked on it
+    expected = (config.model.chunk_frames + config.model.right_context_frames) * 0.030 + 0.045
+    assert latency == pytest.approx(expected) and latency <= 0.250
