@@ -278,3 +278,26 @@ def test_the_streaming_demo_config_streams_within_250_ms():
     # (chunk + right context) x 30 ms frames + the 25 ms window and the two 10 ms frames stacked on it
     expected = (config.model.chunk_frames + config.model.right_context_frames) * 0.030 + 0.045
     assert latency == pytest.approx(expected) and latency <= 0.250
+
+
+@pytest.mark.parametrize("cmvn", ["global", "running"])
+def test_a_streaming_model_trained_by_asr_train_streams_what_it_decodes_offline(noise_corpus, tmp_path, cmvn):
+    """configs/demo_streaming.yaml, shrunk: trained, loaded from its checkpoint, streamed in 30 ms
+    pieces, it says what offline decoding of the same file says."""
+    from asr.config import load_config
+    from asr.data.manifest import read_manifest
+    from asr.train import BEST, train
+    from conftest import TINY_OVERRIDES
+
+    config = load_config(
+        "configs/demo_streaming.yaml",
+        [*TINY_OVERRIDES, f"data.train={noise_corpus['train']}", f"data.dev={noise_corpus['dev']}", f"train.out_dir={tmp_path}",
+         f"features.cmvn={cmvn}"],
+    )
+    recognizer = Recognizer.from_checkpoint(train(config, show_progress=False) / BEST, device="cpu")
+    with torch.no_grad():
+        recognizer.model.output.bias[1:] += 3.0  # a few steps teach little but blank: make it say something
+    audio = soundfile.read(read_manifest(noise_corpus["dev"])[0].audio, dtype="float32")[0]
+    expected = offline_text(recognizer, audio)
+    assert expected
+    assert stream_text(recognizer, audio, [480] * (len(audio) // 480 + 1)) == expected

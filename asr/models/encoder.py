@@ -303,12 +303,14 @@ class EncoderStream:
         `main` frames are its chunk -> log-probs of the frames that leave (n, vocab), frame head's."""
         # oneDNN's RNN costs 2.3x ATen's on one stream's window (nn.LSTM 512 -> 256 over 1 x 6
         # frames, one thread: 1.50 vs 0.65 ms); mkldnn.flags() would warn on every call
-        enabled = torch.backends.mkldnn.enabled
+        enabled, training = torch.backends.mkldnn.enabled, self.model.training
         torch.backends.mkldnn.enabled = False
+        self.model.eval()  # no dropout, whatever mode the caller left the model in
         try:
             return self._run_layers(x, main)
         finally:
             torch.backends.mkldnn.enabled = enabled
+            self.model.train(training)
 
     def _run_layers(self, x: torch.Tensor, main: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         model = self.model
