@@ -584,9 +584,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     heard = 0.0  # s of audio fed so far
     for samples, rate in stream_sources(args):
-        if args.realtime:  # the speed of speech: wait until the audio would have arrived
-            time.sleep(max(0.0, started + heard - time.perf_counter()))
         heard += len(samples) / rate
+        if args.realtime:  # the speed of speech: a chunk is there once its last sample would have been recorded
+            time.sleep(max(0.0, started + heard - time.perf_counter()))
         try:
             show(stream.feed(samples, rate))
         except ValueError as e:  # StreamError: the chunk is dropped, the stream goes on

@@ -301,3 +301,15 @@ def test_a_streaming_model_trained_by_asr_train_streams_what_it_decodes_offline(
     expected = offline_text(recognizer, audio)
     assert expected
     assert stream_text(recognizer, audio, [480] * (len(audio) // 480 + 1)) == expected
+
+
+def test_asr_stream_realtime_feeds_at_the_speed_of_speech(streaming_checkpoint, tmp_path):
+    import time
+
+    path, _ = streaming_checkpoint
+    wav = tmp_path / "b.wav"
+    soundfile.write(wav, speechy(1.5, seed=6), RATE)
+    started = time.perf_counter()
+    done = run_cli(str(path), str(wav), "--realtime", "--json")
+    assert done.returncode == 0, done.stderr.decode()
+    assert time.perf_counter() - started >= 1.5  # each chunk fed once its last sample would have been recorded
