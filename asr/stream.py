@@ -11,7 +11,7 @@ result at each endpoint. The shape sherpa-onnx and Vosk users know:
             print(stream.partial().text, end="\r")
     print(stream.finish().text)
 
-or `stream.feed(samples, rate)`, which does that loop's bookkeeping and returns `StreamEvent`s
+or `stream.feed(samples, rate)`, which does that loop's bookkeeping and returns `StreamResult`s
 ("partial" when the text changed, "final" at an endpoint), the events `asr stream --json` prints.
 
 Inside, one stage per box, each incremental and equal to its offline self on the same audio:
@@ -30,7 +30,7 @@ however long the stream: the features' and the model's states are a fixed size a
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -98,8 +98,6 @@ class StreamResult:
         }
 
 
-StreamEvent = StreamResult
-
 
 def check_streamable(config) -> None:
     """ConfigError unless the checkpoint's model and features can stream."""
@@ -166,18 +164,16 @@ class Stream:
         if self.finished:
             raise StreamError("accept_waveform after finish(): call reset() to start a new stream")
         audio = self._check(samples, sample_rate)
-        if sample_rate != self.sample_rate:
-            if self._input_rate != sample_rate:
+        if self._input_rate is None:  # the stream's first samples set its rate
+            self._input_rate = sample_rate
+            if sample_rate != self.sample_rate:
                 import soxr
 
-                if self._input_rate is not None:
-                    raise StreamError(f"the sample rate changed from {self._input_rate} to {sample_rate} Hz within a stream: reset() first")
-                self._resampler, self._input_rate = soxr.ResampleStream(sample_rate, self.sample_rate, 1, dtype="float32"), sample_rate
-            audio = self._resampler.resample_chunk(audio)
-        elif self._input_rate is None:
-            self._input_rate = sample_rate
-        elif self._input_rate != sample_rate:
+                self._resampler = soxr.ResampleStream(sample_rate, self.sample_rate, 1, dtype="float32")
+        elif sample_rate != self._input_rate:
             raise StreamError(f"the sample rate changed from {self._input_rate} to {sample_rate} Hz within a stream: reset() first")
+        if self._resampler is not None:
+            audio = self._resampler.resample_chunk(audio)
         self._advance(*self.encoder.accept(self.features.accept(torch.from_numpy(audio).to(self._feature_device))))
 
     @staticmethod
@@ -262,7 +258,7 @@ class Stream:
             self._start_utterance()
             self._last_partial = ""
 
-    def feed(self, samples, sample_rate: int) -> list[StreamEvent]:
+    def feed(self, samples, sample_rate: int) -> list[StreamResult]:
         """accept_waveform, then what happened: a "final" event (and a reset) at an endpoint, else
         a "partial" one when the text changed."""
         self.accept_waveform(samples, sample_rate)
@@ -276,7 +272,7 @@ class Stream:
             return [partial]
         return []
 
-    def close(self) -> list[StreamEvent]:
+    def close(self) -> list[StreamResult]:
         """finish(), as events: the last utterance's final, if it said anything."""
         final = self.finish()
         return [final] if final.text else []
@@ -325,6 +321,3 @@ class Stream:
         offset = self.recognizer.features.frame_span(self.utterance_frame)[0] if self.utterance_frame else 0.0
         return [Span(s.text, s.start + offset, s.end + offset, s.confidence) for s in spans]
 
-
-def result_dict(result: StreamResult) -> dict:
-    return asdict(result)
