@@ -15,7 +15,7 @@ or `stream.feed(samples, rate)`, which does that loop's bookkeeping and returns 
 ("partial" when the text changed, "final" at an endpoint), the events `asr stream --json` prints.
 
 Inside, one stage per box, each incremental and equal to its offline self on the same audio:
-x -> `EncoderStream`
+soxr's ResampleStream (other rates) -> `FeatureStream` (asr/feature_stream.py) -> `EncoderStream`
 (a unidirectional or latency-controlled model, asr/models/encoder.py) -> `GreedyStream` /
 `BeamStream` (asr/decode/incremental.py: the beam and its LM state kept across chunks).
 
