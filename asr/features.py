@@ -310,11 +310,15 @@ class FeatureExtractor(torch.nn.Module):
         audio: on the analysis frames each one stacks (an analysis frame is centred on sample
         t * shift, or, in Kaldi mode, starts there). With `frame_times`, the one owner of
         "frame index -> seconds"."""
+        return [self.frame_centre(i) for i in range(num_frames)]
+
+    def frame_centre(self, index: int) -> float:
+        """`frame_centres` of one output frame."""
         config = self.config
         centre_of_first = ((config.stack_frames - 1) / 2 * self.frame_shift) / config.sample_rate
         if config.kaldi_compat:
             centre_of_first += self.frame_length / 2 / config.sample_rate
-        return [centre_of_first + i * self.frame_seconds for i in range(num_frames)]
+        return centre_of_first + index * self.frame_seconds
 
     def frame_times(self, num_frames: int) -> tuple[list[float], list[float]]:
         """When output frames 0 .. num_frames-1 happened: each one's start and end in seconds
@@ -326,8 +330,7 @@ class FeatureExtractor(torch.nn.Module):
     def frame_span(self, index: int) -> tuple[float, float]:
         """`frame_times` of one output frame: its (start, end) in seconds, without listing the
         frames before it (a stream asks for frames of an hour in)."""
-        step = self.frame_seconds
-        centre = self.frame_centres(1)[0] + index * step
+        step, centre = self.frame_seconds, self.frame_centre(index)
         return max(centre - step / 2, 0.0), centre + step / 2
 
     def frame(self, audio: Tensor, lengths: Tensor) -> Tensor:

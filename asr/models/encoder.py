@@ -96,12 +96,13 @@ class RecurrentLayer(nn.Module):
         return torch.cat([forward_out, reverse_padded(backward_out, lengths)], dim=-1)
 
     def forward_windows(
-        self, windows: torch.Tensor, window_lengths: torch.Tensor, chunk: int, state: State | None = None,
+        self, windows: torch.Tensor, window_lengths: torch.Tensor | None, chunk: int, state: State | None = None,
         first: bool = False, top: bool = False,
     ) -> tuple[torch.Tensor, State | None]:
         """The latency-controlled layer over windows of chunk + right context (see the module
         docstring). windows (batch, n, chunk + right, input) hold frames [i * chunk, i * chunk +
-        chunk + right) of each utterance, window_lengths (batch, n) how many of them are real;
+        chunk + right) of each utterance, window_lengths (batch, n) how many of them are real (None:
+        all);
         `state`: the forward direction's state before window 0 (zeros if None).
         -> (batch, n, chunk + right, 2 * hidden) and the forward state after the last chunk.
 
@@ -135,9 +136,13 @@ class RecurrentLayer(nn.Module):
                 ahead, _ = self.forward_rnn(windows[:, :, chunk:].flatten(0, 1), starts)  # (batch * n, right, hidden)
                 forward_out = torch.cat([forward_out, ahead.unflatten(0, (batch, n))], 2)  # (batch, n, width, hidden)
         flat = windows.flatten(0, 1)  # (batch * n, width, input)
-        flat_lengths = window_lengths.flatten()
-        backward_out, _ = self.backward_rnn(reverse_padded(flat, flat_lengths))  # restarts in every window
-        backward_out = reverse_padded(backward_out, flat_lengths).unflatten(0, (batch, n))  # (batch, n, width, hidden)
+        if window_lengths is None:  # every window whole (a stream's): a plain flip
+            backward_out, _ = self.backward_rnn(flat.flip(1))  # restarts in every window
+            backward_out = backward_out.flip(1).unflatten(0, (batch, n))  # (batch, n, width, hidden)
+        else:
+            flat_lengths = window_lengths.flatten()
+            backward_out, _ = self.backward_rnn(reverse_padded(flat, flat_lengths))  # restarts in every window
+            backward_out = reverse_padded(backward_out, flat_lengths).unflatten(0, (batch, n))  # (batch, n, width, hidden)
         return torch.cat([forward_out, backward_out], dim=-1), last
 
 
@@ -320,10 +325,9 @@ class EncoderStream:
                 x, self.states[i] = layer.forward_rnn(x, self.states[i])  # (1, frames, hidden)
         else:
             windows = x[:, None]  # (1, 1, width, dim)
-            lengths = torch.tensor([[x.shape[1]]], device=x.device)
             top = len(model.layers) - 1
             for i, layer in enumerate(model.layers):
-                windows, self.states[i] = layer.forward_windows(windows, lengths, main, self.states[i], top=i == top)
+                windows, self.states[i] = layer.forward_windows(windows, None, main, self.states[i], top=i == top)
             x = windows[:, 0, :main]  # (1, main, 2 * hidden)
         frames = x.shape[1]
         self.frames_out += frames
