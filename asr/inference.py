@@ -107,7 +107,7 @@ class Recognizer:
         model = build_model(config.model, features.output_dim, tokenizer.vocab_size)
         model.load_state_dict(state["model"])
         target = resolve_device(device)
-        recognizer = cls(model.to(target), features.to(target), tokenizer, config)
+        recognizer = cls(model.to(target).eval(), features.to(target).eval(), tokenizer, config)
         if state.get("label_log_prior") is not None and config.train.label_prior_weight > 0:
             recognizer.label_log_prior = state["label_log_prior"].to(target)
         recognizer.train_max_duration = state.get("train_max_duration")
