@@ -310,27 +310,29 @@ class FeatureExtractor(torch.nn.Module):
         audio: on the analysis frames each one stacks (an analysis frame is centred on sample
         t * shift, or, in Kaldi mode, starts there). With `frame_times`, the one owner of
         "frame index -> seconds"."""
-        return [self.frame_centre(i) for i in range(num_frames)]
+        first, step = self._first_centre, self.frame_seconds
+        return [first + i * step for i in range(num_frames)]
 
-    def frame_centre(self, index: int) -> float:
-        """`frame_centres` of one output frame."""
+    @property
+    def _first_centre(self) -> float:
+        """Where output frame 0 is centred (s)."""
         config = self.config
-        centre_of_first = ((config.stack_frames - 1) / 2 * self.frame_shift) / config.sample_rate
-        if config.kaldi_compat:
-            centre_of_first += self.frame_length / 2 / config.sample_rate
-        return centre_of_first + index * self.frame_seconds
+        centre = ((config.stack_frames - 1) / 2 * self.frame_shift) / config.sample_rate
+        return centre + (self.frame_length / 2 / config.sample_rate if config.kaldi_compat else 0.0)
 
     def frame_times(self, num_frames: int) -> tuple[list[float], list[float]]:
         """When output frames 0 .. num_frames-1 happened: each one's start and end in seconds
         from the start of the audio, one frame step wide around its centre (`frame_centres`),
         the first starting no earlier than 0."""
-        spans = [self.frame_span(i) for i in range(num_frames)]
-        return [start for start, _ in spans], [end for _, end in spans]
+        step = self.frame_seconds
+        centres = self.frame_centres(num_frames)
+        return [max(c - step / 2, 0.0) for c in centres], [c + step / 2 for c in centres]
 
     def frame_span(self, index: int) -> tuple[float, float]:
         """`frame_times` of one output frame: its (start, end) in seconds, without listing the
         frames before it (a stream asks for frames of an hour in)."""
-        step, centre = self.frame_seconds, self.frame_centre(index)
+        step = self.frame_seconds
+        centre = self._first_centre + index * step
         return max(centre - step / 2, 0.0), centre + step / 2
 
     def frame(self, audio: Tensor, lengths: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ import json
 import math
 import os
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -18,13 +18,13 @@ from tqdm import tqdm
 from asr.align import (
     Alignment, AlignmentError, Segment, Span, align_log_probs, ctc_viterbi_long, segment_spans, spans_of, unaligned_speech, word_index,
 )
-from asr.audio import AudioError, audio_duration, load_audio
+from asr.audio import AudioError, audio_duration
 from asr.checkpoint import load_checkpoint
 from asr.config import Config, DecodeConfig
 from asr.data.loader import UtteranceDataset, make_loader
 from asr.data.manifest import Utterance
 from asr.decode import decode_greedy
-from asr.decode.beam import LAYOUTS, decode_beam
+from asr.decode.beam import LAYOUTS, decode_beam, search_options
 from asr.decode.fusion import Fusion, make_fusion
 from asr.device import resolve_device
 from asr.features import FeatureExtractor
@@ -198,19 +198,7 @@ class Recognizer:
         if decode.decoder != "beam":
             raise ValueError("n-best lists come from beam search: set the decoder to 'beam'")
         nbest = decode_beam(
-            log_probs,
-            lengths,
-            beam_size=decode.beam_size,
-            token_top_k=decode.token_top_k,
-            token_min_logp=decode.token_min_logp,
-            token_cum_prob=decode.token_cum_prob,
-            beam_threshold=decode.beam_threshold,
-            blank_skip=decode.blank_skip,
-            layout=decode.beam_layout,
-            fusion=self.fusion,
-            lm_weight=decode.lm_weight,
-            word_bonus=decode.word_bonus,
-            nbest=n,
+            log_probs, lengths, blank_skip=decode.blank_skip, layout=decode.beam_layout, fusion=self.fusion, nbest=n, **search_options(decode),
         )
         return [[Alternative(self.tokenizer.decode(h.ids), h.score, h.acoustic, h.lm, h.num_words) for h in hyps] for hyps in nbest]
 

@@ -31,16 +31,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import groupby
 
 import numpy as np
 import torch
 
-from asr.align import Span
+from asr.align import Span, word_index
 from asr.config import ConfigError
 from asr.decode.incremental import make_stream_decoder
 from asr.feature_stream import FeatureStream
+from asr.features import STREAMING_CMVN_KINDS
 from asr.models.encoder import EncoderStream
-from asr.tokens import SPACE
 
 
 class StreamError(ValueError):
@@ -106,7 +107,7 @@ def check_streamable(config) -> None:
             "this model is bidirectional: it reads whole utterances and cannot stream; train one with "
             "model.direction=latency_controlled or unidirectional (configs/demo_streaming.yaml), or use `asr transcribe`"
         )
-    if config.features.cmvn in ("utterance", "speech"):
+    if config.features.cmvn not in STREAMING_CMVN_KINDS:
         raise ConfigError(
             f"this model normalizes features per utterance (features.cmvn={config.features.cmvn}), which needs the whole "
             "utterance: train a streaming model with features.cmvn=global or running"
@@ -135,15 +136,13 @@ class Stream:
         self.decoder = make_stream_decoder(recognizer.config.decode, recognizer.fusion)
         self.frame_seconds = recognizer.features.frame_seconds
         self.sample_rate = recognizer.sample_rate
-        self._resampler = None
-        self._input_rate: int | None = None
+        self._feature_device = recognizer.features.window.device
         self._start_stream()
 
     def _start_stream(self) -> None:
         self.features.reset()
         self.encoder.reset()
         self._resampler, self._input_rate = None, None
-        self._feature_device = self.recognizer.features.window.device
         self.frames = 0  # model frames decoded since the stream began
         self.finished = False
         self._last_partial = ""
@@ -172,8 +171,10 @@ class Stream:
                 self._resampler = soxr.ResampleStream(sample_rate, self.sample_rate, 1, dtype="float32")
         elif sample_rate != self._input_rate:
             raise StreamError(f"the sample rate changed from {self._input_rate} to {sample_rate} Hz within a stream: reset() first")
-        if self._resampler is not None:
-            audio = self._resampler.resample_chunk(audio)
+        self._run(self._resampler.resample_chunk(audio) if self._resampler is not None else audio)
+
+    def _run(self, audio: np.ndarray) -> None:
+        """Samples at the model's rate through features, model and decoder."""
         self._advance(*self.encoder.accept(self.features.accept(torch.from_numpy(audio).to(self._feature_device))))
 
     @staticmethod
@@ -242,8 +243,7 @@ class Stream:
         utterance's final result returned. accept_waveform raises afterwards, until reset()."""
         if not self.finished:
             if self._resampler is not None:
-                tail = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-                self._advance(*self.encoder.accept(self.features.accept(torch.from_numpy(tail).to(self._feature_device))))
+                self._run(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True))
             self._advance(*self.encoder.accept(self.features.finish()))
             self._advance(*self.encoder.finish())
             self.finished = True
@@ -280,33 +280,20 @@ class Stream:
     # -- times ---------------------------------------------------------------------------------
 
     def _result(self, labels: list[int], frames: list[int], final: bool) -> StreamResult:
-        tokenizer = self.recognizer.tokenizer
-        text = tokenizer.decode(labels)
-        span = self.recognizer.features.frame_span
-        first = self.utterance_frame
-
-        words: list[Span] = []
-        symbols = tokenizer.symbols
-        word, word_start, word_end = "", 0.0, 0.0
-        split_words = tokenizer.kind == "char"
-        for label, frame in zip(labels, frames):
-            symbol = symbols[label]
-            if split_words and symbol == SPACE:
-                if word:
-                    words.append(Span(word, word_start, word_end, math.nan))
-                word = ""
-                continue
-            if not word:
-                word_start = span(first + frame)[0]
-            word += symbol if split_words else ""
-            word_end = span(first + frame)[1]
-            if not split_words:
-                words.append(Span(symbol, word_start, word_end, math.nan))
-        if split_words and word:
-            words.append(Span(word, word_start, word_end, math.nan))
-        start = span(first)[0]
-        end = span(max(self.frames - 1, first))[1]
-        return StreamResult(text=text, start=start, end=end, words=words, final=final)._spoken()
+        """The labels and the frames they were emitted at -> a result whose words (tokens, for a
+        phone model) span from their first label's frame to their last's."""
+        recognizer = self.recognizer
+        symbols, span, first = recognizer.tokenizer.symbols, recognizer.features.frame_span, self.utterance_frame
+        tokens = [Span(symbols[label], *span(first + t), math.nan) for label, t in zip(labels, frames)]
+        separator = recognizer.word_separator
+        words_of = word_index(labels, symbols.index(separator) if separator is not None else None)
+        words = tokens if words_of is None else []
+        for word, run in groupby(zip(words_of or [], tokens), key=lambda pair: pair[0]):
+            pieces = [token for _, token in run]
+            if word >= 0:  # -1: the separator between words
+                words.append(Span("".join(p.text for p in pieces), pieces[0].start, pieces[-1].end, math.nan))
+        start, end = span(first)[0], span(max(self.frames - 1, first))[1]
+        return StreamResult(recognizer.tokenizer.decode(labels), start, end, words, final)._spoken()
 
     def _aligned_words(self, text: str) -> list[Span]:
         """The final text force-aligned to the utterance's log-probs (in the frame head's where the
@@ -316,7 +303,7 @@ class Stream:
         frame_log_probs = torch.cat(self._frame_log_probs)[None] if self._frame_log_probs and recognizer.align_with_frame_head else None
         try:
             spans = recognizer.word_times(log_probs, torch.tensor([log_probs.shape[1]]), [text], ["stream"], frame_log_probs)["stream"]
-        except Exception:  # a text the aligner cannot place (too many labels for the frames): keep the emission times
+        except ValueError:  # a text the aligner cannot take (TokenizerError, AlignmentError): keep the emission times
             return []
         offset = self.recognizer.features.frame_span(self.utterance_frame)[0] if self.utterance_frame else 0.0
         return [Span(s.text, s.start + offset, s.end + offset, s.confidence) for s in spans]

@@ -27,7 +27,6 @@ import difflib
 import json
 import multiprocessing
 import os
-import statistics
 import sys
 import time
 from dataclasses import replace
@@ -38,9 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from asr.align import word_index  # noqa: E402
 from asr.audio import load_audio  # noqa: E402
 from asr.data.manifest import read_manifest  # noqa: E402
-from asr.decode.greedy import decode_greedy  # noqa: E402
+from asr.decode.incremental import GreedyStream  # noqa: E402
 from asr.inference import Recognizer, decode_dataset  # noqa: E402
 from asr.metrics import score_wer  # noqa: E402
 from asr.stream import EndpointConfig, EndpointRule, algorithmic_latency  # noqa: E402
@@ -75,28 +75,24 @@ def emission_delays(recognizer: Recognizer, utterances) -> list[float]:
     """Greedy first-label frame of each word minus the word's start (s), over utterances whose
     greedy words match the reference one for one."""
     delays = []
-    space = recognizer.tokenizer.symbols.index(" ") if " " in recognizer.tokenizer.symbols else -1
-    centres = recognizer.features.frame_centres
+    space = recognizer.tokenizer.symbols.index(" ") if " " in recognizer.tokenizer.symbols else None
     for u in utterances:
         word_starts = u.extra.get("word_starts")
         if not word_starts:
             continue
         audio = torch.from_numpy(load_audio(u.audio))
         log_probs, lengths = recognizer.log_probs(audio[None], torch.tensor([len(audio)]))
-        best = log_probs[0, : lengths[0]].argmax(-1).tolist()
-        starts, previous, word_open = [], 0, False  # frame of each word's first label
-        for t, label in enumerate(best):
-            if label != 0 and label != previous:
-                if label == space:
-                    word_open = False
-                elif not word_open:
-                    starts.append(t)
-                    word_open = True
-            previous = label
-        if len(starts) != len(word_starts):
+        greedy = GreedyStream()
+        greedy.advance(log_probs[0, : lengths[0]])
+        labels, frames = greedy.best()
+        first_frame: dict[int, int] = {}  # word -> the frame of its first label
+        for word, frame in zip(word_index(labels, space) or [], frames):
+            if word >= 0:
+                first_frame.setdefault(word, frame)
+        if len(first_frame) != len(word_starts):
             continue
-        times = centres(len(best))
-        delays += [times[f] - s for f, s in zip(starts, word_starts)]
+        centres = recognizer.features.frame_centres(int(lengths[0]))
+        delays += [centres[first_frame[w]] - s for w, s in enumerate(word_starts)]
     return delays
 
 

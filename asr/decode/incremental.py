@@ -26,7 +26,7 @@ import torch
 
 from asr.config import DecodeConfig
 from asr.decode.beam.common import NEG_INF, BeamOptions, score_slots
-from asr.decode.beam.search import _check_options
+from asr.decode.beam.search import check_options, search_options
 from asr.decode.fusion import Fusion
 from asr.tokens import BLANK_ID
 
@@ -97,7 +97,7 @@ class BeamStream:
         merge: str = "sum",
         blank: int = BLANK_ID,
     ):
-        _check_options(beam_size, token_top_k, token_cum_prob, beam_threshold, merge, "numba")
+        check_options(beam_size, token_top_k, token_cum_prob, beam_threshold, merge, "numba")
         try:
             import asr.decode.beam.numba_loop as numba_loop
         except ImportError as err:
@@ -199,14 +199,4 @@ def make_stream_decoder(decode: DecodeConfig, fusion: Fusion | None = None, blan
         return GreedyStream(blank)
     if decode.decoder != "beam":
         raise ValueError(f"decoder must be 'greedy' or 'beam', not {decode.decoder!r}")
-    return BeamStream(
-        beam_size=decode.beam_size,
-        token_top_k=decode.token_top_k,
-        token_min_logp=decode.token_min_logp,
-        token_cum_prob=decode.token_cum_prob,
-        beam_threshold=decode.beam_threshold,
-        fusion=fusion,
-        lm_weight=decode.lm_weight,
-        word_bonus=decode.word_bonus,
-        blank=blank,
-    )
+    return BeamStream(fusion=fusion, blank=blank, **search_options(decode))

@@ -125,13 +125,7 @@ class RecurrentLayer(nn.Module):
             if right > 0 and top:
                 forward_out = torch.cat([forward_out, forward_out.new_zeros(batch, n, right, forward_out.shape[-1])], 2)
             elif right > 0:  # the look-ahead: the same direction on from each chunk's end state, not carried on
-                ends = [last]
-                if n > 1:
-                    ends = []
-                    with torch.no_grad():  # the chunk ends' states, for their values: the gradient reaches
-                        for i in range(n):  # the chunks through their own frames, not through the look-ahead's start
-                            _, state = self.forward_rnn(windows[:, i, :chunk], state)
-                            ends.append(state)
+                ends = [last] if n == 1 else self._chunk_end_states(windows[:, :, :chunk], state)
                 starts = map_state(lambda *parts: torch.stack(parts, 2).flatten(1, 2), *ends)  # (1, batch * n, hidden)
                 ahead, _ = self.forward_rnn(windows[:, :, chunk:].flatten(0, 1), starts)  # (batch * n, right, hidden)
                 forward_out = torch.cat([forward_out, ahead.unflatten(0, (batch, n))], 2)  # (batch, n, width, hidden)
@@ -144,6 +138,17 @@ class RecurrentLayer(nn.Module):
             backward_out, _ = self.backward_rnn(reverse_padded(flat, flat_lengths))  # restarts in every window
             backward_out = reverse_padded(backward_out, flat_lengths).unflatten(0, (batch, n))  # (batch, n, width, hidden)
         return torch.cat([forward_out, backward_out], dim=-1), last
+
+    def _chunk_end_states(self, chunks: torch.Tensor, state: State | None) -> list[State]:
+        """The forward direction's state after each of chunks (batch, n, chunk, input), from
+        `state`, for their values only: the gradient reaches the chunks through their own frames,
+        not through the look-ahead's start (a no-grad pass: 1.19 -> 1.02 s a training step)."""
+        ends = []
+        with torch.no_grad():
+            for i in range(chunks.shape[1]):
+                _, state = self.forward_rnn(chunks[:, i], state)
+                ends.append(state)
+        return ends
 
 
 class CTCModel(nn.Module):
@@ -269,7 +274,6 @@ class EncoderStream:
         """Forget the utterance: states back to zero, buffered frames dropped."""
         self.states: list[State | None] = [None] * len(self.model.layers)
         self.pending: torch.Tensor | None = None  # (frames, dim) frames not yet run (latency-controlled)
-        self.frames_out = 0
 
     @torch.inference_mode()
     def accept(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -331,7 +335,5 @@ class EncoderStream:
             for i, layer in enumerate(model.layers):
                 windows, self.states[i] = layer.forward_windows(windows, None, main, self.states[i], top=i == top)
             x = windows[:, 0, :main]  # (1, main, 2 * hidden)
-        frames = x.shape[1]
-        self.frames_out += frames
-        log_probs, _, frame_log_probs = model._outputs(x, torch.tensor([frames]), frames=True)
+        log_probs, _, frame_log_probs = model._outputs(x, torch.tensor([x.shape[1]]), frames=True)
         return log_probs[0], (frame_log_probs[0] if frame_log_probs is not None else None)

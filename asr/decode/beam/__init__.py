@@ -12,7 +12,8 @@ equals another prefix still in the beam (l + c == l') is merged into it. Scores:
 
 One module per layout of that search, the dispatcher above them:
 
-    search.py         decode_beam: checks the options, skips blank frames, picks a layout
+    search.py         decode_beam: checks the options, skips blank frames, picks a layout;
+                      search_options: a decode config's options as decode_beam takes them
     flat.py           a flat list of live hypotheses, in torch ops: the reference
     dense.py          a fixed (utterance, beam) grid, a frame step replayed as a CUDA graph
     numba_loop.py     the flat list's search compiled by numba, a loop per utterance (CPU default)
@@ -23,6 +24,6 @@ The layouts import `common` and `asr.decode.fusion`, never `search` or each othe
 """
 
 from asr.decode.beam.common import Hypothesis, skip_blank_frames
-from asr.decode.beam.search import LAYOUTS, decode_beam
+from asr.decode.beam.search import LAYOUTS, decode_beam, search_options
 
-__all__ = ["LAYOUTS", "Hypothesis", "decode_beam", "skip_blank_frames"]
+__all__ = ["LAYOUTS", "Hypothesis", "decode_beam", "search_options", "skip_blank_frames"]

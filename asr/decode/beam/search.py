@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from asr.config import DecodeConfig
 from asr.decode.beam.common import NEG_INF, BeamOptions, Hypothesis, skip_blank_frames
 from asr.decode.beam.dense import decode_beam_dense
 from asr.decode.beam.flat import decode_beam_flat
@@ -60,7 +61,7 @@ def decode_beam(
     `asr.decode.beam.numba_loop`), or "auto":
     dense on CUDA, numba on the CPU (the flat list where numba does not import).
     """
-    _check_options(beam_size, token_top_k, token_cum_prob, beam_threshold, merge, layout)
+    check_options(beam_size, token_top_k, token_cum_prob, beam_threshold, merge, layout)
     if log_probs.shape[0] == 0:
         return []
     log_probs = log_probs.float()
@@ -71,7 +72,7 @@ def decode_beam(
     return layout_search(layout, log_probs.device)(log_probs, lengths, fusion, options)
 
 
-def _check_options(beam_size: int, token_top_k: int, token_cum_prob: float, beam_threshold: float, merge: str, layout: str) -> None:
+def check_options(beam_size: int, token_top_k: int, token_cum_prob: float, beam_threshold: float, merge: str, layout: str) -> None:
     """ValueError naming the first of decode_beam's options that is out of range."""
     if merge not in ("sum", "max"):
         raise ValueError(f"merge must be 'sum' or 'max', not {merge!r}")
@@ -83,6 +84,16 @@ def _check_options(beam_size: int, token_top_k: int, token_cum_prob: float, beam
         raise ValueError(f"beam_threshold must be positive, not {beam_threshold}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+
+
+def search_options(decode: DecodeConfig) -> dict:
+    """The search options a decode config sets, as `decode_beam` (and the streaming
+    `asr.decode.incremental.BeamStream`) take them as keywords: the one mapping of the two."""
+    return {
+        "beam_size": decode.beam_size, "token_top_k": decode.token_top_k, "token_min_logp": decode.token_min_logp,
+        "token_cum_prob": decode.token_cum_prob, "beam_threshold": decode.beam_threshold,
+        "lm_weight": decode.lm_weight, "word_bonus": decode.word_bonus,
+    }
 
 
 def layout_search(layout: str, device: torch.device) -> Callable[..., list[list[Hypothesis]]]:
