@@ -44,6 +44,9 @@ from asr.features import STREAMING_CMVN_KINDS
 from asr.models.encoder import EncoderStream
 
 
+ENDPOINT_UNIT_FRAMES = 4  # a unidirectional model's frames between two asks of the endpoint rules in `feed` (120 ms at 30 ms a frame)
+
+
 class StreamError(ValueError):
     """Input a stream cannot take (NaN or inf samples, a bad rate, audio after `finish`); the
     stream's state is untouched, so it can go on (or be reset)."""
@@ -137,6 +140,10 @@ class Stream:
         self.frame_seconds = recognizer.features.frame_seconds
         self.sample_rate = recognizer.sample_rate
         self._feature_device = recognizer.features.window.device
+        # frames between two asks of the endpoint rules in `feed`: the model's chunk (a latency-
+        # controlled model's outputs come a chunk at a time), else ENDPOINT_UNIT_FRAMES
+        self.endpoint_unit = recognizer.config.model.chunk_frames if recognizer.config.model.direction == "latency_controlled" else ENDPOINT_UNIT_FRAMES
+        self._events: list[StreamResult] | None = None  # inside feed / close: the events so far
         self._start_stream()
 
     def _start_stream(self) -> None:
@@ -160,6 +167,13 @@ class Stream:
     def accept_waveform(self, samples, sample_rate: int) -> None:
         """The next samples of the stream: float in [-1, 1] (or int16), any length, at any rate
         (resampled to the model's by soxr, in a stream of its own for that rate)."""
+        self.push(samples, sample_rate)
+        self.advance(*self.encoder.drain())
+
+    def push(self, samples, sample_rate: int) -> None:
+        """`accept_waveform` up to the model: the samples' feature frames wait in `encoder` for a
+        caller that runs many streams' models together (`EncoderStream.run_batch`) and hands
+        each stream its outputs (`events`)."""
         if self.finished:
             raise StreamError("accept_waveform after finish(): call reset() to start a new stream")
         audio = self._check(samples, sample_rate)
@@ -171,11 +185,10 @@ class Stream:
                 self._resampler = soxr.ResampleStream(sample_rate, self.sample_rate, 1, dtype="float32")
         elif sample_rate != self._input_rate:
             raise StreamError(f"the sample rate changed from {self._input_rate} to {sample_rate} Hz within a stream: reset() first")
-        self._run(self._resampler.resample_chunk(audio) if self._resampler is not None else audio)
+        self._push_resampled(self._resampler.resample_chunk(audio) if self._resampler is not None else audio)
 
-    def _run(self, audio: np.ndarray) -> None:
-        """Samples at the model's rate through features, model and decoder."""
-        self._advance(*self.encoder.accept(self.features.accept(torch.from_numpy(audio).to(self._feature_device))))
+    def _push_resampled(self, audio: np.ndarray) -> None:
+        self.encoder.push(self.features.accept(torch.from_numpy(audio).to(self._feature_device)))
 
     @staticmethod
     def _check(samples, sample_rate: int) -> np.ndarray:
@@ -192,16 +205,35 @@ class Stream:
             raise StreamError(f"{bad} of {len(audio)} samples are NaN or inf: the chunk was dropped, the stream goes on")
         return audio
 
-    def _advance(self, log_probs: torch.Tensor, frame_log_probs: torch.Tensor | None) -> None:
+    def advance(self, log_probs: torch.Tensor, frame_log_probs: torch.Tensor | None = None) -> None:
+        """The model's next outputs (frames, vocab) into the decoder. Inside `feed` and `close`
+        the endpoint rules are asked after every `endpoint_unit` frames of the stream (not after
+        each call), so where the stream's endpoints fall, and so its final results, do not
+        depend on how the audio was cut into chunks: `asr stream` and the server say the same."""
         if len(log_probs) == 0:
             return
         log_probs = log_probs.float().cpu()  # the decoders run on the CPU (numba), whatever the model's device
         frame_log_probs = frame_log_probs.float().cpu() if frame_log_probs is not None else None
-        self.decoder.advance(log_probs)
-        self.frames += len(log_probs)
-        self._log_probs.append(log_probs)
-        if frame_log_probs is not None:
-            self._frame_log_probs.append(frame_log_probs)
+        at = 0
+        while at < len(log_probs):
+            n = len(log_probs) - at
+            if self._events is not None:  # up to the next unit boundary, then the endpoint rules
+                n = min(n, self.endpoint_unit - self.frames % self.endpoint_unit)
+            self.decoder.advance(log_probs[at : at + n])
+            self._log_probs.append(log_probs[at : at + n])
+            if frame_log_probs is not None:
+                self._frame_log_probs.append(frame_log_probs[at : at + n])
+            self.frames += n
+            at += n
+            if self._events is not None and self.frames % self.endpoint_unit == 0 and self.is_endpoint():
+                self._end_utterance()
+
+    def _end_utterance(self) -> None:
+        """An endpoint inside `feed` / `close`: the utterance's final result is an event, a new one starts."""
+        final = self.result()
+        self.reset()
+        if final.text:
+            self._events.append(final)
 
     # -- output --------------------------------------------------------------------------------
 
@@ -243,9 +275,9 @@ class Stream:
         utterance's final result returned. accept_waveform raises afterwards, until reset()."""
         if not self.finished:
             if self._resampler is not None:
-                self._run(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True))
-            self._advance(*self.encoder.accept(self.features.finish()))
-            self._advance(*self.encoder.finish())
+                self._push_resampled(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+            self.encoder.push(self.features.finish())
+            self.advance(*self.encoder.finish())
             self.finished = True
         return self.result()
 
@@ -259,23 +291,34 @@ class Stream:
             self._last_partial = ""
 
     def feed(self, samples, sample_rate: int) -> list[StreamResult]:
-        """accept_waveform, then what happened: a "final" event (and a reset) at an endpoint, else
-        a "partial" one when the text changed."""
-        self.accept_waveform(samples, sample_rate)
-        if self.is_endpoint():
-            final = self.result()
-            self.reset()
-            return [final] if final.text else []
+        """accept_waveform, then what happened: a "final" event (and a reset) at each endpoint the
+        new frames reached, then a "partial" one when the current utterance's text changed."""
+        self.push(samples, sample_rate)
+        return self.events(*self.encoder.drain())
+
+    def events(self, log_probs: torch.Tensor, frame_log_probs: torch.Tensor | None = None) -> list[StreamResult]:
+        """`advance`, as `feed` does it: the events of the model's next outputs."""
+        self._events = []
+        try:
+            self.advance(log_probs, frame_log_probs)
+            events = self._events
+        finally:
+            self._events = None
         partial = self.partial()
         if partial.text != self._last_partial:
             self._last_partial = partial.text
-            return [partial]
-        return []
+            events.append(partial)
+        return events
 
     def close(self) -> list[StreamResult]:
-        """finish(), as events: the last utterance's final, if it said anything."""
-        final = self.finish()
-        return [final] if final.text else []
+        """finish(), as events: the finals of the endpoints the last frames reached and of the last utterance."""
+        self._events = []
+        try:
+            final = self.finish()
+            events = self._events
+        finally:
+            self._events = None
+        return events + ([final] if final.text else [])
 
     # -- times ---------------------------------------------------------------------------------
 

@@ -144,6 +144,7 @@ class LoudIsA:
 
     def __init__(self, vocab: int, label: int):
         self.vocab, self.label = vocab, label
+        self.reset()
 
     def _log_probs(self, feats: torch.Tensor) -> torch.Tensor:
         loud = feats[:, 0] > -5.0  # raw log-mel (cmvn none): digital silence sits at the floor, ~ -15.9
@@ -152,14 +153,20 @@ class LoudIsA:
         out[:, self.label] = torch.where(loud, 0.0, -20.0)
         return out
 
-    def accept(self, feats):
-        return self._log_probs(feats), None
+    def reset(self):
+        self.pending = None
+
+    def push(self, feats):
+        self.pending = feats if self.pending is None else torch.cat([self.pending, feats])
+
+    def drain(self, final: bool = False):
+        if self.pending is None:
+            return torch.zeros(0, self.vocab), None
+        out, self.pending = self._log_probs(self.pending), None
+        return out, None
 
     def finish(self):
-        return torch.zeros(0, self.vocab), None
-
-    def reset(self):
-        pass
+        return self.drain(final=True)
 
 
 def silence_stream(endpoint: EndpointConfig):
@@ -212,6 +219,33 @@ def test_state_is_dropped_at_every_endpoint():
     assert len(finals) == 30 and {f.text for f in finals} == {"a"}
     starts = [f.start for f in finals]
     assert all(b - a == pytest.approx(2.0, abs=0.05) for a, b in zip(starts, starts[1:]))  # times run on with the stream
+
+
+@pytest.mark.parametrize("direction", ["latency_controlled", "unidirectional"])
+def test_where_feed_finds_endpoints_does_not_depend_on_the_chunks(direction):
+    """feed asks the endpoint rules every few frames of the stream, not after each chunk: any
+    chunking gives the same finals at the same times, a chunk holding two utterances included."""
+    recognizer = make_recognizer(direction)
+    pause = np.zeros(int(0.5 * RATE), np.float32)
+    audio = np.concatenate([speechy(1.5, 1), pause, speechy(1.0, 2), pause, speechy(1.2, 3), pause])
+    # a random model hears no pauses: utterances end at rule 3's 0.7 s, wherever the chunks end
+    endpoint = EndpointConfig(rule3=EndpointRule(False, 0.0, 0.7))
+
+    def finals(sizes) -> list[tuple[str, float, float]]:
+        stream = recognizer.stream(endpoint)
+        events, at = [], 0
+        for size in sizes:
+            events += stream.feed(audio[at : at + size], RATE)
+            at += size
+        events += stream.close()
+        return [(e.text, e.start, e.end) for e in events if e.final]
+
+    rng = np.random.default_rng(0)
+    expected = finals([1600] * (len(audio) // 1600 + 1))
+    assert len(expected) >= 5
+    assert finals([len(audio)]) == expected  # one chunk, every endpoint in it
+    assert finals(list(rng.integers(1, 9000, 200))) == expected
+    assert finals([7] * (len(audio) // 7 + 1)) == expected
 
 
 @pytest.fixture

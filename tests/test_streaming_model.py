@@ -49,6 +49,32 @@ def test_stream_in_any_pieces_equals_offline(cell, direction, chunk, right):
         torch.testing.assert_close(streamed_frames, offline_frames[b, :n], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "slstm", "convlstm"])
+@pytest.mark.parametrize("direction,chunk,right", [("unidirectional", 0, 0), ("latency_controlled", 4, 2)])
+def test_streams_run_together_equal_each_run_alone(cell, direction, chunk, right):
+    """run_batch over streams at different points (fresh ones beside ones with a state, pieces
+    of different sizes) gives each stream what its own drain gives."""
+    torch.manual_seed(0)
+    model = make(direction, cell, chunk, right, frame_head=True)
+    utterances = [torch.randn(n, 10) for n in (31, 17, 9, 26)]
+    alone = [stream_in_pieces(model, feats, seed=0)[0] for feats in utterances]
+    streams = [EncoderStream(model) for _ in utterances]
+    generator = torch.Generator().manual_seed(1)
+    at, outputs = [0] * len(streams), [[] for _ in streams]
+    while any(a < len(u) for a, u in zip(at, utterances)):
+        for i, feats in enumerate(utterances):
+            if i != 2 or at[0] > 10:  # stream 2 starts late: its first step beside others' later ones
+                size = int(torch.randint(0, 7, (1,), generator=generator))
+                streams[i].push(feats[at[i] : at[i] + size])
+                at[i] += size
+        for i, (log_probs, frame_log_probs) in enumerate(EncoderStream.run_batch(streams)):
+            assert frame_log_probs is not None and frame_log_probs.shape == log_probs.shape
+            outputs[i].append(log_probs)
+    for i, stream in enumerate(streams):
+        outputs[i].append(stream.finish()[0])
+        torch.testing.assert_close(torch.cat(outputs[i]), alone[i], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("cell", STREAMING_CELLS)
 def test_right_context_past_the_utterance_is_the_offline_bilstm(cell):
     torch.manual_seed(1)
