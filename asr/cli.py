@@ -4,6 +4,7 @@
     asr prepare librispeech|timit|kaldi|nemo ROOT OUT_DIR
     asr train CONFIG [key=value ...] [--resume]
     asr stream CKPT FILE|- [--realtime] [--json] [--sample-rate RATE] [--mic] [--decoder beam --lm LM.arpa]
+    asr serve CKPT [--stream-checkpoint CKPT] [--host 127.0.0.1] [--port 8000] [--max-streams N] ...
     asr transcribe CKPT FILE... [--json] [--word-timestamps] [--output-dir DIR --output-format srt,...] [--nbest N] [--decoder beam --lm LM.arpa ...]
     asr evaluate CKPT MANIFEST [--output FILE] [--decoder beam --lm LM.arpa ...] [--tune-lm]
     asr align CKPT MANIFEST|AUDIO [--text T | --text-file LINES] --output-dir DIR [--textgrid] [--plot N]
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -433,6 +435,14 @@ def phone_sentences(manifest: str, phone_set: int) -> list[list[str]]:
     return sentences
 
 
+def add_endpoint_options(p: argparse.ArgumentParser) -> None:
+    """sherpa-onnx's endpoint rules, for `asr stream` and `asr serve`."""
+    p.add_argument("--rule1-min-trailing-silence", type=float, default=2.4, help="endpoint after this much silence with nothing decoded, s (default 2.4)")
+    p.add_argument("--rule2-min-trailing-silence", type=float, default=1.2, help="endpoint after this much silence after speech, s (default 1.2)")
+    p.add_argument("--rule3-min-utterance-length", type=float, default=20.0, help="endpoint when an utterance is this long, s (default 20)")
+    p.add_argument("--no-endpoint", action="store_true", help="no endpoints: one final result at the end")
+
+
 def add_decoder_options(p: argparse.ArgumentParser) -> None:
     """Flags that override the checkpoint's `decode` config section (unset = keep it)."""
     p.add_argument("--decoder", choices=["greedy", "beam"], help="default: the checkpoint's (greedy), beam when --lm is given")
@@ -552,7 +562,7 @@ def stream_sources(args: argparse.Namespace) -> Iterator[tuple[np.ndarray, int]]
 def cmd_stream(args: argparse.Namespace) -> int:
     from asr.config import ConfigError
     from asr.inference import Recognizer
-    from asr.stream import EndpointConfig, EndpointRule, algorithmic_latency
+    from asr.stream import algorithmic_latency
 
     if not args.mic and args.source is None:
         raise ConfigError("give an audio file, - (raw 16-bit PCM on stdin, with --sample-rate) or --mic")
@@ -560,13 +570,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         raise ConfigError(f"--chunk-ms must be at least 1, not {args.chunk_ms}")
     recognizer = Recognizer.from_checkpoint(args.checkpoint, device=args.device)
     apply_decoder_options(recognizer, args)
-    endpoint = EndpointConfig(
-        rule1=EndpointRule(False, args.rule1_min_trailing_silence, 0.0),
-        rule2=EndpointRule(True, args.rule2_min_trailing_silence, 0.0),
-        rule3=EndpointRule(False, 0.0, args.rule3_min_utterance_length),
-        enabled=not args.no_endpoint,
-    )
-    stream = recognizer.stream(endpoint)
+    stream = recognizer.stream(endpoint_config(args))
     terminal = sys.stdout.isatty() and not args.json
     if not args.json:
         latency = algorithmic_latency(recognizer.features, recognizer.config.model)
@@ -592,6 +596,60 @@ def cmd_stream(args: argparse.Namespace) -> int:
         except ValueError as e:  # StreamError: the chunk is dropped, the stream goes on
             print(f"asr stream: warning: {e}", file=sys.stderr)
     show(stream.close())
+    return 0
+
+
+def endpoint_config(args: argparse.Namespace):
+    """The endpoint rules from `asr stream` / `asr serve` flags."""
+    from asr.stream import EndpointConfig, EndpointRule
+
+    return EndpointConfig(
+        rule1=EndpointRule(False, args.rule1_min_trailing_silence, 0.0),
+        rule2=EndpointRule(True, args.rule2_min_trailing_silence, 0.0),
+        rule3=EndpointRule(False, 0.0, args.rule3_min_utterance_length),
+        enabled=not args.no_endpoint,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from asr.config import ConfigError
+    from asr.inference import Recognizer
+
+    try:
+        from asr.serve import ServeConfig, create_app, run_server
+    except ImportError as e:
+        raise ConfigError(f"asr serve needs the serve extra: pip install 'asr[serve]' ({e})") from e
+    for name in ("max_upload_mb", "max_stream_minutes", "max_lead_seconds"):
+        if not getattr(args, name) >= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(args, name)}")
+    for name in ("max_streams", "max_pending_requests", "threads"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    recognizer = Recognizer.from_checkpoint(args.checkpoint, device=args.device)
+    apply_decoder_options(recognizer, args)
+    stream_recognizer = None
+    if args.stream_checkpoint:
+        stream_recognizer = Recognizer.from_checkpoint(args.stream_checkpoint, device=args.device)
+        apply_decoder_options(stream_recognizer, args)
+    config = ServeConfig(
+        max_upload_mb=args.max_upload_mb, max_pending_requests=args.max_pending_requests, max_streams=args.max_streams,
+        max_stream_seconds=args.max_stream_minutes * 60, max_lead_seconds=args.max_lead_seconds, batch=not args.no_batch,
+        endpoint=endpoint_config(args),
+    )
+    app = create_app(recognizer, config, stream_recognizer, name=Path(args.checkpoint).stem)
+    server = app["server"]
+    if server.engine is None:
+        print(f"asr serve: warning: no streaming (/v1/stream answers with an error): {server.not_streamable}", file=sys.stderr)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    def ready(addresses) -> None:
+        for host, port, *_ in addresses:
+            print(f"asr serve: listening on http://{host if ':' not in host else f'[{host}]'}:{port}", flush=True)
+
+    run_server(app, args.host, args.port, ready)
     return 0
 
 
@@ -713,12 +771,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help='one JSON line per event: {"type": "partial" | "final", "text", "start", "end", "words"}')
     p.add_argument("--chunk-ms", type=int, default=100, help="audio per read, ms (default 100)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--rule1-min-trailing-silence", type=float, default=2.4, help="endpoint after this much silence with nothing decoded, s (default 2.4)")
-    p.add_argument("--rule2-min-trailing-silence", type=float, default=1.2, help="endpoint after this much silence after speech, s (default 1.2)")
-    p.add_argument("--rule3-min-utterance-length", type=float, default=20.0, help="endpoint when an utterance is this long, s (default 20)")
-    p.add_argument("--no-endpoint", action="store_true", help="no endpoints: one final result at the end")
+    add_endpoint_options(p)
     add_decoder_options(p)
     p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("serve", help="an HTTP and WebSocket recognition server with a web page (the serve extra)")
+    p.add_argument("checkpoint", help="the model for uploads (POST /v1/audio/transcriptions), and for streams if it can stream")
+    p.add_argument("--stream-checkpoint", help="a streaming model for /v1/stream and the page's microphone (default: CHECKPOINT)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one, printed)")
+    p.add_argument("--max-upload-mb", type=float, default=200.0, help="largest upload, MB (default 200); larger: 413")
+    p.add_argument("--max-pending-requests", type=int, default=8, help="transcriptions queued or running at once (default 8); more: 503")
+    p.add_argument("--max-streams", type=int, default=32, help="WebSocket streams at once (default 32); more: an error event")
+    p.add_argument("--max-stream-minutes", type=float, default=240.0, help="audio in one stream, minutes (default 240)")
+    p.add_argument("--max-lead-seconds", type=float, default=10.0, help="how far a stream's audio may run ahead of real time, s (default 10; 0: no limit)")
+    p.add_argument("--no-batch", action="store_true", help="run each stream's model windows alone (to compare)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1: the stream engine and the uploads each take a core)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every request and stream")
+    add_endpoint_options(p)
+    add_decoder_options(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="synthesize, train, evaluate and transcribe, end to end")
     p.add_argument("--out", default="demo_out", help="folder for the corpus, checkpoints and logs")

@@ -261,24 +261,37 @@ def write_tsv(path: str | os.PathLike, transcript: Transcript, options: Subtitle
         f.writelines(row + "\n" for row in ["start\tend\ttext", *rows])
 
 
-def write_srt(path: str | os.PathLike, transcript: Transcript, options: SubtitleOptions | None = None) -> None:
+def format_srt(transcript: Transcript, options: SubtitleOptions | None = None) -> str:
     """SubRip: cues numbered from 1, `HH:MM:SS,mmm --> HH:MM:SS,mmm`, its lines, a blank line."""
-    cues = subtitle_cues(transcript, options)
+    out = []
+    for i, cue in enumerate(subtitle_cues(transcript, options), start=1):
+        text = "\n".join(map(_srt_text, cue.lines))
+        out.append(f"{i}\n{format_timestamp(cue.start, ',')} --> {format_timestamp(cue.end, ',')}\n{text}\n\n")
+    return "".join(out)
+
+
+def format_vtt(transcript: Transcript, options: SubtitleOptions | None = None) -> str:
+    """WebVTT: a `WEBVTT` header, then per cue `HH:MM:SS.mmm --> HH:MM:SS.mmm`, its lines with
+    `&`, `<` and `>` as entities (so no `-->` either), a blank line."""
+    out = ["WEBVTT\n\n"]
+    for cue in subtitle_cues(transcript, options):
+        text = "\n".join(html.escape(line, quote=False) for line in cue.lines)
+        out.append(f"{format_timestamp(cue.start)} --> {format_timestamp(cue.end)}\n{text}\n\n")
+    return "".join(out)
+
+
+def write_srt(path: str | os.PathLike, transcript: Transcript, options: SubtitleOptions | None = None) -> None:
+    """`format_srt`, to a file."""
+    text = format_srt(transcript, options)
     with atomic_write(path) as f:
-        for i, cue in enumerate(cues, start=1):
-            text = "\n".join(map(_srt_text, cue.lines))
-            f.write(f"{i}\n{format_timestamp(cue.start, ',')} --> {format_timestamp(cue.end, ',')}\n{text}\n\n")
+        f.write(text)
 
 
 def write_vtt(path: str | os.PathLike, transcript: Transcript, options: SubtitleOptions | None = None) -> None:
-    """WebVTT: a `WEBVTT` header, then per cue `HH:MM:SS.mmm --> HH:MM:SS.mmm`, its lines with
-    `&`, `<` and `>` as entities (so no `-->` either), a blank line."""
-    cues = subtitle_cues(transcript, options)
+    """`format_vtt`, to a file."""
+    text = format_vtt(transcript, options)
     with atomic_write(path) as f:
-        f.write("WEBVTT\n\n")
-        for cue in cues:
-            text = "\n".join(html.escape(line, quote=False) for line in cue.lines)
-            f.write(f"{format_timestamp(cue.start)} --> {format_timestamp(cue.end)}\n{text}\n\n")
+        f.write(text)
 
 
 def write_transcript_ctm(path: str | os.PathLike, transcript: Transcript, options: SubtitleOptions | None = None) -> None:

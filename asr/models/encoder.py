@@ -332,11 +332,12 @@ class EncoderStream:
 
     @staticmethod
     @torch.inference_mode()
-    def run_batch(streams: Sequence["EncoderStream"]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    def run_batch(streams: Sequence["EncoderStream"], batch_sizes: list[int] | None = None) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """`drain()` of every stream (of one model), batched: each step stacks the next window
         (unidirectional: the next frames, as many as every stream in the step has) of every
         stream that has one, with their states, and runs the stack once. The values are the
-        single streams' to float rounding (about 1e-6). -> each stream's (log-probs, frame head's)."""
+        single streams' to float rounding (about 1e-6). -> each stream's (log-probs, frame head's);
+        `batch_sizes`, if given, gets each call's number of streams."""
         if not streams:
             return []
         model = streams[0].model
@@ -359,6 +360,8 @@ class EncoderStream:
                     else:  # each layer's states side by side on the batch axis: (1, batch, size) each
                         states = [map_state(lambda *parts: torch.cat(parts, 1), *(streams[i].states[layer] for i in group)) for layer in range(len(model.layers))]
                     log_probs, frame_log_probs, states = _run_stack(model, x, taken[0][1], states)
+                    if batch_sizes is not None:
+                        batch_sizes.append(len(group))
                     for j, i in enumerate(group):
                         streams[i].states = [map_state(lambda part: part[:, j : j + 1], state) for state in states]
                         outputs[i].append((log_probs[j], frame_log_probs[j] if frame_log_probs is not None else None))
