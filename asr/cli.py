@@ -617,6 +617,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         from asr.serve import ServeConfig, create_app, run_server
+        from asr.serve.app import SERVER
     except ImportError as e:
         raise ConfigError(f"asr serve needs the serve extra: pip install 'asr[serve]' ({e})") from e
     for name in ("max_upload_mb", "max_stream_minutes", "max_lead_seconds"):
@@ -640,7 +641,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         endpoint=endpoint_config(args),
     )
     app = create_app(recognizer, config, stream_recognizer, name=Path(args.checkpoint).stem)
-    server = app["server"]
+    server = app[SERVER]
     if server.engine is None:
         print(f"asr serve: warning: no streaming (/v1/stream answers with an error): {server.not_streamable}", file=sys.stderr)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")

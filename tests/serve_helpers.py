@@ -9,6 +9,7 @@ import threading
 from aiohttp import web
 
 from asr.serve import ServeConfig, create_app
+from asr.serve.app import SERVER
 
 
 class RunningServer:
@@ -16,7 +17,7 @@ class RunningServer:
 
     def __init__(self, recognizer, config: ServeConfig | None = None, stream_recognizer=None):
         self.app = create_app(recognizer, config, stream_recognizer, name="test-model")
-        self.server = self.app["server"]  # its engine, transcriber, limits
+        self.server = self.app[SERVER]  # its engine, transcriber, limits
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = 0

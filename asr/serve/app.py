@@ -50,6 +50,7 @@ SAMPLE_FORMATS = {"pcm16": ("<i2", 2), "float32": ("<f4", 4)}  # name -> (numpy 
 MIN_RATE, MAX_RATE = 8000, 192000  # sample rates a stream may declare, Hz
 FLOAT_LIMIT = 8.0  # float32 samples beyond +-this are not audio in [-1, 1] (garbage bytes read as floats)
 UPLOAD_CHUNK = 1 << 16
+SERVER = web.AppKey("server", object)  # app[SERVER]: the _Server behind the routes (its engine, transcriber, limits)
 
 
 @dataclass
@@ -82,7 +83,7 @@ def create_app(recognizer, config: ServeConfig | None = None, stream_recognizer=
     config = config or ServeConfig()
     server = _Server(recognizer, stream_recognizer, config, name)
     app = web.Application(client_max_size=int(config.max_upload_mb * 1e6) + (1 << 20))
-    app["server"] = server
+    app[SERVER] = server
     app.router.add_get("/", server.page)
     app.router.add_get("/worklet.js", server.worklet)
     app.router.add_get("/health", server.health)
