@@ -153,6 +153,10 @@ def test_bad_uploads_are_400_with_the_reason(server):
     assert answer.status_code == 400 and "file" in answer.json()["error"]["message"]
     answer = requests.post(f"{server.url}/v1/audio/transcriptions", data=b"raw bytes", headers={"Content-Type": "audio/wav"}, timeout=30)
     assert answer.status_code == 400 and "multipart" in answer.json()["error"]["message"]
+    answer = requests.get(f"{server.url}/v1/audio/transcriptions", timeout=30)
+    assert answer.status_code == 405 and "GET" in answer.json()["error"]["message"]
+    answer = requests.get(f"{server.url}/v1/nothing", timeout=30)
+    assert answer.status_code == 404 and answer.json()["error"]["type"] == "invalid_request_error"
     assert post(server, wav_bytes(speechy(0.5))).status_code == 200  # and the server goes on
 
 
@@ -195,6 +199,15 @@ def test_a_busy_server_answers_503_and_keeps_serving(recognizer):
         release.set()
         worker.join(timeout=60)
         assert first["answer"].status_code == 200 and first["answer"].json()["text"]
+        assert post(server, wav_bytes(speechy(1.0))).status_code == 200
+        # a fault of the server's own is a JSON 500, and the next request is served
+        def broken(*args, **kwargs):
+            raise RuntimeError("a bug")
+
+        server.server.transcriber.recognizer = type("Broken", (), {"transcribe_files": staticmethod(broken)})()
+        answer = post(server, wav_bytes(speechy(1.0)))
+        assert answer.status_code == 500 and answer.json()["error"]["type"] == "server_error"
+        server.server.transcriber.recognizer = recognizer
         assert post(server, wav_bytes(speechy(1.0))).status_code == 200
 
 

@@ -82,7 +82,7 @@ def create_app(recognizer, config: ServeConfig | None = None, stream_recognizer=
     `recognizer`, where its model can stream; no streaming otherwise). `name`: the model's id."""
     config = config or ServeConfig()
     server = _Server(recognizer, stream_recognizer, config, name)
-    app = web.Application(client_max_size=int(config.max_upload_mb * 1e6) + (1 << 20))
+    app = web.Application(client_max_size=int(config.max_upload_mb * 1e6) + (1 << 20), middlewares=[_json_errors])
     app[SERVER] = server
     app.router.add_get("/", server.page)
     app.router.add_get("/worklet.js", server.worklet)
@@ -103,6 +103,20 @@ def _error(status: int, message: str, param: str | None = None, kind: str = "inv
     headers = {"Retry-After": "1"} if status == 503 else None
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
+    """Every error as OpenAI's JSON: aiohttp's own (404, 405, ...) and our faults (500, logged)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return _error(e.status, f"{e.reason}: {request.method} {request.path}", kind="invalid_request_error" if e.status < 500 else "server_error")
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, "internal server error (logged by the server)", kind="server_error")
 
 
 class _Server:
