@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -379,13 +380,13 @@ def test_stream_limits_each_end_with_a_clear_error(recognizer):
 def test_a_client_that_vanishes_leaves_nothing_running(recognizer):
     with RunningServer(recognizer, ServeConfig(endpoint=ENDPOINT, max_lead_seconds=0)) as server:
         engine = server.server.engine
-        ws = connect(server.ws_url)
-        ws.send(json.dumps({"sample_rate": RATE}))
-        for piece in random_pieces(as_pcm16(speechy(6.0, seed=71)), 0):
-            ws.send(piece.tobytes())
-        assert wait_for_streams(server, 1) == 1
-        ws.socket.close()  # gone mid-stream, without a close handshake
-        assert wait_for_streams(server, 0) == 0
+        with connect(server.ws_url) as ws:
+            ws.send(json.dumps({"sample_rate": RATE}))
+            for piece in random_pieces(as_pcm16(speechy(6.0, seed=71)), 0):
+                ws.send(piece.tobytes())
+            assert wait_for_streams(server, 1) == 1
+            ws.socket.shutdown(socket.SHUT_RDWR)  # gone mid-stream, without a close handshake
+            assert wait_for_streams(server, 0) == 0
         assert engine.backlog() == 0.0 and not engine._waiting  # its queued audio dropped
         # the server serves the next client as ever
         good = as_pcm16(speechy(2.0, seed=72))
