@@ -295,8 +295,7 @@ class _Server:
     async def _serve_stream(self, ws: web.WebSocketResponse, client: str) -> None:
         if self.engine is None:
             raise ClientError(f"this server's model cannot stream: {self.not_streamable}", WSCloseCode.POLICY_VIOLATION)
-        if len(self.engine.sessions) >= self.config.max_streams:
-            raise ClientError(f"the server is busy: {self.config.max_streams} streams are open (its limit, --max-streams); retry later", WSCloseCode.TRY_AGAIN_LATER)
+        self._check_capacity()  # before the config: a busy server says so at once
         rate, dtype = await self._read_config(ws)
         loop = asyncio.get_running_loop()
         outbox: asyncio.Queue = asyncio.Queue()
@@ -304,6 +303,9 @@ class _Server:
         def deliver(events: list[dict], done: bool) -> None:  # from the engine's thread
             loop.call_soon_threadsafe(outbox.put_nowait, (events, done))
 
+        # and again after it: other clients may have opened streams while this one's config was
+        # awaited; from here to `open` nothing awaits, so the check and the open are one step
+        self._check_capacity()
         session = self.engine.open(rate, deliver, client)
         sender = asyncio.create_task(self._send_events(ws, outbox))
         try:
@@ -319,6 +321,10 @@ class _Server:
             self.engine.close(session)  # a gone client: its queued audio dropped, nothing more runs for it
             if not sender.done():
                 sender.cancel()
+
+    def _check_capacity(self) -> None:
+        if len(self.engine.sessions) >= self.config.max_streams:
+            raise ClientError(f"the server is busy: {self.config.max_streams} streams are open (its limit, --max-streams); retry later", WSCloseCode.TRY_AGAIN_LATER)
 
     async def _read_config(self, ws: web.WebSocketResponse) -> tuple[int, str]:
         try:
