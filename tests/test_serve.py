@@ -3,6 +3,7 @@ each limit and each kind of bad input, with other clients going on undisturbed."
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -375,6 +376,25 @@ def test_stream_limits_each_end_with_a_clear_error(recognizer):
                 code = ws.close_code
         assert code == 1008 and events[-1]["type"] == "error" and "limit" in events[-1]["message"]
         assert [e for e in events if e["type"] == "final"] == limited
+
+
+def test_clients_that_connect_together_do_not_pass_the_stream_limit(recognizer):
+    """The limit is checked again once a client's config is in (while configs were awaited,
+    others may have opened streams): of five clients connected at once, two stream."""
+    with RunningServer(recognizer, ServeConfig(endpoint=ENDPOINT, max_streams=2)) as server:
+        with contextlib.ExitStack() as stack:
+            sockets = [stack.enter_context(connect(server.ws_url)) for _ in range(5)]
+            for ws in sockets:
+                ws.send(json.dumps({"sample_rate": RATE}))
+            refused = []
+            for ws in sockets:
+                try:
+                    event = json.loads(ws.recv(timeout=2))
+                    refused.append(event["type"] == "error" and "busy" in event["message"])
+                except TimeoutError:  # nothing to say yet: a stream waiting for audio
+                    refused.append(False)
+            assert sum(refused) == 3 and wait_for_streams(server, 2) == 2
+        assert wait_for_streams(server, 0) == 0
 
 
 def test_a_client_that_vanishes_leaves_nothing_running(recognizer):
