@@ -620,7 +620,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from asr.serve.app import SERVER
     except ImportError as e:
         raise ConfigError(f"asr serve needs the serve extra: pip install 'asr[serve]' ({e})") from e
-    for name in ("max_upload_mb", "max_stream_minutes", "max_lead_seconds"):
+    for name in ("max_upload_mb", "max_stream_minutes", "max_lead_seconds", "step_ms"):
         if not getattr(args, name) >= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(args, name)}")
     for name in ("max_streams", "max_pending_requests", "threads"):
@@ -638,6 +638,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(
         max_upload_mb=args.max_upload_mb, max_pending_requests=args.max_pending_requests, max_streams=args.max_streams,
         max_stream_seconds=args.max_stream_minutes * 60, max_lead_seconds=args.max_lead_seconds, batch=not args.no_batch,
+        step_interval=args.step_ms / 1000,
         endpoint=endpoint_config(args),
     )
     app = create_app(recognizer, config, stream_recognizer, name=Path(args.checkpoint).stem)
@@ -787,6 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-stream-minutes", type=float, default=240.0, help="audio in one stream, minutes (default 240)")
     p.add_argument("--max-lead-seconds", type=float, default=10.0, help="how far a stream's audio may run ahead of real time, s (default 10; 0: no limit)")
     p.add_argument("--no-batch", action="store_true", help="run each stream's model windows alone (to compare)")
+    p.add_argument("--step-ms", type=float, default=40.0, help="the stream engine steps at most every this many ms, so that under load windows gather into batches (default 40; 0: at every arrival)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1: the stream engine and the uploads each take a core)")
     p.add_argument("--device", default="cpu")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request and stream")

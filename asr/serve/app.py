@@ -66,6 +66,7 @@ class ServeConfig:
     idle_timeout: float = 60.0  # s a stream may go without a message
     max_message_bytes: int = 4 << 20  # one WebSocket message
     batch: bool = True  # streams' model windows batched (StreamEngine)
+    step_interval: float = 0.04  # s: the stream engine steps at most this often, so windows gather into batches under load
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
 
 
@@ -127,7 +128,7 @@ class _Server:
         stream_recognizer = stream_recognizer or recognizer
         try:
             check_streamable(stream_recognizer.config)
-            self.engine: StreamEngine | None = StreamEngine(stream_recognizer, config.endpoint, batch=config.batch)
+            self.engine: StreamEngine | None = StreamEngine(stream_recognizer, config.endpoint, batch=config.batch, step_interval=config.step_interval)
             self.stream_recognizer = stream_recognizer
             self.not_streamable = None
         except ValueError as e:  # ConfigError: a bidirectional model, or per-utterance CMVN

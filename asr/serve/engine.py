@@ -74,10 +74,15 @@ class StreamEngine:
     """Runs every open stream of one streaming `Recognizer` on one thread (see the module docstring).
     `batch=False` runs each stream's windows alone (for comparison: scripts/bench_serve.py)."""
 
-    def __init__(self, recognizer, endpoint: EndpointConfig | None = None, batch: bool = True):
+    def __init__(self, recognizer, endpoint: EndpointConfig | None = None, batch: bool = True, step_interval: float = 0.04):
         self.recognizer = recognizer
         self.endpoint = endpoint or EndpointConfig()
         self.batch = batch
+        # at most one step per `step_interval` s: under load, the streams' windows that arrive
+        # meanwhile gather into one batch (each waits at most this long); a lone stream, whose
+        # chunks come further apart, never waits
+        self.step_interval = step_interval
+        self._last_step = 0.0
         self.stats = EngineStats()
         self.sessions: set[EngineSession] = set()
         self._waiting: dict[EngineSession, None] = {}  # sessions with queued work, in arrival order
@@ -139,6 +144,8 @@ class StreamEngine:
             with self._lock:
                 while not self._waiting and not self._stopping:
                     self._lock.wait()
+                while not self._stopping and (wait := self._last_step + self.step_interval - time.perf_counter()) > 0:
+                    self._lock.wait(wait)  # submissions go on meanwhile
                 if self._stopping:
                     return
                 work = []
@@ -146,7 +153,7 @@ class StreamEngine:
                     work.append((session, session.queued, session.eof))
                     session.queued = []
                 self._waiting.clear()
-            started = time.perf_counter()
+            started = self._last_step = time.perf_counter()
             try:
                 self._step(work)
             except Exception:  # a bug, not a client's input: every session in the step is told, the engine goes on
