@@ -7,8 +7,9 @@ result. Needs Debian's chromium and chromium-driver, and selenium.
         --upload /tmp/demo_stream/corpus/wav/test/test-000{12,19}.wav --out docs/serve-page.png
 
 The --mic wavs play one after another with --pause s of silence after each (the fake microphone's
-file, 16-bit PCM at 16 kHz, with a faint noise floor); the shot is taken while the last one is a partial, once the ones
-before it are finals. The --upload wavs, joined the same way, go through the page's upload form.
+file: 16-bit PCM at 16 kHz, with a faint noise floor); the shot is taken while the last one is a
+partial, once the ones before it are finals. The --upload wavs, joined the same way, go through
+the page's upload form first.
 """
 
 from __future__ import annotations
