@@ -13,7 +13,7 @@ class Pcm16Sender extends AudioWorkletProcessor {
     this.taps = Math.max(1, Math.round(this.step)); // the low-pass's width
     this.history = new Float32Array(this.taps); // the last input samples, for the low-pass
     this.filled = 0;
-    this.position = 0; // where the next output sample lies, in input samples from the current quantum's start
+    this.position = 1; // where the next output sample lies in `filtered` below (1: the current quantum's first sample)
     this.previous = 0; // the last filtered input sample of the quantum before
     this.out = new Int16Array(BLOCK);
     this.count = 0;
@@ -23,15 +23,19 @@ class Pcm16Sender extends AudioWorkletProcessor {
   push(sample) {
     const s = Math.max(-1, Math.min(1, sample));
     this.out[this.count++] = s < 0 ? s * 32768 : s * 32767;
-    if (this.count === BLOCK) this.flush();
+    if (this.count === BLOCK) this.send();
   }
 
-  flush() {
+  send() { // the samples gathered so far, as one message
     if (this.count > 0) {
       const block = this.out.slice(0, this.count);
       this.port.postMessage(block.buffer, [block.buffer]);
       this.count = 0;
     }
+  }
+
+  flush() { // the page's stop: the last samples, then "flushed" (the page sends the eof after them)
+    this.send();
     this.port.postMessage("flushed");
   }
 
@@ -42,22 +46,22 @@ class Pcm16Sender extends AudioWorkletProcessor {
       for (let i = 0; i < input.length; i++) this.push(input[i]);
       return true;
     }
-    const filtered = new Float32Array(input.length);
-    for (let i = 0; i < input.length; i++) { // moving average over `taps` samples
+    const n = input.length;
+    const filtered = new Float32Array(n + 1); // the quantum before's last filtered sample, then this quantum's
+    filtered[0] = this.previous;
+    for (let i = 0; i < n; i++) { // moving average over `taps` samples
       this.history[this.filled++ % this.taps] = input[i];
       let sum = 0;
       for (let k = 0; k < this.taps; k++) sum += this.history[k];
-      filtered[i] = sum / this.taps;
+      filtered[i + 1] = sum / this.taps;
     }
-    while (this.position < input.length) {
+    while (this.position < n) { // linear interpolation, across the quanta's boundary too
       const i = Math.floor(this.position), frac = this.position - i;
-      const a = i === 0 && frac < 0 ? this.previous : filtered[Math.max(i, 0)];
-      const b = i + 1 < input.length ? filtered[i + 1] : filtered[i];
-      this.push(a + (b - a) * frac);
+      this.push(filtered[i] + (filtered[i + 1] - filtered[i]) * frac);
       this.position += this.step;
     }
-    this.position -= input.length;
-    this.previous = filtered[input.length - 1];
+    this.position -= n;
+    this.previous = filtered[n];
     return true;
   }
 }
