@@ -24,6 +24,7 @@ from websockets.sync.client import connect
 
 from asr.checkpoint import save_checkpoint
 from asr.inference import Recognizer
+from asr.models.encoder import EncoderStream
 from asr.serve import ServeConfig
 from asr.stream import EndpointConfig, EndpointRule
 from serve_helpers import RunningServer
@@ -412,6 +413,52 @@ def test_a_client_that_vanishes_leaves_nothing_running(recognizer):
         good = as_pcm16(speechy(2.0, seed=72))
         events, code = stream_events(server.ws_url, {"sample_rate": RATE}, [good.tobytes()])
         assert code == 1000 and [e for e in events if e["type"] == "final"] == local_finals(recognizer, good.astype(np.float32) / 32768)
+
+
+def test_a_stream_that_fails_inside_the_engine_is_told_and_the_others_go_on(recognizer, monkeypatch):
+    """A fault while running one stream (here: its features raise) ends that stream with a 1011
+    error event; a batched model step that fails is rerun stream by stream from where it was."""
+    audios = [as_pcm16(speechy(2.5, seed=80 + i)) for i in range(3)]
+    alone = [local_finals(recognizer, a.astype(np.float32) / 32768) for a in audios]
+    run_batch = EncoderStream.run_batch
+
+    def fails_in_batches(streams, batch_sizes=None):
+        if len(streams) > 1:
+            raise RuntimeError("a batched step that fails")
+        return run_batch(streams, batch_sizes)
+
+    monkeypatch.setattr(EncoderStream, "run_batch", staticmethod(fails_in_batches))
+    with RunningServer(recognizer, ServeConfig(endpoint=ENDPOINT, max_lead_seconds=0)) as server:
+        engine = server.server.engine
+        opened, count = engine.open, []
+
+        def open_one_broken(*args, **kwargs):
+            session = opened(*args, **kwargs)
+            count.append(session)
+            if len(count) == 1:  # the first client's stream breaks at its first audio
+                session.stream.push = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug in a stream"))
+            return session
+
+        engine.open = open_one_broken
+        results = [None] * 4
+
+        def client(i: int) -> None:
+            audio = audios[max(i - 1, 0)]
+            results[i] = stream_events(server.ws_url, {"sample_rate": RATE}, [p.tobytes() for p in random_pieces(audio, i, 1500)])
+
+        broken = threading.Thread(target=client, args=(0,))
+        broken.start()
+        assert wait_for_streams(server, 1) >= 0
+        broken.join(timeout=60)
+        threads = [threading.Thread(target=client, args=(i,)) for i in (1, 2, 3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    events, code = results[0]
+    assert code == 1011 and events[-1]["type"] == "error" and "a bug in a stream" in events[-1]["message"]
+    for (events, code), expected in zip(results[1:], alone):
+        assert code == 1000 and [e for e in events if e["type"] == "final"] == expected  # one by one: bit for bit
 
 
 def test_a_model_that_cannot_stream_still_serves_uploads(tmp_path):

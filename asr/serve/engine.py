@@ -190,16 +190,16 @@ class StreamEngine:
         """Each session's model outputs for its ready frames; None for a session that failed."""
         encoders = [s.stream.encoder for s in sessions]
         if self.batch and len(encoders) > 1:
-            pending = [e.pending for e in encoders]
+            saved = [(e.pending, list(e.states)) for e in encoders]  # tensors are replaced, never changed in place
             sizes: list[int] = []
             try:
                 outputs = EncoderStream.run_batch(encoders, sizes)
                 self._count(sizes)
                 return outputs
-            except Exception:  # find whose stream it was: put the frames back, run each alone
+            except Exception:  # find whose stream it was: every stream back as it was, each run alone
                 log.exception("batched model step failed; running the streams one by one")
-                for encoder, frames in zip(encoders, pending):
-                    encoder.pending = frames
+                for encoder, (pending, states) in zip(encoders, saved):
+                    encoder.pending, encoder.states = pending, states
         outputs: list[tuple | None] = []
         for session, encoder in zip(sessions, encoders):
             sizes = []
