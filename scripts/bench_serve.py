@@ -763,7 +763,7 @@ async def main_async(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a streaming checkpoint (asr serve's CKPT)")
-    parser.add_argument("--corpus", default="/tmp/demo_stream/corpus", help="corpus folder with test.jsonl (16 kHz wavs)")
+    parser.add_argument("--corpus", default="demo_out/corpus", help="corpus folder with test.jsonl (16 kHz wavs; default: asr demo's)")
     parser.add_argument("--limit", type=int, default=0, help="use the first N test utterances (0 = all)")
     parser.add_argument("--streams", type=int_list, default=[8, 16, 24, 32], help="streams at once, a list (default 8,16,24,32)")
     parser.add_argument("--skip-streams", action="store_true", help="skip section 1")
