@@ -444,7 +444,11 @@ def test_a_stream_that_fails_inside_the_engine_is_told_and_the_others_go_on(reco
 
         def client(i: int) -> None:
             audio = audios[max(i - 1, 0)]
-            results[i] = stream_events(server.ws_url, {"sample_rate": RATE}, [p.tobytes() for p in random_pieces(audio, i, 1500)])
+            # the broken stream's audio in one message: while a client is still sending fast when
+            # the server closes, the websockets sync client now and then drops the error event
+            # that came before the close frame (1 first connection in 40; the 1011 still arrives)
+            pieces = [audio] if i == 0 else random_pieces(audio, i, 1500)
+            results[i] = stream_events(server.ws_url, {"sample_rate": RATE}, [p.tobytes() for p in pieces])
 
         broken = threading.Thread(target=client, args=(0,))
         broken.start()
@@ -468,6 +472,22 @@ def test_a_model_that_cannot_stream_still_serves_uploads(tmp_path):
         assert events[-1]["type"] == "error" and "cannot stream" in events[-1]["message"] and code == 1008
         assert not requests.get(f"{server.url}/v1/models", timeout=10).json()["data"][0]["streaming"]
         assert post(server, wav_bytes(speechy(1.0))).status_code == 200
+
+
+def test_an_offline_model_for_uploads_beside_a_streaming_one(recognizer, tmp_path):
+    """--stream-checkpoint: uploads through the (bidirectional) first model, streams through the second."""
+    offline = make_recognizer("bidirectional", cmvn="utterance")
+    path = tmp_path / "a.wav"
+    soundfile.write(path, speechy(2.0, seed=90), RATE)
+    audio = as_pcm16(speechy(2.5, seed=91))
+    with RunningServer(offline, ServeConfig(endpoint=ENDPOINT), stream_recognizer=recognizer) as server:
+        answer = post(server, path.read_bytes())
+        events, code = stream_events(server.ws_url, {"sample_rate": RATE}, [audio.tobytes()])
+        models = requests.get(f"{server.url}/v1/models", timeout=10).json()["data"]
+    assert answer.status_code == 200 and answer.json()["text"] == next(offline.transcribe_files([path])).text
+    assert code == 1000 and [e for e in events if e["type"] == "final"] == local_finals(recognizer, audio.astype(np.float32) / 32768)
+    assert [(m["id"], m["direction"], m["streaming"]) for m in models] == [
+        ("test-model", "bidirectional", False), ("test-model-stream", "latency_controlled", True)]
 
 
 def test_asr_serve_binds_to_loopback_and_serves(recognizer, tmp_path):

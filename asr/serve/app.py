@@ -372,7 +372,9 @@ class _Server:
                 msg = receive.result()
             except asyncio.TimeoutError:
                 raise ClientError(f"no message for {self.config.idle_timeout:g} s: the stream is closed") from None
-            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            if msg.type == WSMsgType.CLOSING:  # our own close (the sender's, after the engine's error) is under way:
+                return "engine"  # let it finish its handshake (aiohttp hands a pending receive CLOSING then)
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED):
                 return "gone"
             if msg.type == WSMsgType.ERROR:
                 raise ClientError(f"bad message: {ws.exception()}", WSCloseCode.MESSAGE_TOO_BIG if "too big" in str(ws.exception()) else WSCloseCode.PROTOCOL_ERROR)
