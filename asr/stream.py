@@ -30,6 +30,7 @@ however long the stream: the features' and the model's states are a fixed size a
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import groupby
 
@@ -298,27 +299,30 @@ class Stream:
 
     def events(self, log_probs: torch.Tensor, frame_log_probs: torch.Tensor | None = None) -> list[StreamResult]:
         """`advance`, as `feed` does it: the events of the model's next outputs."""
-        self._events = []
-        try:
+        with self._collecting() as events:
             self.advance(log_probs, frame_log_probs)
-            events = self._events
-        finally:
-            self._events = None
-        partial = self.partial()
-        if partial.text != self._last_partial:
-            self._last_partial = partial.text
-            events.append(partial)
+        labels, frames = self._best()
+        text = self.recognizer.tokenizer.decode(labels)
+        if text != self._last_partial:  # the words and their times only for a text that changed
+            self._last_partial = text
+            events.append(self._result(labels, frames, final=False))
         return events
 
     def close(self) -> list[StreamResult]:
         """finish(), as events: the finals of the endpoints the last frames reached and of the last utterance."""
+        with self._collecting() as events:
+            final = self.finish()
+        return events + ([final] if final.text else [])
+
+    @contextmanager
+    def _collecting(self):
+        """Inside: `advance` asks the endpoint rules every `endpoint_unit` frames and collects
+        each endpoint's final into the list it yields."""
         self._events = []
         try:
-            final = self.finish()
-            events = self._events
+            yield self._events
         finally:
             self._events = None
-        return events + ([final] if final.text else [])
 
     # -- times ---------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """`asr serve` under load (issue 22): the server as a subprocess on a loopback port, one client
 process (asyncio: the `websockets` library for streams, aiohttp for uploads).
 
-    PYTHONPATH=. python scripts/bench_serve.py --checkpoint runs/stream/best.pt --corpus demo_out/corpus \
+    python scripts/bench_serve.py --checkpoint runs/stream/best.pt --corpus demo_out/corpus \
         --streams 8,16,24,32 --compare-no-batch --memory-minutes 60
     (short: --streams 2,4 --stream-seconds 10 --http-requests 8 --memory-minutes 1)
 
@@ -67,12 +67,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import unicodedata
 import wave
 from pathlib import Path
 
 import aiohttp
-import jiwer
 import numpy as np
 
 try:  # websockets >= 13
@@ -81,23 +79,21 @@ except ImportError:  # the legacy client
     from websockets import connect as ws_connect
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from asr.metrics import score_wer  # noqa: E402
+from asr.text import normalize_text  # noqa: E402
+
 RATE = 16000
 
 
 # -- small helpers -------------------------------------------------------------------------------
-
-def normalize(text: str) -> str:
-    """asr.text.normalize_text (NFKC, lowercase, typographic apostrophes, whitespace), without importing asr."""
-    text = unicodedata.normalize("NFKC", text).lower().replace("\u2019", "'").replace("`", "'")
-    return re.sub(r"\s+", " ", text).strip()
-
 
 def wer(references: list[str], hypotheses: list[str]) -> float:
     """Corpus WER, %, over the pairs whose reference has words."""
     pairs = [(r, h) for r, h in zip(references, hypotheses) if r.strip()]
     if not pairs:
         return float("nan")
-    return 100 * jiwer.wer([r for r, _ in pairs], [h if h.strip() else "<empty>" for _, h in pairs])
+    return 100 * score_wer([r for r, _ in pairs], [h for _, h in pairs]).rate
 
 
 def pct(values: list[float], q: float) -> float:
@@ -152,7 +148,7 @@ def load_corpus(corpus: Path, limit: int) -> list[tuple[np.ndarray, str]]:
         for line in f:
             if line.strip():
                 record = json.loads(line)
-                utterances.append((read_wav(corpus / record["audio"]), normalize(record["text"])))
+                utterances.append((read_wav(corpus / record["audio"]), normalize_text(record["text"])))
                 if limit and len(utterances) >= limit:
                     break
     if not utterances:

@@ -349,13 +349,16 @@ class EncoderStream:
                     break
                 # a stream's first step has no state (None: zeros, as each cell starts), the others
                 # have one; the two kinds run apart, so no cell's start is written out here
-                for group in ([i for i in ready if streams[i].states[0] is None], [i for i in ready if streams[i].states[0] is not None]):
+                groups: dict[bool, list[int]] = {True: [], False: []}  # fresh? -> streams
+                for i in ready:
+                    groups[streams[i].states[0] is None].append(i)
+                for fresh, group in groups.items():
                     if not group:
                         continue
                     frames = None if streams[0].chunk else min(streams[i].ready for i in group)
                     taken = [streams[i]._take(frames) for i in group]
                     x = torch.stack([t[0] for t in taken])  # (batch, frames or width, dim)
-                    if streams[group[0]].states[0] is None:
+                    if fresh:
                         states = [None] * len(model.layers)
                     else:  # each layer's states side by side on the batch axis: (1, batch, size) each
                         states = [map_state(lambda *parts: torch.cat(parts, 1), *(streams[i].states[layer] for i in group)) for layer in range(len(model.layers))]

@@ -41,6 +41,31 @@ class Busy(RuntimeError):
     """The server holds as much work of this kind as it was told to take: try again later."""
 
 
+class _Worker:
+    """A thread that sleeps on a condition until there is work or `stop()`; the subclass's
+    `_loop` takes the work under `_lock` (`_wait_for_work`) and does it outside it."""
+
+    def __init__(self, name: str):
+        self._lock = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def _wait_for_work(self, has_work: Callable[[], object]) -> bool:
+        """Holding `_lock`: sleep until `has_work()` or `stop()` -> False when stopping."""
+        while not has_work() and not self._stopping:
+            self._lock.wait()
+        return not self._stopping
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        self._thread.join(timeout=10)
+
+
 class EngineSession:
     """One client's stream inside the engine: its `Stream`, the audio queued for the engine's next
     step, and where its events go. Made by `StreamEngine.open`; `client` names it in logs and errors."""
@@ -50,7 +75,6 @@ class EngineSession:
         self.queued: list[np.ndarray] = []  # audio not yet taken by the engine (guarded by its lock)
         self.eof = False  # the client is done: flush and end after the queued audio
         self.closed = False  # gone (or ended): the engine drops it
-        self.seconds = 0.0  # audio queued so far, s
 
 
 @dataclass
@@ -70,11 +94,12 @@ class EngineStats:
         }
 
 
-class StreamEngine:
+class StreamEngine(_Worker):
     """Runs every open stream of one streaming `Recognizer` on one thread (see the module docstring).
     `batch=False` runs each stream's windows alone (for comparison: scripts/bench_serve.py)."""
 
     def __init__(self, recognizer, endpoint: EndpointConfig | None = None, batch: bool = True, step_interval: float = 0.04):
+        super().__init__("asr-stream-engine")
         self.recognizer = recognizer
         self.endpoint = endpoint or EndpointConfig()
         self.batch = batch
@@ -86,9 +111,6 @@ class StreamEngine:
         self.stats = EngineStats()
         self.sessions: set[EngineSession] = set()
         self._waiting: dict[EngineSession, None] = {}  # sessions with queued work, in arrival order
-        self._lock = threading.Condition()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="asr-stream-engine", daemon=True)
         self._thread.start()
 
     # -- called from the event loop ----------------------------------------------------------------
@@ -105,7 +127,6 @@ class StreamEngine:
             if session.closed or session.eof:
                 return
             session.queued.append(samples)
-            session.seconds += len(samples) / session.sample_rate
             self._waiting[session] = None
             self._lock.notify()
 
@@ -131,19 +152,13 @@ class StreamEngine:
         with self._lock:
             return sum(sum(len(a) for a in s.queued) / s.sample_rate for s in self._waiting)
 
-    def stop(self) -> None:
-        with self._lock:
-            self._stopping = True
-            self._lock.notify()
-        self._thread.join(timeout=10)
-
     # -- the engine's thread -------------------------------------------------------------------
 
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not self._waiting and not self._stopping:
-                    self._lock.wait()
+                if not self._wait_for_work(lambda: self._waiting):
+                    return
                 while not self._stopping and (wait := self._last_step + self.step_interval - time.perf_counter()) > 0:
                     self._lock.wait(wait)  # submissions go on meanwhile
                 if self._stopping:
@@ -232,21 +247,19 @@ class StreamEngine:
         self._deliver(session, [{"type": "error", "message": message, "code": code}], done=True)
 
 
-class Transcriber:
+class Transcriber(_Worker):
     """Uploads through `Recognizer.transcribe_files` on a thread of its own: `submit` queues a file
     and returns a Future of its `Transcript`; the requests waiting when the worker comes round go
     through one call (up to `batch_files` files), so their segments share the model's batches.
     More than `max_pending` requests waiting or running: `Busy`."""
 
     def __init__(self, recognizer, max_pending: int = 8, batch_files: int = 16, batch_size: int = 16):
+        super().__init__("asr-transcriber")
         self.recognizer = recognizer
         self.max_pending, self.batch_files, self.batch_size = max_pending, batch_files, batch_size
         self.pending = 0  # requests queued or running
         self.done = 0
         self._queue: list[tuple[str, bool, Future]] = []
-        self._lock = threading.Condition()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="asr-transcriber", daemon=True)
         self._thread.start()
 
     def submit(self, path: str, word_timestamps: bool = False) -> Future:
@@ -259,18 +272,10 @@ class Transcriber:
             self._lock.notify()
         return future
 
-    def stop(self) -> None:
-        with self._lock:
-            self._stopping = True
-            self._lock.notify()
-        self._thread.join(timeout=10)
-
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not self._queue and not self._stopping:
-                    self._lock.wait()
-                if self._stopping:
+                if not self._wait_for_work(lambda: self._queue):
                     for _, _, future in self._queue:
                         future.cancel()
                     return
