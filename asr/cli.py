@@ -111,7 +111,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ConfigError(f"--{str(e).replace('_', '-')}") from e
     segmenting = SegmentOptions(max_segment=args.max_segment, min_pause=args.min_pause, threshold=args.vad_threshold)
-    recognizer = load_recognizer(args.checkpoint, device=args.device)
+    recognizer = load_recognizer(args.checkpoint, device=args.device, threads=args.threads)
     apply_decoder_options(recognizer, args)
     num_failed = 0
     as_json = args.json or args.word_timestamps
@@ -315,7 +315,7 @@ def print_phone_errors(phones) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from asr.runtime import load_recognizer
 
-    recognizer = load_recognizer(args.checkpoint, device=args.device)
+    recognizer = load_recognizer(args.checkpoint, device=args.device, threads=args.threads)
     decode = apply_decoder_options(recognizer, args)
     if args.tune_lm:
         tune_lm_weights(recognizer, args)
@@ -704,6 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="CPU threads for the model (torch, or onnxruntime for an .onnx model; default: theirs)")
     p.add_argument("--nbest", type=int, default=1, help="print each file's N best transcripts with their scores (beam search; default 1)")
     p.add_argument("--word-timestamps", action="store_true", help="each word's start, end (s) and confidence (the transcript force-aligned): in JSON lines on stdout, "
                    "or in json and ctm with --output-dir, where subtitles are then cut by the options below")
@@ -726,6 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest")
     p.add_argument("--output", help="per-utterance results (JSON lines); default beside the checkpoint")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="CPU threads for the model (torch, or onnxruntime for an .onnx model; default: theirs)")
     add_decoder_options(p)
     p.add_argument("--tune-lm", action="store_true", help="grid-search --lm-weight and --word-bonus on MANIFEST (a dev set), then evaluate with the best pair")
     p.add_argument("--lm-weights", default="0.3,0.5,0.8,1.2,1.6", help="alphas for --tune-lm")

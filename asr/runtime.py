@@ -33,8 +33,9 @@ class ModelFileError(ValueError):
 
 
 def load_recognizer(path: str | os.PathLike, device: str = "auto", threads: int | None = None) -> RecognizerBase:
-    """An exported model (.onnx) in onnxruntime, without torch (`threads`: its intra-op threads,
-    None: onnxruntime's default); anything else a checkpoint in torch on `device`."""
+    """An exported model (.onnx) in onnxruntime, without torch; anything else a checkpoint in
+    torch on `device`. `threads`: the model's CPU threads (onnxruntime's intra-op threads, or
+    torch.set_num_threads); None leaves each library's default."""
     if str(path).endswith(".onnx"):
         return OnnxRecognizer.from_file(path, threads=threads)
     try:
@@ -44,6 +45,10 @@ def load_recognizer(path: str | os.PathLike, device: str = "auto", threads: int 
             raise
         raise ImportError(f"{path}: a checkpoint needs torch (install torch, then 'asr[train]'); without torch, "
                           "export it once with `asr export CKPT -o model.onnx` and use the .onnx file") from e  # fmt: skip
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     return Recognizer.from_checkpoint(path, device=device)
 
 
