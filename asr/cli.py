@@ -823,16 +823,16 @@ def user_errors() -> tuple[type[Exception], ...]:
     from asr.data.manifest import ManifestError
     from asr.decode.arpa import ArpaError
     from asr.decode.kn import LMBuildError
-    from asr.plot import PlotError
     from asr.runtime import ModelFileError
 
-    errors = [AudioError, ConfigError, CorpusError, ManifestError, ArpaError, LMBuildError, PlotError, ModelFileError, FileNotFoundError]
+    errors = (AudioError, ConfigError, CorpusError, ManifestError, ArpaError, LMBuildError, ModelFileError, FileNotFoundError)
     try:
         from asr.checkpoint import CheckpointError
+        from asr.plot import PlotError  # (its metrics log's module asks torch.distributed for the rank)
         from asr.train import TrainingError
     except ImportError:  # no torch
-        return tuple(errors)
-    return (*errors, CheckpointError, TrainingError)
+        return errors
+    return (*errors, CheckpointError, PlotError, TrainingError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
