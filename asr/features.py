@@ -279,9 +279,10 @@ class FeatureExtractor(torch.nn.Module):
 
     def num_raw_frames(self, num_samples: int | Tensor) -> int | Tensor:
         """Analysis frames for `num_samples` samples, before stacking and subsampling."""
-        if self.config.kaldi_compat:
-            frames = 1 + (num_samples - self.frame_length) // self.frame_shift
-            return frames.clamp_min(0) if isinstance(frames, Tensor) else max(frames, 0)
+        if self.config.kaldi_compat:  # 1 + (samples - length) // shift, at least 0; never a negative
+            # numerator, which ONNX's integer Div (asr/export_features.py) would round toward zero
+            whole = num_samples - self.frame_length + self.frame_shift
+            return (whole.clamp_min(0) if isinstance(whole, Tensor) else max(whole, 0)) // self.frame_shift
         frames = 1 + num_samples // self.frame_shift
         return frames * (num_samples > 0)
 
@@ -409,7 +410,7 @@ class FeatureExtractor(torch.nn.Module):
         stats = valid
         if counted is not None:
             stats = valid & counted[:, :, None]
-            stats = torch.where(stats.any(dim=1, keepdim=True), stats, valid)
+            stats = stats | (valid & ~stats.any(dim=1, keepdim=True))  # no torch.where: ONNX Runtime has no Where on bool
         count = stats.sum(dim=1, keepdim=True).clamp_min(1).to(feats.dtype)  # (batch, 1, 1)
         mean = feats.masked_fill(~stats, 0.0).sum(dim=1, keepdim=True) / count  # (batch, 1, dim)
         variance = (feats - mean).masked_fill(~stats, 0.0).square().sum(dim=1, keepdim=True) / count  # (batch, 1, dim)
