@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from asr.config import config_to_dict
 from asr.export_features import GraphFeatures, shape_size
 from asr.fileio import atomic_path
 from asr.inference import Recognizer
@@ -47,7 +48,7 @@ from asr.onnx_meta import INPUTS, OUTPUTS, ModelMetadata, read_metadata
 EXPORTABLE_CELLS = ("lstm", "gru")
 DEFAULT_OPSET = 17
 MAX_CHECK_DELTA = 1e-3  # the largest |log-prob| difference from torch a float32 export may show
-QUANTIZED_OPS = ["LSTM", "GRU", "MatMul"]  # what --int8 quantizes (weights to int8, activations dynamically)
+QUANTIZED_OPS = ["LSTM", "MatMul"]  # what --int8 quantizes (weights to int8, activations dynamically); onnxruntime has no int8 GRU
 CHECK_SECONDS = (0.6, 2.9)  # the range of the check signals' lengths, s
 
 
@@ -223,8 +224,7 @@ class ExportReport:
 
 
 def model_metadata(recognizer: Recognizer, int8: bool, frame_head: bool) -> ModelMetadata:
-    from asr.config import config_to_dict
-
+    """What the exported file says about itself (asr/onnx_meta.py)."""
     prior = recognizer.label_log_prior
     return ModelMetadata(
         config=config_to_dict(recognizer.config),
@@ -268,13 +268,21 @@ def add_metadata(path: Path, metadata: ModelMetadata) -> None:
 
 
 def quantize_int8(source: Path, target: Path) -> None:
-    """Weights of LSTM, GRU and MatMul to int8 (onnxruntime's dynamic quantization); the feature
-    nodes are left alone (their float64 tables would not survive int8)."""
+    """Weights of LSTM and MatMul to int8 (onnxruntime's dynamic quantization; GRU weights stay
+    float32); the feature nodes are left alone (their float64 tables would not survive int8)."""
+    import logging
+
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     features = [node.name for node in onnx.load(str(source)).graph.node if node.name.startswith("/features/")]
-    quantize_dynamic(str(source), str(target), op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=features, weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its advice to run its pre-processing (shape inference; nothing here needs it)
+    try:
+        quantize_dynamic(str(source), str(target), op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=features, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
 
 
 def export_onnx(
