@@ -26,6 +26,7 @@ the `onnx` package (not onnxscript); checking and --int8 need onnxruntime.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 import warnings
@@ -293,10 +294,8 @@ def export_onnx(
     and onnxruntime installed, run torch and the graph on a padded batch of 3 random-length
     signals: ExportError if the float32 graph differs by more than MAX_CHECK_DELTA."""
     started = time.perf_counter()
-    try:
-        import onnx  # noqa: F401  (the TorchScript exporter writes through it)
-    except ImportError as e:
-        raise ExportError("asr export needs the onnx package: pip install onnx onnxruntime") from e
+    if importlib.util.find_spec("onnx") is None:  # the TorchScript exporter writes through it
+        raise ExportError("asr export needs the onnx package: pip install onnx onnxruntime")
     recognizer = Recognizer.from_checkpoint(checkpoint, device="cpu")
     graph = GraphRecognizer(recognizer)
     try:

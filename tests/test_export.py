@@ -20,7 +20,7 @@ from asr.features import FeatureExtractor, compute_cmvn_stats  # noqa: E402
 from asr.inference import Recognizer  # noqa: E402
 from asr.models import build_model  # noqa: E402
 from asr.onnx_meta import ModelFileError, read_metadata  # noqa: E402
-from asr.text import CharTokenizer, build_tokenizer, tokenizer_from_dict  # noqa: E402
+from asr.text import build_tokenizer, tokenizer_from_dict  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 RATE = 16000
