@@ -53,7 +53,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from asr.data.corpora import prepare_corpus
-    from asr.inference import summary_table
+    from asr.recognize import summary_table
 
     options = {"include_sa": True} if args.include_sa else {}
     started = time.perf_counter()
@@ -90,7 +90,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from asr.config import ConfigError
-    from asr.inference import Recognizer
+    from asr.runtime import load_recognizer
     from asr.segment import SegmentOptions
     from asr.writers import SubtitleOptions, span_records, transcript_record, write_transcript
 
@@ -112,7 +112,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ConfigError(f"--{str(e).replace('_', '-')}") from e
     segmenting = SegmentOptions(max_segment=args.max_segment, min_pause=args.min_pause, threshold=args.vad_threshold)
-    recognizer = Recognizer.from_checkpoint(args.checkpoint, device=args.device)
+    recognizer = load_recognizer(args.checkpoint, device=args.device, threads=args.threads)
     apply_decoder_options(recognizer, args)
     num_failed = 0
     as_json = args.json or args.word_timestamps
@@ -188,7 +188,7 @@ def cmd_align(args: argparse.Namespace) -> int:
         by_id = {u.id: u for u in utterances}
         for alignment in result.alignments[: args.plot]:
             plot_alignment(recognizer, by_id[alignment.id], alignment, out / "plots" / f"{alignment.id}.png")
-    from asr.inference import summary_table
+    from asr.recognize import summary_table
 
     aligned = result.alignments
     confidence = sum(s.confidence for a in aligned for s in a.tokens) / max(sum(len(a.tokens) for a in aligned), 1)
@@ -227,7 +227,7 @@ def align_long_recording(args: argparse.Namespace, started: float) -> int:
     from asr.audio import load_audio
     from asr.config import ConfigError
     from asr.fileio import atomic_write
-    from asr.inference import summary_table
+    from asr.recognize import summary_table
     from asr.tokens import TokenizerError
     from asr.writers import write_alignment_files, write_textgrid
 
@@ -272,7 +272,7 @@ def align_long_recording(args: argparse.Namespace, started: float) -> int:
 def evaluate_manifest(recognizer, manifest: str, output: str, progress: bool = True):
     """Decode `manifest`, write per-utterance results to `output`, return the result."""
     from asr.data.manifest import read_manifest
-    from asr.inference import decode_dataset, write_recognitions
+    from asr.recognize import decode_dataset, write_recognitions
 
     utterances = read_manifest(manifest)
     result = decode_dataset(recognizer, utterances, batch_size=recognizer.config.decode.batch_size, progress=progress)
@@ -281,7 +281,7 @@ def evaluate_manifest(recognizer, manifest: str, output: str, progress: bool = T
 
 
 def print_result(result, output: str, title: str, decoder: str = "greedy") -> None:
-    from asr.inference import summary_table
+    from asr.recognize import summary_table
 
     rows = [("set", title), ("utterances", str(len(result.recognitions))), ("hours", f"{result.hours:.3f}")]
     if result.phones is None:
@@ -314,9 +314,9 @@ def print_phone_errors(phones) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from asr.inference import Recognizer
+    from asr.runtime import load_recognizer
 
-    recognizer = Recognizer.from_checkpoint(args.checkpoint, device=args.device)
+    recognizer = load_recognizer(args.checkpoint, device=args.device, threads=args.threads)
     decode = apply_decoder_options(recognizer, args)
     if args.tune_lm:
         tune_lm_weights(recognizer, args)
@@ -356,7 +356,7 @@ def tune_lm_weights(recognizer, args: argparse.Namespace) -> None:
 
     from asr.config import ConfigError
     from asr.data.manifest import ManifestError, read_manifest
-    from asr.inference import collect_log_probs, summary_table, tune_lm
+    from asr.recognize import collect_log_probs, summary_table, tune_lm
 
     decode = recognizer.config.decode
     if decode.decoder != "beam" or not decode.lm:
@@ -724,6 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="CPU threads for the model (torch, or onnxruntime for an .onnx model; default: theirs)")
     p.add_argument("--nbest", type=int, default=1, help="print each file's N best transcripts with their scores (beam search; default 1)")
     p.add_argument("--word-timestamps", action="store_true", help="each word's start, end (s) and confidence (the transcript force-aligned): in JSON lines on stdout, "
                    "or in json and ctm with --output-dir, where subtitles are then cut by the options below")
@@ -746,6 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest")
     p.add_argument("--output", help="per-utterance results (JSON lines); default beside the checkpoint")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="CPU threads for the model (torch, or onnxruntime for an .onnx model; default: theirs)")
     add_decoder_options(p)
     p.add_argument("--tune-lm", action="store_true", help="grid-search --lm-weight and --word-bonus on MANIFEST (a dev set), then evaluate with the best pair")
     p.add_argument("--lm-weights", default="0.3,0.5,0.8,1.2,1.6", help="alphas for --tune-lm")
@@ -840,27 +842,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors a user can cause (bad file, bad option), reported in one line instead of a
+    traceback. Where torch is not installed, those of the modules that need it are left out:
+    nothing there can raise them."""
     from asr.audio import AudioError
-    from asr.checkpoint import CheckpointError
     from asr.config import ConfigError
     from asr.data.corpora import CorpusError
     from asr.data.manifest import ManifestError
-    from asr.decode.kn import LMBuildError
     from asr.decode.arpa import ArpaError
-    from asr.export import ExportError
+    from asr.decode.kn import LMBuildError
     from asr.plot import PlotError
-    from asr.train import TrainingError
+    from asr.runtime import ModelFileError
 
+    errors = [AudioError, ConfigError, CorpusError, ManifestError, ArpaError, LMBuildError, PlotError, ModelFileError, FileNotFoundError]
+    try:
+        from asr.checkpoint import CheckpointError
+        from asr.export import ExportError
+        from asr.train import TrainingError
+    except ImportError:  # no torch
+        return tuple(errors)
+    return (*errors, CheckpointError, ExportError, TrainingError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (AudioError, CheckpointError, ConfigError, CorpusError, ManifestError, TrainingError, FileNotFoundError,
-            ArpaError, LMBuildError, ExportError) as e:
+    except user_errors() as e:
         print(f"asr {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except PlotError as e:
-        print(f"asr {args.command}: error: {e}", file=sys.stderr)
+    except ImportError as e:  # an optional dependency the command needs (torch, onnxruntime, aiohttp, ...)
+        hint = "needs torch: pip install torch (the CPU build: torch==2.13.0), then 'asr[train]'" if e.name == "torch" else str(e)
+        print(f"asr {args.command}: error: {hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

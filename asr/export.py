@@ -262,6 +262,7 @@ def add_metadata(path: Path, metadata: ModelMetadata) -> None:
     import onnx
 
     model = onnx.load(str(path))
+    del model.graph.value_info[:]  # shapes the quantizer inferred: onnxruntime infers them again (~20 KB)
     del model.metadata_props[:]
     for key, value in metadata.to_props().items():
         model.metadata_props.add(key=key, value=value)

@@ -60,6 +60,7 @@ import torch
 from torch import Tensor
 
 from asr.config import ConfigError, FeatureConfig
+from asr.timing import FrameTiming, frame_sizes
 
 INT16_SCALE = 32768.0  # float [-1, 1] samples -> int16 units, Kaldi's input scale
 PREEMPHASIS = 0.97  # Kaldi's default pre-emphasis coefficient
@@ -212,7 +213,7 @@ def frame_mask(frame_lengths: Tensor, num_frames: int) -> Tensor:
     return (torch.arange(num_frames, device=frame_lengths.device) < frame_lengths[:, None])[:, :, None]
 
 
-class FeatureExtractor(torch.nn.Module):
+class FeatureExtractor(torch.nn.Module, FrameTiming):
     """Waveforms to features, as configured by a FeatureConfig; see the module docstring.
 
     The window, mel and DCT matrices are non-persistent buffers: `.to(device)` and
@@ -233,13 +234,7 @@ class FeatureExtractor(torch.nn.Module):
         if config.deltas < 0 or config.stack_frames < 1 or config.subsample < 1 or config.dither < 0:
             raise ConfigError("features: deltas >= 0, stack_frames >= 1, subsample >= 1 and dither >= 0 are required")
         self.config = config
-        self.frame_length = int(config.sample_rate * config.frame_length_ms / 1000)  # samples
-        self.frame_shift = int(config.sample_rate * config.frame_shift_ms / 1000)  # samples
-        if self.frame_length < 2 or self.frame_shift < 1:
-            raise ConfigError(
-                f"features: frame_length_ms={config.frame_length_ms} / frame_shift_ms={config.frame_shift_ms} "
-                f"give {self.frame_length} / {self.frame_shift} samples at {config.sample_rate} Hz"
-            )
+        self.frame_length, self.frame_shift = frame_sizes(config)  # samples
         self.n_fft = 1 << (self.frame_length - 1).bit_length()  # next power of two >= frame_length
 
         if config.kaldi_compat:
@@ -276,65 +271,6 @@ class FeatureExtractor(torch.nn.Module):
     def output_dim(self) -> int:
         """Features per output frame, after deltas and stacking."""
         return self.static_dim * (self.config.deltas + 1) * self.config.stack_frames
-
-    def num_raw_frames(self, num_samples: int | Tensor) -> int | Tensor:
-        """Analysis frames for `num_samples` samples, before stacking and subsampling."""
-        if self.config.kaldi_compat:  # 1 + (samples - length) // shift, at least 0; never a negative
-            # numerator, which ONNX's integer Div (asr/export_features.py) would round toward zero
-            whole = num_samples - self.frame_length + self.frame_shift
-            return (whole.clamp_min(0) if isinstance(whole, Tensor) else max(whole, 0)) // self.frame_shift
-        frames = 1 + num_samples // self.frame_shift
-        return frames * (num_samples > 0)
-
-    def num_frames(self, num_samples: int | Tensor) -> int | Tensor:
-        """Output frames (after stacking and subsampling) for `num_samples` samples.
-
-        Stacking pads each utterance with copies of its own last frame, so no frame is lost:
-        ceil(raw frames / subsample).
-        """
-        raw = self.num_raw_frames(num_samples)
-        return (raw + self.config.subsample - 1) // self.config.subsample
-
-    @property
-    def frame_step(self) -> int:
-        """The step between output frames, in samples (frame shift × subsample): audio cut on a
-        multiple of it gives frames that line up with the whole's."""
-        return self.frame_shift * self.config.subsample
-
-    @property
-    def frame_seconds(self) -> float:
-        """The step between output frames, in seconds."""
-        return self.frame_step / self.config.sample_rate
-
-    def frame_centres(self, num_frames: int) -> list[float]:
-        """Where output frames 0 .. num_frames-1 are centred, in seconds from the start of the
-        audio: on the analysis frames each one stacks (an analysis frame is centred on sample
-        t * shift, or, in Kaldi mode, starts there). With `frame_times`, the one owner of
-        "frame index -> seconds"."""
-        first, step = self._first_centre, self.frame_seconds
-        return [first + i * step for i in range(num_frames)]
-
-    @property
-    def _first_centre(self) -> float:
-        """Where output frame 0 is centred (s)."""
-        config = self.config
-        centre = ((config.stack_frames - 1) / 2 * self.frame_shift) / config.sample_rate
-        return centre + (self.frame_length / 2 / config.sample_rate if config.kaldi_compat else 0.0)
-
-    def frame_times(self, num_frames: int) -> tuple[list[float], list[float]]:
-        """When output frames 0 .. num_frames-1 happened: each one's start and end in seconds
-        from the start of the audio, one frame step wide around its centre (`frame_centres`),
-        the first starting no earlier than 0."""
-        step = self.frame_seconds
-        centres = self.frame_centres(num_frames)
-        return [max(c - step / 2, 0.0) for c in centres], [c + step / 2 for c in centres]
-
-    def frame_span(self, index: int) -> tuple[float, float]:
-        """`frame_times` of one output frame: its (start, end) in seconds, without listing the
-        frames before it (a stream asks for frames of an hour in)."""
-        step = self.frame_seconds
-        centre = self._first_centre + index * step
-        return max(centre - step / 2, 0.0), centre + step / 2
 
     def frame(self, audio: Tensor, lengths: Tensor) -> Tensor:
         """Cut (batch, samples) audio into (batch, frames, frame_length) analysis frames.
