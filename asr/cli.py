@@ -10,6 +10,7 @@
     asr align CKPT MANIFEST|AUDIO [--text T | --text-file LINES] --output-dir DIR [--textgrid] [--plot N]
     asr lm build TEXT -o LM.arpa [--order N] [--unit word|char|phone]
     asr lm compile LM.arpa[.gz] -o LM.bin
+    asr export CKPT -o MODEL.onnx [--int8] [--opset 17]
     asr demo [--out DIR]
     asr plot RUN_DIR [--output PNG]
 
@@ -416,6 +417,25 @@ def cmd_lm_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from asr.export import MAX_CHECK_DELTA, export_onnx
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    report = export_onnx(args.checkpoint, args.output, int8=args.int8, opset=args.opset, check=not args.no_check)
+    kind = "int8 weights" if report.metadata.int8 else "float32"
+    print(f"{report.path}: {report.size / 2**20:.2f} MiB ({kind}, opset {args.opset}), exported in {report.seconds:.1f} s")
+    if report.max_delta is None:
+        print("not checked against torch (--no-check, or onnxruntime not installed: pip install onnxruntime)")
+    else:
+        print(f"max |Δ log-prob| vs torch on 3 random-length signals in one padded batch: {report.max_delta:.2e} "
+              f"(float32 graph; at most {MAX_CHECK_DELTA:g} passes)")
+    if report.int8_delta is not None:
+        print(f"int8 graph: max |Δ log-prob| vs torch {report.int8_delta:.2e} (quantization error)")
+    return 0
+
+
 def phone_sentences(manifest: str, phone_set: int) -> list[list[str]]:
     """The `phones` of every utterance of a manifest, folded onto `phone_set` (what a phone model's
     tokenizer emits), one LM sentence each."""
@@ -766,6 +786,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-o", "--output", required=True, help="file to write (e.g. lm.bin); --lm takes it wherever it takes an ARPA file")
     q.set_defaults(func=cmd_lm_compile)
 
+    p = sub.add_parser("export", help="write one ONNX graph from raw audio to log-probs (features inside), checked against torch")
+    p.add_argument("checkpoint")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("--int8", action="store_true", help="quantize LSTM/GRU and MatMul weights to int8 (onnxruntime's dynamic quantization)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--no-check", action="store_true", help="skip running torch and onnxruntime on test signals and comparing")
+    p.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (default 1)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("stream", help="recognize as the audio comes: partial results, then a final one at each endpoint")
     p.add_argument("checkpoint", help="a streaming model (model.direction latency_controlled or unidirectional)")
     p.add_argument("source", nargs="?", help="an audio file, or - for raw 16-bit little-endian mono PCM on stdin (with --sample-rate)")
@@ -828,11 +857,12 @@ def user_errors() -> tuple[type[Exception], ...]:
     errors = (AudioError, ConfigError, CorpusError, ManifestError, ArpaError, LMBuildError, ModelFileError, FileNotFoundError)
     try:
         from asr.checkpoint import CheckpointError
+        from asr.export import ExportError
         from asr.plot import PlotError  # (its metrics log's module asks torch.distributed for the rank)
         from asr.train import TrainingError
     except ImportError:  # no torch
         return errors
-    return (*errors, CheckpointError, PlotError, TrainingError)
+    return (*errors, CheckpointError, ExportError, PlotError, TrainingError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

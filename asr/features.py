@@ -346,7 +346,7 @@ class FeatureExtractor(torch.nn.Module, FrameTiming):
         stats = valid
         if counted is not None:
             stats = valid & counted[:, :, None]
-            stats = torch.where(stats.any(dim=1, keepdim=True), stats, valid)
+            stats = stats | (valid & ~stats.any(dim=1, keepdim=True))  # no torch.where: ONNX Runtime has no Where on bool
         count = stats.sum(dim=1, keepdim=True).clamp_min(1).to(feats.dtype)  # (batch, 1, 1)
         mean = feats.masked_fill(~stats, 0.0).sum(dim=1, keepdim=True) / count  # (batch, 1, dim)
         variance = (feats - mean).masked_fill(~stats, 0.0).square().sum(dim=1, keepdim=True) / count  # (batch, 1, dim)

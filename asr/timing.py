@@ -38,11 +38,12 @@ class FrameTiming:
     def num_raw_frames(self, num_samples):
         """Analysis frames for `num_samples` samples (an int, numpy array or tensor), before
         stacking and subsampling."""
-        if self.config.kaldi_compat:
-            frames = 1 + (num_samples - self.frame_length) // self.frame_shift
-            if isinstance(frames, (int, np.integer)):
-                return max(int(frames), 0)
-            return np.maximum(frames, 0) if isinstance(frames, np.ndarray) else frames.clamp_min(0)
+        if self.config.kaldi_compat:  # 1 + (samples - length) // shift, at least 0; never a negative
+            # numerator, which ONNX's integer Div (asr/export_features.py) would round toward zero
+            whole = num_samples - self.frame_length + self.frame_shift
+            if isinstance(whole, (int, np.integer)):
+                return max(int(whole), 0) // self.frame_shift
+            return (np.maximum(whole, 0) if isinstance(whole, np.ndarray) else whole.clamp_min(0)) // self.frame_shift
         frames = 1 + num_samples // self.frame_shift
         return frames * (num_samples > 0)
 
