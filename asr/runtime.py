@@ -11,7 +11,6 @@ The install: `pip install "asr[onnx]"` (no torch); docs/export.md.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -22,14 +21,11 @@ from tqdm import tqdm
 from asr.audio import AudioError, load_audio
 from asr.config import Config, config_from_dict
 from asr.data.manifest import Utterance
+from asr.onnx_meta import INPUTS, OUTPUTS, ModelFileError, ModelMetadata
 from asr.recognize import RecognizerBase
 from asr.text import CharTokenizer, label_utterances, tokenizer_from_dict
 from asr.timing import FrameTiming
 from asr.tokens import TokenizerError
-
-
-class ModelFileError(ValueError):
-    """A file that is not a readable `asr export` model, named."""
 
 
 def load_recognizer(path: str | os.PathLike, device: str = "auto", threads: int | None = None) -> RecognizerBase:
@@ -55,11 +51,10 @@ def load_recognizer(path: str | os.PathLike, device: str = "auto", threads: int 
 class OnnxRecognizer(RecognizerBase):
     """An exported model in an onnxruntime session (CPU), numpy arrays in and out."""
 
-    def __init__(self, session, path: str, tokenizer: CharTokenizer, config: Config, timing: FrameTiming, metadata: dict[str, str]):
+    def __init__(self, session, path: str, tokenizer: CharTokenizer, config: Config, timing: FrameTiming, metadata: ModelMetadata):
         self.session, self.path, self.metadata = session, path, metadata
-        self.output_names = {o.name for o in session.get_outputs()}
         super().__init__(tokenizer, config, timing)
-        self.align_with_frame_head = "frame_log_probs" in self.output_names
+        self.align_with_frame_head = metadata.frame_head
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, threads: int | None = None) -> "OnnxRecognizer":
@@ -71,7 +66,7 @@ class OnnxRecognizer(RecognizerBase):
             raise ImportError(f"{path}: running an exported model needs onnxruntime: pip install 'asr[onnx]'") from e
         path = str(path)
         if not Path(path).is_file():
-            raise ModelFileError(f"{path}: no such model file")
+            raise ModelFileError(f"{path}: no such file")
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
@@ -80,31 +75,26 @@ class OnnxRecognizer(RecognizerBase):
             session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail / InvalidProtobuf / ... types
             raise ModelFileError(f"{path}: not a readable ONNX model: {str(e).strip().splitlines()[0]}") from e
-        metadata = dict(session.get_modelmeta().custom_metadata_map)
-        if metadata.get("asr.format") != "asr-onnx":
-            raise ModelFileError(f"{path}: an ONNX model, but not one `asr export` wrote (no asr.format metadata)")
-        if metadata.get("asr.version") != "1":
-            raise ModelFileError(f"{path}: asr ONNX format version {metadata.get('asr.version')!r}; this asr reads version 1")
+        metadata = ModelMetadata.from_props(dict(session.get_modelmeta().custom_metadata_map), path)
         try:
-            config = config_from_dict(json.loads(metadata["asr.config"]))
-            tokenizer = tokenizer_from_dict(json.loads(metadata["asr.tokenizer"]))
+            config = config_from_dict(metadata.config)
+            tokenizer = tokenizer_from_dict(metadata.tokenizer)
         except (KeyError, ValueError, TypeError) as e:
             raise ModelFileError(f"{path}: damaged asr metadata: {e}") from e
         inputs = {i.name for i in session.get_inputs()}
         outputs = {o.name for o in session.get_outputs()}
-        if not {"audio", "audio_lengths"} <= inputs or not {"log_probs", "lengths"} <= outputs:
-            raise ModelFileError(f"{path}: inputs {sorted(inputs)} / outputs {sorted(outputs)} are not an asr model's")
+        if not set(INPUTS) <= inputs or not set(OUTPUTS[:2]) <= outputs or metadata.frame_head != (OUTPUTS[2] in outputs):
+            raise ModelFileError(f"{path}: inputs {sorted(inputs)} / outputs {sorted(outputs)} are not what its asr metadata says")
         recognizer = cls(session, path, tokenizer, config, FrameTiming(config.features), metadata)
-        if metadata.get("asr.label_log_prior") and config.train.label_prior_weight > 0:
-            recognizer.label_log_prior = np.asarray(json.loads(metadata["asr.label_log_prior"]), dtype=np.float32)
-        if metadata.get("asr.train_max_duration"):
-            recognizer.train_max_duration = float(metadata["asr.train_max_duration"])
+        if metadata.label_log_prior is not None and config.train.label_prior_weight > 0:
+            recognizer.label_log_prior = np.asarray(metadata.label_log_prior, dtype=np.float32)
+        recognizer.train_max_duration = metadata.train_max_duration
         return recognizer
 
     def outputs(self, audio: np.ndarray, lengths: np.ndarray, frames: bool = True) -> tuple:
         """`RecognizerBase.outputs` in onnxruntime: numpy in, numpy out."""
-        names = ["log_probs", "lengths"] + (["frame_log_probs"] if frames and self.align_with_frame_head else [])
-        feed = {"audio": np.ascontiguousarray(audio, dtype=np.float32), "audio_lengths": np.asarray(lengths, dtype=np.int64)}
+        names = list(OUTPUTS[:2]) + ([OUTPUTS[2]] if frames and self.align_with_frame_head else [])
+        feed = dict(zip(INPUTS, (np.ascontiguousarray(audio, dtype=np.float32), np.asarray(lengths, dtype=np.int64))))
         result = self.session.run(names, feed)
         return result[0], result[1], result[2] if len(result) > 2 else None
 
