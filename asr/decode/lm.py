@@ -25,7 +25,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from asr.arrays import is_tensor
 from asr.decode.arpa import Arpa, ArpaError, ArpaTables, arpa_lines, file_head, parse_arpa, parse_arpa_lines
-from asr.decode.lm_file import ZIP_MAGIC, ArrayFileError, is_array_file, read_arrays, read_torch_archive, write_arrays
+from asr.decode.lm_file import HEAD, ZIP_MAGIC, ArrayFileError, is_array_file, read_arrays, read_torch_archive, write_arrays
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 LN10 = math.log(10.0)
@@ -178,7 +178,6 @@ class NGramLM:
 
     def _finish(self, device) -> None:
         """What both ways of making a model (an ARPA file, a saved one) end with."""
-        self.word_ids = {w: i for i, w in enumerate(self.words)}
         self.bos, self.eos, self.unk = self.word_ids[BOS], self.word_ids[EOS], self.word_ids[UNK]
         self._levels = np.arange(1, self.order + 1)  # (order,)
         self._tensors: dict = {}  # torch device -> NGramTensors
@@ -239,7 +238,7 @@ class NGramLM:
         the `window` keys from its bucket's start, the longest run, all gathered at once from
         `_windows` (row i = keys[i : i + window]; the table's last key pads the end,
         where no other query can match it first)."""
-        keys = self.keys
+        keys = np.asarray(self.keys)  # (a plain array: the index is built of it)
         self._bits = min(max(len(keys).bit_length() + 1, 2), 62)
         # a bucket's run starts after the keys of the buckets below it: where the bucket's number
         # would go among the keys' (rising) bucket numbers, found a block of buckets at a time,
@@ -282,7 +281,7 @@ class NGramLM:
         binary form `save` writes (`asr lm compile`; or an older asr's torch archive, where torch
         is installed), told apart by the file's first bytes. Errors are ArpaError naming the file
         (and the line, in an ARPA file). device: as for `NGramLM`."""
-        head = file_head(path, 8 + len(ZIP_MAGIC) + 16, "language model file")
+        head = file_head(path, 8 + len(HEAD), "language model file")
         if head.startswith(ZIP_MAGIC) or is_array_file(head):
             return cls._load(path, head.startswith(ZIP_MAGIC), device)
         lm = cls(parse_arpa(path), device)
@@ -336,9 +335,10 @@ class NGramLM:
                 got = f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray) else type(array).__name__
                 raise ArpaError(f"{path}: language model file's {name!r} is {got}, expected {np.dtype(dtypes[0])} {shape}")
         # the values every lookup indexes with, in range (one pass over each table)
+        lm.word_ids = {w: i for i, w in enumerate(lm.words)}
         vocab, runs = len(lm.words), np.diff(lm._first)  # runs: keys per bucket, at most the window
         sound = (
-            vocab == len(set(lm.words)) and 0 <= lm._bos_state < lm.num_contexts
+            vocab == len(lm.word_ids) and 0 <= lm._bos_state < lm.num_contexts
             and lm._ends.min() >= -vocab and lm._ends.max() < lm.num_contexts * vocab
             and int(lm._first[0]) == 0 and int(lm._first[-1]) == ngrams and runs.min() >= 0 and int(runs.max()) <= window
             and lm.next_state.min() >= 0 and lm.next_state.max() < lm.num_contexts
@@ -349,7 +349,7 @@ class NGramLM:
         if not sound:
             raise ArpaError(f"{path}: language model file is inconsistent (an index out of range, or a word listed twice)")
         for special in (BOS, EOS, UNK):
-            if special not in lm.words:
+            if special not in lm.word_ids:
                 raise ArpaError(f"{path}: language model file has no {special} word")
         lm._set_windows(ngrams, window)
         lm._finish(device)
