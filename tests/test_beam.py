@@ -286,9 +286,23 @@ def test_no_frames_and_no_utterances(tmp_path, lm, layout):
 
 def test_skip_blank_frames_keeps_a_repeat_across_a_blank_run():
     lp = frames({1: 0.9}, {0: 0.999}, {0: 0.999}, {0: 0.999}, {1: 0.9}, vocab=3)
-    short, lengths = skip_blank_frames(lp, torch.tensor([5]), threshold=0.99)
-    assert lengths.tolist() == [3] and short.shape[1] == 3
+    for log_probs, lengths in ((lp, torch.tensor([5])), (lp.numpy(), np.array([5]))):  # tensors and numpy arrays
+        short, lengths = skip_blank_frames(log_probs, lengths, threshold=0.99)
+        assert lengths.tolist() == [3] and short.shape[1] == 3
     assert decode_beam(lp, torch.tensor([5]), beam_size=4, blank_skip=0.99)[0][0].ids == [1, 1]
+    assert decode_beam(lp.numpy(), np.array([5]), beam_size=4, blank_skip=0.99)[0][0].ids == [1, 1]
+
+
+def test_skip_blank_frames_on_numpy_arrays_is_the_tensors_one():
+    # the same frames kept, in the same places, down to a blank log prob on the threshold itself
+    torch.manual_seed(2)
+    lengths = torch.tensor([50, 0, 1, 37, 50, 12])
+    for threshold in (0.6, 0.3, 0.95, 0.7, 0.8, 0.99):
+        lp = (torch.randn(6, 50, 5) * 3).log_softmax(-1)
+        lp[:, :, 0] = torch.where(torch.rand(6, 50) < 0.3, torch.tensor(math.log(threshold), dtype=torch.float32), lp[:, :, 0])
+        a, a_len = skip_blank_frames(lp, lengths, threshold)
+        b, b_len = skip_blank_frames(lp.numpy(), lengths.numpy(), threshold)
+        assert np.array_equal(a.numpy(), b) and np.array_equal(a_len.numpy(), b_len), threshold
 
 
 def spell(text, tokenizer, confusions=None, peak=0.9):
