@@ -17,8 +17,9 @@ Two comparisons:
  2. character LM (an N-gram over the labels, "|" for space): ours (token-level fusion) vs
     flashlight-text's LexiconFreeDecoder. pyctcdecode has no token-level LM.
 Greedy decoding and beam search without an LM are listed for reference. "ours, CPU" is decode_beam's
-default there (the numba layout, a compiled loop per utterance); "ours, CPU, flat list" runs the
-same search as torch operations (layout="flat"), with the same results. With a CUDA GPU, ours also
+default there (the numba layout, a compiled loop per utterance); "ours, CPU, numpy arrays" the same
+on the log-probs as numpy arrays (as a runtime without torch decodes); "ours, CPU, flat list" runs
+the same search as torch operations (layout="flat"), with the same results. With a CUDA GPU, ours also
 runs there (same LMs) in batches of --batch-size and of 64, on the dense grid replayed as a CUDA
 graph (decode_beam's default there), at 64 on the flat list too, and, where Triton is installed,
 as one Triton kernel per batch (layout="triton"); the GPU's batch-64 speeds are compared with
@@ -66,12 +67,16 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def run_ours(log_probs, tokenizer, batch_size, device, **options):
+def run_ours(log_probs, tokenizer, batch_size, device, numpy=False, **options):
+    """Our decoder over the utterances in batches; numpy: as numpy arrays (the numba layout,
+    decoding as a runtime without torch does)."""
     texts = []
     for start in range(0, len(log_probs), batch_size):
         chunk = [x.to(device) for x in log_probs[start : start + batch_size]]
         lengths = torch.tensor([len(x) for x in chunk], device=device)
         padded = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True)  # (batch, frames, vocab)
+        if numpy:
+            padded, lengths = padded.numpy(), lengths.numpy()
         if options.get("greedy"):
             texts += [tokenizer.decode(ids) for ids in decode_greedy(padded, lengths)]
         else:
@@ -213,15 +218,16 @@ def main() -> int:
     beam_opts = dict(beam_size=args.beam, token_top_k=args.top_k, token_min_logp=args.token_min_logp, beam_threshold=args.beam_threshold)
     word_lm, char_lm = f"word {args.order}-gram", f"char {args.char_order}-gram"
 
-    def ours(fusion, device=cpu, batch_size=args.batch_size, layout="auto"):
+    def ours(fusion, device=cpu, batch_size=args.batch_size, layout="auto", numpy=False):
         def make(alpha, beta):
-            return lambda lps: run_ours(lps, tokenizer, batch_size, device, fusion=fusion, lm_weight=alpha, word_bonus=beta, layout=layout, **beam_opts)
+            return lambda lps: run_ours(lps, tokenizer, batch_size, device, numpy, fusion=fusion, lm_weight=alpha, word_bonus=beta, layout=layout, **beam_opts)
         return make
 
     decoders = [  # (name, lm, make(alpha, beta) -> decode(log_probs) -> texts, tuned betas)
         ("greedy", "-", lambda a, b: lambda lps: run_ours(lps, tokenizer, args.batch_size, cpu, greedy=True), None),
         ("ours, CPU", "-", lambda a, b: lambda lps: run_ours(lps, tokenizer, args.batch_size, cpu, **beam_opts), None),
         ("ours, CPU", word_lm, ours(word_fusion), betas),
+        ("ours, CPU, numpy arrays", word_lm, ours(word_fusion, numpy=True), betas),
         ("ours, CPU, flat list", word_lm, ours(word_fusion, layout="flat"), betas),
     ]
     gpu = torch.device("cuda") if torch.cuda.is_available() else None
@@ -244,6 +250,7 @@ def main() -> int:
     if "flashlight" not in skip:
         decoders.append(("flashlight-text LexiconDecoder", word_lm, lambda a, b: partial(run_flashlight, flashlight_lexicon_decoder(symbols, word_arpa, args.beam, args.top_k, args.beam_threshold, a, b)), betas))
     decoders.append(("ours, CPU", char_lm, ours(char_fusion), [0.0]))
+    decoders.append(("ours, CPU, numpy arrays", char_lm, ours(char_fusion, numpy=True), [0.0]))
     decoders.append(("ours, CPU, flat list", char_lm, ours(char_fusion, layout="flat"), [0.0]))
     if gpu:
         decoders.append(("ours, CUDA", char_lm, ours(gpu_fusions[char_lm], gpu), [0.0]))

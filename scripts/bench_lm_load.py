@@ -115,9 +115,9 @@ def child(loader: str, path: str) -> None:
     model = load()
     seconds = time.perf_counter() - started
     result = {"seconds": seconds, "peak_kib": memory_kib("VmHWM:") - before, "held_kib": memory_kib("VmRSS:") - before}
-    if loader != "kenlm":  # a fingerprint of the tensors, to check that both paths build the same model
-        result["fingerprint"] = [model.num_contexts, model.keys.numel(), float(model.logp.double().sum()),
-                                 int(model.next_state.sum()), float(model._bows.double().sum())]
+    if loader != "kenlm":  # a fingerprint of the tables (arrays, or an older tree's tensors), to check that both paths build the same model
+        result["fingerprint"] = [model.num_contexts, len(model.keys), float(np.asarray(model.logp, dtype=np.float64).sum()),
+                                 int(np.asarray(model.next_state).sum()), float(np.asarray(model._bows, dtype=np.float64).sum())]
     print(json.dumps(result))
 
 

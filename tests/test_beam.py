@@ -3,6 +3,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -146,7 +147,7 @@ def test_early_pruning_changes_nothing(tmp_path, lm, layout):
     tok = CharTokenizer(chars="abc ")
     write_arpa(tmp_path / "w.arpa", estimate_kneser_ney([s.split() for s in ["ab c", "a b", "cab ba", "bb a"] * 3], 3))
     bounded, unbounded = (make_fusion(str(tmp_path / "w.arpa"), tok, unit=lm.split("-")[0], lookahead=lm == "word") for _ in range(2))
-    unbounded.label_gain.fill_(math.inf)  # no bound: no early pruning
+    unbounded.label_gain[:] = math.inf  # no bound: no early pruning
     options = dict(lm_weight=0.9, word_bonus=0.6)
     torch.manual_seed(7)
     lp = (torch.randn(5, 30, tok.vocab_size) * 2.5).log_softmax(-1)
@@ -285,9 +286,23 @@ def test_no_frames_and_no_utterances(tmp_path, lm, layout):
 
 def test_skip_blank_frames_keeps_a_repeat_across_a_blank_run():
     lp = frames({1: 0.9}, {0: 0.999}, {0: 0.999}, {0: 0.999}, {1: 0.9}, vocab=3)
-    short, lengths = skip_blank_frames(lp, torch.tensor([5]), threshold=0.99)
-    assert lengths.tolist() == [3] and short.shape[1] == 3
+    for log_probs, lengths in ((lp, torch.tensor([5])), (lp.numpy(), np.array([5]))):  # tensors and numpy arrays
+        short, lengths = skip_blank_frames(log_probs, lengths, threshold=0.99)
+        assert lengths.tolist() == [3] and short.shape[1] == 3
     assert decode_beam(lp, torch.tensor([5]), beam_size=4, blank_skip=0.99)[0][0].ids == [1, 1]
+    assert decode_beam(lp.numpy(), np.array([5]), beam_size=4, blank_skip=0.99)[0][0].ids == [1, 1]
+
+
+def test_skip_blank_frames_on_numpy_arrays_is_the_tensors_one():
+    # the same frames kept, in the same places, down to a blank log prob on the threshold itself
+    torch.manual_seed(2)
+    lengths = torch.tensor([50, 0, 1, 37, 50, 12])
+    for threshold in (0.6, 0.3, 0.95, 0.7, 0.8, 0.99):
+        lp = (torch.randn(6, 50, 5) * 3).log_softmax(-1)
+        lp[:, :, 0] = torch.where(torch.rand(6, 50) < 0.3, torch.tensor(math.log(threshold), dtype=torch.float32), lp[:, :, 0])
+        a, a_len = skip_blank_frames(lp, lengths, threshold)
+        b, b_len = skip_blank_frames(lp.numpy(), lengths.numpy(), threshold)
+        assert np.array_equal(a.numpy(), b) and np.array_equal(a_len.numpy(), b_len), threshold
 
 
 def spell(text, tokenizer, confusions=None, peak=0.9):
@@ -375,9 +390,11 @@ def test_token_lm_tables_score_as_the_lm_does(tmp_path):
     big = NGramLM.from_file(tmp_path / "big.arpa")
     fusion = TokenLMFusion(big, tok.symbols)
     assert big.num_contexts > (1 << 16) // tok.vocab_size
-    states = torch.arange(big.num_contexts).repeat_interleave(tok.vocab_size)
-    logp, after = big.score(states, fusion.token_words.repeat(big.num_contexts))
-    assert torch.equal(fusion.table_logp, logp) and torch.equal(fusion.table_next, after)
+    states, words = np.repeat(np.arange(big.num_contexts), tok.vocab_size), np.tile(fusion.token_words, big.num_contexts)
+    logp, after = big.score(states, words)
+    assert np.array_equal(fusion.table_logp, logp) and np.array_equal(fusion.table_next, after)
+    logp, after = big.score(torch.from_numpy(states), torch.from_numpy(words))  # the torch layouts' lookup (NGramTensors.score)
+    assert np.array_equal(fusion.table_logp, logp.numpy()) and np.array_equal(fusion.table_next, after.numpy())
 
 
 def test_make_fusion_picks_word_level_for_characters(tmp_path):
@@ -468,14 +485,19 @@ def test_cli_evaluate_and_transcribe_with_beam_and_lm(tmp_path, capsys):
     assert decode.token_cum_prob == 0.95 and recognizer.config.decode.token_cum_prob == 0.95
 
 
-def test_frame_candidates_are_the_top_k_labels_above_the_floor_within_the_cut():
-    from asr.decode.beam.common import frame_candidates
+@pytest.mark.parametrize("arrays", ["numpy", "torch"])
+def test_frame_candidates_are_the_top_k_labels_above_the_floor_within_the_cut(arrays):
+    # the candidates the numba layout tries on numpy arrays (common), and the torch layouts on tensors (common_torch)
+    from asr.decode.beam import common, common_torch
 
     torch.manual_seed(6)
     lp = (3 * torch.randn(3, 9, 7)).log_softmax(-1)
     lengths = torch.tensor([9, 4, 0])
     for top_k, floor, cut in [(2, -3.0, 1.0), (3, float("-inf"), 1.0), (6, -1.5, 1.0), (8, -2.0, 1.0), (6, float("-inf"), 0.9), (3, -4.0, 0.5)]:
-        ids, logps = frame_candidates(lp, lengths, top_k, floor, blank=0, cum_prob=cut)
+        if arrays == "numpy":
+            ids, logps = common.frame_candidates(lp.numpy(), lengths.numpy(), top_k, floor, blank=0, cum_prob=cut)
+        else:
+            ids, logps = common_torch.frame_candidates(lp, lengths, top_k, floor, blank=0, cum_prob=cut)
         for b in range(3):
             for t in range(9):
                 row = b * 9 + t

@@ -1,6 +1,7 @@
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,7 +105,7 @@ def test_beam_stream_best_is_the_offline_best_without_the_final_lm_terms(arpa, u
     # best() ranks by the score so far: decode_beam over the frames so far ranks so too when
     # its fusion's end-of-sentence terms (</s>, an unfinished word) add nothing
     fusion, unfinished = fusion_for(arpa, unit), fusion_for(arpa, unit)
-    unfinished.final_scores = lambda state: (torch.zeros(state.shape[0]), torch.zeros(state.shape[0]))
+    unfinished.final_scores = lambda state: (np.zeros(state.shape[0], np.float32), np.zeros(state.shape[0], np.float32))  # (numpy, as the numba layout asks)
     lp = peaky_log_probs(4, 80)
     stream = BeamStream(fusion=fusion, **OPTIONS)
     differ = 0

@@ -1,6 +1,8 @@
+import json
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -8,6 +10,7 @@ from asr.cli import main
 from asr.decode.kn import LMBuildError, estimate_kneser_ney
 from asr.decode.arpa import ArpaError, arpa_lines, read_arpa, write_arpa
 from asr.decode.lm import NGramLM
+from asr.decode.lm_file import read_arrays, write_arrays
 
 LN10 = math.log(10)
 
@@ -58,10 +61,10 @@ def test_scores_follow_the_backoff_rule_worked_by_hand(tmp_path):
     after = {("<s>", "a", "b"): ("a", "b"), ("x", "a", "b"): ("a", "b"), ("a", "b", "</s>"): ("b", "</s>"),
              ("<s>", "a", "a"): ("a",), ("b", "b", "a"): ("a",)}
     for (h1, h2, w), log10p in expected.items():
-        state = lm.start_state(1) if h1 == "<s>" else torch.zeros(1, dtype=torch.long)  # 0: the empty context
+        state = lm.start_state(1) if h1 == "<s>" else np.zeros(1, dtype=np.int64)  # 0: the empty context
         for h in ([h2] if h1 == "<s>" else [h1, h2]):
-            _, state = lm.score(state, torch.tensor([lm.word_id(h)]))
-        logp, new_state = lm.score(state, torch.tensor([lm.word_id(w)]))
+            _, state = lm.score(state, np.array([lm.word_id(h)]))
+        logp, new_state = lm.score(state, np.array([lm.word_id(w)]))
         assert logp.item() == pytest.approx(log10p * LN10, abs=1e-5), (h1, h2, w)
         assert lm.context(new_state.item()) == after[(h1, h2, w)]
     # an out-of-vocabulary word scores as <unk>
@@ -72,7 +75,7 @@ def test_scores_follow_the_backoff_rule_worked_by_hand(tmp_path):
 def test_missing_unk_gets_kenlm_default(tmp_path):
     text = TINY_ARPA.replace("ngram 1=5", "ngram 1=4").replace("-2.0\t<unk>\n", "")
     lm = NGramLM.from_file(write(tmp_path, text))
-    logp, _ = lm.score(torch.tensor([0]), torch.tensor([lm.unk]))
+    logp, _ = lm.score(np.array([0]), np.array([lm.unk]))
     assert logp.item() == pytest.approx(-100 * LN10, rel=1e-6)
 
 
@@ -150,15 +153,15 @@ def test_kneser_ney_probabilities_sum_to_one(tmp_path, order):
     sentences = random_corpus()
     write_arpa(tmp_path / "kn.arpa", estimate_kneser_ney(sentences, order))
     lm = NGramLM.from_file(tmp_path / "kn.arpa")
-    vocab = torch.tensor([i for i, w in enumerate(lm.words) if w != "<s>"])
+    vocab = np.array([i for i, w in enumerate(lm.words) if w != "<s>"])
     rng = random.Random(1)
     histories = [[], ["w1"], ["w0", "w2"], ["unseen", "w3"]] + [rng.choice(sentences)[:3] for _ in range(20)]
     for history in histories:
         state = lm.start_state(1)
         for w in history:
-            _, state = lm.score(state, torch.tensor([lm.word_id(w)]))
-        logp, _ = lm.score(state.expand(len(vocab)), vocab)
-        assert torch.logsumexp(logp.double(), 0).item() == pytest.approx(0.0, abs=1e-5), history
+            _, state = lm.score(state, np.array([lm.word_id(w)]))
+        logp, _ = lm.score(np.repeat(state, len(vocab)), vocab)
+        assert np.logaddexp.reduce(logp.astype(np.float64)) == pytest.approx(0.0, abs=1e-5), history
 
 
 def test_kneser_ney_discounts_counts(tmp_path):
@@ -197,8 +200,8 @@ def assert_same_lm(a, b):
     assert vars(a).keys() == vars(b).keys()
     for name, value in vars(a).items():
         other = getattr(b, name)
-        if isinstance(value, torch.Tensor):
-            assert value.dtype == other.dtype and torch.equal(value, other), name
+        if isinstance(value, np.ndarray):
+            assert value.dtype == other.dtype and np.array_equal(value, other), name
         else:
             assert value == other, name
 
@@ -264,27 +267,65 @@ def test_compiled_lm_loads_the_same_tables(tmp_path, capsys):
 def test_compiled_lm_that_is_not_ours_or_is_damaged_is_a_clear_error(tmp_path):
     arpa = write(tmp_path, TINY_ARPA)
     NGramLM.from_file(arpa).save(tmp_path / "good.bin")
-    good = torch.load(tmp_path / "good.bin", weights_only=True)
+    good, metadata = read_arrays(tmp_path / "good.bin")
+    good = {k: np.array(v) for k, v in good.items()}
+    model = json.loads(metadata["model"])
 
-    def check(data, message, name="bad.bin"):
-        torch.save(data, tmp_path / name)
+    def check(message, arrays=good, model=model, changes={}, name="bad.bin"):
+        write_arrays(tmp_path / name, arrays, {**metadata, "model": json.dumps(model), **changes})
         with pytest.raises(ArpaError, match=message) as e:
             NGramLM.from_file(tmp_path / name)
         assert str(tmp_path / name) in str(e.value)
 
-    check({"weights": torch.zeros(3)}, "not a language model file of ours")
-    check({**good, "version": 99}, "version 99; this asr reads version 1")
-    check({k: v for k, v in good.items() if k != "next_state"}, "lacks or garbles 'next_state'")
-    check({**good, "logp": good["logp"].double()}, "'logp' is torch.float64")
-    check({**good, "next_state": good["next_state"].clone().fill_(10**6)}, "an index out of range")
-    check({**good, "words": good["words"][:-1] + good["words"][:1]}, "a word listed twice")
-    check({**good, "window": 1, "padded_keys": good["padded_keys"][: len(good["padded_keys"]) - good["window"] + 1]}, "an index out of range")
-    check({**good, "bits": 10**9}, "inconsistent \\(bits 1000000000")
-    check({**good, "evil": Exception("unpickling an object")}, "not a language model file of ours")  # weights_only refuses
+    check("not a language model file of ours", changes={"format": "something else"})
+    check("version '99'; this asr reads version 2", changes={"version": "99"})
+    check("its model description is not JSON", changes={"model": "{"})
+    check("lacks or garbles 'next_state'", arrays={k: v for k, v in good.items() if k != "next_state"})
+    check("lacks or garbles 'words'", model={k: v for k, v in model.items() if k != "words"})
+    check("'logp' is float64", arrays={**good, "logp": good["logp"].astype(np.float64)})
+    check("an index out of range", arrays={**good, "next_state": np.full_like(good["next_state"], 10**6)})
+    check("a word listed twice", model={**model, "words": model["words"][:-1] + model["words"][:1]})
+    window = model["window"]
+    check("an index out of range", model={**model, "window": 1}, arrays={**good, "padded_keys": good["padded_keys"][: len(good["padded_keys"]) - window + 1]})
+    check("inconsistent \\(bits 1000000000", model={**model, "bits": 10**9})
     data = (tmp_path / "good.bin").read_bytes()
-    (tmp_path / "cut.bin").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ArpaError, match="cut.bin: not a language model file of ours"):
-        NGramLM.from_file(tmp_path / "cut.bin")
+    for name, damaged in [
+        ("cut.bin", data[: len(data) // 2]),  # a copy that stopped half way: the arrays do not fill the file
+        ("long.bin", data + b"\0" * 8),  # bytes no array owns
+        ("header.bin", data[:30] + b"\xff" * 10 + data[40:]),  # a header that is not JSON
+        ("huge.bin", (10**12).to_bytes(8, "little") + data[8:]),  # a header size past the end
+    ]:
+        (tmp_path / name).write_bytes(damaged)
+        with pytest.raises(ArpaError, match=f"{name}: not a language model file of ours"):
+            NGramLM.from_file(tmp_path / name)
+
+
+def save_torch_archive(lm, path):
+    """What `NGramLM.save` wrote before its arrays format: a torch.save archive (format version 1)."""
+    data = {
+        "format": "asr.ngram", "version": 1, "order": lm.order, "words": lm.words, "num_contexts": lm.num_contexts,
+        "bos_state": lm._bos_state, "bits": lm._bits, "window": lm._windows.shape[1],
+        "padded_keys": lm._padded, "first": lm._first, "logp": lm.logp, "next_state": lm.next_state,
+        "ends": lm._ends, "bows": lm._bows, "parent": lm._parent, "last": lm._last,
+    }
+    torch.save({k: torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v for k, v in data.items()}, path)
+    return data
+
+
+def test_an_older_asrs_torch_archive_loads_where_torch_is(tmp_path):
+    # files `asr lm compile` wrote before the arrays format still load (torch's weights_only
+    # loader reads them), to the same tables; one that holds more than tensors and numbers does not
+    arpa = write(tmp_path, random_arpa(seed=9))
+    lm = NGramLM.from_file(arpa)
+    data = save_torch_archive(lm, tmp_path / "old.bin")
+    assert (tmp_path / "old.bin").read_bytes()[:4] == b"PK\x03\x04"
+    assert_same_lm(NGramLM.from_file(tmp_path / "old.bin"), lm)
+    assert main(["lm", "compile", str(tmp_path / "old.bin"), "-o", str(tmp_path / "new.bin")]) == 0  # converts it
+    assert_same_lm(NGramLM.from_file(tmp_path / "new.bin"), lm)
+    for change, message in [({"version": 99}, "torch archives of version 1"), ({"evil": Exception("unpickling an object")}, "not a readable torch archive")]:
+        torch.save({**{k: torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v for k, v in data.items()}, **change}, tmp_path / "bad.bin")
+        with pytest.raises(ArpaError, match=message):
+            NGramLM.from_file(tmp_path / "bad.bin")
 
 
 def backoff_log10(ngrams, history, word):
@@ -302,18 +343,21 @@ def test_random_4gram_scores_follow_the_backoff_rule(tmp_path):
     path = write(tmp_path, random_arpa(seed=7))
     lm, arpa = NGramLM.from_file(path), read_arpa(path)
     words = [w for (w,) in arpa.ngrams[0] if w != "<s>"]
-    ids = torch.tensor([lm.word_id(w) for w in words])
+    ids = np.array([lm.word_id(w) for w in words])
     rng = random.Random(8)
     # histories that follow listed n-grams (long listed contexts) and random ones
     histories = [list(rng.choice(list(arpa.ngrams[3])))[: rng.randint(0, 4)] for _ in range(40)]
     histories += [[rng.choice(words) for _ in range(rng.randint(0, 6))] for _ in range(40)]
     for history in histories:
-        state = torch.zeros(1, dtype=torch.long)  # the empty context: no <s> in front
+        state = np.zeros(1, dtype=np.int64)  # the empty context: no <s> in front
         for w in history:
-            _, state = lm.score(state, torch.tensor([lm.word_id(w)]))
-        logp, _ = lm.score(state.expand(len(ids)), ids)
+            _, state = lm.score(state, np.array([lm.word_id(w)]))
+        logp, after = lm.score(np.repeat(state, len(ids)), ids)
         expected = [backoff_log10(arpa.ngrams, history, w) * LN10 for w in words]
         assert logp.tolist() == pytest.approx(expected, abs=1e-4), history
+        # the torch layouts' lookup (NGramTensors.score) answers the same, bit for bit
+        logp_t, after_t = lm.score(torch.from_numpy(np.repeat(state, len(ids))), torch.from_numpy(ids))
+        assert np.array_equal(logp_t.numpy(), logp) and np.array_equal(after_t.numpy(), after)
 
 
 def test_scores_match_kenlm(tmp_path):
@@ -331,7 +375,7 @@ def test_scores_match_kenlm(tmp_path):
         state = ours.start_state(1)
         got = []
         for w in [*words, "</s>"]:
-            logp, state = ours.score(state, torch.tensor([ours.word_id(w)]))
+            logp, state = ours.score(state, np.array([ours.word_id(w)]))
             got.append(logp.item() / LN10)
         assert got == pytest.approx(expected, abs=2e-5), words
 
@@ -353,14 +397,14 @@ def test_lm_build_cli(tmp_path, capsys):
 def test_bucket_lookup_finds_every_key_and_nothing_else(tmp_path):
     # the lookup is exact whatever the keys: here half of them crowd into one bucket
     lm = NGramLM.from_file(write(tmp_path, TINY_ARPA))
-    torch.manual_seed(5)
-    spread = torch.randint(-(2**62), 2**62, (300,)) * 2
-    crowded = torch.arange(300) * 2 + 10**15  # one bucket (same top bits)
-    lm.keys = torch.cat([spread, crowded]).unique()  # sorted, distinct, all even
+    rng = np.random.default_rng(5)
+    spread = rng.integers(-(2**62), 2**62, 300) * 2
+    crowded = np.arange(300) * 2 + 10**15  # one bucket (same top bits)
+    lm.keys = np.unique(np.concatenate([spread, crowded]))  # sorted, distinct, all even
     lm._index_buckets()
     assert lm._windows.shape[1] >= 300  # the crowded bucket's run
     found, where = lm._lookup(lm.keys[None, :])
-    assert found.all() and torch.equal(where[0], torch.arange(lm.keys.numel()))
-    absent = torch.cat([lm.keys + 1, torch.tensor([2**63 - 1, -(2**63)])])  # odd keys, and the extremes
+    assert found.all() and np.array_equal(where[0], np.arange(lm.keys.size))
+    absent = np.concatenate([lm.keys + 1, [2**63 - 1, -(2**63)]])  # odd keys, and the extremes
     found, where = lm._lookup(absent[None, :])
-    assert not found.any() and bool((where <= lm.keys.numel()).all())  # the entry past the end at most
+    assert not found.any() and bool((where <= lm.keys.size).all())  # the entry past the end at most

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from asr.config import DecodeConfig
-from asr.decode.beam.common import NEG_INF, BeamOptions, score_slots
+from asr.decode.beam.common import NEG_INF, BeamOptions
+from asr.decode.beam.common_torch import frame_candidates
 from asr.decode.beam.search import check_options, search_options
 from asr.decode.fusion import Fusion
 from asr.tokens import BLANK_ID
@@ -140,11 +141,12 @@ class BeamStream:
         start, end = self.num_frames, self.num_frames + frames
         if end > self.history_capacity:
             self._grow_history(end)
-        log_probs = log_probs.float().contiguous()
-        self._search.search_frames(
-            log_probs[None], torch.tensor([frames]), self._hypotheses, self._parent[start:end], self._label[start:end], self._setup, self.options,
-        )
-        self.trailing_blanks = _trailing_blanks(log_probs.argmax(dim=-1).tolist(), self.options.blank, self.trailing_blanks)
+        log_probs = log_probs.float().contiguous()[None]  # (1, frames, vocab)
+        lengths = torch.tensor([frames])
+        o = self.options
+        candidates = tuple(c.numpy() for c in frame_candidates(log_probs, lengths, o.token_top_k, o.token_min_logp, o.blank, o.token_cum_prob))
+        self._search.search_frames(log_probs.numpy(), lengths.numpy(), self._hypotheses, self._parent[start:end], self._label[start:end], self._setup, candidates)
+        self.trailing_blanks = _trailing_blanks(log_probs[0].argmax(dim=-1).tolist(), o.blank, self.trailing_blanks)
         self.num_frames = end
 
     def _grow_history(self, frames: int) -> None:
@@ -172,11 +174,11 @@ class BeamStream:
         calling it again, or advancing after it, is as if it had not been called."""
         if self._hypotheses is None:
             return [], []
-        scores = score_slots(*self._search.grid_scores(self._hypotheses, self._setup), self.fusion, self.options)[0]  # (1, beam)
-        best, slot = scores[0].sort(descending=True, stable=True)  # (decode_beam's order: ties to the earlier slot)
-        if not best[0] > NEG_INF:
+        scores = self._search.final_scores(self._hypotheses, self._setup)[0][0]  # (beam,)
+        slot = int(np.argsort(-scores, kind="stable")[0])  # (decode_beam's order: ties to the earlier slot)
+        if not scores[slot] > NEG_INF:
             return [], []
-        return self._search.trace_path(self._parent[: self.num_frames], self._label[: self.num_frames], int(slot[0]))
+        return self._search.trace_path(self._parent[: self.num_frames], self._label[: self.num_frames], slot)
 
 
 def _trailing_blanks(best: list[int], blank: int, before: int) -> int:

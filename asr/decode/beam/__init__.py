@@ -16,14 +16,20 @@ One module per layout of that search, the dispatcher above them:
                       search_options: a decode config's options as decode_beam takes them
     flat.py           a flat list of live hypotheses, in torch ops: the reference
     dense.py          a fixed (utterance, beam) grid, a frame step replayed as a CUDA graph
-    numba_loop.py     the flat list's search compiled by numba, a loop per utterance (CPU default)
+    numba_loop.py     the flat list's search compiled by numba, a loop per utterance (CPU
+                      default; numpy arrays in, no torch)
     triton_kernel.py  the dense grid's search as one Triton kernel (GPU)
-    common.py         what they share: Hypothesis, frame candidates, final scores of a grid
+    common.py         what they all share: options, Hypothesis; frame skipping and candidates
+                      on numpy arrays
+    common_torch.py   what the torch layouts share: the same frame selection in torch ops,
+                      final scores of a grid
 
-The layouts import `common` and `asr.decode.fusion`, never `search` or each other.
+The layouts import `common`, `common_torch` (the torch ones) and `asr.decode.fusion`, never
+`search` or each other. This package and `search` import no torch: a torch layout is imported
+when it is asked for (or picked for tensors).
 """
 
-from asr.decode.beam.common import Hypothesis, skip_blank_frames
-from asr.decode.beam.search import LAYOUTS, decode_beam, search_options
+from asr.decode.beam.common import Hypothesis
+from asr.decode.beam.search import LAYOUTS, decode_beam, search_options, skip_blank_frames
 
 __all__ = ["LAYOUTS", "Hypothesis", "decode_beam", "search_options", "skip_blank_frames"]

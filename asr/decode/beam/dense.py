@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from asr.decode.beam.common import NEG_INF, BeamOptions, UTT_MUL, Hypothesis, final_hypotheses, grid_candidates
-from asr.decode.fusion import Fusion
+from asr.decode.beam.common import NEG_INF, UTT_MUL, BeamOptions, Hypothesis
+from asr.decode.beam.common_torch import final_hypotheses, grid_candidates
+from asr.decode.fusion import Fusion, TokenLMTensors, WordLMTensors
 from asr.decode.lm import hash_step
 
 @torch.inference_mode()
@@ -40,6 +41,7 @@ def decode_beam_dense(
     log_probs = log_probs.float().contiguous()
     k = max(min(options.token_top_k, log_probs.shape[2] - 1), 1)
     cand_id, cand_lp = grid_candidates(log_probs, lengths, k, options.token_min_logp, options.blank, options.token_cum_prob)  # (utts, frames, k)
+    fusion = fusion.tensors(log_probs.device) if fusion is not None else None
     grid = _Grid(_blank_past_the_end(log_probs, lengths, options.blank), cand_id, cand_lp, fusion, options)
     if grid.frames:
         _run(grid.step, grid.frames, [grid.hf, grid.hi, grid.t], cuda_graph and log_probs.device.type == "cuda")
@@ -67,7 +69,7 @@ class _Grid:
     dead (p_b = p_nb = -inf). Every frame each slot grows by each of the frame's k candidates:
     the candidates are the beam stays, then the beam * k grows, slot-major."""
 
-    def __init__(self, log_probs, cand_id, cand_lp, fusion: Fusion | None, options: BeamOptions):
+    def __init__(self, log_probs, cand_id, cand_lp, fusion: TokenLMTensors | WordLMTensors | None, options: BeamOptions):
         device = log_probs.device
         n_utt, self.frames, _ = log_probs.shape
         self.log_probs, self.cand_id, self.cand_lp = log_probs, cand_id, cand_lp  # (utts, frames, vocab), (utts, frames, k) x2

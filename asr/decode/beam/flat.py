@@ -29,8 +29,9 @@ from typing import Callable
 
 import torch
 
-from asr.decode.beam.common import NEG_INF, BeamOptions, UTT_MUL, Hypothesis, frame_candidates
-from asr.decode.fusion import Fusion, fusion_bound
+from asr.decode.beam.common import NEG_INF, UTT_MUL, BeamOptions, Hypothesis
+from asr.decode.beam.common_torch import frame_candidates
+from asr.decode.fusion import Fusion, TokenLMTensors, WordLMTensors, fusion_bound
 from asr.decode.lm import hash_step
 
 
@@ -46,7 +47,7 @@ class _Batch:
     frames: int  # the longest one's
     vocab: int
     plus: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # logaddexp (prefix search) or maximum (Viterbi)
-    fusion: Fusion | None
+    fusion: TokenLMTensors | WordLMTensors | None  # the fusion's tensors on the device
     weights: torch.Tensor  # (2,) [lm_weight, word_bonus]
     bound: torch.Tensor  # (vocab,) the most fusion can add to a grow by each label (fusion_bound)
     early_pruning: bool
@@ -85,11 +86,12 @@ def decode_beam_flat(
     by_length = torch.argsort(lengths, descending=True, stable=True)
     log_probs, lengths = log_probs.index_select(0, by_length), lengths.index_select(0, by_length)
     cand_id, cand_lp = frame_candidates(log_probs, lengths, options.token_top_k, options.token_min_logp, options.blank, options.token_cum_prob)  # (batch * frames, k)
-    bound, early_pruning = fusion_bound(fusion, vocab, options.lm_weight, options.word_bonus, options.beam_threshold, device)
+    bound, early_pruning = fusion_bound(fusion, vocab, options.lm_weight, options.word_bonus, options.beam_threshold)
+    fusion = fusion.tensors(device) if fusion is not None else None
     b = _Batch(
         cand_id, cand_lp, log_probs.reshape(-1), log_probs[:, :, options.blank].reshape(-1), batch, frames, vocab,
         torch.logaddexp if options.merge == "sum" else torch.maximum, fusion, torch.tensor([options.lm_weight, options.word_bonus], device=device),
-        bound, early_pruning, options.beam_size, options.beam_threshold,
+        torch.from_numpy(bound).to(device), early_pruning, options.beam_size, options.beam_threshold,
         torch.arange(batch * options.beam_size, device=device), torch.full((batch * options.beam_size,), -1, device=device),
     )
     hf, hi = _start(batch, options.blank, fusion, device)
@@ -97,7 +99,7 @@ def decode_beam_flat(
     return _final_hypotheses(b, history, ended, by_length, options)
 
 
-def _start(batch: int, blank: int, fusion: Fusion | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _start(batch: int, blank: int, fusion: TokenLMTensors | WordLMTensors | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The list before the first frame. The hypotheses, grouped by utterance, best first: hf (4,
     hyps) float, rows [p_b, p_nb, ln P_lm so far, words scored so far], and hi (hyps, 3 + S) long,
     columns [utterance, last label, prefix hash, fusion state (S columns)]. One per utterance to

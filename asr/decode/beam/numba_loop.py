@@ -9,14 +9,15 @@ at first use, cached on disk) and each utterance walks its own frames with its h
 few small arrays, paying only for its live prefixes and the labels they try.
 
 The search is the flat list's, step for step: the same candidate labels per frame
-(`common.frame_candidates`, computed for the whole batch in torch), stays, then grows by
+(`common.frame_candidates`, computed for the whole batch on numpy arrays), stays, then grows by
 (hypothesis, label); a grow equal to a live prefix merges into its p_nb (found by hash); the
 same early pruning before the LM; word- or token-level fusion as `WordLMFusion.grow_` and
 `TokenLMFusion.grow_` compute it (the same tables, the n-gram looked up as `NGramLM.score`
 does); the best `beam_size` within `beam_threshold` of the best survive, best first, exact ties
-to the earlier candidate (the flat list's stable sort). Scores are float32, as in torch. The
-back-pointers (parent slot, label added) are followed afterwards by a compiled walk, and
-`common.final_hypotheses` adds the final LM scores and picks the n-best.
+to the earlier candidate (the flat list's stable sort). Scores are float32, as in torch. At the
+end `final_scores` adds the fusion's final LM terms (`fusion.final_scores`, on numpy arrays), the
+n-best are picked, and the back-pointers (parent slot, label added) are followed by a compiled
+walk. No torch anywhere: numpy arrays in, Hypothesis lists out.
 
 The live hypotheses are arrays the caller holds (`start_hypotheses`), which the search reads
 and leaves as they are after its last frame: a later call on the next frames goes on from
@@ -29,9 +30,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from asr.decode.beam.common import NEG_INF, UTT_MUL, BeamOptions, Hypothesis, final_hypotheses, frame_candidates
+from asr.decode.beam.common import NEG_INF, UTT_MUL, BeamOptions, Hypothesis, frame_candidates
 from asr.decode.fusion import TOKEN_LM, TOKEN_TABLES, WORD_FUSION, Fusion, fusion_bound, fusion_tables
 from asr.decode.lm import _MUL, NGramLM
 from asr.jit import njit
@@ -294,12 +294,6 @@ def _spell(parent, label, slot):
     return out
 
 
-def _backtrack(parent: torch.Tensor, label: torch.Tensor, slot: torch.Tensor) -> list[list[list[int]]]:
-    """`common.grid_backtrack`, compiled: the labels of each utterance's chosen slots."""
-    labels = _spell(parent.numpy(), label.numpy(), slot.numpy()).tolist()
-    return [[[c for c in row if c >= 0] for row in utt] for utt in labels]
-
-
 def _lm_arrays(lm: NGramLM | None) -> tuple[tuple, int]:
     """The search's NGramLM tables (ends, first, keys, logp, next_state, bows, window, shift,
     bucket_base) and its start state; without an LM, dummies of the dtypes an LM has, so that
@@ -308,7 +302,7 @@ def _lm_arrays(lm: NGramLM | None) -> tuple[tuple, int]:
         one = np.zeros(1, np.int64)
         return (np.zeros((1, 1), np.int64), np.zeros(1, np.int32), one, np.zeros(1, np.float32), one, np.zeros((1, 1), np.float32), 1, 0, 0), 0
     window = lm._windows.shape[1]
-    tables = (lm._ends.numpy(), lm._first.numpy(), lm._padded.numpy(), lm.logp.numpy(), lm.next_state.numpy(), lm._bows.numpy())
+    tables = (lm._ends, lm._first, lm._padded, lm.logp, lm.next_state, lm._bows)
     return tables + (window, 64 - lm._bits, 1 << (lm._bits - 1)), lm._bos_state
 
 
@@ -335,28 +329,38 @@ def trace_path(parent: np.ndarray, label: np.ndarray, slot: int) -> tuple[list[i
     return labels.tolist(), at_frame.tolist()
 
 
+@njit
+def _totals(p_b, p_nb, merge_sum):
+    """Each slot's acoustic score, p_b (+) p_nb as the search adds them (`_plus`): (utts, beam) float32."""
+    out = np.empty_like(p_b)
+    for b in range(p_b.shape[0]):
+        for slot in range(p_b.shape[1]):
+            out[b, slot] = _plus(p_b[b, slot], p_nb[b, slot], merge_sum)
+    return out
+
+
 @dataclass(frozen=True)
 class SearchSetup:
     """What `_search` is given besides the frames, the hypotheses and the back-pointers: fixed
-    for a decoder (its options, the fusion's tables)."""
+    for a decoder (its options, the fusion and its tables)."""
 
     args: tuple  # _search's arguments from beam to token_tables
     kind: int  # the fusion's kind (asr.decode.fusion: NO_FUSION, WORD_FUSION, ...)
     start_state: int  # the LM's start state (0 without an LM)
+    fusion: Fusion | None  # for the final LM scores
+    options: BeamOptions
 
 
 def search_setup(fusion: Fusion | None, options: BeamOptions, vocab: int) -> SearchSetup:
     """The options and the fusion's tables as `_search` reads them, for log-probs of `vocab` labels."""
-    bound, early = fusion_bound(fusion, vocab, options.lm_weight, options.word_bonus, options.beam_threshold, torch.device("cpu"))
-    kind, lm, word_tables, token_tables = fusion_tables(fusion, torch.device("cpu"))  # (numba reads the kinds as constants)
-    if lm is not None and lm.device.type != "cpu":
-        raise ValueError(f"the numba layout needs the LM on the CPU, not on {lm.device.type}")
+    bound, early = fusion_bound(fusion, vocab, options.lm_weight, options.word_bonus, options.beam_threshold)
+    kind, lm, word_tables, token_tables = fusion_tables(fusion)  # (numba reads the kinds as constants)
     lm_tables, start_state = _lm_arrays(lm)
     args = (
-        options.beam_size, options.blank, float(options.beam_threshold), early, bound.numpy(), _F32(options.lm_weight), _F32(options.word_bonus), options.merge == "sum", kind,
-        lm_tables, tuple(t.numpy() for t in word_tables), tuple(t.numpy() for t in token_tables),
+        options.beam_size, options.blank, float(options.beam_threshold), early, bound, _F32(options.lm_weight), _F32(options.word_bonus), options.merge == "sum", kind,
+        lm_tables, tuple(word_tables), tuple(token_tables),
     )
-    return SearchSetup(args, kind, start_state)
+    return SearchSetup(args, kind, start_state, fusion, options)
 
 
 def start_hypotheses(num_utt: int, setup: SearchSetup) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -371,52 +375,67 @@ def start_hypotheses(num_utt: int, setup: SearchSetup) -> tuple[np.ndarray, np.n
 
 
 def search_frames(
-    log_probs: torch.Tensor, lengths: torch.Tensor, hypotheses: tuple[np.ndarray, np.ndarray, np.ndarray],
-    parent: np.ndarray, label: np.ndarray, setup: SearchSetup, options: BeamOptions,
+    log_probs: np.ndarray, lengths: np.ndarray, hypotheses: tuple[np.ndarray, np.ndarray, np.ndarray],
+    parent: np.ndarray, label: np.ndarray, setup: SearchSetup, candidates: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """Advance each utterance's `hypotheses` (`start_hypotheses`' arrays, updated in place) over
     its frames of log_probs (utts, frames, vocab) float32, contiguous, lengths (utts,) int64;
-    the frames' back-pointers go to parent and label (frames, utts, beam) int32."""
+    the frames' back-pointers go to parent and label (frames, utts, beam) int32. candidates: the
+    labels each frame tries and their log probs, (utts * frames, k) int64 and float32, if the
+    caller picked them (torch's `common_torch.frame_candidates`, for tensors); else
+    `common.frame_candidates` picks them."""
     n_utt, frames, _ = log_probs.shape
-    cand_id, cand_lp = frame_candidates(log_probs, lengths, options.token_top_k, options.token_min_logp, options.blank, options.token_cum_prob)  # (utts * frames, k)
+    options = setup.options
+    if candidates is None:
+        candidates = frame_candidates(log_probs, lengths, options.token_top_k, options.token_min_logp, options.blank, options.token_cum_prob)
+    cand_id, cand_lp = candidates
     k = cand_id.shape[1]
-    _search(
-        log_probs.numpy(), lengths.numpy(), cand_id.view(n_utt, frames, k).numpy(), cand_lp.view(n_utt, frames, k).numpy(),
-        *hypotheses, parent, label, *setup.args,
-    )
+    _search(log_probs, lengths, cand_id.reshape(n_utt, frames, k), cand_lp.reshape(n_utt, frames, k), *hypotheses, parent, label, *setup.args)
 
 
-def grid_scores(hypotheses: tuple[np.ndarray, np.ndarray, np.ndarray], setup: SearchSetup) -> tuple[torch.Tensor, ...]:
-    """The hypotheses' slots as `common.final_hypotheses` takes them: p_b, p_nb, ln P_lm so far,
-    words so far (utts, beam) float32, the fusion's state (utts, beam, S); a slot past the live
-    ones scores -inf, with nothing of the LM's."""
+def final_scores(hypotheses: tuple[np.ndarray, np.ndarray, np.ndarray], setup: SearchSetup) -> tuple[np.ndarray, ...]:
+    """The hypotheses' slots scored as the search ends: score, acoustic, ln P_lm and words, the
+    fusion's final terms included (`fusion.final_scores`), each (utts, beam) float32; a slot past
+    the live ones scores -inf."""
     hyp_f, hyp_i, live = hypotheses
-    dead = torch.from_numpy(np.arange(hyp_f.shape[2]) >= live[:, None])[:, None, :]  # (utts, 1, beam)
-    f = torch.from_numpy(hyp_f).masked_fill(dead, 0.0)
-    f[:, :2].masked_fill_(dead, NEG_INF)
-    state = torch.from_numpy(hyp_i[:, 2:]).masked_fill(dead, 0)
-    state[:, 0].masked_fill_(dead[:, 0], setup.start_state)
-    state = state.transpose(1, 2)[:, :, : (2 if setup.kind == WORD_FUSION else 1)]  # (utts, beam, S)
-    return f[:, 0], f[:, 1], f[:, 2], f[:, 3], state
+    options = setup.options
+    dead = np.arange(hyp_f.shape[2]) >= live[:, None]  # (utts, beam)
+    f = np.where(dead[:, None, :], np.array([NEG_INF, NEG_INF, 0.0, 0.0], np.float32)[:, None], hyp_f)  # (utts, 4, beam), the dead slots' cleared
+    acoustic, lm_total, words_total = _totals(f[:, 0], f[:, 1], options.merge == "sum"), f[:, 2], f[:, 3]
+    if setup.fusion is not None:
+        state = hyp_i[:, 2:].transpose(0, 2, 1)[:, :, : (2 if setup.kind == WORD_FUSION else 1)]  # (utts, beam, S)
+        state = np.where(dead[:, :, None], 0, state)
+        state[:, :, 0] = np.where(dead, setup.start_state, state[:, :, 0])  # (a dead slot's is any valid state)
+        final_lm, final_words = setup.fusion.final_scores(state.reshape(-1, state.shape[2]))
+        lm_total += final_lm.reshape(dead.shape)
+        words_total += final_words.reshape(dead.shape)
+    score = acoustic + _F32(options.lm_weight) * lm_total + _F32(options.word_bonus) * words_total
+    return np.where(acoustic == NEG_INF, _F32(NEG_INF), score), acoustic, lm_total, words_total
 
 
-@torch.inference_mode()
 def decode_beam_numba(
-    log_probs: torch.Tensor,
-    lengths: torch.Tensor,
-    fusion: Fusion | None,
-    options: BeamOptions,
+    log_probs: np.ndarray, lengths: np.ndarray, fusion: Fusion | None, options: BeamOptions, candidates: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[list[Hypothesis]]:
     """`decode_beam` as one compiled loop per utterance (its arguments, checked there; blank
-    frames already skipped). CPU tensors only."""
-    if log_probs.device.type != "cpu":
-        raise ValueError(f"the numba layout runs on the CPU, not on {log_probs.device.type}")
-    log_probs = log_probs.float().contiguous()
-    lengths = lengths.long().contiguous()
+    frames already skipped): log_probs (utts, frames, vocab) float32, lengths (utts,) int64,
+    numpy arrays; candidates as `search_frames` takes them."""
+    log_probs = np.ascontiguousarray(log_probs, dtype=np.float32)
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
     n_utt, frames, vocab = log_probs.shape
     setup = search_setup(fusion, options, vocab)
     hypotheses = start_hypotheses(n_utt, setup)
     parent = np.empty((frames, n_utt, options.beam_size), np.int32)
     label = np.empty((frames, n_utt, options.beam_size), np.int32)
-    search_frames(log_probs, lengths, hypotheses, parent, label, setup, options)
-    return final_hypotheses(*grid_scores(hypotheses, setup), torch.from_numpy(parent), torch.from_numpy(label), fusion, options, _backtrack)
+    search_frames(log_probs, lengths, hypotheses, parent, label, setup, candidates)
+    score, acoustic, lm_total, words_total = final_scores(hypotheses, setup)
+    slot = np.argsort(-score, axis=1, kind="stable")[:, : options.nbest]  # (utts, n) best first, ties to the earlier slot
+    spelled = _spell(parent, label, slot).tolist()  # (utts, n, frames), -1 where a frame added none
+    columns = [np.take_along_axis(x, slot, axis=1).tolist() for x in (score, acoustic, lm_total, words_total)]
+    return [
+        [
+            Hypothesis([c for c in spelled[b][j] if c >= 0], s, a, lm, int(w))
+            for j, (s, a, lm, w) in enumerate(zip(*(column[b] for column in columns)))
+            if s > NEG_INF
+        ]
+        for b in range(n_utt)
+    ]

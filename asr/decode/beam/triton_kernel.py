@@ -31,9 +31,10 @@ import torch
 import triton
 import triton.language as tl
 
-from asr.decode.beam.common import UTT_MUL, BeamOptions, Hypothesis, final_hypotheses, grid_candidates
-from asr.decode.fusion import TOKEN_LM, WORD_FUSION, Fusion, fusion_tables
-from asr.decode.lm import _MUL, NGramLM
+from asr.decode.beam.common import UTT_MUL, BeamOptions, Hypothesis
+from asr.decode.beam.common_torch import final_hypotheses, grid_candidates
+from asr.decode.fusion import TOKEN_LM, TOKEN_TABLES, WORD_FUSION, Fusion, fusion_kind
+from asr.decode.lm import _MUL, NGramTensors
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"  # what triton.jit saw at import
 
@@ -224,7 +225,27 @@ def _beam_kernel(
     tl.store(out_i + BP, st1)
 
 
-def _lm_args(lm: NGramLM | None, device: torch.device) -> tuple[list, dict]:
+def _fusion_args(fusion: Fusion | None, device: torch.device):
+    """The fusion's tensors on the device (`fusion.tensors`), its kind (the kernel's FUSION), its
+    n-gram's tensors, and the kernel's table arguments: the WordLMFusion tables [trie, ends_word
+    (viewed as int8), penalty, node_word, end_cost] and the TokenLMFusion ones [token_words,
+    table_logp, table_next], a kind's unused ones 1-element dummies of the same dtypes (as
+    `fusion_tables` gives the numba layout)."""
+    kind = fusion_kind(fusion)
+    view = fusion.tensors(device) if fusion is not None else None
+    f32, i64 = torch.zeros(1, device=device), torch.zeros(1, dtype=torch.long, device=device)
+    word = [i64, torch.zeros(1, dtype=torch.int8, device=device), f32, i64, f32]
+    token = [i64, f32, i64]
+    if kind == WORD_FUSION:
+        word = [view.trie, view.ends_word.view(torch.int8), view.penalty, view.node_word, view.end_cost]
+    elif kind == TOKEN_TABLES:
+        token = [i64, view.table_logp, view.table_next]
+    elif kind == TOKEN_LM:
+        token = [view.token_words, f32, i64]
+    return view, kind, None if view is None else view.lm, word, token
+
+
+def _lm_args(lm: NGramTensors | None, device: torch.device) -> tuple[list, dict]:
     """The kernel's NGramLM arguments, and its constants for them (dummies without an LM)."""
     if lm is None:
         dummy = torch.zeros(1, dtype=torch.long, device=device)
@@ -263,7 +284,7 @@ def decode_beam_triton(
     out_i = torch.empty(n_utt, 2, bp, dtype=torch.long, device=device)
     scratch_f = torch.empty(n_utt, 5, ncp, device=device)
     scratch_i = torch.empty(n_utt, 4, ncp, dtype=torch.long, device=device)
-    kind, lm, word_tables, token_tables = fusion_tables(fusion, device)  # kind: the kernel's FUSION
+    view, kind, lm, word_tables, token_tables = _fusion_args(fusion, device)  # kind: the kernel's FUSION
     if n_utt:  # (with no frames, each program just writes its start: the empty prefix)
         lm_tables, lm_sizes = _lm_args(lm, device)
         num_warps = num_warps or (4 if kind == TOKEN_LM else 2)
@@ -274,4 +295,4 @@ def decode_beam_triton(
             BP=bp, KP=kp, NCP=ncp, FUSION=kind, MERGE_SUM=options.merge == "sum", **lm_sizes, num_warps=num_warps,
         )
     state = out_i[:, : (2 if kind == WORD_FUSION else 1)].transpose(1, 2)  # (utts, bp, S)
-    return final_hypotheses(out_f[:, 0], out_f[:, 1], out_f[:, 2], out_f[:, 3], state, parent, label, fusion, options)
+    return final_hypotheses(out_f[:, 0], out_f[:, 1], out_f[:, 2], out_f[:, 3], state, parent, label, view, options)
