@@ -412,7 +412,7 @@ def cmd_lm_compile(args: argparse.Namespace) -> int:
     loaded = time.perf_counter() - start
     lm.save(args.output)
     size = Path(args.output).stat().st_size
-    print(f"{args.output}: order {lm.order}, {lm.keys.numel()} n-grams, {len(lm.words)} words, {size / 2**20:.1f} MiB "
+    print(f"{args.output}: order {lm.order}, {lm.num_ngrams} n-grams, {len(lm.words)} words, {size / 2**20:.1f} MiB "
           f"(reading {args.arpa} took {loaded:.1f} s; `--lm {args.output}` maps it in instead)")
     return 0
 

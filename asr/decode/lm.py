@@ -255,7 +255,7 @@ class NGramLM:
         self._set_windows(len(keys), window)
 
     def _set_windows(self, ngrams: int, window: int) -> None:
-        self.keys = self._padded[:ngrams].view(_Keys)  # the same memory as the windows
+        self.keys = self._padded[:ngrams]  # the same memory as the windows
         self._windows = sliding_window_view(self._padded, window)  # (ngrams + 1, window) view
 
     def _bucket(self, keys: np.ndarray) -> np.ndarray:
@@ -446,14 +446,6 @@ class NGramLM:
             logp, state = self.score(state, np.array([i]))
             total += float(logp[0])
         return total
-
-
-class _Keys(np.ndarray):
-    """The sorted key table, with the `numel()` of the torch tensor it was: `asr lm compile`'s
-    message (asr/cli.py) counts the n-grams so. Goes when that reads `NGramLM.num_ngrams`."""
-
-    def numel(self) -> int:
-        return self.size
 
 
 class NGramTensors:
