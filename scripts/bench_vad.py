@@ -10,7 +10,8 @@ streams'): how far its speech probabilities are from silero-vad's (max and mean 
 chunk, chunks on the other side of the 0.5 threshold), the segments `Segmenter` cuts (and how many
 match silero-vad's within 0.1 s at both ends), the pauses of the file it finds and the cuts it puts
 inside an utterance, the share of a minute of white noise it hears as speech, its real-time factor
-on one thread (the probabilities alone, best of --repeats), and the WER of
+on one thread (the probabilities alone, the best of --repeats rounds over the backends) and that as a multiple of silero-vad's
+32 streams', and the WER of
 `Recognizer.transcribe_files` on the file with its segments (greedy; with --lm also beam + LM),
 against the utterances decoded one by one.
 """
@@ -62,7 +63,7 @@ def main() -> int:
     parser.add_argument("--no-pause", type=float, default=0.3, help="share of the joins with no pause at all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lm", help="ARPA LM: also beam + LM")
-    parser.add_argument("--repeats", type=int, default=3, help="timing runs per backend (the best is kept)")
+    parser.add_argument("--repeats", type=int, default=5, help="timing rounds over the backends (each one's best is kept)")
     parser.add_argument("--keep", help="folder to keep the joined file in (default: a temporary one)")
     args = parser.parse_args()
 
@@ -105,27 +106,29 @@ def main() -> int:
     }
     options = recognizer.segment_options(SegmentOptions())
     block = int(options.block * 16000)
-    reference_probs = reference_segments = None
-    header = f"{'backend':<24} {'max|diff|':>9} {'mean|diff|':>10} {'flips':>6} {'segments':>8} {'same':>5} {'pauses':>8} {'cuts in':>7} {'noise':>6} {'RTF':>8}"
+    seconds = {name: [] for name in backends}
+    for _ in range(args.repeats):  # in rounds, so that a change in the machine's load touches every backend
+        for name, vad in backends.items():
+            started = time.perf_counter()
+            block_probabilities(vad, audio, block)
+            seconds[name].append(time.perf_counter() - started)
+    reference_probs = reference_segments = reference_rtf = None
+    header = f"{'backend':<24} {'max|diff|':>9} {'mean|diff|':>10} {'flips':>6} {'segments':>8} {'same':>5} {'pauses':>8} {'cuts in':>7} {'noise':>6} {'RTF':>8} {'cost':>6}"
     print(header + "".join(f" {name + ' WER':>12}" for name in decoders))
     for name, vad in backends.items():
         probs = block_probabilities(vad, audio, block)
-        seconds = []
-        for _ in range(args.repeats):
-            started = time.perf_counter()
-            block_probabilities(vad, audio, block)
-            seconds.append(time.perf_counter() - started)
-        segmenter = Segmenter(options, 16000, recognizer.features.frame_step, vad)
+        segmenter = Segmenter(options, 16000, recognizer.timing.frame_step, vad)
         segments = [(s.start / 16000, (s.start + len(s.audio)) / 16000) for s in segmenter.segments(read_blocks(wav, 16000, options.block, []))]
+        rtf = min(seconds[name]) / joined.duration
         if reference_probs is None:
-            reference_probs, reference_segments = probs, segments
+            reference_probs, reference_segments, reference_rtf = probs, segments, rtf
         diff = np.abs(probs - reference_probs)
         flips = int((hysteresis(probs, options.threshold) != hysteresis(reference_probs, options.threshold)).sum())
         same = sum(any(abs(a - c) <= 0.1 and abs(b - d) <= 0.1 for c, d in reference_segments) for a, b in segments)
         found, pauses, inside = pauses_and_cuts(hysteresis(probs, options.threshold), joined.times)
         heard = hysteresis(block_probabilities(vad, noise, block), options.threshold).mean()
         line = (f"{name:<24} {diff.max():>9.4f} {diff.mean():>10.5f} {flips:>6} {len(segments):>8} {same:>5} {f'{found}/{pauses}':>8} "
-                f"{inside:>7} {heard:>6.0%} {min(seconds) / joined.duration:>8.5f}")
+                f"{inside:>7} {heard:>6.0%} {rtf:>8.5f} {rtf / reference_rtf:>5.1f}x")
         if "1 stream" not in name:  # the same model as the 32 streams: no transcription of its own
             for decoder, decode in decoders.items():
                 recognizer.set_decoder(decode)
