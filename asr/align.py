@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from asr.arrays import is_tensor, to_numpy
 from asr.ctc import min_ctc_frames
 from asr.jit import njit
 from asr.tokens import BLANK_ID
@@ -70,7 +71,7 @@ def ctc_viterbi(
     other without a blank between them, so every blank is optional. return_states: also each
     frame's state (batch, frames), 2i + 1 for label i, even for blanks, -1 where there is none.
     """
-    on_numpy = isinstance(log_probs, np.ndarray)
+    on_numpy = not is_tensor(log_probs)
     if compiled is None:
         compiled = on_numpy or log_probs.device.type == "cpu"
     if not compiled and not on_numpy:
@@ -96,12 +97,12 @@ def ctc_viterbi(
 
 
 def _numpy(x: Array, dtype: type) -> np.ndarray:
-    """A numpy array, or a torch tensor on any device, as a contiguous numpy array of `dtype`
-    (the array itself where it already is one)."""
-    if not isinstance(x, np.ndarray):
+    """A numpy array, or a torch tensor on any device (moved to the CPU, where the compiled
+    searches run), as a contiguous numpy array of `dtype`."""
+    if is_tensor(x):
         x = x.detach().cpu()
-        x = (x.float() if x.is_floating_point() else x).numpy()  # bfloat16 has no numpy dtype
-    return np.ascontiguousarray(x, dtype=dtype)
+        x = x.float() if x.is_floating_point() else x  # bfloat16 has no numpy dtype
+    return to_numpy(x, dtype)
 
 
 def _extended(labels: np.ndarray, blank: int, repeats_need_blank: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -363,13 +364,13 @@ def spans_of(
 def _mean_posterior(log_probs: Array) -> float:
     """The mean of exp(log_probs (frames,)) in float32, in the array's own library (numpy and
     torch may round the last bit differently)."""
-    if isinstance(log_probs, np.ndarray):
-        return float(np.exp(log_probs.astype(np.float32, copy=False)).mean(dtype=np.float32))
-    return float(log_probs.float().exp().mean())
+    if is_tensor(log_probs):
+        return float(log_probs.float().exp().mean())
+    return float(np.exp(log_probs.astype(np.float32, copy=False)).mean(dtype=np.float32))
 
 
 def _cpu(x: Array) -> Array:
-    return x if isinstance(x, np.ndarray) else x.cpu()
+    return x.cpu() if is_tensor(x) else x
 
 
 def _padded(label_lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -525,7 +526,7 @@ def ctc_viterbi_long(
     (frames,), -1 where there is no path. numpy arrays in, numpy arrays out; torch tensors in,
     CPU tensors out."""
     path, score, states = _viterbi_long(_numpy(log_probs, np.float32), _numpy(target, np.int64), window, blank, free, garbage)
-    if not isinstance(log_probs, np.ndarray):
+    if is_tensor(log_probs):
         import torch
 
         path, states = torch.from_numpy(path), torch.from_numpy(states)

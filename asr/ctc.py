@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from asr.arrays import is_tensor
 from asr.tokens import BLANK_ID
 
 if TYPE_CHECKING:
@@ -29,12 +30,12 @@ def min_ctc_frames(targets: torch.Tensor | np.ndarray, target_lengths: torch.Ten
     targets (batch, max_labels) padded, target_lengths (batch,) -> (batch,) int64: torch tensors
     (on any device; nothing leaves it) or numpy arrays, the answer of the same kind.
     """
-    if isinstance(targets, np.ndarray):
-        positions = np.arange(targets.shape[1])  # (max_labels,)
-    else:
+    if is_tensor(targets):
         import torch
 
-        positions = torch.arange(targets.shape[1], device=targets.device)
+        positions = torch.arange(targets.shape[1], device=targets.device)  # (max_labels,)
+    else:
+        positions = np.arange(targets.shape[1])
     valid = positions[None, :] < target_lengths[:, None]  # (batch, max_labels)
     repeats = (targets[:, 1:] == targets[:, :-1]) & valid[:, 1:]  # (batch, max_labels - 1)
     return repeats.sum(1) + target_lengths  # int64: a sum of bools is int64 in both, and wins over int32 lengths

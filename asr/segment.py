@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
+from asr.arrays import is_tensor
 from asr.audio import MIN_DURATION, AudioError, check_audio_path
 from asr.config import ConfigError
 
@@ -418,9 +419,9 @@ def stitch(
 
 def _new_empty(like: Array, num_frames: int) -> Array:
     """An uninitialized (num_frames, vocab) array of `like`'s kind, dtype (and device)."""
-    if isinstance(like, np.ndarray):
-        return np.empty((num_frames, like.shape[-1]), like.dtype)
-    return like.new_empty(num_frames, like.shape[-1])
+    if is_tensor(like):
+        return like.new_empty(num_frames, like.shape[-1])
+    return np.empty((num_frames, like.shape[-1]), like.dtype)
 
 
 def _boundary(a: Array, b: Array, quiet: list[int], margin: int) -> int | None:
