@@ -15,6 +15,15 @@ Keys (every value a string, as ONNX stores them):
     asr.frame_seconds        s per output frame
     asr.frame_head           "1": the graph has the `frame_log_probs` output; "0": it has not
     asr.int8                 "1": weights quantized to int8; "0": float32
+
+A streaming step graph (`asr export --streaming`, asr/export_stream.py) has other inputs and
+outputs (STEP_INPUTS, STEP_OUTPUTS) and these keys too; an offline model has none of them:
+
+    asr.streaming            "1"
+    asr.chunk_frames         model frames that leave per window (latency-controlled); "0": unidirectional, any number
+    asr.right_context_frames model frames a window reads past its chunk; "0" for a unidirectional model
+    asr.states               JSON {"h": [layers, hidden], "c": [layers, hidden]} (GRU: h only): each state
+                             input's shape without its batch axis, which is axis 1
 """
 
 from __future__ import annotations
@@ -30,11 +39,19 @@ VERSION = "1"
 KEYS = (
     "asr.format", "asr.version", "asr.config", "asr.tokenizer", "asr.label_log_prior", "asr.train_max_duration",
     "asr.frame_step", "asr.frame_seconds", "asr.frame_head", "asr.int8",
+    "asr.streaming", "asr.chunk_frames", "asr.right_context_frames", "asr.states",
 )  # fmt: skip
 REQUIRED = ("asr.format", "asr.version", "asr.config", "asr.tokenizer", "asr.frame_step", "asr.frame_seconds", "asr.frame_head", "asr.int8")
 # the graph's inputs and outputs, by name
 INPUTS = ("audio", "audio_lengths")  # (batch, samples) float32 at the model's rate; (batch,) int64
 OUTPUTS = ("log_probs", "lengths", "frame_log_probs")  # (batch, frames, vocab) float32; (batch,) int64; the frame head's, where asr.frame_head = "1"
+# a streaming step graph's: feats (batch, frames, feat_dim) float32, main_frames () int64, then the
+# states as asr.states names them, (layers, batch, hidden) float32 each
+STEP_INPUTS = ("feats", "main_frames")
+# log_probs (batch, main, vocab) float32, frame_log_probs (the same, where asr.frame_head = "1"), then
+# each state input's new value under its name + STATE_OUT
+STEP_OUTPUTS = ("log_probs", "frame_log_probs")
+STATE_OUT = "_out"
 
 
 class ModelFileError(ValueError):
@@ -54,6 +71,10 @@ class ModelMetadata:
     frame_seconds: float  # s per output frame
     frame_head: bool  # the graph has `frame_log_probs`
     int8: bool  # int8 weights
+    streaming: bool = False  # a step graph (STEP_INPUTS / STEP_OUTPUTS), not audio -> log-probs
+    chunk_frames: int = 0  # model frames that leave per window; 0: unidirectional (any number)
+    right_context_frames: int = 0  # model frames a window reads past its chunk
+    states: dict[str, list[int]] | None = None  # state input name -> (layers, hidden); the inputs are (layers, batch, hidden)
 
     @property
     def sample_rate(self) -> int:
@@ -76,6 +97,11 @@ class ModelMetadata:
             props["asr.label_log_prior"] = json.dumps([float(x) for x in self.label_log_prior])
         if self.train_max_duration is not None:
             props["asr.train_max_duration"] = repr(float(self.train_max_duration))
+        if self.streaming:
+            props["asr.streaming"] = "1"
+            props["asr.chunk_frames"] = str(self.chunk_frames)
+            props["asr.right_context_frames"] = str(self.right_context_frames)
+            props["asr.states"] = json.dumps(self.states)
         return props
 
     @classmethod
@@ -91,6 +117,7 @@ class ModelMetadata:
         try:
             prior = props.get("asr.label_log_prior")
             duration = props.get("asr.train_max_duration")
+            streaming = props.get("asr.streaming") == "1"
             return cls(
                 config=json.loads(props["asr.config"]),
                 tokenizer=json.loads(props["asr.tokenizer"]),
@@ -100,8 +127,12 @@ class ModelMetadata:
                 frame_seconds=float(props["asr.frame_seconds"]),
                 frame_head=props["asr.frame_head"] == "1",
                 int8=props["asr.int8"] == "1",
+                streaming=streaming,
+                chunk_frames=int(props["asr.chunk_frames"]) if streaming else 0,
+                right_context_frames=int(props["asr.right_context_frames"]) if streaming else 0,
+                states=json.loads(props["asr.states"]) if streaming else None,
             )
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, KeyError) as e:
             raise ModelFileError(f"{where}: bad metadata: {e}") from e
 
 
