@@ -10,7 +10,7 @@
     asr align CKPT MANIFEST|AUDIO [--text T | --text-file LINES] --output-dir DIR [--textgrid] [--plot N]
     asr lm build TEXT -o LM.arpa [--order N] [--unit word|char|phone]
     asr lm compile LM.arpa[.gz] -o LM.bin
-    asr export CKPT -o MODEL.onnx [--int8] [--opset 17]
+    asr export CKPT -o MODEL.onnx [--int8] [--opset 17] [--streaming]
     asr demo [--out DIR]
     asr plot RUN_DIR [--output PNG]
 
@@ -423,16 +423,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    report = export_onnx(args.checkpoint, args.output, int8=args.int8, opset=args.opset, check=not args.no_check)
+    if args.streaming:
+        from asr.export_stream import export_step_onnx
+
+        report = export_step_onnx(args.checkpoint, args.output, int8=args.int8, opset=args.opset, check=not args.no_check)
+        checked = "EncoderStream on 3 random-length signals' features, streamed window by window"
+        meta = report.metadata
+        window = f"windows of {meta.chunk_frames} + {meta.right_context_frames} frames" if meta.chunk_frames else "any number of frames"
+        graph = f"step graph, {window}, states {', '.join(f'{k} {v}' for k, v in meta.states.items())}; "
+    else:
+        report = export_onnx(args.checkpoint, args.output, int8=args.int8, opset=args.opset, check=not args.no_check)
+        checked = "torch on 3 random-length signals in one padded batch"
+        graph = ""
     kind = "int8 weights" if report.metadata.int8 else "float32"
-    print(f"{report.path}: {report.size / 2**20:.2f} MiB ({kind}, opset {args.opset}), exported in {report.seconds:.1f} s")
+    print(f"{report.path}: {report.size / 2**20:.2f} MiB ({graph}{kind}, opset {args.opset}), exported in {report.seconds:.1f} s")
     if report.max_delta is None:
         print("not checked against torch (--no-check, or onnxruntime not installed: pip install onnxruntime)")
     else:
-        print(f"max |Δ log-prob| vs torch on 3 random-length signals in one padded batch: {report.max_delta:.2e} "
-              f"(float32 graph; at most {MAX_CHECK_DELTA:g} passes)")
+        print(f"max |Δ log-prob| vs {checked}: {report.max_delta:.2e} (float32 graph; at most {MAX_CHECK_DELTA:g} passes)")
     if report.int8_delta is not None:
-        print(f"int8 graph: max |Δ log-prob| vs torch {report.int8_delta:.2e} (quantization error)")
+        print(f"int8 graph: max |Δ log-prob| vs {'EncoderStream' if args.streaming else 'torch'} {report.int8_delta:.2e} (quantization error)")
     return 0
 
 
@@ -793,6 +803,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--no-check", action="store_true", help="skip running torch and onnxruntime on test signals and comparing")
     p.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (default 1)")
+    p.add_argument("--streaming", action="store_true",
+                   help="a streaming model's step graph instead: feature frames and states in, log-probs and states out (docs/export.md)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("stream", help="recognize as the audio comes: partial results, then a final one at each endpoint")
