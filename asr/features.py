@@ -169,8 +169,7 @@ def reflect_positions(position: Tensor, last: Tensor | None) -> Tensor:
     position = position.abs()
     if last is None:
         return position
-    position = torch.where(position > last, 2 * last - position, position).clamp(min=0)
-    return torch.minimum(position, last)
+    return (last - (last - position).abs()).clamp_min(0)  # p <= last: p; past it: 2 last - p
 
 
 def is_sound(log_mel: Tensor) -> Tensor:

@@ -59,10 +59,27 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
     x (batch, frames, dim), lengths (batch,) -> (batch, frames, dim). Its own inverse.
     """
+    if torch.onnx.is_in_onnx_export():
+        return _ReverseSequence.apply(x, lengths.long())
     frames = torch.arange(x.shape[1], device=x.device)  # (frames,)
     lengths = lengths.to(x.device)[:, None]  # (batch, 1)
     index = torch.where(frames < lengths, lengths - 1 - frames, frames)  # (batch, frames)
     return x.gather(1, index[:, :, None].expand_as(x))
+
+
+class _ReverseSequence(torch.autograd.Function):
+    """`reverse_padded` as the ONNX exporter writes it: ONNX's ReverseSequence, which is that
+    operation (one copy, where the gather builds and reads a (batch, frames, dim) index)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        frames = torch.arange(x.shape[1], device=x.device)  # (frames,)
+        index = torch.where(frames < lengths[:, None], lengths[:, None] - 1 - frames, frames)  # (batch, frames)
+        return x.gather(1, index[:, :, None].expand_as(x))
+
+    @staticmethod
+    def symbolic(g, x, lengths):
+        return g.op("ReverseSequence", x, lengths, batch_axis_i=0, time_axis_i=1)
 
 
 # A recurrent state as the cells return it: a tensor (GRU) or a tuple of tensors (LSTMs), each
