@@ -38,8 +38,9 @@ def shape_size(x: Tensor, dim: int) -> Tensor:
 
 
 def valid_frames(frame_lengths: Tensor, num_frames: Tensor) -> Tensor:
-    """(batch,) lengths, a 0-dim frame count -> (batch, frames, 1) bool, True on valid frames."""
-    return (torch.arange(num_frames, device=frame_lengths.device) < frame_lengths[:, None])[:, :, None]
+    """(batch,) lengths, a 0-dim frame count -> (batch, frames, 1) float32, 1 on valid frames, 0 on
+    padding: a mask to multiply by (one value per frame; ONNX Runtime's Where is slower)."""
+    return (torch.arange(num_frames, device=frame_lengths.device) < frame_lengths[:, None])[:, :, None].float()
 
 
 def clamped_gather(feats: Tensor, index: Tensor, frame_lengths: Tensor) -> Tensor:
@@ -87,7 +88,7 @@ class GraphFeatures(torch.nn.Module):
             feats = self.add_deltas(feats, frame_lengths)  # (batch, frames, static_dim * (deltas + 1))
         if config.stack_frames > 1 or config.subsample > 1:
             feats, frame_lengths = self.stack_and_subsample(feats, frame_lengths)  # (batch, out, output_dim)
-        return feats.masked_fill(~valid_frames(frame_lengths, shape_size(feats, 1)), 0.0), frame_lengths
+        return feats * valid_frames(frame_lengths, shape_size(feats, 1)), frame_lengths
 
     def compute_log_mel(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """`FeatureExtractor.compute_log_mel`: (batch, samples), (batch,) -> (batch, frames,
@@ -104,7 +105,7 @@ class GraphFeatures(torch.nn.Module):
         power = real.float().square() + imag.float().square()  # (batch, frames, n_fft // 2 + 1)
         # the mel sums add positive terms (nothing cancels): float32, with the extractor's float32 weights
         log_mel = torch.matmul(power, fe.mel_weights).clamp_min(LOG_FLOOR).log()  # (batch, frames, num_mel_bins)
-        return log_mel.masked_fill(~valid_frames(frame_lengths, num_frames), 0.0), frame_lengths
+        return log_mel * valid_frames(frame_lengths, num_frames), frame_lengths
 
     def frame_halves(self, audio: Tensor, lengths: Tensor, num_frames: Tensor) -> tuple[Tensor, Tensor]:
         """`FeatureExtractor.frame` (and in Kaldi mode its DC removal and pre-emphasis) by
@@ -112,8 +113,8 @@ class GraphFeatures(torch.nn.Module):
         frame sample lower - j at [:, t, j], (batch, frames, num_pairs) each. The samples the
         frames span (centred: reflected within each utterance) are gathered once, then cut into
         frames by blocks, one index for the whole batch."""
-        fe, pairs = self.extractor, self.num_pairs
-        last_start = (num_frames - 1) * fe.frame_shift  # the last frame's first sample in `spanned`
+        fe, pairs, shift = self.extractor, self.num_pairs, self.extractor.frame_shift
+        last_start = (num_frames - 1) * shift  # the last frame's first sample in `spanned`
         spanned_length = last_start + fe.frame_length
         if fe.config.kaldi_compat:  # snip edges: every frame inside the audio
             frames = self.cut(audio[:, :spanned_length], 0, fe.frame_length, num_frames)  # (batch, frames, frame_length)
@@ -122,22 +123,23 @@ class GraphFeatures(torch.nn.Module):
         position = torch.arange(spanned_length) - fe.frame_length // 2  # (span,)
         last = (lengths - 1).clamp_min(0)[:, None]  # (batch, 1)
         spanned = torch.gather(audio, 1, reflect_positions(position[None], last))  # (batch, span)
-        # frame t's sample upper + j at upper_part[t * shift + j], its sample lower - j at lower_part[(frames - 1 - t) * shift + j]
-        upper_part = spanned[:, self.upper :]
-        lower_part = spanned[:, self.lower - pairs + 1 : last_start + self.lower + 1].flip(1)
-        return self.cut(upper_part, 0, pairs, num_frames), self.cut(lower_part, 1, pairs, num_frames)
+        upper = self.cut(spanned, self.upper, pairs, num_frames)  # frame t's sample upper + j at spanned[t * shift + upper + j]
+        # frame t's sample lower - j at reversed[(frames - 1 - t) * shift + j]
+        reversed_ = spanned[:, self.lower - pairs + 1 : last_start + self.lower + 1].flip(1)  # (batch, (frames - 1) * shift + pairs)
+        return upper, self.cut(reversed_, 0, pairs, num_frames, backward=True)
 
-    def cut(self, signal: Tensor, backward: int, length: int, num_frames: Tensor) -> Tensor:
-        """Frames of `length` samples every frame_shift from the start of signal (batch, (frames - 1)
-        * shift + length), the last one first when `backward` -> (batch, frames, length): a
-        gather of blocks of samples by one batch-free index."""
+    def cut(self, signal: Tensor, offset: int, length: int, num_frames: Tensor, backward: bool = False) -> Tensor:
+        """Frames of `length` samples every frame_shift from sample `offset` of signal (batch,
+        (frames - 1) * shift + offset + length), the last one first when `backward` -> (batch,
+        frames, length): a gather of blocks of samples by one batch-free index."""
         shift = self.extractor.frame_shift
-        block = math.gcd(shift, length)
+        block = math.gcd(shift, length, offset)  # divides the signal's length
         start = torch.arange(num_frames) * (shift // block)  # (frames,), in blocks
         if backward:
             start = start.flip(0)
         blocks = signal.reshape(signal.shape[0], -1, block)  # (batch, signal / block, block)
-        return blocks[:, start[:, None] + torch.arange(length // block)].flatten(2)  # (batch, frames, length)
+        index = start[:, None] + torch.arange(offset // block, (offset + length) // block)  # (frames, length / block)
+        return blocks[:, index].flatten(2)  # (batch, frames, length)
 
     def dft_tables(self, anchor: Tensor) -> tuple[Tensor, Tensor]:
         """cos and sin of 2 pi (j + offset) k / n_fft times window[upper + j] times INT16_SCALE, for
