@@ -5,21 +5,34 @@ The same values as `FeatureExtractor.forward` (asr/features.py), from the same w
 and delta matrices (its buffers) and the same CMVN code; only the steps whose torch form does
 not export are written again:
 
-- framing: `Tensor.unfold` over a dynamic length and `torch.fft.rfft` have no TorchScript-exporter
-  symbolic, so frames are gathered by index (frame t, sample k reads t * shift + k, reflected
-  within the utterance in centred mode) and the spectrum is a DFT: two matrix products with
-  cos and sin tables;
+- framing: `Tensor.unfold` over a dynamic length has no TorchScript-exporter symbolic. The
+  samples the frames span are gathered once (centred mode: reflected within each utterance,
+  `reflect_positions`), then cut into frames by blocks of gcd(shift, ...) samples with one index
+  for the whole batch (a gather per sample cost 8 % of the int8 graph's time);
+- the spectrum: `torch.fft.rfft` has no symbolic either, and ONNX's DFT op is no faster in
+  onnxruntime than a matrix product (measured, float64, 16 x 390 frames, one thread: DFT op 64 ms,
+  one product with a 400 x 514 cos | sin table 40 ms; its kernel is a scalar radix-2 loop). The
+  DFT is a matrix product that uses the window's symmetry about c = mirror / 2 (w[n] =
+  w[mirror - n]; mirror = frame_length, or frame_length - 1 for Kaldi's window): pairing sample
+  a_j = x[upper + j] with b_j = x[lower - j], both d_j = upper + j - c from the centre,
+
+      e^{2 pi i c k / N} X[k] = sum_j w_j (a_j + b_j) cos(2 pi d_j k / N) - i sum_j w_j (a_j - b_j) sin(2 pi d_j k / N)
+
+  (w_0 halved where d_0 = 0: the centre sample is its own pair), and the phase factor is lost
+  in |X[k]|^2: two products of frame_length / 2 terms each, half the multiply-adds of the plain
+  DFT (which was 40 % of the int8 graph's time);
 - every length is a tensor computed from the input's shape, never a Python int or an `if` on
   one, which the tracer would freeze at the example's size (`unflatten` freezes it too:
   `reshape` with -1 does not).
 
-The spectral part (window, DFT, power) runs in float64, cast to float32 before the mel sums
-(positive terms: nothing cancels there): a float32 DFT by matrix product is as far from the exact spectrum as `rfft`'s float32 FFT
-is, in a different direction, so the two would differ by twice that (measured on the demo test
-set: 5e-3 vs 3e-3 in log-mel on the quietest bins); in float64 the graph is off `rfft` only by
-`rfft`'s own rounding. The DFT tables are built at run time from a 2 x n_fft table of cos and
-sin values (exact to float64) and an integer index (t * k mod n_fft) that hangs off the input's
-shape, so the exporter does not fold 1.6 MB of float64 tables into the file.
+The spectral part (pairing, DFT) runs in float64, cast to float32 for the power and the mel
+sums (positive terms: nothing cancels there): a float32 DFT by matrix product is as far from the
+exact spectrum as `rfft`'s float32 FFT is, in a different direction, so the two would differ by
+twice that (measured on the demo test set: 5e-3 vs 3e-3 in log-mel on the quietest bins); in
+float64 the graph is off the float64 extractor by float32 rounding (1e-6 in log-mel) and off
+`rfft` by `rfft`'s own rounding. The DFT tables are built at run time from a 2 x 2 n_fft table
+of cos and sin values (exact to float64) and an integer index that hangs off the input's shape,
+so the exporter does not fold 0.8 MB of float64 tables into the file.
 """
 
 from __future__ import annotations
@@ -69,8 +82,8 @@ class GraphFeatures(torch.nn.Module):
         position = torch.arange(length)
         paired = self.mirror - position  # (frame_length,)
         inside = paired < length
-        # Kaldi's Povey window and the periodic Hann window are (exactly, in float32, at every
-        # length from 2 to 4096 samples); the periodic one's sample 0 has no pair and weighs 0
+        # Kaldi's Povey window and the periodic Hann window are symmetric (exactly, in float32, at
+        # every length from 2 to 4096 samples); the periodic one's sample 0 has no pair and weighs 0
         assert torch.equal(window[inside], window[paired[inside]]) and not window[~inside].any(), "asymmetric window"
         weights = window[self.upper :] * INT16_SCALE  # (num_pairs,): the int16 scale is exact here (2 ** 15)
         if self.upper == self.lower:
@@ -102,8 +115,8 @@ class GraphFeatures(torch.nn.Module):
         cos, sin = self.dft_tables(num_samples)  # (num_pairs, n_fft // 2 + 1) each
         real = torch.matmul(upper + lower, cos)  # (batch, frames, n_fft // 2 + 1)
         imag = torch.matmul(upper - lower, sin)  # (batch, frames, n_fft // 2 + 1)
+        # |X|^2 and the mel sums add positive terms (nothing cancels): float32, with the extractor's float32 weights
         power = real.float().square() + imag.float().square()  # (batch, frames, n_fft // 2 + 1)
-        # the mel sums add positive terms (nothing cancels): float32, with the extractor's float32 weights
         log_mel = torch.matmul(power, fe.mel_weights).clamp_min(LOG_FLOOR).log()  # (batch, frames, num_mel_bins)
         return log_mel * valid_frames(frame_lengths, num_frames), frame_lengths
 
@@ -124,9 +137,9 @@ class GraphFeatures(torch.nn.Module):
         last = (lengths - 1).clamp_min(0)[:, None]  # (batch, 1)
         spanned = torch.gather(audio, 1, reflect_positions(position[None], last))  # (batch, span)
         upper = self.cut(spanned, self.upper, pairs, num_frames)  # frame t's sample upper + j at spanned[t * shift + upper + j]
-        # frame t's sample lower - j at reversed[(frames - 1 - t) * shift + j]
-        reversed_ = spanned[:, self.lower - pairs + 1 : last_start + self.lower + 1].flip(1)  # (batch, (frames - 1) * shift + pairs)
-        return upper, self.cut(reversed_, 0, pairs, num_frames, backward=True)
+        # frame t's sample lower - j at mirrored[(frames - 1 - t) * shift + j]
+        mirrored = spanned[:, self.lower - pairs + 1 : last_start + self.lower + 1].flip(1)  # (batch, (frames - 1) * shift + pairs)
+        return upper, self.cut(mirrored, 0, pairs, num_frames, backward=True)
 
     def cut(self, signal: Tensor, offset: int, length: int, num_frames: Tensor, backward: bool = False) -> Tensor:
         """Frames of `length` samples every frame_shift from sample `offset` of signal (batch,
