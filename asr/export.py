@@ -7,7 +7,7 @@
 
 The values are `Recognizer.outputs(audio, lengths)`'s (the frame head's where the model has one),
 each utterance of a padded batch as if alone: the backward direction reads each utterance reversed
-within its own length (`reverse_padded`, a gather the graph keeps), so padding never reaches it.
+within its own length (`reverse_padded`: ONNX's ReverseSequence), so padding never reaches it.
 The metadata (asr/onnx_meta.py) carries the config, tokenizer and frame clock, so a runtime
 without torch needs nothing else.
 

@@ -5,21 +5,34 @@ The same values as `FeatureExtractor.forward` (asr/features.py), from the same w
 and delta matrices (its buffers) and the same CMVN code; only the steps whose torch form does
 not export are written again:
 
-- framing: `Tensor.unfold` over a dynamic length and `torch.fft.rfft` have no TorchScript-exporter
-  symbolic, so frames are gathered by index (frame t, sample k reads t * shift + k, reflected
-  within the utterance in centred mode) and the spectrum is a DFT: two matrix products with
-  cos and sin tables;
+- framing: `Tensor.unfold` over a dynamic length has no TorchScript-exporter symbolic. The
+  samples the frames span are gathered once (centred mode: reflected within each utterance,
+  `reflect_positions`), then cut into frames by blocks of gcd(shift, ...) samples with one index
+  for the whole batch (a gather per sample cost 8 % of the int8 graph's time);
+- the spectrum: `torch.fft.rfft` has no symbolic either, and ONNX's DFT op is no faster in
+  onnxruntime than a matrix product (measured, float64, 16 x 390 frames, one thread: DFT op 64 ms,
+  one product with a 400 x 514 cos | sin table 40 ms; its kernel is a scalar radix-2 loop). The
+  DFT is a matrix product that uses the window's symmetry about c = mirror / 2 (w[n] =
+  w[mirror - n]; mirror = frame_length, or frame_length - 1 for Kaldi's window): pairing sample
+  a_j = x[upper + j] with b_j = x[lower - j], both d_j = upper + j - c from the centre,
+
+      e^{2 pi i c k / N} X[k] = sum_j w_j (a_j + b_j) cos(2 pi d_j k / N) - i sum_j w_j (a_j - b_j) sin(2 pi d_j k / N)
+
+  (w_0 halved where d_0 = 0: the centre sample is its own pair), and the phase factor is lost
+  in |X[k]|^2: two products of frame_length / 2 terms each, half the multiply-adds of the plain
+  DFT (which was 40 % of the int8 graph's time);
 - every length is a tensor computed from the input's shape, never a Python int or an `if` on
   one, which the tracer would freeze at the example's size (`unflatten` freezes it too:
   `reshape` with -1 does not).
 
-The spectral part (window, DFT, power) runs in float64, cast to float32 before the mel sums
-(positive terms: nothing cancels there): a float32 DFT by matrix product is as far from the exact spectrum as `rfft`'s float32 FFT
-is, in a different direction, so the two would differ by twice that (measured on the demo test
-set: 5e-3 vs 3e-3 in log-mel on the quietest bins); in float64 the graph is off `rfft` only by
-`rfft`'s own rounding. The DFT tables are built at run time from a 2 x n_fft table of cos and
-sin values (exact to float64) and an integer index (t * k mod n_fft) that hangs off the input's
-shape, so the exporter does not fold 1.6 MB of float64 tables into the file.
+The spectral part (pairing, DFT) runs in float64, cast to float32 for the power and the mel
+sums (positive terms: nothing cancels there): a float32 DFT by matrix product is as far from the
+exact spectrum as `rfft`'s float32 FFT is, in a different direction, so the two would differ by
+twice that (measured on the demo test set: 5e-3 vs 3e-3 in log-mel on the quietest bins); in
+float64 the graph is off the float64 extractor by float32 rounding (1e-6 in log-mel) and off
+`rfft` by `rfft`'s own rounding. The DFT tables are built at run time from a 2 x 2 n_fft table
+of cos and sin values (exact to float64) and an integer index that hangs off the input's shape,
+so the exporter does not fold 0.8 MB of float64 tables into the file.
 """
 
 from __future__ import annotations
@@ -38,8 +51,9 @@ def shape_size(x: Tensor, dim: int) -> Tensor:
 
 
 def valid_frames(frame_lengths: Tensor, num_frames: Tensor) -> Tensor:
-    """(batch,) lengths, a 0-dim frame count -> (batch, frames, 1) bool, True on valid frames."""
-    return (torch.arange(num_frames, device=frame_lengths.device) < frame_lengths[:, None])[:, :, None]
+    """(batch,) lengths, a 0-dim frame count -> (batch, frames, 1) float32, 1 on valid frames, 0 on
+    padding: a mask to multiply by (one value per frame; ONNX Runtime's Where is slower)."""
+    return (torch.arange(num_frames, device=frame_lengths.device) < frame_lengths[:, None])[:, :, None].float()
 
 
 def clamped_gather(feats: Tensor, index: Tensor, frame_lengths: Tensor) -> Tensor:
@@ -59,9 +73,24 @@ class GraphFeatures(torch.nn.Module):
     def __init__(self, extractor: FeatureExtractor):
         super().__init__()
         self.extractor = extractor.eval()
-        n = extractor.n_fft
-        angle = 2 * math.pi / n * torch.arange(n, dtype=torch.float64)  # (n_fft,): one period
-        self.register_buffer("trig", torch.stack([angle.cos(), angle.sin()]), persistent=False)  # (2, n_fft)
+        length, n = extractor.frame_length, extractor.n_fft
+        # the window is symmetric about mirror / 2: sample upper + j pairs with lower - j
+        self.mirror = length - 1 if extractor.config.kaldi_compat else length
+        self.upper, self.lower = (self.mirror + 1) // 2, self.mirror // 2
+        self.num_pairs = length - self.upper
+        window = extractor.window.double()  # (frame_length,)
+        position = torch.arange(length)
+        paired = self.mirror - position  # (frame_length,)
+        inside = paired < length
+        # Kaldi's Povey window and the periodic Hann window are symmetric (exactly, in float32, at
+        # every length from 2 to 4096 samples); the periodic one's sample 0 has no pair and weighs 0
+        assert torch.equal(window[inside], window[paired[inside]]) and not window[~inside].any(), "asymmetric window"
+        weights = window[self.upper :] * INT16_SCALE  # (num_pairs,): the int16 scale is exact here (2 ** 15)
+        if self.upper == self.lower:
+            weights[0] /= 2  # the centre sample is its own pair: upper + lower counts it twice
+        self.register_buffer("pair_weights", weights[:, None], persistent=False)  # (num_pairs, 1)
+        angle = math.pi / n * torch.arange(2 * n, dtype=torch.float64)  # (2 n_fft,): one period in half-steps
+        self.register_buffer("trig", torch.stack([angle.cos(), angle.sin()]), persistent=False)  # (2, 2 n_fft)
 
     def forward(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         fe, config = self.extractor, self.extractor.config
@@ -72,50 +101,70 @@ class GraphFeatures(torch.nn.Module):
             feats = self.add_deltas(feats, frame_lengths)  # (batch, frames, static_dim * (deltas + 1))
         if config.stack_frames > 1 or config.subsample > 1:
             feats, frame_lengths = self.stack_and_subsample(feats, frame_lengths)  # (batch, out, output_dim)
-        return feats.masked_fill(~valid_frames(frame_lengths, shape_size(feats, 1)), 0.0), frame_lengths
+        return feats * valid_frames(frame_lengths, shape_size(feats, 1)), frame_lengths
 
     def compute_log_mel(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """`FeatureExtractor.compute_log_mel`: (batch, samples), (batch,) -> (batch, frames,
         num_mel_bins) float32 with padding 0, frame lengths (batch,)."""
         fe = self.extractor
         num_samples = shape_size(audio, 1)
-        audio = audio.double() * INT16_SCALE  # (batch, samples), int16 units
         lengths = torch.minimum(lengths.long().clamp_min(0), num_samples)  # (batch,)
         frame_lengths = fe.num_raw_frames(lengths)  # (batch,)
         num_frames = fe.num_raw_frames(num_samples)  # 0-dim
-        frames = self.frame(audio, lengths, num_frames)  # (batch, frames, frame_length)
-        if fe.config.kaldi_compat:
-            frames = fe.remove_dc_and_preemphasize(frames)
-        cos, sin = self.dft_tables(num_samples)  # (frame_length, n_fft // 2 + 1) each
-        windowed = frames * fe.window.double()  # (batch, frames, frame_length)
-        power = torch.matmul(windowed, cos).square() + torch.matmul(windowed, sin).square()  # (batch, frames, n_fft // 2 + 1)
-        # the mel sums add positive terms (nothing cancels): float32, with the extractor's float32 weights
-        log_mel = torch.matmul(power.float(), fe.mel_weights).clamp_min(LOG_FLOOR).log()  # (batch, frames, num_mel_bins)
-        return log_mel.masked_fill(~valid_frames(frame_lengths, num_frames), 0.0), frame_lengths
+        upper, lower = self.frame_halves(audio.double(), lengths, num_frames)  # (batch, frames, num_pairs) each
+        cos, sin = self.dft_tables(num_samples)  # (num_pairs, n_fft // 2 + 1) each
+        real = torch.matmul(upper + lower, cos)  # (batch, frames, n_fft // 2 + 1)
+        imag = torch.matmul(upper - lower, sin)  # (batch, frames, n_fft // 2 + 1)
+        # |X|^2 and the mel sums add positive terms (nothing cancels): float32, with the extractor's float32 weights
+        power = real.float().square() + imag.float().square()  # (batch, frames, n_fft // 2 + 1)
+        log_mel = torch.matmul(power, fe.mel_weights).clamp_min(LOG_FLOOR).log()  # (batch, frames, num_mel_bins)
+        return log_mel * valid_frames(frame_lengths, num_frames), frame_lengths
 
-    def frame(self, audio: Tensor, lengths: Tensor, num_frames: Tensor) -> Tensor:
-        """`FeatureExtractor.frame` by gathering: (batch, samples) -> (batch, frames, frame_length)."""
-        fe = self.extractor
-        offsets = torch.arange(fe.frame_length, device=audio.device)  # (frame_length,)
-        start = torch.arange(num_frames, device=audio.device) * fe.frame_shift  # (frames,)
+    def frame_halves(self, audio: Tensor, lengths: Tensor, num_frames: Tensor) -> tuple[Tensor, Tensor]:
+        """`FeatureExtractor.frame` (and in Kaldi mode its DC removal and pre-emphasis) by
+        gathering, as the halves the DFT pairs: (batch, samples) -> frame sample upper + j and
+        frame sample lower - j at [:, t, j], (batch, frames, num_pairs) each. The samples the
+        frames span (centred: reflected within each utterance) are gathered once, then cut into
+        frames by blocks, one index for the whole batch."""
+        fe, pairs, shift = self.extractor, self.num_pairs, self.extractor.frame_shift
+        last_start = (num_frames - 1) * shift  # the last frame's first sample in `spanned`
+        spanned_length = last_start + fe.frame_length
         if fe.config.kaldi_compat:  # snip edges: every frame inside the audio
-            position = start[:, None] + offsets  # (frames, frame_length)
-            return audio[:, position]  # (batch, frames, frame_length)
-        position = (start - fe.frame_length // 2)[:, None] + offsets  # (frames, frame_length)
-        last = (lengths - 1).clamp_min(0)[:, None, None]  # (batch, 1, 1)
-        position = reflect_positions(position[None], last)  # (batch, frames, frame_length)
-        frames = torch.gather(audio, 1, position.flatten(1))  # (batch, frames * frame_length)
-        return frames.reshape(audio.shape[0], -1, fe.frame_length)
+            frames = self.cut(audio[:, :spanned_length], 0, fe.frame_length, num_frames)  # (batch, frames, frame_length)
+            frames = fe.remove_dc_and_preemphasize(frames)
+            return frames[:, :, self.upper :], frames[:, :, self.lower - pairs + 1 : self.lower + 1].flip(2)
+        position = torch.arange(spanned_length) - fe.frame_length // 2  # (span,)
+        last = (lengths - 1).clamp_min(0)[:, None]  # (batch, 1)
+        spanned = torch.gather(audio, 1, reflect_positions(position[None], last))  # (batch, span)
+        upper = self.cut(spanned, self.upper, pairs, num_frames)  # frame t's sample upper + j at spanned[t * shift + upper + j]
+        # frame t's sample lower - j at mirrored[(frames - 1 - t) * shift + j]
+        mirrored = spanned[:, self.lower - pairs + 1 : last_start + self.lower + 1].flip(1)  # (batch, (frames - 1) * shift + pairs)
+        return upper, self.cut(mirrored, 0, pairs, num_frames, backward=True)
+
+    def cut(self, signal: Tensor, offset: int, length: int, num_frames: Tensor, backward: bool = False) -> Tensor:
+        """Frames of `length` samples every frame_shift from sample `offset` of signal (batch,
+        (frames - 1) * shift + offset + length), the last one first when `backward` -> (batch,
+        frames, length): a gather of blocks of samples by one batch-free index."""
+        shift = self.extractor.frame_shift
+        block = math.gcd(shift, length, offset)  # divides the signal's length
+        start = torch.arange(num_frames) * (shift // block)  # (frames,), in blocks
+        if backward:
+            start = start.flip(0)
+        blocks = signal.reshape(signal.shape[0], -1, block)  # (batch, signal / block, block)
+        index = start[:, None] + torch.arange(offset // block, (offset + length) // block)  # (frames, length / block)
+        return blocks[:, index].flatten(2)  # (batch, frames, length)
 
     def dft_tables(self, anchor: Tensor) -> tuple[Tensor, Tensor]:
-        """cos and sin of 2 pi t k / n_fft for t < frame_length, k <= n_fft / 2: (frame_length,
-        n_fft // 2 + 1) float64 each (the real DFT of a frame zero-padded to n_fft). `anchor`, any
-        0-dim int64 tensor of the input's shape, only keeps the exporter from folding them."""
-        fe = self.extractor
-        t = (torch.arange(fe.frame_length) + anchor * 0)[:, None]  # (frame_length, 1)
-        k = torch.arange(fe.n_fft // 2 + 1)[None, :]  # (1, n_fft // 2 + 1)
-        phase = t * k % fe.n_fft  # (frame_length, n_fft // 2 + 1), exact in int64
-        return self.trig[0][phase], self.trig[1][phase]
+        """cos and sin of 2 pi (j + offset) k / n_fft times window[upper + j] times INT16_SCALE, for
+        pairs j and bins k <= n_fft / 2: (num_pairs, n_fft // 2 + 1) float64 each (module
+        docstring). Gathered from a table of one period by exact int64 phases; `anchor`, any
+        0-dim int64 tensor of the input's shape, only keeps the exporter from folding them into
+        the file."""
+        n = self.extractor.n_fft
+        twice_offset = 2 * self.upper - self.mirror  # 0, or 1: the pairs' distances from the centre are half-integers
+        j = (torch.arange(self.num_pairs) + anchor * 0)[:, None]  # (num_pairs, 1)
+        phase = (2 * j + twice_offset) * torch.arange(n // 2 + 1) % (2 * n)  # (num_pairs, n_fft // 2 + 1), in periods / (2 n_fft)
+        return self.trig[0][phase] * self.pair_weights, self.trig[1][phase] * self.pair_weights
 
     def add_deltas(self, feats: Tensor, frame_lengths: Tensor) -> Tensor:
         """`FeatureExtractor.add_deltas`: (batch, frames, dim) -> (batch, frames, dim * (order + 1))."""

@@ -169,8 +169,7 @@ def reflect_positions(position: Tensor, last: Tensor | None) -> Tensor:
     position = position.abs()
     if last is None:
         return position
-    position = torch.where(position > last, 2 * last - position, position).clamp(min=0)
-    return torch.minimum(position, last)
+    return torch.minimum(position, 2 * last - position).clamp_min(0)  # p <= last: p; past it: 2 last - p
 
 
 def is_sound(log_mel: Tensor) -> Tensor:
@@ -347,10 +346,13 @@ class FeatureExtractor(torch.nn.Module, FrameTiming):
         if counted is not None:
             stats = valid & counted[:, :, None]
             stats = stats | (valid & ~stats.any(dim=1, keepdim=True))  # no torch.where: ONNX Runtime has no Where on bool
-        count = stats.sum(dim=1, keepdim=True).clamp_min(1).to(feats.dtype)  # (batch, 1, 1)
-        mean = feats.masked_fill(~stats, 0.0).sum(dim=1, keepdim=True) / count  # (batch, 1, dim)
-        variance = (feats - mean).masked_fill(~stats, 0.0).square().sum(dim=1, keepdim=True) / count  # (batch, 1, dim)
-        return (feats - mean).masked_fill(~valid, 0.0) * torch.rsqrt(variance + CMVN_VARIANCE_FLOOR)
+        # masks as per-frame multiplies (features are finite; x * 1 is x): a per-element Where costs more in ONNX Runtime
+        weights = stats.to(feats.dtype)  # (batch, frames, 1): 1 on the frames of the statistics
+        count = weights.sum(dim=1, keepdim=True).clamp_min(1)  # (batch, 1, 1)
+        mean = (feats * weights).sum(dim=1, keepdim=True) / count  # (batch, 1, dim)
+        centred = feats - mean  # (batch, frames, dim)
+        variance = (centred * weights).square().sum(dim=1, keepdim=True) / count  # (batch, 1, dim)
+        return centred * valid.to(feats.dtype) * torch.rsqrt(variance + CMVN_VARIANCE_FLOOR)
 
     def set_cmvn_stats(self, mean: Tensor, var: Tensor) -> None:
         """Set the training set's statistics that cmvn "global" and "running" normalize with:
@@ -389,7 +391,7 @@ class FeatureExtractor(torch.nn.Module, FrameTiming):
             feats = self.normalize_global(feats)
         elif kind == "running":
             feats = running_cmvn(feats, *self.trained_cmvn_stats())
-        return feats.masked_fill(~frame_mask(frame_lengths, feats.shape[1]), 0.0)
+        return feats * frame_mask(frame_lengths, feats.shape[1]).to(feats.dtype)
 
     def add_deltas(self, feats: Tensor, frame_lengths: Tensor) -> Tensor:
         """Append deltas up to config.deltas: (batch, frames, dim) -> (batch, frames, dim * (order + 1)).

@@ -118,6 +118,9 @@ FEATURE_CASES = {
     "mfcc": ["features.kind=mfcc", "features.deltas=2"],
     "kaldi": ["features.kaldi_compat=true", "features.cmvn=speech", "features.deltas=1", "features.stack_frames=2", "features.subsample=3"],
     "none": ["features.cmvn=none"],
+    # odd windows (401 samples): the DFT's pairs about a half-sample centre, blocks of 1 sample
+    "odd_window": ["features.frame_length_ms=25.0625", "features.stack_frames=2"],
+    "kaldi_odd_window": ["features.kaldi_compat=true", "features.frame_length_ms=25.0625", "features.cmvn=none"],
 }
 
 

@@ -59,10 +59,29 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
     x (batch, frames, dim), lengths (batch,) -> (batch, frames, dim). Its own inverse.
     """
+    if torch.onnx.is_in_onnx_export():
+        return _ReverseSequence.apply(x, lengths.long())
+    return _gather_reversed(x, lengths)
+
+
+def _gather_reversed(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     frames = torch.arange(x.shape[1], device=x.device)  # (frames,)
     lengths = lengths.to(x.device)[:, None]  # (batch, 1)
     index = torch.where(frames < lengths, lengths - 1 - frames, frames)  # (batch, frames)
     return x.gather(1, index[:, :, None].expand_as(x))
+
+
+class _ReverseSequence(torch.autograd.Function):
+    """`reverse_padded` as the ONNX exporter writes it: ONNX's ReverseSequence, the same operation
+    in one op (the gather's (batch, frames, dim) index cost 5 % of the int8 demo graph's time)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return _gather_reversed(x, lengths)
+
+    @staticmethod
+    def symbolic(g, x, lengths):
+        return g.op("ReverseSequence", x, lengths, batch_axis_i=0, time_axis_i=1)
 
 
 # A recurrent state as the cells return it: a tensor (GRU) or a tuple of tensors (LSTMs), each
