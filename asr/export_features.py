@@ -155,11 +155,11 @@ class GraphFeatures(torch.nn.Module):
         return blocks[:, index].flatten(2)  # (batch, frames, length)
 
     def dft_tables(self, anchor: Tensor) -> tuple[Tensor, Tensor]:
-        """cos and sin of 2 pi (j + offset) k / n_fft times window[upper + j] times INT16_SCALE, for
-        pairs j and bins k <= n_fft / 2: (num_pairs, n_fft // 2 + 1) float64 each (module
-        docstring). Gathered from a table of one period by exact int64 phases; `anchor`, any
-        0-dim int64 tensor of the input's shape, only keeps the exporter from folding them into
-        the file."""
+        """cos and sin of 2 pi d_j k / n_fft times window[upper + j] times INT16_SCALE, for pairs j
+        at d_j = j or j + 1/2 from the centre and bins k <= n_fft / 2: (num_pairs, n_fft // 2 + 1)
+        float64 each (module docstring). Gathered from a table of one period by exact int64
+        phases; `anchor`, any 0-dim int64 tensor of the input's shape, only keeps the exporter
+        from folding them into the file."""
         n = self.extractor.n_fft
         twice_offset = 2 * self.upper - self.mirror  # 0, or 1: the pairs' distances from the centre are half-integers
         j = (torch.arange(self.num_pairs) + anchor * 0)[:, None]  # (num_pairs, 1)
