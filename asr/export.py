@@ -32,6 +32,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -295,40 +296,62 @@ def export_onnx(
     and onnxruntime installed, run torch and the graph on a padded batch of 3 random-length
     signals: ExportError if the float32 graph differs by more than MAX_CHECK_DELTA."""
     started = time.perf_counter()
-    if importlib.util.find_spec("onnx") is None:  # the TorchScript exporter writes through it
-        raise ExportError("asr export needs the onnx package: pip install onnx onnxruntime")
-    recognizer = Recognizer.from_checkpoint(checkpoint, device="cpu")
+    recognizer = load_for_export(checkpoint)
     graph = GraphRecognizer(recognizer)
+    signals = check_signals(recognizer.sample_rate)
+    output = Path(output)
+    max_delta, int8_delta = write_checked(
+        output, model_metadata(recognizer, int8, graph.frame_head), lambda path: trace_to_onnx(graph, path, opset, recognizer.sample_rate),
+        lambda session: max_difference(recognizer, session, signals), "graph differs from torch", f"{len(signals)} test signals",
+        int8=int8, check=check,
+    )  # fmt: skip
+    return ExportReport(output, output.stat().st_size, time.perf_counter() - started, max_delta, int8_delta, read_metadata(output))
+
+
+def load_for_export(checkpoint: str | os.PathLike) -> Recognizer:
+    """The checkpoint's recognizer on the CPU; ExportError where the onnx package (which the
+    TorchScript exporter writes through) is missing."""
+    if importlib.util.find_spec("onnx") is None:
+        raise ExportError("asr export needs the onnx package: pip install onnx onnxruntime")
+    return Recognizer.from_checkpoint(checkpoint, device="cpu")
+
+
+def write_checked(
+    output: Path, metadata: ModelMetadata, trace: Callable[[Path], None], difference: Callable[[object], float], what: str, on: str,
+    *, int8: bool, check: bool, before_int8: Callable[[Path], None] | None = None,
+) -> tuple[float | None, float | None]:
+    """What every export does around its graph: `trace(path)` into a temporary file beside
+    `output`; with `check` and onnxruntime installed, `difference(session)` of the float32 graph
+    (ExportError "the exported {what} by ... on {on}: not written" above MAX_CHECK_DELTA); with
+    `int8`, `before_int8(path)` then quantization, and the int8 graph's difference; the metadata
+    added, and the file renamed into place. Returns (float32 difference, int8 difference), None
+    where not checked."""
     try:
         import onnxruntime
     except ImportError:
         if int8:
             raise ExportError("--int8 needs onnxruntime: pip install onnxruntime") from None
         onnxruntime = None
-    output = Path(output)
     max_delta = int8_delta = None
     with atomic_path(output) as tmp:
         traced = tmp.with_name(tmp.name + ".fp32.onnx") if int8 else tmp
         try:
-            trace_to_onnx(graph, traced, opset, recognizer.sample_rate)
-            signals = check_signals(recognizer.sample_rate)
+            trace(traced)
             if check and onnxruntime is not None:
-                max_delta = max_difference(recognizer, _session(onnxruntime, traced), signals)
+                max_delta = difference(_session(onnxruntime, traced))
                 if not max_delta <= MAX_CHECK_DELTA:
-                    raise ExportError(
-                        f"the exported graph differs from torch by {max_delta:.2e} in log-prob (more than "
-                        f"{MAX_CHECK_DELTA:g}) on {len(signals)} test signals: not written"
-                    )
+                    raise ExportError(f"the exported {what} by {max_delta:.2e} in log-prob (more than {MAX_CHECK_DELTA:g}) on {on}: not written")
             if int8:
+                if before_int8 is not None:
+                    before_int8(traced)
                 quantize_int8(traced, tmp)
                 if check:
-                    int8_delta = max_difference(recognizer, _session(onnxruntime, tmp), signals)
+                    int8_delta = difference(_session(onnxruntime, tmp))
         finally:
             if traced != tmp:
                 traced.unlink(missing_ok=True)
-        metadata = model_metadata(recognizer, int8, graph.frame_head)
         add_metadata(tmp, metadata)
-    return ExportReport(output, output.stat().st_size, time.perf_counter() - started, max_delta, int8_delta, read_metadata(output))
+    return max_delta, int8_delta
 
 
 def _session(onnxruntime, path: Path):

@@ -23,7 +23,6 @@ Same cells as asr/export.py (nn.LSTM, nn.GRU); a bidirectional model cannot stre
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 import warnings
@@ -37,9 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from asr.export import (
-    MAX_CHECK_DELTA, ExportError, _session, add_metadata, check_exportable, check_signals, model_metadata, padded_batch, quantize_int8,
+    ExportError, check_exportable, check_signals, load_for_export, model_metadata, padded_batch, write_checked,
 )  # fmt: skip
-from asr.fileio import atomic_path
 from asr.inference import Recognizer
 from asr.models.encoder import CTCModel, EncoderStream, RecurrentLayer
 from asr.onnx_meta import STATE_OUT, STEP_INPUTS, STEP_OUTPUTS, ModelMetadata, read_metadata
@@ -254,40 +252,21 @@ def export_step_onnx(
     `EncoderStream` and through the graph window by window: ExportError if the float32 graph
     differs by more than MAX_CHECK_DELTA."""
     started = time.perf_counter()
-    if importlib.util.find_spec("onnx") is None:
-        raise ExportError("asr export needs the onnx package: pip install onnx onnxruntime")
-    recognizer = Recognizer.from_checkpoint(checkpoint, device="cpu")
+    recognizer = load_for_export(checkpoint)
     check_exportable(recognizer.config)
     model = recognizer.model
     graph = StepGraph(model, recognizer.align_with_frame_head)
-    try:
-        import onnxruntime
-    except ImportError:
-        if int8:
-            raise ExportError("--int8 needs onnxruntime: pip install onnxruntime") from None
-        onnxruntime = None
     output = Path(output)
     metadata = step_metadata(recognizer, int8, graph.frame_head)
-    max_delta = int8_delta = None
-    with atomic_path(output) as tmp:
-        traced = tmp.with_name(tmp.name + ".fp32.onnx") if int8 else tmp
-        try:
-            trace_step(graph, traced, opset, recognizer.features.output_dim)
-            if check and onnxruntime is not None:
-                feats = check_features(recognizer, check_signals(recognizer.sample_rate))
-                max_delta = stream_difference(model, _session(onnxruntime, traced), metadata, feats)
-                if not max_delta <= MAX_CHECK_DELTA:
-                    raise ExportError(
-                        f"the exported step graph differs from EncoderStream by {max_delta:.2e} in log-prob (more than "
-                        f"{MAX_CHECK_DELTA:g}) on {len(feats)} test streams: not written"
-                    )
-            if int8:
-                copy_weight_aliases(traced)
-                quantize_int8(traced, tmp)
-                if check:
-                    int8_delta = stream_difference(model, _session(onnxruntime, tmp), metadata, feats)
-        finally:
-            if traced != tmp:
-                traced.unlink(missing_ok=True)
-        add_metadata(tmp, metadata)
+    signals = check_signals(recognizer.sample_rate)
+    feats: list[Tensor] = []  # the signals' features, made when the first check asks
+
+    def difference(session) -> float:
+        feats[:] = feats or check_features(recognizer, signals)
+        return stream_difference(model, session, metadata, feats)
+
+    max_delta, int8_delta = write_checked(
+        output, metadata, lambda path: trace_step(graph, path, opset, recognizer.features.output_dim), difference,
+        "step graph differs from EncoderStream", f"{len(signals)} test streams", int8=int8, check=check, before_int8=copy_weight_aliases,
+    )  # fmt: skip
     return StepExportReport(output, output.stat().st_size, time.perf_counter() - started, max_delta, int8_delta, read_metadata(output))

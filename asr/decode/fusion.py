@@ -23,7 +23,24 @@ from asr.decode.lm import NGramLM
 from asr.tokens import BLANK_ID, SPACE
 
 
-class TokenLMFusion:
+class _OnDevices:
+    """A fusion's tables as torch tensors, one view per device, made on first use and kept: what
+    the torch layouts read (`tensors`); the numba layout reads the numpy arrays themselves."""
+
+    def tensors(self, device="cpu"):
+        """The tables as torch tensors on `device`, with the torch layouts' steps."""
+        lm = self.lm.tensors(device)
+        if lm.device not in self._tensors:
+            self._tensors[lm.device] = self._view(lm)
+        return self._tensors[lm.device]
+
+    def to(self, device):
+        """Make the tables' tensors on `device` now (`tensors`)."""
+        self.tensors(device)
+        return self
+
+
+class TokenLMFusion(_OnDevices):
     """Token-level fusion: every label is an LM word (its symbol string), e.g. a phone n-gram.
     Works for any tokenizer: give it the tokenizer's symbols (index = label id).
 
@@ -58,18 +75,8 @@ class TokenLMFusion:
             self.table_logp, self.table_next = np.concatenate(logps), np.concatenate(nexts)
         self._tensors: dict = {}
 
-    def tensors(self, device="cpu") -> "TokenLMTensors":
-        """The tables as torch tensors on `device`, with the torch layouts' steps: made on first
-        use, then kept."""
-        lm = self.lm.tensors(device)
-        if lm.device not in self._tensors:
-            self._tensors[lm.device] = TokenLMTensors(self, lm)
-        return self._tensors[lm.device]
-
-    def to(self, device) -> "TokenLMFusion":
-        """Make the tables' tensors on `device` now (`tensors`)."""
-        self.tensors(device)
-        return self
+    def _view(self, lm) -> "TokenLMTensors":
+        return TokenLMTensors(self, lm)
 
     def final_scores(self, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Hypotheses in `state` (hyps, 1) ending -> what the end adds to ln P_lm (</s>) and to
@@ -78,7 +85,7 @@ class TokenLMFusion:
         return logp, np.zeros_like(logp)
 
 
-class WordLMFusion:
+class WordLMFusion(_OnDevices):
     """Word-level fusion for character models: a word is scored by the LM when the delimiter
     label (space) ends it, and the last word plus </s> at the end. Words the LM does not list
     score as <unk> and pay `oov_penalty` (ln units) once: as soon as an unfinished word stops
@@ -166,18 +173,8 @@ class WordLMFusion:
         self.node_word = np.array(node_word + [lm.unk], dtype=np.int64)  # (nodes + 1,) LM word id
         self._tensors: dict = {}
 
-    def tensors(self, device="cpu") -> "WordLMTensors":
-        """The tables as torch tensors on `device`, with the torch layouts' steps: made on first
-        use, then kept."""
-        lm = self.lm.tensors(device)
-        if lm.device not in self._tensors:
-            self._tensors[lm.device] = WordLMTensors(self, lm)
-        return self._tensors[lm.device]
-
-    def to(self, device) -> "WordLMFusion":
-        """Make the tables' tensors on `device` now (`tensors`)."""
-        self.tensors(device)
-        return self
+    def _view(self, lm) -> "WordLMTensors":
+        return WordLMTensors(self, lm)
 
     def final_scores(self, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Hypotheses in `state` (hyps, 2) ending -> what the end adds to ln P_lm (the unfinished
@@ -307,22 +304,26 @@ def fusion_kind(fusion: Fusion | TokenLMTensors | WordLMTensors | None) -> int:
     raise TypeError(f"a compiled beam search knows WordLMFusion and TokenLMFusion, not {type(fusion).__name__}")
 
 
-def fusion_tables(fusion: Fusion | None) -> tuple[int, NGramLM | None, list[np.ndarray], list[np.ndarray]]:
-    """What the numba layout needs of a fusion: its kind, its n-gram, the WordLMFusion tables
+def fusion_tables(fusion: Fusion | None, source=None, dummies: tuple | None = None) -> tuple[int, object, list, list]:
+    """What a compiled layout needs of a fusion: its kind, its n-gram, the WordLMFusion tables
     [trie, ends_word (viewed as int8, no copy), penalty, node_word, end_cost] and the
     TokenLMFusion ones [token_words, table_logp, table_next]; a kind's unused tables are
-    1-element dummies of the same dtypes (so the layout compiles one version of its search)."""
+    1-element dummies of the same dtypes (so the layout compiles one version of its search).
+    `source`: where the tables come from (default the fusion's numpy arrays; the Triton layout
+    passes `fusion.tensors(device)`), `dummies`: (float32, int64, int8) 1-element arrays of the
+    same kind (default numpy's)."""
     kind = fusion_kind(fusion)
-    f32, i64 = np.zeros(1, dtype=np.float32), np.zeros(1, dtype=np.int64)
-    word = [i64, np.zeros(1, dtype=np.int8), f32, i64, f32]
+    source = fusion if source is None else source
+    f32, i64, i8 = dummies or (np.zeros(1, dtype=np.float32), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int8))
+    word = [i64, i8, f32, i64, f32]
     token = [i64, f32, i64]
     if kind == WORD_FUSION:
-        word = [fusion.trie, fusion.ends_word.view(np.int8), fusion.penalty, fusion.node_word, fusion.end_cost]
+        word = [source.trie, source.ends_word.view(i8.dtype), source.penalty, source.node_word, source.end_cost]
     elif kind == TOKEN_TABLES:
-        token = [i64, fusion.table_logp, fusion.table_next]
+        token = [i64, source.table_logp, source.table_next]
     elif kind == TOKEN_LM:
-        token = [fusion.token_words, f32, i64]
-    return kind, None if fusion is None else fusion.lm, word, token
+        token = [source.token_words, f32, i64]
+    return kind, None if fusion is None else source.lm, word, token
 
 
 def fusion_bound(fusion: Fusion | None, vocab: int, lm_weight: float, word_bonus: float, beam_threshold: float) -> tuple[np.ndarray, bool]:

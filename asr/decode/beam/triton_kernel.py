@@ -33,7 +33,7 @@ import triton.language as tl
 
 from asr.decode.beam.common import UTT_MUL, BeamOptions, Hypothesis
 from asr.decode.beam.common_torch import final_hypotheses, grid_candidates
-from asr.decode.fusion import TOKEN_LM, TOKEN_TABLES, WORD_FUSION, Fusion, fusion_kind
+from asr.decode.fusion import TOKEN_LM, WORD_FUSION, Fusion, fusion_tables
 from asr.decode.lm import _MUL, NGramTensors
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"  # what triton.jit saw at import
@@ -226,23 +226,11 @@ def _beam_kernel(
 
 
 def _fusion_args(fusion: Fusion | None, device: torch.device):
-    """The fusion's tensors on the device (`fusion.tensors`), its kind (the kernel's FUSION), its
-    n-gram's tensors, and the kernel's table arguments: the WordLMFusion tables [trie, ends_word
-    (viewed as int8), penalty, node_word, end_cost] and the TokenLMFusion ones [token_words,
-    table_logp, table_next], a kind's unused ones 1-element dummies of the same dtypes (as
-    `fusion_tables` gives the numba layout)."""
-    kind = fusion_kind(fusion)
+    """The fusion's tensors on the device (`fusion.tensors`), and `fusion_tables` of them: its
+    kind (the kernel's FUSION), its n-gram's tensors, and the kernel's table arguments."""
     view = fusion.tensors(device) if fusion is not None else None
-    f32, i64 = torch.zeros(1, device=device), torch.zeros(1, dtype=torch.long, device=device)
-    word = [i64, torch.zeros(1, dtype=torch.int8, device=device), f32, i64, f32]
-    token = [i64, f32, i64]
-    if kind == WORD_FUSION:
-        word = [view.trie, view.ends_word.view(torch.int8), view.penalty, view.node_word, view.end_cost]
-    elif kind == TOKEN_TABLES:
-        token = [i64, view.table_logp, view.table_next]
-    elif kind == TOKEN_LM:
-        token = [view.token_words, f32, i64]
-    return view, kind, None if view is None else view.lm, word, token
+    dummies = (torch.zeros(1, device=device), torch.zeros(1, dtype=torch.long, device=device), torch.zeros(1, dtype=torch.int8, device=device))
+    return (view, *fusion_tables(fusion, view, dummies))
 
 
 def _lm_args(lm: NGramTensors | None, device: torch.device) -> tuple[list, dict]:
