@@ -33,19 +33,27 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+VOICE_SETS = ("stock", "drawn", "both")  # asr.data.synth.VOICE_SETS, without importing it
+DEFAULT_VOICES = "both"
+VOICES_HELP = ("who speaks train (dev and test: eSpeak's held-out stock voices): stock = eSpeak's 12 English variants; "
+               "drawn = a new procedural voice (vocal tract, voice source, accent) per 10 utterances; both (default)")  # fmt: skip
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    from asr.config import ConfigError
     from asr.data.synth import synthesize_corpus
 
     if args.layout != "manifest":
         from asr.data import synth_layouts
 
+        if args.voices not in (None, "stock"):
+            raise ConfigError(f"--layout {args.layout} writes eSpeak's stock voices as the corpus's speakers; --voices {args.voices} needs --layout manifest")
+
         write = synth_layouts.write_timit_layout if args.layout == "timit" else synth_layouts.write_librispeech_layout
         root = write(args.out, num_utterances=args.num_utterances, seed=args.seed)
         print(f"{args.layout} layout in {root}; next: asr prepare {args.layout} {root} OUT_DIR")
         return 0
-    manifests = synthesize_corpus(args.out, num_utterances=args.num_utterances, seed=args.seed)
+    manifests = synthesize_corpus(args.out, num_utterances=args.num_utterances, seed=args.seed, voices=args.voices or DEFAULT_VOICES)
     for split, path in manifests.items():
         print(f"{split}\t{path}")
     return 0
@@ -503,8 +511,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     corpus = out / "corpus"
     config = load_config(args.config, args.overrides)
-    print(f"[1/5] synthesizing {args.num_utterances} utterances with eSpeak NG into {corpus}")
-    manifests = synthesize_corpus(corpus, num_utterances=args.num_utterances, seed=args.seed)
+    print(f"[1/5] synthesizing {args.num_utterances} utterances with eSpeak NG ({args.voices} voices) into {corpus}")
+    manifests = synthesize_corpus(corpus, num_utterances=args.num_utterances, seed=args.seed, voices=args.voices)
     config.data.train, config.data.dev, config.data.test = (str(manifests[s]) for s in ("train", "dev", "test"))
     config.train.out_dir = str(out / "run")
     kind = {"bidirectional": "Bi", "unidirectional": "unidirectional ", "latency_controlled": "latency-controlled Bi"}.get(config.model.direction, "")
@@ -710,6 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder")
     p.add_argument("--num-utterances", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--voices", choices=VOICE_SETS, help=VOICES_HELP + "; the timit and librispeech layouts: stock only")
     p.set_defaults(func=cmd_synth)
 
     p.add_argument("--layout", choices=("manifest", "timit", "librispeech"), default="manifest",
@@ -844,6 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=str(DEMO_CONFIG))
     p.add_argument("--num-utterances", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--voices", choices=VOICE_SETS, default=DEFAULT_VOICES, help=VOICES_HELP)
     p.add_argument("overrides", nargs="*", help="section.key=value overrides of the demo config")
     p.set_defaults(func=cmd_demo)
 

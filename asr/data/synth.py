@@ -47,6 +47,7 @@ import numpy as np
 from asr.audio import SAMPLE_RATE
 from asr.data.manifest import Utterance, write_manifest
 from asr.data.sentences import Deck, generate_sentences
+from asr.data.voices import VoiceOverlay, VoiceSpec, draw_voices
 
 SPLITS = ("train", "dev", "test")
 
@@ -58,6 +59,11 @@ TRAIN_VOICES: tuple[str, ...] = (
     "en+m1", "en+m2", "en+m3", "en+f1", "en+f2",
 )  # fmt: skip
 HELDOUT_VOICES: tuple[str, ...] = ("en-us+m7", "en-us+f4", "en+m6")  # dev and test only
+# Who speaks train: "stock" = TRAIN_VOICES; "drawn" = procedural voices (asr/data/voices.py), a
+# new one per UTTERANCES_PER_VOICE train utterances; "both" = the two together. Dev and test
+# always use HELDOUT_VOICES, so test WER means the same thing whichever trained the model.
+VOICE_SETS = ("stock", "drawn", "both")
+UTTERANCES_PER_VOICE = 10
 
 RATE_WPM = (140, 200)  # words per minute, drawn per utterance
 # eSpeak accepts 80..450 wpm, but from 450 on it speeds speech up with `sonic`, whose output no
@@ -171,10 +177,12 @@ class _ESpeak:
             ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
             ctypes.c_void_p, ctypes.c_void_p,
         ]  # fmt: skip
-        # speak_lib.h asks for the folder holding espeak-ng-data; espeak-ng also takes that folder itself.
+        # speak_lib.h asks for the folder holding espeak-ng-data; espeak-ng also takes that folder
+        # itself. It gets an overlay of it, into which drawn voices are written (asr/data/voices.py).
         self.data_path = Path(espeakng_loader.get_data_path())
+        self.overlay = VoiceOverlay(self.data_path)
         rate = lib.espeak_Initialize(
-            _AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS, str(self.data_path).encode(), _INITIALIZE_PHONEME_EVENTS
+            _AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS, str(self.overlay.path).encode(), _INITIALIZE_PHONEME_EVENTS
         )
         if rate <= 0:
             raise SynthError(f"espeak_Initialize failed with data at {self.data_path}")
@@ -196,7 +204,10 @@ class _ESpeak:
             i += 1
         return 0  # 0 = continue synthesis
 
-    def set_voice(self, voice: str) -> None:
+    def set_voice(self, voice: str | VoiceSpec) -> None:
+        if isinstance(voice, VoiceSpec):
+            self.overlay.add(voice)
+            voice = voice.voice
         if self.lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
             raise VoiceError(f"eSpeak NG has no voice {voice!r} (names look like 'en-us' or 'en-us+m3')")
         # eSpeak silently ignores an unknown variant ("en-us+zz" speaks plain en-us): check it took.
@@ -355,7 +366,7 @@ def _engine() -> _ESpeak:
 
 def synthesize(
     text: str,
-    voice: str = "en-us",
+    voice: str | VoiceSpec = "en-us",
     rate_wpm: int = 175,
     pitch: int = 50,
     *,
@@ -363,7 +374,8 @@ def synthesize(
     rand_seed: int = 0,
     sample_rate: int = SAMPLE_RATE,
 ) -> Speech:
-    """Speak `text` with eSpeak NG voice `voice` (e.g. "en-us+m3").
+    """Speak `text` with eSpeak NG voice `voice`: a name (e.g. "en-us+m3") or a drawn voice
+    (asr/data/voices.py).
 
     rate_wpm: words per minute (RATE_LIMITS); pitch, pitch_range: eSpeak's 0..100 controls (50 is
     the voice's own); rand_seed seeds the noise of breathy voices.
@@ -420,7 +432,7 @@ class _Job:
     id: str
     wav: str  # absolute path
     text: str
-    voice: str
+    voice: str | VoiceSpec  # a stock eSpeak voice name or a drawn voice
     rate_wpm: int
     pitch: int
     pitch_range: int
@@ -437,14 +449,25 @@ def _split_sizes(num_utterances: int) -> dict[str, int]:
     return {"train": num_train, "dev": num_heldout, "test": num_heldout}
 
 
-def _plan_corpus(out_dir: Path, num_utterances: int, seed: int) -> list[_Job]:
-    """The whole corpus as jobs, in split order, from one seeded generator: same seed, same plan."""
+def train_voices(voices: str, num_train: int, seed: int) -> list[str | VoiceSpec]:
+    """The train split's speakers for voice set `voices` (VOICE_SETS)."""
+    if voices not in VOICE_SETS:
+        raise ValueError(f"voices must be one of {', '.join(VOICE_SETS)}, got {voices!r}")
+    stock: list[str | VoiceSpec] = list(TRAIN_VOICES) if voices != "drawn" else []
+    count = max(1, round(num_train / UTTERANCES_PER_VOICE)) if voices != "stock" else 0
+    return stock + list(draw_voices(count, seed))
+
+
+def _plan_corpus(out_dir: Path, num_utterances: int, seed: int, voices: str = "stock") -> list[_Job]:
+    """The whole corpus as jobs, in split order, from one seeded generator: same seed, same plan.
+    Drawn voices come from a stream of their own, so the sentences are the same for any `voices`."""
     rng = np.random.default_rng(seed)
     sizes = _split_sizes(num_utterances)
     sentences = iter(generate_sentences(num_utterances, rng))  # distinct, so no split shares one
+    speakers = train_voices(voices, sizes["train"], seed)
     jobs = []
     for split in SPLITS:
-        voices = Deck(TRAIN_VOICES if split == "train" else HELDOUT_VOICES, rng)  # balanced voices
+        voices_deck = Deck(speakers if split == "train" else HELDOUT_VOICES, rng)  # balanced voices
         for index in range(sizes[split]):
             utt_id = f"{split}-{index:05d}"
             jobs.append(
@@ -452,7 +475,7 @@ def _plan_corpus(out_dir: Path, num_utterances: int, seed: int) -> list[_Job]:
                     id=utt_id,
                     wav=str(out_dir / "wav" / split / f"{utt_id}.wav"),
                     text=next(sentences),
-                    voice=voices.deal(),
+                    voice=voices_deck.deal(),
                     rate_wpm=int(rng.integers(RATE_WPM[0], RATE_WPM[1] + 1)),
                     pitch=int(rng.integers(PITCH[0], PITCH[1] + 1)),
                     pitch_range=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
@@ -485,7 +508,7 @@ def _synthesize_shard(jobs: list[_Job]) -> list[Utterance]:
                 audio=job.wav,
                 duration=audio.size / SAMPLE_RATE,
                 text=job.text,
-                speaker=job.voice,
+                speaker=job.voice if isinstance(job.voice, str) else job.voice.voice,
                 phones=" ".join(phone.symbol for phone in phones),
                 extra={
                     # a word's times are its phones' own floats, so they round to the same 0.1 ms
@@ -510,11 +533,13 @@ def synthesize_corpus(
     seed: int = 0,
     progress: bool = True,
     num_workers: int | None = None,
+    voices: str = "stock",
 ) -> dict[str, Path]:
     """Write out_dir/wav/<split>/<id>.wav (16 kHz mono PCM16) and out_dir/{train,dev,test}.jsonl.
 
-    About 90 % train (TRAIN_VOICES) and 5 % each dev and test (HELDOUT_VOICES only), every
-    sentence distinct. Manifest rows carry `speaker` (the voice), `phones` (space-separated eSpeak
+    About 90 % train (spoken by `voices`: TRAIN_VOICES, drawn voices or both, see VOICE_SETS) and
+    5 % each dev and test (HELDOUT_VOICES only), every sentence distinct. Drawn voices' files are
+    written to out_dir/voices/<name> (eSpeak's variant format, asr/data/voices.py). Manifest rows carry `speaker` (the voice), `phones` (space-separated eSpeak
     mnemonics), `phone_times` and `phone_ends` (s), `phone_words` (the index in `words` of each
     phone's word), `words` (text.split()), `word_starts` and `word_ends` (s), all measured as the
     module docstring says; `uncertain_words` (indices) appears only in a row where eSpeak fused
@@ -529,8 +554,14 @@ def synthesize_corpus(
     """
     from tqdm import tqdm
 
+    from asr.fileio import atomic_write
+
     out_dir = Path(out_dir).resolve()
-    jobs = _plan_corpus(out_dir, num_utterances, seed)
+    jobs = _plan_corpus(out_dir, num_utterances, seed, voices)
+    drawn = {job.voice.name: job.voice for job in jobs if isinstance(job.voice, VoiceSpec)}
+    for name, spec in sorted(drawn.items()):
+        with atomic_write(out_dir / "voices" / name) as f:
+            f.write(spec.variant_text())
     shards = [jobs[i : i + SHARD_SIZE] for i in range(0, len(jobs), SHARD_SIZE)]
     if num_workers is None:
         num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
