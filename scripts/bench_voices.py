@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from asr.audio import SAMPLE_RATE, load_audio, write_audio  # noqa: E402
-from asr.data.engines import Engine, find_engines  # noqa: E402
+from asr.data.engines import ENGINES, Engine, find_engines  # noqa: E402
 from asr.data.manifest import read_manifest  # noqa: E402
 from asr.metrics import ErrorCounts, score_wer  # noqa: E402
 from asr.recognize import RecognizerBase, pad_log_probs  # noqa: E402
@@ -163,9 +163,9 @@ def pooled(counts: list[ErrorCounts]) -> ErrorCounts:
 
 
 def format_table(result: BenchResult) -> str:
-    """engine | voice | greedy WER | beam WER, each engine's voices then its pooled row."""
-    beam = f"{result.beam_label} WER"
-    rows = [("engine", "voice", "audio min", "greedy WER", beam)]
+    """engine | voice | audio minutes | greedy WER | beam WER: each engine's voices, then its
+    WER pooled over them (errors summed over the voices, over their words summed)."""
+    rows = [("engine", "voice", "audio min", "greedy WER", f"{result.beam_label} WER")]
     engines = list(dict.fromkeys(s.engine for s in result.sources))
     for name in engines:
         mine = [s for s in result.sources if s.engine == name]
@@ -173,7 +173,8 @@ def format_table(result: BenchResult) -> str:
             minutes = sum(a.size for a in s.audio) / SAMPLE_RATE / 60
             rows.append((name, s.voice, f"{minutes:.1f}", f"{s.greedy.rate:.2%}", f"{s.beam.rate:.2%}"))
         if len(mine) > 1:
-            rows.append((name, f"all {len(mine)} voices", "", f"{pooled([s.greedy for s in mine]).rate:.2%}", f"{pooled([s.beam for s in mine]).rate:.2%}"))
+            greedy, beam = pooled([s.greedy for s in mine]), pooled([s.beam for s in mine])
+            rows.append((name, f"all {len(mine)} voices", "", f"{greedy.rate:.2%}", f"{beam.rate:.2%}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [" | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
@@ -190,11 +191,13 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="the model's CPU threads")
     parser.add_argument("--cache", help="folder to keep the synthesized audio in (reused when it is there)")
     args = parser.parse_args()
+    names = [n.strip() for n in args.engines.split(",") if n.strip()] if args.engines else None
+    if unknown := [n for n in names or [] if n not in ENGINES]:
+        parser.error(f"--engines: unknown {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     from asr.runtime import load_recognizer
 
     recognizer = load_recognizer(args.checkpoint, device="cpu", threads=args.threads)
-    names = [n.strip() for n in args.engines.split(",") if n.strip()] if args.engines else None
     print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
     print(f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; machine: {platform.machine()}, "
           f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()}; model threads: {args.threads}")  # fmt: skip

@@ -238,8 +238,8 @@ ENGINES: dict[str, type[Engine]] = {e.name: e for e in (ESpeakNG, ESpeak, Flite,
 
 def find_engines(names: list[str] | None = None) -> tuple[list[Engine], list[str]]:
     """The installed engines among `names` (default: every one in ENGINES), in that order, and
-    one line for each that is not installed, saying what to install. ValueError for a name that
-    is no engine."""
+    one line for each that is not installed (or has no English voice), saying what to install.
+    ValueError for a name that is no engine."""
     names = list(ENGINES) if names is None else names
     unknown = [n for n in names if n not in ENGINES]
     if unknown:
@@ -247,8 +247,10 @@ def find_engines(names: list[str] | None = None) -> tuple[list[Engine], list[str
     engines, skipped = [], []
     for name in names:
         cls = ENGINES[name]
-        if cls.available():
-            engines.append(cls())
-        else:
+        if not cls.available():
             skipped.append(f"{name}: not installed, skipped ({cls.install})")
+        elif not (engine := cls()).voices():
+            skipped.append(f"{name}: installed without an English voice, skipped ({cls.install})")
+        else:
+            engines.append(engine)
     return engines, skipped
