@@ -208,18 +208,17 @@ def mulaw_quantize(samples: np.ndarray) -> np.ndarray:
 
 
 def telephone(samples: np.ndarray, sample_rate: int, mulaw: bool) -> np.ndarray:
-    """A narrow-band telephone channel: 300-3400 Hz band-pass, down to 8 kHz, [G.711 mu-law,] back
-    to `sample_rate` (soxr, linear phase). Same length. ~5 ms per second of audio."""
+    """A narrow-band telephone channel: down to 8 kHz (soxr, linear phase), the sending side's
+    300-3400 Hz band-pass, [G.711 mu-law,] the receiving side's band-pass, back to `sample_rate`.
+    Same length. 0.7 ms per second of audio."""
     import soxr
 
-    band = band_filter(samples, "bandpass", TELEPHONE_BAND, sample_rate)
-    if sample_rate > TELEPHONE_RATE:
-        narrow = soxr.resample(band, sample_rate, TELEPHONE_RATE)
-        if mulaw:
-            narrow = mulaw_quantize(narrow)
-        band = soxr.resample(narrow, TELEPHONE_RATE, sample_rate)
-    elif mulaw:
-        band = mulaw_quantize(band)
+    narrow = soxr.resample(samples, sample_rate, TELEPHONE_RATE) if sample_rate > TELEPHONE_RATE else samples
+    narrow = band_filter(narrow, "bandpass", TELEPHONE_BAND, min(sample_rate, TELEPHONE_RATE))  # the sending side's filter
+    if mulaw:
+        narrow = mulaw_quantize(narrow)
+    narrow = band_filter(narrow, "bandpass", TELEPHONE_BAND, min(sample_rate, TELEPHONE_RATE))  # the receiving side's
+    band = soxr.resample(narrow, TELEPHONE_RATE, sample_rate) if sample_rate > TELEPHONE_RATE else narrow
     out = np.zeros(len(samples), dtype=np.float32)
     out[: min(len(band), len(out))] = band[: len(out)]
     return out
