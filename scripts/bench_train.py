@@ -14,7 +14,8 @@ waveform augmentation and VTLP alone, all together, the recommended demo mix), e
 same bare model in the same rounds; prints each ratio. The training set's augmentation is
 config.augment (with `--sweep`: the setup's overrides on top), as `asr train` builds it.
 
-    python scripts/bench_train.py --sweep train.num_threads=1
+    python scripts/bench_train.py --sweep train.num_threads=1 [data.num_workers=1]
+    python scripts/bench_train.py --sweep --setups "demo mix" train.num_threads=1
 
 Data-parallel scaling (`--ddp N`): the full pipeline on the same global batches, once by one
 process and once by N processes under torchrun (DistributedDataParallel, gloo on CPU, NCCL on
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=12, help="batches timed per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
     parser.add_argument("--sweep", action="store_true", help="time every augmentation setup of SWEEP")
+    parser.add_argument("--setups", help="--sweep: only these setups of SWEEP, comma-separated (always with none)")
     parser.add_argument("--ddp", type=int, default=0, help="compare N data-parallel processes with 1 (torchrun)")
     parser.add_argument("--threads", type=int, default=0, help="--ddp: torch threads per process (default cores / N)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: a torchrun worker writing its result here
@@ -86,7 +88,8 @@ def main() -> None:
     utterances = read_manifest(manifest)
     dataset = UtteranceDataset(utterances, tokenizer, config.features.sample_rate)
     setups = {}  # name -> (the training set as that setup augments it, s to build it)
-    for name, extra in (SWEEP if args.sweep else {"config": []}).items():
+    chosen = {"none", *args.setups.split(",")} if args.setups else set(SWEEP)
+    for name, extra in ({k: v for k, v in SWEEP.items() if k in chosen} if args.sweep else {"config": []}).items():
         setup = load_config(args.config, [*args.overrides, *extra])
         started = time.perf_counter()
         setups[name] = (UtteranceDataset(utterances, tokenizer, config.features.sample_rate, augment=setup.augment), time.perf_counter() - started)
@@ -178,8 +181,11 @@ SWEEP = {
                         "augment.lowpass_prob=1", "augment.gain_db=[-6,6]", "augment.vtlp=[0.9,1.1]", "augment.pitch_prob=1",
                         "augment.pitch_shift=[-3,3]", "augment.formant_shift=[0.9,1.1]"],
     "demo mix": ["augment.noise_prob=0.5", "augment.noise_babble=0.5", "augment.reverb_prob=0.3", "augment.telephone_prob=0.1",
-                 "augment.lowpass_prob=0.1", "augment.gain_db=[-6,6]", "augment.vtlp=[0.9,1.1]", "augment.pitch_prob=0.3",
-                 "augment.pitch_shift=[-3,3]", "augment.formant_shift=[0.9,1.1]"],
+                 "augment.lowpass_prob=0.1", "augment.gain_db=[-6,6]", "augment.vtlp=[0.9,1.1]"],
+    "demo mix + pitch 0.3": ["augment.noise_prob=0.5", "augment.noise_babble=0.5", "augment.reverb_prob=0.3",
+                             "augment.telephone_prob=0.1", "augment.lowpass_prob=0.1", "augment.gain_db=[-6,6]",
+                             "augment.vtlp=[0.9,1.1]", "augment.pitch_prob=0.3", "augment.pitch_shift=[-3,3]",
+                             "augment.formant_shift=[0.9,1.1]"],
 }
 
 
