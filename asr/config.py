@@ -121,6 +121,25 @@ class AugmentConfig:
     time_mask_width: int = 100  # T: widest time mask, 10 ms feature frames (before subsampling)
     time_mask_ratio: float = 1.0  # p: a time mask covers at most this fraction of its utterance
     time_warp: int = 0  # W: time warp reach, 10 ms feature frames (LibriSpeech: 80); 0 = off
+    # waveform augmentation (asr/augment_wave.py), in the DataLoader workers, drawn per (seed, epoch, utterance)
+    noise_prob: float = 0.0  # share of utterances with noise added
+    noise_snr: list[float] = field(default_factory=lambda: [5.0, 20.0])  # dB, [low, high]: SNR drawn uniformly, over the speech's active region
+    noise_colored: float = 1.0  # weight of synthetic 1/f^beta noise (beta uniform in [0, 2]: white to brown) among the noise kinds
+    noise_babble: float = 0.0  # weight of babble: 3-7 other training utterances summed
+    noise_files: float = 0.0  # weight of noise_dir's files
+    noise_dir: str = ""  # folder of noise audio, searched recursively (e.g. MUSAN's noise/ music/ speech/)
+    reverb_prob: float = 0.0  # share of utterances convolved with a simulated room's impulse response
+    reverb_rt60: list[float] = field(default_factory=lambda: [0.1, 0.8])  # s, [low, high]: the rooms' reverberation times
+    reverb_bank: int = 32  # impulse responses simulated once per run (pyroomacoustics), drawn from per utterance
+    telephone_prob: float = 0.0  # share of utterances through a telephone channel: 300-3400 Hz, 8 kHz
+    telephone_mulaw: bool = True  # ... with G.711 mu-law 8-bit coding
+    lowpass_prob: float = 0.0  # share of utterances low-passed ...
+    lowpass_hz: list[float] = field(default_factory=lambda: [3000.0, 7000.0])  # ... at a cutoff drawn in [low, high] Hz
+    gain_db: list[float] = field(default_factory=lambda: [0.0, 0.0])  # dB, [low, high]: a gain drawn per utterance; [0, 0] = off
+    pitch_prob: float = 0.0  # share of utterances whose pitch and formants are shifted (Praat's "Change gender", ~1 % of real time)
+    pitch_shift: list[float] = field(default_factory=lambda: [0.0, 0.0])  # semitones, [low, high]
+    formant_shift: list[float] = field(default_factory=lambda: [1.0, 1.0])  # formant frequency ratio, [low, high]
+    vtlp: list[float] = field(default_factory=lambda: [1.0, 1.0])  # VTLP warp factor, [low, high] (Jaitly & Hinton 2013: [0.9, 1.1]); on the batched features; [1, 1] = off
 
 
 @dataclass

@@ -121,6 +121,42 @@ def mel_filterbank(
     return weights
 
 
+VTLP_BOUNDARY = 0.6  # VTLP: the warp is linear up to this fraction of Nyquist (Jaitly & Hinton 2013: F_hi = 4800 Hz at 16 kHz)
+
+
+def vtlp_warp(hz: Tensor, factors: Tensor, nyquist: float) -> Tensor:
+    """Vocal tract length perturbation's frequency warp (Jaitly & Hinton 2013, eq. 1; the
+    piecewise-linear warp of Kaldi's VTLN): f -> alpha f up to the boundary
+    F_hi min(alpha, 1) / alpha, then the straight line that takes Nyquist to Nyquist, so the warped
+    axis stays within [0, Nyquist]. hz (bins,), factors (batch,) -> (batch, bins)."""
+    alpha = factors[:, None].to(hz.dtype)  # (batch, 1)
+    f_hi = VTLP_BOUNDARY * nyquist
+    boundary = f_hi * alpha.clamp_max(1.0) / alpha  # (batch, 1)
+    top = (nyquist - f_hi * alpha.clamp_max(1.0)) / (nyquist - boundary)  # slope above the boundary
+    return torch.where(hz[None, :] <= boundary, alpha * hz[None, :], nyquist - top * (nyquist - hz[None, :]))
+
+
+def warped_mel_filterbank(
+    num_bins: int, n_fft: int, sample_rate: int, low_freq: float, high_freq: float, factors: Tensor
+) -> Tensor:
+    """`mel_filterbank` with each utterance's frequency axis warped by VTLP (`vtlp_warp`): the
+    energy of an rfft bin at f goes to the filters around warp(f), so a tone at f comes out where
+    a tone at alpha f would (below the boundary). factors (batch,) -> (batch, n_fft // 2 + 1,
+    num_bins) float64, on the factors' device; factor 1 gives `mel_filterbank`."""
+    nyquist = 0.5 * sample_rate
+    high_freq = nyquist + high_freq if high_freq <= 0.0 else high_freq
+    device = factors.device
+    mel_low, mel_high = mel_scale(torch.tensor([low_freq, high_freq], dtype=torch.float64)).tolist()
+    mel_step = (mel_high - mel_low) / (num_bins + 1)
+    left = mel_low + mel_step * torch.arange(num_bins, dtype=torch.float64, device=device)  # (num_bins,)
+    center, right = left + mel_step, left + 2 * mel_step
+    bin_hz = sample_rate / n_fft * torch.arange(n_fft // 2 + 1, dtype=torch.float64, device=device)  # (n_fft // 2 + 1,)
+    mel = mel_scale(vtlp_warp(bin_hz, factors.double(), nyquist))[:, :, None]  # (batch, n_fft // 2 + 1, 1)
+    weights = torch.minimum((mel - left) / (center - left), (right - mel) / (right - center)).clamp_min(0.0)
+    weights[:, -1] = 0.0  # as mel_filterbank: no weight on the Nyquist bin
+    return weights  # (batch, n_fft // 2 + 1, num_bins)
+
+
 def dct_matrix(num_bins: int, num_ceps: int, lifter: float = CEPSTRAL_LIFTER) -> Tensor:
     """Orthonormal DCT-II times Kaldi's cepstral lifter, (num_bins, num_ceps), float64.
 
@@ -311,10 +347,12 @@ class FeatureExtractor(torch.nn.Module, FrameTiming):
         rest = frames[:, :, 1:] - PREEMPHASIS * frames[:, :, :-1]  # (batch, frames, frame_length - 1)
         return torch.cat([first, rest], dim=2)
 
-    def log_mel_of_frames(self, frames: Tensor) -> Tensor:
+    def log_mel_of_frames(self, frames: Tensor, mel_weights: Tensor | None = None) -> Tensor:
         """The spectral part, frame by frame: (batch, frames, frame_length) cut frames in int16
         units -> (batch, frames, num_mel_bins) log-mel energies: [Kaldi mode: DC removal and
-        pre-emphasis,] window, |rfft|², mel, log. Offline and streaming features both run it."""
+        pre-emphasis,] window, |rfft|², mel, log. Offline and streaming features both run it.
+        mel_weights: per-utterance filterbanks (batch, n_fft // 2 + 1, num_mel_bins) in place of
+        the shared one (VTLP: `vtlp_mel_weights`)."""
         if frames.shape[1] == 0:  # MKL's FFT rejects an empty batch
             return frames.new_zeros(frames.shape[0], 0, self.config.num_mel_bins)
         if self.config.kaldi_compat:
@@ -324,27 +362,37 @@ class FeatureExtractor(torch.nn.Module, FrameTiming):
             windowed = windowed.double()  # see EXACT_FFT_DEVICES
         spectrum = torch.fft.rfft(windowed, n=self.n_fft)  # (batch, frames, n_fft // 2 + 1)
         power = (spectrum.real.square() + spectrum.imag.square()).to(frames.dtype)  # (batch, frames, n_fft // 2 + 1)
-        return torch.matmul(power, self.mel_weights).clamp_min(LOG_FLOOR).log()  # (batch, frames, num_mel_bins)
+        weights = self.mel_weights if mel_weights is None else mel_weights  # (n_fft // 2 + 1 | batch, ..., num_mel_bins)
+        return torch.matmul(power, weights).clamp_min(LOG_FLOOR).log()  # (batch, frames, num_mel_bins)
 
-    def compute_log_mel(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def vtlp_mel_weights(self, warp: Tensor) -> Tensor:
+        """Each utterance's VTLP-warped filterbank: warp (batch,) factors -> (batch, n_fft // 2 + 1,
+        num_mel_bins) in the buffers' dtype, on their device (`warped_mel_filterbank`)."""
+        c = self.config
+        weights = warped_mel_filterbank(c.num_mel_bins, self.n_fft, c.sample_rate, c.low_freq, c.high_freq, warp.to(self.window.device))
+        return weights.to(self.window.dtype)
+
+    def compute_log_mel(self, audio: Tensor, lengths: Tensor, warp: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Raw log-mel energies: audio (batch, samples) in [-1, 1], lengths (batch,) in samples
         -> (batch, frames, num_mel_bins) with padded frames zeroed, frame lengths (batch,) int64.
+        warp (batch,): VTLP factors, used in training mode only (see `forward`).
 
         frames = num_raw_frames(audio.shape[1]), known without a device sync; lengths beyond
         audio.shape[1] are clamped to it. Runs in the buffers' dtype, with autocast off: a bf16
         mel matmul would cost ~1e-2 in log-mel.
         """
         with torch.autocast(audio.device.type, enabled=False):
-            return self._compute_log_mel(audio, lengths)
+            return self._compute_log_mel(audio, lengths, warp)
 
-    def _compute_log_mel(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def _compute_log_mel(self, audio: Tensor, lengths: Tensor, warp: Tensor | None = None) -> tuple[Tensor, Tensor]:
         audio = audio.to(self.window.dtype) * INT16_SCALE  # (batch, samples), int16 units
         lengths = lengths.to(device=audio.device, dtype=torch.int64).clamp(0, audio.shape[1])  # (batch,)
         frame_lengths = self.num_raw_frames(lengths)  # (batch,)
         frames = self.frame(audio, lengths)  # (batch, frames, frame_length)
         if self.training and self.config.dither > 0:
             frames = frames + self.config.dither * torch.randn_like(frames)
-        log_mel = self.log_mel_of_frames(frames)  # (batch, frames, num_mel_bins)
+        mel_weights = self.vtlp_mel_weights(warp) if self.training and warp is not None else None
+        log_mel = self.log_mel_of_frames(frames, mel_weights)  # (batch, frames, num_mel_bins)
         log_mel = log_mel.masked_fill(~frame_mask(frame_lengths, log_mel.shape[1]), 0.0)
         return log_mel, frame_lengths
 
@@ -431,18 +479,20 @@ class FeatureExtractor(torch.nn.Module, FrameTiming):
         stacked = torch.cat([gather_frames(feats, start + j, frame_lengths) for j in range(stack)], dim=2)
         return stacked, (frame_lengths + step - 1) // step  # (batch, out, dim * k), (batch,)
 
-    def forward(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, audio: Tensor, lengths: Tensor, warp: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """audio (batch, samples) float in [-1, 1], lengths (batch,) in samples
         -> feats (batch, frames, output_dim), frame_lengths (batch,) int64.
 
         frames = num_frames(audio.shape[1]); frames past an utterance's length are zero, and each
-        utterance's features are those it would get alone.
+        utterance's features are those it would get alone. warp (batch,): VTLP factors
+        (augment.vtlp; the training set draws them per utterance and epoch), applied in training
+        mode only: in eval mode the features are those without.
         """
         with torch.autocast(audio.device.type, enabled=False):
-            return self._forward(audio, lengths)
+            return self._forward(audio, lengths, warp)
 
-    def _forward(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        feats, frame_lengths, sound = self.static_features(audio, lengths)  # (batch, frames, static_dim)
+    def _forward(self, audio: Tensor, lengths: Tensor, warp: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        feats, frame_lengths, sound = self.static_features(audio, lengths, warp)  # (batch, frames, static_dim)
         feats = self.apply_cmvn(feats, frame_lengths, sound)
         if self.config.deltas:
             feats = self.add_deltas(feats, frame_lengths)  # (batch, frames, static_dim * (deltas + 1))
@@ -451,11 +501,12 @@ class FeatureExtractor(torch.nn.Module, FrameTiming):
         feats = feats.masked_fill(~frame_mask(frame_lengths, feats.shape[1]), 0.0)
         return feats, frame_lengths
 
-    def static_features(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Features before CMVN: audio (batch, samples), lengths (batch,) -> log-mel or MFCC
-        (batch, frames, static_dim) with padding 0, frame lengths (batch,), and which frames are
-        sound, not digital silence (batch, frames) bool. Autocast must be off (as in `forward`)."""
-        log_mel, frame_lengths = self.compute_log_mel(audio, lengths)  # (batch, frames, num_mel_bins)
+    def static_features(self, audio: Tensor, lengths: Tensor, warp: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Features before CMVN: audio (batch, samples), lengths (batch,) [, VTLP factors (batch,)]
+        -> log-mel or MFCC (batch, frames, static_dim) with padding 0, frame lengths (batch,), and
+        which frames are sound, not digital silence (batch, frames) bool. Autocast must be off (as
+        in `forward`)."""
+        log_mel, frame_lengths = self.compute_log_mel(audio, lengths, warp)  # (batch, frames, num_mel_bins)
         return self.cepstra(log_mel), frame_lengths, is_sound(log_mel)
 
     def cepstra(self, log_mel: Tensor) -> Tensor:

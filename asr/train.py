@@ -1,6 +1,6 @@
 """The training loop: AdamW, warm-up then cosine decay, gradient clipping, bf16 autocast on CUDA,
 atomic checkpoints each epoch, best checkpoint by dev WER, a JSON-lines metrics log (and
-TensorBoard), exact resume, SpecAugment and speed perturbation, optional torch.compile.
+TensorBoard), exact resume, augmentation (asr/augment.py, asr/augment_wave.py), optional torch.compile.
 
 Data-parallel under `torchrun` (asr/distributed.py): every rank trains a DistributedDataParallel
 replica on its own share of each epoch's batches; the loss is normalized by the group's label
@@ -140,7 +140,7 @@ def compute_loss(
     label_prior: LabelPrior | None = None,
     frame_loss_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Features → [SpecAugment] → model → [label prior] → CTC [+ the frame head's cross-entropy].
+    """Features [VTLP] → [SpecAugment] → model → [label prior] → CTC [+ the frame head's cross-entropy].
     Returns (summed loss, summed label count, feasible mask (batch,), the frame head's mean
     cross-entropy per timed frame or None); infeasible utterances contribute nothing to either sum.
 
@@ -150,8 +150,9 @@ def compute_loss(
     audio = batch.audio.to(device, non_blocking=True)  # (batch, samples)
     targets = batch.targets.to(device, non_blocking=True)  # (batch, max_labels)
     target_lengths = batch.target_lengths.to(device, non_blocking=True)  # (batch,)
+    warp = batch.warp.to(device) if batch.warp is not None else None  # (batch,) VTLP factors, training mode only
     with torch.no_grad():
-        feats, frame_lengths = features(audio, batch.audio_lengths.to(device))  # (batch, frames, dim)
+        feats, frame_lengths = features(audio, batch.audio_lengths.to(device), warp)  # (batch, frames, dim)
         if augment is not None:
             feats = augment(feats, frame_lengths)  # (batch, frames, dim)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else contextlib.nullcontext()
@@ -435,11 +436,7 @@ def load_training_data(config: Config) -> tuple[CharTokenizer, UtteranceDataset,
     tokenizer = build_tokenizer(config.data)
     train_utts = [u for u in read_manifest(config.data.train) if u.duration <= config.data.max_duration]
     train_utts = label_utterances(train_utts, tokenizer)
-    dataset = UtteranceDataset(
-        train_utts, tokenizer, config.features.sample_rate, speed_factors=config.augment.speed_factors,
-        pad_silence=config.augment.pad_silence, concat=config.augment.concat, seed=config.train.seed,
-        timed=config.model.frame_head,
-    )
+    dataset = training_dataset(config, train_utts, tokenizer)
     if len(dataset) == 0:
         raise TrainingError(f"{config.data.train}: no usable training utterances")
     if dataset.timed and not any(it is not None for it in dataset.intervals):
@@ -450,6 +447,16 @@ def load_training_data(config: Config) -> tuple[CharTokenizer, UtteranceDataset,
         )
     dev_utts = read_manifest(config.data.dev) if config.data.dev else []
     return tokenizer, dataset, dev_utts
+
+
+def training_dataset(config: Config, utterances: list[Utterance], tokenizer: CharTokenizer) -> UtteranceDataset:
+    """The training set as config.augment augments it (speed, silence, concatenation, waveform
+    augmentation, VTLP draws), with times for the frame head where model.frame_head asks."""
+    return UtteranceDataset(
+        utterances, tokenizer, config.features.sample_rate, speed_factors=config.augment.speed_factors,
+        pad_silence=config.augment.pad_silence, concat=config.augment.concat, seed=config.train.seed,
+        timed=config.model.frame_head, augment=config.augment,
+    )
 
 
 def wrap_step_model(model: torch.nn.Module, config: Config, context: distributed.DistContext) -> torch.nn.Module:

@@ -9,6 +9,14 @@ speed the toolkit keeps (1.0 = data loading and features cost nothing).
     python scripts/bench_train.py                      # synthesizes a small corpus first
     python scripts/bench_train.py --manifest data/train.jsonl --config configs/demo.yaml
 
+Augmentation (`--sweep`): the pipeline once per augmentation setup of SWEEP (none, each
+waveform augmentation and VTLP alone, all together, the recommended demo mix), each against the
+same bare model in the same rounds; prints each ratio. The training set's augmentation is
+config.augment (with `--sweep`: the setup's overrides on top), as `asr train` builds it.
+
+    python scripts/bench_train.py --sweep train.num_threads=1 [data.num_workers=1]
+    python scripts/bench_train.py --sweep --setups "demo mix" train.num_threads=1
+
 Data-parallel scaling (`--ddp N`): the full pipeline on the same global batches, once by one
 process and once by N processes under torchrun (DistributedDataParallel, gloo on CPU, NCCL on
 GPUs), in the same run; prints seconds of audio per second for each and their ratio. On CPU the
@@ -58,6 +66,8 @@ def main() -> None:
     parser.add_argument("--num-utterances", type=int, default=400)
     parser.add_argument("--batches", type=int, default=12, help="batches timed per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
+    parser.add_argument("--sweep", action="store_true", help="time every augmentation setup of SWEEP")
+    parser.add_argument("--setups", help="--sweep: only these setups of SWEEP, comma-separated (always with none)")
     parser.add_argument("--ddp", type=int, default=0, help="compare N data-parallel processes with 1 (torchrun)")
     parser.add_argument("--threads", type=int, default=0, help="--ddp: torch threads per process (default cores / N)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: a torchrun worker writing its result here
@@ -75,7 +85,14 @@ def main() -> None:
         torch.set_num_threads(config.train.num_threads)
     manifest = prepare_manifest(args)
     tokenizer = CharTokenizer(on_unknown=config.data.on_unknown_char)
-    dataset = UtteranceDataset(read_manifest(manifest), tokenizer, config.features.sample_rate)
+    utterances = read_manifest(manifest)
+    dataset = UtteranceDataset(utterances, tokenizer, config.features.sample_rate)
+    setups = {}  # name -> (the training set as that setup augments it, s to build it)
+    chosen = {"none", *args.setups.split(",")} if args.setups else set(SWEEP)
+    for name, extra in ({k: v for k, v in SWEEP.items() if k in chosen} if args.sweep else {"config": []}).items():
+        setup = load_config(args.config, [*args.overrides, *extra])
+        started = time.perf_counter()
+        setups[name] = (UtteranceDataset(utterances, tokenizer, config.features.sample_rate, augment=setup.augment), time.perf_counter() - started)
     sampler = BucketBatchSampler([u.duration for u in dataset.utterances], config.data.batch_seconds, seed=0)
     batches = sampler.batches()[: args.batches]
     audio_seconds = sum(dataset.utterances[i].duration for b in batches for i in b)
@@ -113,32 +130,63 @@ def main() -> None:
         sync(device)
         return time.perf_counter() - start
 
-    def run_pipeline() -> float:
+    def run_pipeline(augmented: UtteranceDataset) -> float:
         sync(device)
         start = time.perf_counter()
         train_one_epoch(
-            model=model, features=features, loader=make_loader(dataset, batches, num_workers=config.data.num_workers),
+            model=model, features=features, loader=make_loader(augmented, batches, num_workers=config.data.num_workers),
             optimizer=optimizer, scheduler=scheduler, config=config, progress=Progress(), device=device,
             log=lambda record: None, bar=_NoBar(), deadline=math.inf, save_state=lambda name: None,
         )
         sync(device)
         return time.perf_counter() - start
 
-    run_bare(), run_pipeline()  # warm-up: allocator, thread pools, page cache
-    bare, pipeline = [], []
+    run_bare(), run_pipeline(dataset)  # warm-up: allocator, thread pools, page cache
+    bare, pipeline = [], {name: [] for name in setups}
     for _ in range(args.rounds):
         bare.append(run_bare())
-        pipeline.append(run_pipeline())
+        for name, (augmented, _) in setups.items():
+            pipeline[name].append(run_pipeline(augmented))
     bare_rate = audio_seconds / statistics.median(bare)
-    pipeline_rate = audio_seconds / statistics.median(pipeline)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; model {config.model.num_layers}x{config.model.hidden_size} "
           f"{'bi' if config.model.bidirectional else 'uni'}-{config.model.cell}"
           f"{', bf16 autocast' if config.train.amp and device.type == 'cuda' else ''}; "
           f"{len(batches)} batches, {audio_seconds:.1f} s of audio per round; median of {args.rounds} rounds")
     print(f"bare model+loss+optimizer   {bare_rate:8.1f} s of audio / s")
-    print(f"full pipeline               {pipeline_rate:8.1f} s of audio / s")
-    print(f"ratio pipeline / bare       {pipeline_rate / bare_rate:8.3f}")
+    if not args.sweep:
+        pipeline_rate = audio_seconds / statistics.median(pipeline["config"])
+        print(f"full pipeline               {pipeline_rate:8.1f} s of audio / s")
+        print(f"ratio pipeline / bare       {pipeline_rate / bare_rate:8.3f}")
+        return
+    print(f"{'augmentation':<22} {'pipeline s/s':>12} {'ratio':>7} {'setup s':>8}  overrides")
+    for name, (_, setup_seconds) in setups.items():
+        rate = audio_seconds / statistics.median(pipeline[name])
+        print(f"{name:<22} {rate:12.1f} {rate / bare_rate:7.3f} {setup_seconds:8.2f}  {' '.join(SWEEP[name])}")
+
+
+# Each augmentation alone (at probability 1: its whole cost), all together, and the demo mix
+# recommended in docs/recipes.md#augmentation.
+SWEEP = {
+    "none": [],
+    "noise: coloured": ["augment.noise_prob=1"],
+    "noise: babble": ["augment.noise_prob=1", "augment.noise_colored=0", "augment.noise_babble=1"],
+    "reverb": ["augment.reverb_prob=1"],
+    "telephone (mu-law)": ["augment.telephone_prob=1"],
+    "low-pass": ["augment.lowpass_prob=1"],
+    "gain": ["augment.gain_db=[-6,6]"],
+    "vtlp": ["augment.vtlp=[0.9,1.1]"],
+    "pitch + formants": ["augment.pitch_prob=1", "augment.pitch_shift=[-3,3]", "augment.formant_shift=[0.9,1.1]"],
+    "all (each at 1)": ["augment.noise_prob=1", "augment.noise_babble=1", "augment.reverb_prob=1", "augment.telephone_prob=1",
+                        "augment.lowpass_prob=1", "augment.gain_db=[-6,6]", "augment.vtlp=[0.9,1.1]", "augment.pitch_prob=1",
+                        "augment.pitch_shift=[-3,3]", "augment.formant_shift=[0.9,1.1]"],
+    "demo mix": ["augment.noise_prob=0.5", "augment.noise_babble=0.5", "augment.reverb_prob=0.3", "augment.telephone_prob=0.1",
+                 "augment.lowpass_prob=0.1", "augment.gain_db=[-6,6]", "augment.vtlp=[0.9,1.1]"],
+    "demo mix + pitch 0.3": ["augment.noise_prob=0.5", "augment.noise_babble=0.5", "augment.reverb_prob=0.3",
+                             "augment.telephone_prob=0.1", "augment.lowpass_prob=0.1", "augment.gain_db=[-6,6]",
+                             "augment.vtlp=[0.9,1.1]", "augment.pitch_prob=0.3", "augment.pitch_shift=[-3,3]",
+                             "augment.formant_shift=[0.9,1.1]"],
+}
 
 
 def prepare_manifest(args) -> str:

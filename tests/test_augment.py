@@ -130,7 +130,8 @@ def test_training_with_augmentation_still_resumes_exactly(noise_corpus, tmp_path
         return load_config("configs/demo.yaml", [
             *TINY_OVERRIDES, f"data.train={noise_corpus['train']}", f"train.out_dir={out}", "train.num_threads=1",
             "augment.speed_factors=[0.9,1.0,1.1]", "augment.freq_masks=2", "augment.freq_mask_width=5",
-            "augment.time_masks=2", "augment.time_mask_width=10", "augment.time_warp=6", *extra])
+            "augment.time_masks=2", "augment.time_mask_width=10", "augment.time_warp=6", "augment.noise_prob=0.5",
+            "augment.noise_babble=1", "augment.gain_db=[-6,6]", "augment.lowpass_prob=0.3", "augment.vtlp=[0.9,1.1]", *extra])
 
     threads = torch.get_num_threads()
     try:
@@ -138,7 +139,8 @@ def test_training_with_augmentation_still_resumes_exactly(noise_corpus, tmp_path
         train(config(tmp_path / "b", "train.time_limit_s=1e-9"), show_progress=False)
         train(config(tmp_path / "b"), resume=True, show_progress=False)
         unaugmented = train(config(tmp_path / "c", "augment.speed_factors=[1.0]", "augment.freq_masks=0",
-                                   "augment.time_masks=0", "augment.time_warp=0"), show_progress=False)
+                                   "augment.time_masks=0", "augment.time_warp=0", "augment.noise_prob=0", "augment.gain_db=[0,0]",
+                                   "augment.lowpass_prob=0", "augment.vtlp=[1,1]"), show_progress=False)
     finally:
         torch.set_num_threads(threads)
     a, b, c = (load_checkpoint(d / LAST)["model"] for d in (straight, tmp_path / "b", unaugmented))

@@ -11,6 +11,8 @@ import torch
 
 from asr.audio import AudioError, load_audio
 from asr.augment import concat_pairs, perturb_speed, silence_pads, speed_factor
+from asr.augment_wave import WaveAugment, check_augment_config, vtlp_factor
+from asr.config import AugmentConfig
 from asr.data.manifest import Utterance
 from asr.frame_targets import Intervals, TimingError, pad_intervals, scale_intervals, shift_intervals, token_intervals
 from asr.text import CharTokenizer
@@ -29,6 +31,7 @@ class Batch:
     # timed tokens for the frame head, as asr.frame_targets.pad_intervals gives them (starts, ends,
     # labels, timed); None where the dataset was not asked for times
     intervals: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    warp: torch.Tensor | None = None  # (batch,) float32 VTLP warp factors for the features (augment.vtlp); None: no warp
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -41,7 +44,9 @@ class UtteranceDataset(torch.utils.data.Dataset):
     `self.rejected` as (id, reason) and left out. Audio that fails to load at run time comes
     back as an item with `error` set, for collate to drop and the trainer to count. With
     `speed_factors` other than (1.0,), each item is speed-perturbed, and with `pad_silence` padded
-    with silence (training only). With
+    with silence (training only). With `augment`, its waveform augmentations (asr.augment_wave:
+    noise, reverberation, channels, gain, voice) run on each item after those, and with
+    augment.vtlp each item carries its VTLP warp factor, for the features (training only). With
     `timed`, each item also carries its tokens' times (`asr.frame_targets.token_intervals`, for
     the frame head); rows whose times do not fit their transcript are listed in
     `self.untimed` as (id, reason) and train without them.
@@ -58,6 +63,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
         concat: float = 0.0,
         seed: int = 0,
         timed: bool = False,
+        augment: AugmentConfig | None = None,
     ):
         self.sample_rate = sample_rate
         self.pad_silence = pad_silence  # s, most silence added at each end (training only), see asr.augment
@@ -89,6 +95,13 @@ class UtteranceDataset(torch.utils.data.Dataset):
                 except (TimingError, TokenizerError) as e:
                     self.untimed.append((utt.id, str(e)))
                     self.intervals.append(None)
+        self.augment = augment  # waveform augmentation and VTLP draws (training only); None = none
+        self.wave_augment = None
+        if augment is not None:
+            check_augment_config(augment)
+        if augment is not None and WaveAugment.wanted(augment):
+            self.wave_augment = WaveAugment(augment, sample_rate, seed, num_utterances=len(self.utterances), load_utterance=self.load_audio)
+        self.vtlp = augment is not None and tuple(augment.vtlp) != (1.0, 1.0)
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -118,6 +131,10 @@ class UtteranceDataset(torch.utils.data.Dataset):
             lead, trail = silence_pads(self.pad_silence, self.seed, self.epoch, index)
             if lead or trail:
                 samples = np.pad(samples, (round(lead * self.sample_rate), round(trail * self.sample_rate)))
+            if self.wave_augment is not None:
+                samples = self.wave_augment(samples, self.epoch, index)
+            if self.vtlp:
+                item["warp"] = vtlp_factor(self.augment, self.seed, self.epoch, index)
             item["audio"] = torch.from_numpy(samples)
             if self.timed:
                 item["intervals"] = shift_intervals(intervals, round(lead * self.sample_rate) / self.sample_rate)
@@ -187,7 +204,8 @@ def collate(items: Sequence[dict]) -> Batch:
         audio[i, : len(it["audio"])] = it["audio"]
         targets[i, : len(it["labels"])] = torch.tensor(it["labels"], dtype=torch.int64)
     intervals = pad_intervals([it["intervals"] for it in good]) if any("intervals" in it for it in good) else None
-    return Batch([it["id"] for it in good], audio, audio_lengths, targets, target_lengths, [it["text"] for it in good], bad, intervals)
+    warp = torch.tensor([it.get("warp", 1.0) for it in good], dtype=torch.float32) if any("warp" in it for it in good) else None  # (batch,)
+    return Batch([it["id"] for it in good], audio, audio_lengths, targets, target_lengths, [it["text"] for it in good], bad, intervals, warp)
 
 
 class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
