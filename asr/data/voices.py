@@ -15,6 +15,9 @@ of, so instead of picking among twelve we write one per speaker:
     (spectral tilt, amplitude at four frequencies), and which synthesizer: eSpeak's default
     formant synthesizer or one of the Klatt synthesizer's voicing sources (`klatt 1..6`);
   - the articulation: `consonants` (loudness of the consonants), `echo` (delay, amount);
+  - the rhythm: `stressAdd` (ms added to the vowels of each stress level: unstressed,
+    diminished, secondary, ..., stressed, tonic), `stressAmp` (their loudness), `intonation`
+    (eSpeak's intonation styles 1-3);
   - the accent: the language voice the variant is applied to (`ACCENTS`): American, British
     (received pronunciation and the default), Scottish, Caribbean, New York, Lancastrian and
     West Midlands, each with its own phonemes and vowels.
@@ -69,6 +72,9 @@ class VoiceSpec:
     consonants: int  # %
     echo: tuple[int, int]  # ms, %
     klatt: int  # 0 = eSpeak's own formant synthesizer, 1..6 = a Klatt voicing source
+    stress_add: tuple[int, ...]  # 8 values, ms added to each stress level's vowel length (levels 4, 5 unused)
+    stress_amp: tuple[int, ...]  # 8 values, each stress level's vowel amplitude (eSpeak's default 16 16 20 20 20 24 24 22)
+    intonation: int  # 1 (default), 2 (less), 3 (less, and a comma does not raise the pitch)
 
     @property
     def voice(self) -> str:
@@ -91,6 +97,8 @@ class VoiceSpec:
             lines.append(f"echo {self.echo[0]} {self.echo[1]}")
         if self.klatt:
             lines.append(f"klatt {self.klatt}")
+        lines += ["stressAdd " + " ".join(map(str, self.stress_add)), "stressAmp " + " ".join(map(str, self.stress_amp))]
+        lines.append(f"intonation {self.intonation}")
         return "\n".join(lines) + "\n"
 
 
@@ -114,6 +122,10 @@ def draw_voice(rng: np.random.Generator, name: str) -> VoiceSpec:
     breathy = rng.random() < 0.3
     breath = tuple(int(v) for v in rng.integers(0, 7, size=8)) if breathy else (0,) * 8
     echo = (int(rng.uniform(60, 150)), int(rng.uniform(0, 15))) if rng.random() < 0.3 else (0, 0)
+    # eSpeak's variants add -20..10 ms to unstressed and -30..120 ms to stressed and tonic vowels
+    unstressed, secondary, stressed, tonic = rng.uniform(-25, 15), rng.uniform(-25, 15), rng.uniform(-30, 50), rng.uniform(-30, 120)
+    stress_add = tuple(int(v) for v in (unstressed, unstressed, secondary, secondary, 0, 0, stressed, tonic))
+    stress_amp = tuple(int(round(v * rng.uniform(0.8, 1.25))) for v in (16, 16, 20, 20, 20, 24, 24, 22))
     return VoiceSpec(
         name=VOICE_PREFIX + name,
         accent=accent,
@@ -128,6 +140,9 @@ def draw_voice(rng: np.random.Generator, name: str) -> VoiceSpec:
         consonants=int(rng.uniform(70, 140)),
         echo=echo,
         klatt=int(rng.integers(1, 7)) if rng.random() < KLATT_SHARE else 0,
+        stress_add=stress_add,
+        stress_amp=stress_amp,
+        intonation=int(rng.integers(1, 4)),
     )
 
 

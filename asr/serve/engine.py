@@ -284,17 +284,21 @@ class Transcriber(_Worker):
                 group = [job for job in jobs if job[1] == words]
                 if group:
                     self._run(group, words)
-            with self._lock:
-                self.pending -= len(jobs)
-                self.done += len(jobs)
 
     def _run(self, jobs: list[tuple[str, bool, Future]], word_timestamps: bool) -> None:
+        transcripts, error = [], None
         try:
-            transcripts = self.recognizer.transcribe_files([path for path, _, _ in jobs], batch_size=self.batch_size, word_timestamps=word_timestamps)
-            for (_, _, future), transcript in zip(jobs, transcripts):
-                future.set_result(transcript)
+            transcripts = list(self.recognizer.transcribe_files([path for path, _, _ in jobs], batch_size=self.batch_size, word_timestamps=word_timestamps))
         except Exception as e:  # a bug, not a bad file (those come back as the transcript's error)
             log.exception("transcription failed")
-            for _, _, future in jobs:
-                if not future.done():
-                    future.set_exception(e)
+            error = e
+        # counted as finished before any client hears of it: a client's next request must not
+        # find its own finished one still pending (a 503 at max_pending_requests=1 under load)
+        with self._lock:
+            self.pending -= len(jobs)
+            self.done += len(jobs)
+        for index, (_, _, future) in enumerate(jobs):
+            if error is None:
+                future.set_result(transcripts[index])
+            elif not future.done():
+                future.set_exception(error)
