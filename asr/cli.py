@@ -714,7 +714,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description="CTC speech recognition with recurrent networks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("synth", help="write the built-in eSpeak NG corpus")
+    p = sub.add_parser("synth", help="write the built-in eSpeak NG corpus",
+                       description="Write the built-in eSpeak NG corpus: generated sentences, 90 % train, 5 % each dev and test. "
+                                   "Voices: docs/recipes.md#the-built-in-corpus-and-its-voices; training-time augmentation (noise, rooms, "
+                                   "channels, VTLP: augment.* in the training config): docs/recipes.md#augmentation-other-voices-rooms-and-channels")  # fmt: skip
     p.add_argument("out", help="output folder")
     p.add_argument("--num-utterances", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
