@@ -31,9 +31,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from asr.data.voices import VOICE_SETS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
-VOICE_SETS = ("stock", "drawn", "both")  # asr.data.synth.VOICE_SETS, without importing it
 DEFAULT_VOICES = "both"
 VOICES_HELP = ("who speaks train (dev and test: eSpeak's held-out stock voices): stock = eSpeak's 12 English variants; "
                "drawn = a new procedural voice (vocal tract, voice source, accent) per 10 utterances; both (default)")  # fmt: skip

@@ -90,37 +90,6 @@ def mel_scale(hz: Tensor) -> Tensor:
     return 1127.0 * torch.log1p(hz / 700.0)
 
 
-def mel_filterbank(
-    num_bins: int, n_fft: int, sample_rate: int, low_freq: float, high_freq: float
-) -> Tensor:
-    """Triangular filters over the rfft bins, (n_fft // 2 + 1, num_bins), float64.
-
-    Kaldi's definition: num_bins + 2 edges equally spaced in mel between low_freq and
-    high_freq (Hz; high_freq <= 0 is an offset below Nyquist); filter m rises linearly in mel
-    from edge m to edge m + 1 and falls to edge m + 2, with zero weight at and outside its
-    edges. Kaldi weighs only the bins below Nyquist, so the Nyquist row is zero.
-    """
-    nyquist = 0.5 * sample_rate
-    if high_freq <= 0.0:
-        high_freq = nyquist + high_freq
-    if not 0.0 <= low_freq < high_freq <= nyquist:
-        raise ConfigError(
-            f"features: need 0 <= low_freq < high_freq <= {nyquist:g} Hz, "
-            f"got low_freq={low_freq:g}, high_freq={high_freq:g}"
-        )
-    mel_low, mel_high = mel_scale(torch.tensor([low_freq, high_freq], dtype=torch.float64)).tolist()
-    mel_step = (mel_high - mel_low) / (num_bins + 1)
-    left = mel_low + mel_step * torch.arange(num_bins, dtype=torch.float64)  # (num_bins,)
-    center, right = left + mel_step, left + 2 * mel_step
-    bin_hz = sample_rate / n_fft * torch.arange(n_fft // 2 + 1, dtype=torch.float64)  # (n_fft // 2 + 1,)
-    mel = mel_scale(bin_hz)[:, None]  # (n_fft // 2 + 1, 1)
-    rising = (mel - left) / (center - left)
-    falling = (right - mel) / (right - center)
-    weights = torch.minimum(rising, falling).clamp_min(0.0)  # (n_fft // 2 + 1, num_bins)
-    weights[-1] = 0.0
-    return weights
-
-
 VTLP_BOUNDARY = 0.6  # VTLP: the warp is linear up to this fraction of Nyquist (Jaitly & Hinton 2013: F_hi = 4800 Hz at 16 kHz)
 
 
@@ -136,25 +105,43 @@ def vtlp_warp(hz: Tensor, factors: Tensor, nyquist: float) -> Tensor:
     return torch.where(hz[None, :] <= boundary, alpha * hz[None, :], nyquist - top * (nyquist - hz[None, :]))
 
 
-def warped_mel_filterbank(
-    num_bins: int, n_fft: int, sample_rate: int, low_freq: float, high_freq: float, factors: Tensor
+def mel_filterbank(
+    num_bins: int, n_fft: int, sample_rate: int, low_freq: float, high_freq: float, warp: Tensor | None = None
 ) -> Tensor:
-    """`mel_filterbank` with each utterance's frequency axis warped by VTLP (`vtlp_warp`): the
-    energy of an rfft bin at f goes to the filters around warp(f), so a tone at f comes out where
-    a tone at alpha f would (below the boundary). factors (batch,) -> (batch, n_fft // 2 + 1,
-    num_bins) float64, on the factors' device; factor 1 gives `mel_filterbank`."""
+    """Triangular filters over the rfft bins, (n_fft // 2 + 1, num_bins), float64.
+
+    Kaldi's definition: num_bins + 2 edges equally spaced in mel between low_freq and
+    high_freq (Hz; high_freq <= 0 is an offset below Nyquist); filter m rises linearly in mel
+    from edge m to edge m + 1 and falls to edge m + 2, with zero weight at and outside its
+    edges. Kaldi weighs only the bins below Nyquist, so the Nyquist row is zero.
+
+    warp (batch,): VTLP factors (`vtlp_warp`) -> one filterbank per utterance, (batch,
+    n_fft // 2 + 1, num_bins) on warp's device: the energy of an rfft bin at f goes to the
+    filters around warp(f), so a tone at f comes out where a tone at alpha f would (below the
+    boundary); factor 1 gives the plain filterbank.
+    """
     nyquist = 0.5 * sample_rate
-    high_freq = nyquist + high_freq if high_freq <= 0.0 else high_freq
-    device = factors.device
+    if high_freq <= 0.0:
+        high_freq = nyquist + high_freq
+    if not 0.0 <= low_freq < high_freq <= nyquist:
+        raise ConfigError(
+            f"features: need 0 <= low_freq < high_freq <= {nyquist:g} Hz, "
+            f"got low_freq={low_freq:g}, high_freq={high_freq:g}"
+        )
+    device = None if warp is None else warp.device
     mel_low, mel_high = mel_scale(torch.tensor([low_freq, high_freq], dtype=torch.float64)).tolist()
     mel_step = (mel_high - mel_low) / (num_bins + 1)
     left = mel_low + mel_step * torch.arange(num_bins, dtype=torch.float64, device=device)  # (num_bins,)
     center, right = left + mel_step, left + 2 * mel_step
     bin_hz = sample_rate / n_fft * torch.arange(n_fft // 2 + 1, dtype=torch.float64, device=device)  # (n_fft // 2 + 1,)
-    mel = mel_scale(vtlp_warp(bin_hz, factors.double(), nyquist))[:, :, None]  # (batch, n_fft // 2 + 1, 1)
-    weights = torch.minimum((mel - left) / (center - left), (right - mel) / (right - center)).clamp_min(0.0)
-    weights[:, -1] = 0.0  # as mel_filterbank: no weight on the Nyquist bin
-    return weights  # (batch, n_fft // 2 + 1, num_bins)
+    if warp is not None:
+        bin_hz = vtlp_warp(bin_hz, warp.double(), nyquist)  # (batch, n_fft // 2 + 1)
+    mel = mel_scale(bin_hz)[..., None]  # ([batch,] n_fft // 2 + 1, 1)
+    rising = (mel - left) / (center - left)
+    falling = (right - mel) / (right - center)
+    weights = torch.minimum(rising, falling).clamp_min(0.0)  # ([batch,] n_fft // 2 + 1, num_bins)
+    weights[..., -1, :] = 0.0
+    return weights
 
 
 def dct_matrix(num_bins: int, num_ceps: int, lifter: float = CEPSTRAL_LIFTER) -> Tensor:
@@ -367,9 +354,9 @@ class FeatureExtractor(torch.nn.Module, FrameTiming):
 
     def vtlp_mel_weights(self, warp: Tensor) -> Tensor:
         """Each utterance's VTLP-warped filterbank: warp (batch,) factors -> (batch, n_fft // 2 + 1,
-        num_mel_bins) in the buffers' dtype, on their device (`warped_mel_filterbank`)."""
+        num_mel_bins) in the buffers' dtype, on their device (`mel_filterbank` with a warp)."""
         c = self.config
-        weights = warped_mel_filterbank(c.num_mel_bins, self.n_fft, c.sample_rate, c.low_freq, c.high_freq, warp.to(self.window.device))
+        weights = mel_filterbank(c.num_mel_bins, self.n_fft, c.sample_rate, c.low_freq, c.high_freq, warp.to(self.window.device))
         return weights.to(self.window.dtype)
 
     def compute_log_mel(self, audio: Tensor, lengths: Tensor, warp: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -164,6 +164,12 @@ class RecognizerBase:
             return [self.tokenizer.decode(ids) for ids in decode_greedy(log_probs, lengths)]
         return [alternatives[0].text if alternatives else "" for alternatives in self.decode_nbest(log_probs, lengths, 1)]
 
+    def decode_each(self, log_probs: Sequence) -> list[str]:
+        """One text per utterance's (frames, vocab) log-probs (numpy or torch), in order: padded
+        and decoded `decode_pool` at a time."""
+        pool = self.decode_pool
+        return [h for start in range(0, len(log_probs), pool) for h in self.decode_log_probs(*pad_log_probs(log_probs[start : start + pool]))]
+
     def decode_nbest(self, log_probs, lengths, n: int) -> list[list[Alternative]]:
         """log_probs (batch, frames, vocab), lengths (batch,) -> each utterance's `n` best
         transcripts, best first, by beam search with the decode config's options and LM."""
@@ -430,11 +436,6 @@ class LogProbSet:
     log_probs: list  # one (frames, vocab) array per utterance (on the recognizer's device)
     failed: list[tuple[str, str]]
 
-    def batches(self, batch_size: int) -> Iterator[tuple]:
-        """Padded (batch, frames, vocab) log-probs and (batch,) lengths, in order."""
-        for start in range(0, len(self.log_probs), batch_size):
-            yield pad_log_probs(self.log_probs[start : start + batch_size])
-
 
 def collect_log_probs(recognizer: RecognizerBase, utterances: Sequence[Utterance], batch_size: int = 32) -> LogProbSet:
     """Run the model over every utterance once (bad ones listed in `failed`)."""
@@ -456,7 +457,7 @@ def tune_lm(
     pairs = [(a, b) for a in weights for b in bonuses]
     for alpha, beta in tqdm(pairs, desc="tune", disable=not progress, leave=False):
         recognizer.config.decode = replace(base, lm_weight=alpha, word_bonus=beta)
-        hyps = [h for lp, n in log_probs.batches(recognizer.decode_pool) for h in recognizer.decode_log_probs(lp, n)]
+        hyps = recognizer.decode_each(log_probs.log_probs)
         results.append((alpha, beta, score_wer(log_probs.references, hyps).rate))
     recognizer.config.decode = base
     return sorted(results, key=lambda r: (r[2], r[0], r[1]))

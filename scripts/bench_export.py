@@ -64,13 +64,6 @@ def model_pass(recognizer, batches: list[list[np.ndarray]], repeats: int) -> tup
     return outputs, best
 
 
-def decode_all(recognizer, log_probs: list[np.ndarray], convert) -> list[str]:
-    from asr.recognize import pad_log_probs
-
-    pool = recognizer.decode_pool
-    return [h for i in range(0, len(log_probs), pool) for h in recognizer.decode_log_probs(*pad_log_probs([convert(x) for x in log_probs[i : i + pool]]))]
-
-
 def site_packages_mb(venv: Path) -> float:
     site = next((venv / "lib").glob("python*/site-packages"))
     return int(subprocess.run(["du", "-sb", str(site)], capture_output=True, text=True, check=True).stdout.split()[0]) / 1e6
@@ -142,7 +135,7 @@ def main() -> int:
         row = f"{name:<18} {delta:>10.2e} {model_seconds:>8.2f} {torch_seconds / model_seconds:>7.2f} "
         for decoder, config in decoders.items():
             recognizer.set_decoder(config)
-            hyps[name, decoder] = decode_all(recognizer, log_probs, convert)
+            hyps[name, decoder] = recognizer.decode_each([convert(x) for x in log_probs])
             wer = score_wer(references, hyps[name, decoder]).rate
             differ = sum(a != b for a, b in zip(hyps[name, decoder], hyps.get(("torch eager fp32", decoder), hyps[name, decoder])))
             row += f"{wer:>14.2%} {differ:>7d} "

@@ -165,6 +165,8 @@ def main() -> None:
         print(f"{name:<22} {rate:12.1f} {rate / bare_rate:7.3f} {setup_seconds:8.2f}  {' '.join(SWEEP[name])}")
 
 
+DEMO_MIX = ["augment.noise_prob=0.5", "augment.noise_babble=0.5", "augment.reverb_prob=0.3", "augment.telephone_prob=0.1",
+            "augment.lowpass_prob=0.1", "augment.gain_db=[-6,6]", "augment.vtlp=[0.9,1.1]"]  # docs/recipes.md#augmentation
 # Each augmentation alone (at probability 1: its whole cost), all together, and the demo mix
 # recommended in docs/recipes.md#augmentation.
 SWEEP = {
@@ -180,12 +182,8 @@ SWEEP = {
     "all (each at 1)": ["augment.noise_prob=1", "augment.noise_babble=1", "augment.reverb_prob=1", "augment.telephone_prob=1",
                         "augment.lowpass_prob=1", "augment.gain_db=[-6,6]", "augment.vtlp=[0.9,1.1]", "augment.pitch_prob=1",
                         "augment.pitch_shift=[-3,3]", "augment.formant_shift=[0.9,1.1]"],
-    "demo mix": ["augment.noise_prob=0.5", "augment.noise_babble=0.5", "augment.reverb_prob=0.3", "augment.telephone_prob=0.1",
-                 "augment.lowpass_prob=0.1", "augment.gain_db=[-6,6]", "augment.vtlp=[0.9,1.1]"],
-    "demo mix + pitch 0.3": ["augment.noise_prob=0.5", "augment.noise_babble=0.5", "augment.reverb_prob=0.3",
-                             "augment.telephone_prob=0.1", "augment.lowpass_prob=0.1", "augment.gain_db=[-6,6]",
-                             "augment.vtlp=[0.9,1.1]", "augment.pitch_prob=0.3", "augment.pitch_shift=[-3,3]",
-                             "augment.formant_shift=[0.9,1.1]"],
+    "demo mix": DEMO_MIX,
+    "demo mix + pitch 0.3": DEMO_MIX + ["augment.pitch_prob=0.3", "augment.pitch_shift=[-3,3]", "augment.formant_shift=[0.9,1.1]"],
 }
 
 

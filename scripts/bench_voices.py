@@ -38,7 +38,7 @@ from asr.audio import SAMPLE_RATE, load_audio, write_audio  # noqa: E402
 from asr.data.engines import ENGINES, Engine, find_engines  # noqa: E402
 from asr.data.manifest import read_manifest  # noqa: E402
 from asr.metrics import ErrorCounts, score_wer  # noqa: E402
-from asr.recognize import RecognizerBase, pad_log_probs  # noqa: E402
+from asr.recognize import RecognizerBase  # noqa: E402
 
 BATCH_SIZE = 16  # utterances per model batch, sorted by length
 
@@ -111,11 +111,6 @@ def model_log_probs(recognizer: RecognizerBase, audio: list[np.ndarray]) -> list
     return out
 
 
-def decode_all(recognizer: RecognizerBase, log_probs: list) -> list[str]:
-    pool = recognizer.decode_pool
-    return [h for i in range(0, len(log_probs), pool) for h in recognizer.decode_log_probs(*pad_log_probs(log_probs[i : i + pool]))]
-
-
 def run_bench(
     recognizer: RecognizerBase,
     corpus: str | os.PathLike,
@@ -150,10 +145,10 @@ def run_bench(
     base = recognizer.config.decode
     recognizer.set_decoder(replace(base, decoder="greedy"))
     for source in sources:
-        source.greedy = score_wer(references, decode_all(recognizer, source.log_probs))
+        source.greedy = score_wer(references, recognizer.decode_each(source.log_probs))
     recognizer.set_decoder(replace(base, decoder="beam", lm=lm or base.lm))
     for source in tqdm(sources, desc="beam", unit="voice", disable=not progress):
-        source.beam = score_wer(references, decode_all(recognizer, source.log_probs))
+        source.beam = score_wer(references, recognizer.decode_each(source.log_probs))
     recognizer.set_decoder(base)
     return BenchResult(sources, "beam + LM" if (lm or base.lm) else "beam", skipped, manifest, excluded)
 

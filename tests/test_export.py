@@ -62,6 +62,17 @@ def session(path: Path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+def export_case(case: tuple[str | None, list[str]], path: Path, export) -> tuple[object, Recognizer]:
+    """A tiny checkpoint of `case` (config file, overrides) beside `path`, exported there by
+    `export` (export_onnx or export_step_onnx), whose own check must hold the graph to torch
+    within 1e-4: (the export's report, the checkpoint's torch Recognizer)."""
+    config_file, overrides = case
+    checkpoint = make_checkpoint(path.parent / "m.pt", config_file, TINY + overrides)
+    report = export(checkpoint, path)
+    assert report.max_delta is not None and report.max_delta <= 1e-4
+    return report, Recognizer.from_checkpoint(checkpoint, device="cpu")
+
+
 def torch_outputs(recognizer: Recognizer, signals: list[np.ndarray]):
     audio, lengths = padded_batch(signals)
     log_probs, frame_lengths, frame_log_probs = recognizer.outputs(torch.from_numpy(audio), torch.from_numpy(lengths))
@@ -86,11 +97,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_graph_gives_torchs_log_probs_and_a_padded_batch_each_utterances_own(case, tmp_path):
-    config_file, overrides = CASES[case]
-    checkpoint = make_checkpoint(tmp_path / "m.pt", config_file, TINY + overrides)
-    report = export_onnx(checkpoint, tmp_path / "m.onnx")
-    assert report.max_delta is not None and report.max_delta <= 1e-4
-    recognizer = Recognizer.from_checkpoint(checkpoint, device="cpu")
+    report, recognizer = export_case(CASES[case], tmp_path / "m.onnx", export_onnx)
     graph = session(report.path)
     has_frame_head = bool(recognizer.config.model.frame_head)
     assert [i.name for i in graph.get_inputs()] == ["audio", "audio_lengths"]

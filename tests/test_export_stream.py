@@ -1,8 +1,6 @@
 """asr export --streaming: the step graph, driven window by window through onnxruntime with its
 states carried in numpy, against EncoderStream and the offline model."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -13,10 +11,9 @@ ort = pytest.importorskip("onnxruntime")
 from asr.cli import main  # noqa: E402
 from asr.export import ExportError, export_onnx  # noqa: E402
 from asr.export_stream import export_step_onnx, run_step_stream, stream_windows, zero_states  # noqa: E402
-from asr.inference import Recognizer  # noqa: E402
 from asr.models.encoder import EncoderStream  # noqa: E402
 from asr.onnx_meta import ModelMetadata, read_metadata  # noqa: E402
-from test_export import TINY, make_checkpoint  # noqa: E402
+from test_export import TINY, export_case, make_checkpoint, session  # noqa: E402
 
 LC = ["model.direction=latency_controlled", "model.chunk_frames=4", "model.right_context_frames=2"]  # configs/demo_streaming.yaml's
 UNI = ["model.direction=unidirectional"]
@@ -33,10 +30,6 @@ CASES = {
 LENGTHS = (83, 6, 3, 1)  # model frames: a 2.5 s stream, one whole window, shorter than a chunk, one frame
 
 
-def session(path: Path):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
 def reference_stream(model, feats: torch.Tensor, piece: int) -> tuple[np.ndarray, np.ndarray | None]:
     """EncoderStream fed `piece` frames at a time, then finished: (frames, vocab) each."""
     stream = EncoderStream(model)
@@ -47,11 +40,7 @@ def reference_stream(model, feats: torch.Tensor, piece: int) -> tuple[np.ndarray
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_step_graph_streams_as_encoder_stream_and_the_offline_model(case, tmp_path):
-    config_file, overrides = CASES[case]
-    checkpoint = make_checkpoint(tmp_path / "m.pt", config_file, TINY + overrides)
-    report = export_step_onnx(checkpoint, tmp_path / "step.onnx")
-    assert report.max_delta is not None and report.max_delta <= 1e-4
-    recognizer = Recognizer.from_checkpoint(checkpoint, device="cpu")
+    report, recognizer = export_case(CASES[case], tmp_path / "step.onnx", export_step_onnx)
     model = recognizer.model.eval()
     config = model.config
     lc = config.direction == "latency_controlled"

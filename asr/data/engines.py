@@ -31,6 +31,7 @@ from typing import ClassVar
 import numpy as np
 
 from asr.audio import SAMPLE_RATE, AudioError, load_audio
+from asr.data.voices import ACCENTS as DRAWN_ACCENTS
 
 TIMEOUT_S = 120  # s, one sentence through one engine's process
 
@@ -122,7 +123,7 @@ class ESpeakNG(Engine):
 
     name = "espeak-ng"
     install = "pip install espeakng-loader"
-    ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc", "en-029")
+    ACCENTS = tuple(DRAWN_ACCENTS)  # every English accent of eSpeak NG, as voices are drawn in
     VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5")  # <data>/voices/!v/
 
     @classmethod

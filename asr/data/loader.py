@@ -98,9 +98,9 @@ class UtteranceDataset(torch.utils.data.Dataset):
         self.augment = augment  # waveform augmentation and VTLP draws (training only); None = none
         self.wave_augment = None
         if augment is not None:
-            check_augment_config(augment)
-        if augment is not None and WaveAugment.wanted(augment):
-            self.wave_augment = WaveAugment(augment, sample_rate, seed, num_utterances=len(self.utterances), load_utterance=self.load_audio)
+            check_augment_config(augment)  # VTLP's options too, which WaveAugment does not use
+            if WaveAugment.wanted(augment):
+                self.wave_augment = WaveAugment(augment, sample_rate, seed, num_utterances=len(self.utterances), load_utterance=self.load_audio)
         self.vtlp = augment is not None and tuple(augment.vtlp) != (1.0, 1.0)
 
     def __len__(self) -> int:

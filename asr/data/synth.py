@@ -47,7 +47,7 @@ import numpy as np
 from asr.audio import SAMPLE_RATE
 from asr.data.manifest import Utterance, write_manifest
 from asr.data.sentences import Deck, generate_sentences
-from asr.data.voices import VoiceOverlay, VoiceSpec, draw_voices
+from asr.data.voices import UTTERANCES_PER_VOICE, VOICE_SETS, VoiceOverlay, VoiceSpec, draw_voices
 
 SPLITS = ("train", "dev", "test")
 
@@ -59,11 +59,8 @@ TRAIN_VOICES: tuple[str, ...] = (
     "en+m1", "en+m2", "en+m3", "en+f1", "en+f2",
 )  # fmt: skip
 HELDOUT_VOICES: tuple[str, ...] = ("en-us+m7", "en-us+f4", "en+m6")  # dev and test only
-# Who speaks train: "stock" = TRAIN_VOICES; "drawn" = procedural voices (asr/data/voices.py), a
-# new one per UTTERANCES_PER_VOICE train utterances; "both" = the two together. Dev and test
-# always use HELDOUT_VOICES, so test WER means the same thing whichever trained the model.
-VOICE_SETS = ("stock", "drawn", "both")
-UTTERANCES_PER_VOICE = 10
+# Who speaks train: VOICE_SETS (asr/data/voices.py). Dev and test always use HELDOUT_VOICES, so
+# test WER means the same thing whichever trained the model.
 
 RATE_WPM = (140, 200)  # words per minute, drawn per utterance
 # eSpeak accepts 80..450 wpm, but from 450 on it speeds speech up with `sonic`, whose output no
@@ -539,11 +536,12 @@ def synthesize_corpus(
 
     About 90 % train (spoken by `voices`: TRAIN_VOICES, drawn voices or both, see VOICE_SETS) and
     5 % each dev and test (HELDOUT_VOICES only), every sentence distinct. Drawn voices' files are
-    written to out_dir/voices/<name> (eSpeak's variant format, asr/data/voices.py). Manifest rows carry `speaker` (the voice), `phones` (space-separated eSpeak
-    mnemonics), `phone_times` and `phone_ends` (s), `phone_words` (the index in `words` of each
-    phone's word), `words` (text.split()), `word_starts` and `word_ends` (s), all measured as the
-    module docstring says; `uncertain_words` (indices) appears only in a row where eSpeak fused
-    words that `_split_fused` could not cut unambiguously (none in the 3000-utterance corpus).
+    written to out_dir/voices/<name> (eSpeak's variant format, asr/data/voices.py). Manifest rows
+    carry `speaker` (the voice), `phones` (space-separated eSpeak mnemonics), `phone_times` and
+    `phone_ends` (s), `phone_words` (the index in `words` of each phone's word), `words`
+    (text.split()), `word_starts` and `word_ends` (s), all measured as the module docstring says;
+    `uncertain_words` (indices) appears only in a row where eSpeak fused words that
+    `_split_fused` could not cut unambiguously (none in the 3000-utterance corpus).
     Same seed -> byte-identical files.
 
     eSpeak's state drifts with what it has spoken, so the plan is cut into fixed shards of

@@ -53,6 +53,11 @@ RHOTIC_ACCENTS = ("en-us", "en-us-nyc", "en-gb-scotland")  # an r after a vowel 
 NUM_FORMANTS = 9  # eSpeak's formant peaks 0..8
 KLATT_SHARE = 0.3  # of voices use the Klatt synthesizer (one of its 6 voicing sources)
 VOICE_PREFIX = "asr-"  # variant file names; a voice is "<accent>+asr-<name>"
+# Who speaks the built-in corpus' train split (asr/data/synth.py): "stock" = eSpeak's stock
+# TRAIN_VOICES; "drawn" = voices drawn here, one per UTTERANCES_PER_VOICE train utterances;
+# "both" = the two together.
+VOICE_SETS = ("stock", "drawn", "both")
+UTTERANCES_PER_VOICE = 10
 
 
 @dataclass(frozen=True)
@@ -173,7 +178,10 @@ class VoiceOverlay:
         self.variants.mkdir(parents=True, exist_ok=True)
         for entry in (data_path / "voices" / "!v").iterdir():
             (self.variants / entry.name).symlink_to(entry)
+        self.written: dict[str, VoiceSpec] = {}  # variant files written, by name
 
     def add(self, spec: VoiceSpec) -> None:
-        """Write (or rewrite) `spec`'s variant file."""
-        (self.variants / spec.name).write_text(spec.variant_text())
+        """Write `spec`'s variant file, unless it is there already (a voice speaks many utterances)."""
+        if self.written.get(spec.name) != spec:
+            (self.variants / spec.name).write_text(spec.variant_text())
+            self.written[spec.name] = spec
